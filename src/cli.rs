@@ -1,0 +1,283 @@
+//! The command-line surface, as clap types and nothing else: no I/O, no defaults that depend on
+//! the environment (those are resolved in `settings`). Values are validated into newtypes by the
+//! parsers here, so a bad flag is refused before any command runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::instance::values::{
+    DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, Secret, Skills, TelegramUsers,
+    VcpuCount, parse_absolute_path, parse_telegram_token,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fireclaw",
+    version,
+    about = "Run OpenClaw agent gateways in Firecracker microVMs: one VM per instance.",
+    long_about = "Run OpenClaw agent gateways in Firecracker microVMs: one VM per instance, each \
+with its own kernel, disk, network and Docker daemon, supervised by systemd.\n\n\
+Most commands need root. Host-wide settings come from the environment: STATE_ROOT, FC_ROOT, \
+BASE_PORT, BRIDGE_NAME, BRIDGE_ADDR, SUBNET_CIDR, SSH_KEY_PATH, BASE_IMAGES_DIR, DISK_SIZE, \
+API_SOCK, OPENCLAW_IMAGE_DEFAULT.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Preflight: host commands, /dev/kvm, base images, bridge, capacity.
+    Doctor(JsonFlag),
+    /// Create and provision a new instance.
+    Setup(Box<SetupArgs>),
+    /// Update an instance's saved config and rerun guest provisioning (same IP, port and disk).
+    Provision(Box<ProvisionArgs>),
+    /// Fleet table with health.
+    List(JsonFlag),
+    /// Detail for one instance, or for the whole fleet.
+    Status(StatusArgs),
+    /// Start an instance's VM, guest service and proxy, then wait until healthy.
+    Start(InstanceArg),
+    /// Stop proxy, guest service and VM, and disable the units (stays stopped across reboots).
+    Stop(InstanceArg),
+    /// Stop, then start.
+    Restart(InstanceArg),
+    /// Follow the guest service's journal, or the host units' journal.
+    Logs(LogsArgs),
+    /// SSH into the VM, or run one command there.
+    Shell(ShellArgs),
+    /// Print the gateway auth token.
+    Token(InstanceArg),
+    /// Remove units, tap, API socket, state and assets.
+    Destroy(DestroyArgs),
+    /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.
+    #[command(hide = true, name = "vm-net-up")]
+    VmNetUp(InstanceArg),
+    /// ExecStop of the VM unit: clean guest shutdown through the API socket.
+    #[command(hide = true, name = "vm-shutdown")]
+    VmShutdown(InstanceArg),
+    /// ExecStopPost of the VM unit: remove the tap and the API socket.
+    #[command(hide = true, name = "vm-net-down")]
+    VmNetDown(InstanceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceArg {
+    /// Instance id.
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Instance id; omit for the whole fleet.
+    #[arg(value_name = "ID")]
+    pub id: Option<InstanceId>,
+    /// Print JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogSource {
+    /// The guest's openclaw-<id> service, over SSH.
+    Guest,
+    /// The host's VM and proxy units.
+    Host,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// Which journal to follow.
+    #[arg(value_enum, default_value_t = LogSource::Guest)]
+    pub source: LogSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// A command to run instead of an interactive login (a shell string, as with ssh).
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// Do not ask; also clean up an instance whose state cannot be read.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Provider API keys. Each falls back to its environment variable, which keeps it out of `ps`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyArgs {
+    /// Anthropic API key [env: ANTHROPIC_API_KEY].
+    #[arg(long, value_name = "KEY", value_parser = parse_anthropic_key)]
+    pub anthropic_api_key: Option<Secret>,
+    /// OpenAI API key [env: OPENAI_API_KEY].
+    #[arg(long, value_name = "KEY", value_parser = parse_openai_key)]
+    pub openai_api_key: Option<Secret>,
+    /// MiniMax API key [env: MINIMAX_API_KEY].
+    #[arg(long, value_name = "KEY", value_parser = parse_minimax_key)]
+    pub minimax_api_key: Option<Secret>,
+}
+
+fn parse_anthropic_key(value: &str) -> Result<Secret, String> {
+    Secret::parse("the Anthropic API key", value).map_err(|e| e.0)
+}
+fn parse_openai_key(value: &str) -> Result<Secret, String> {
+    Secret::parse("the OpenAI API key", value).map_err(|e| e.0)
+}
+fn parse_minimax_key(value: &str) -> Result<Secret, String> {
+    Secret::parse("the MiniMax API key", value).map_err(|e| e.0)
+}
+fn parse_token(value: &str) -> Result<Secret, String> {
+    parse_telegram_token(value).map_err(|e| e.0)
+}
+
+fn parse_path_for(what: &'static str) -> impl Fn(&str) -> Result<PathBuf, String> + Clone {
+    move |value| parse_absolute_path(what, value).map_err(|e| e.0)
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Instance id ([a-z0-9_-]+).
+    #[arg(long, value_name = "ID")]
+    pub instance: InstanceId,
+    /// Telegram bot token; omit for a local-only gateway with Telegram disabled.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_token)]
+    pub telegram_token: Option<Secret>,
+    /// Allowed Telegram user ids (comma-separated); required with --telegram-token.
+    #[arg(long, value_name = "CSV")]
+    pub telegram_users: Option<TelegramUsers>,
+    /// OpenClaw model; its provider's API key must be set [env: MODEL] [default: openai/gpt-5.5].
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<Model>,
+    /// Skill set [env: SKILLS] [default: github,tmux,coding-agent,session-logs,skill-creator].
+    #[arg(long, value_name = "CSV")]
+    pub skills: Option<Skills>,
+    /// Container image [env: OPENCLAW_IMAGE_DEFAULT] [default: ghcr.io/openclaw/openclaw:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub openclaw_image: Option<ImageRef>,
+    /// Localhost proxy port (>= 1024) [default: first free port above BASE_PORT].
+    #[arg(long, value_name = "PORT")]
+    pub host_port: Option<HostPort>,
+    /// vCPUs [env: VM_VCPU] [default: 4].
+    #[arg(long, value_name = "N")]
+    pub vm_vcpu: Option<VcpuCount>,
+    /// Memory in MiB [env: VM_MEM_MIB] [default: 8192].
+    #[arg(long, value_name = "MIB")]
+    pub vm_mem_mib: Option<MemoryMib>,
+    /// Rootfs size, e.g. 40G or 512M [env: DISK_SIZE] [default: 40G].
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<DiskSize>,
+    /// Firecracker API socket [env: API_SOCK] [default: <FC_ROOT>/<id>/firecracker.socket].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--api-sock"))]
+    pub api_sock: Option<PathBuf>,
+    /// Guest kernel [env: BASE_KERNEL] [default: <BASE_IMAGES_DIR>/vmlinux].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-kernel"))]
+    pub base_kernel: Option<PathBuf>,
+    /// Base rootfs [env: BASE_ROOTFS] [default: <BASE_IMAGES_DIR>/rootfs.ext4].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-rootfs"))]
+    pub base_rootfs: Option<PathBuf>,
+    /// Initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
+    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-initrd"))]
+    pub base_initrd: Option<PathBuf>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Skip installing Playwright Chromium in the guest.
+    #[arg(long)]
+    pub skip_browser_install: bool,
+    /// Print the allocation and every file setup would write, then exit; needs no root and
+    /// changes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// New Telegram bot token (enables Telegram).
+    #[arg(long, value_name = "TOKEN", value_parser = parse_token, conflicts_with = "no_telegram")]
+    pub telegram_token: Option<Secret>,
+    /// Disable Telegram and forget the saved bot token.
+    #[arg(long)]
+    pub no_telegram: bool,
+    /// Allowed Telegram user ids (comma-separated).
+    #[arg(long, value_name = "CSV", conflicts_with = "no_telegram")]
+    pub telegram_users: Option<TelegramUsers>,
+    /// OpenClaw model; its provider's API key must be saved or given.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<Model>,
+    /// Skill set (comma-separated).
+    #[arg(long, value_name = "CSV")]
+    pub skills: Option<Skills>,
+    /// Container image.
+    #[arg(long, value_name = "IMAGE")]
+    pub openclaw_image: Option<ImageRef>,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// Skip installing Playwright Chromium in the guest from now on.
+    #[arg(long, conflicts_with = "browser_install")]
+    pub skip_browser_install: bool,
+    /// Install Playwright Chromium again (undoes --skip-browser-install).
+    #[arg(long)]
+    pub browser_install: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn logs_default_to_the_guest() {
+        let cli = Cli::try_parse_from(["fireclaw", "logs", "a"]).unwrap();
+        let Command::Logs(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(args.source, LogSource::Guest);
+    }
+
+    #[test]
+    fn shell_keeps_the_command_words_in_order() {
+        let cli =
+            Cli::try_parse_from(["fireclaw", "shell", "a", "docker ps | head", "-n"]).unwrap();
+        let Command::Shell(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command)
+        };
+        assert_eq!(args.command, ["docker ps | head", "-n"]);
+    }
+
+    #[test]
+    fn provision_refuses_contradictory_flags() {
+        for args in [
+            ["fireclaw", "provision", "a", "--no-telegram", "--telegram-token", "1:x"],
+            ["fireclaw", "provision", "a", "--skip-browser-install", "--browser-install", "--no-telegram"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

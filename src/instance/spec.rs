@@ -1,0 +1,123 @@
+//! What the user asked for: `SetupSpec` is a fully validated setup request, built by `settings`
+//! from flags, environment and defaults. Its constructor enforces the rules that span fields
+//! (the model's provider key, Telegram token and users together, path lengths the kernel allows).
+
+use std::path::PathBuf;
+
+use super::values::{
+    DiskSize, HostPort, ImageRef, InstanceId, InvalidValue, MemoryMib, Model, Provider, Secret,
+    Skills, TelegramUsers, VcpuCount,
+};
+
+/// The kernel's limit for a unix socket path (`sun_path` is 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{name} (from the environment): {problem}")]
+    Environment {
+        name: &'static str,
+        problem: InvalidValue,
+    },
+    #[error("--telegram-users is required with --telegram-token")]
+    TelegramUsersRequired,
+    #[error("--telegram-users needs --telegram-token (omit both for a local-only gateway)")]
+    TelegramUsersWithoutToken,
+    #[error("model {model} needs an API key: pass {flag} or set {env}")]
+    MissingProviderKey {
+        model: String,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(
+        "API socket path {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id, FC_ROOT or --api-sock)"
+    )]
+    SocketPathTooLong { path: String, length: usize },
+    #[error("{what} path contains a newline, carriage return or NUL")]
+    LineBreakInPath { what: &'static str },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelegramSpec {
+    pub token: Secret,
+    pub users: TelegramUsers,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderKeys {
+    pub anthropic: Option<Secret>,
+    pub openai: Option<Secret>,
+    pub minimax: Option<Secret>,
+}
+
+impl ProviderKeys {
+    pub fn for_provider(&self, provider: Provider) -> Option<&Secret> {
+        match provider {
+            Provider::OpenAi => self.openai.as_ref(),
+            Provider::Anthropic => self.anthropic.as_ref(),
+            Provider::MiniMax => self.minimax.as_ref(),
+        }
+    }
+}
+
+/// Base image paths; the initrd is used only when the file exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImages {
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+    pub initrd: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupSpec {
+    pub id: InstanceId,
+    pub telegram: Option<TelegramSpec>,
+    pub model: Model,
+    pub skills: Skills,
+    pub image: ImageRef,
+    /// `None`: the first free port above `BASE_PORT`.
+    pub host_port: Option<HostPort>,
+    pub vcpu: VcpuCount,
+    pub memory: MemoryMib,
+    pub disk_size: DiskSize,
+    pub api_sock: PathBuf,
+    pub base: BaseImages,
+    pub keys: ProviderKeys,
+    pub skip_browser_install: bool,
+    /// The SSH client key this instance is created with (`SSH_KEY_PATH`).
+    pub ssh_key_path: PathBuf,
+    /// `FC_ROOT` and `STATE_ROOT` in effect, for the path-length rules.
+    pub fc_root: PathBuf,
+    pub state_root: PathBuf,
+}
+
+impl SetupSpec {
+    /// Checks the rules that span fields and returns the spec unchanged when they hold.
+    pub fn new(spec: Self) -> Result<Self, SpecError> {
+        let provider = spec.model.provider();
+        if spec.keys.for_provider(provider).is_none() {
+            return Err(SpecError::MissingProviderKey {
+                model: spec.model.to_string(),
+                flag: provider.key_flag(),
+                env: provider.key_env(),
+            });
+        }
+        let socket = spec.api_sock.as_os_str().len();
+        if socket > MAX_SOCKET_PATH {
+            return Err(SpecError::SocketPathTooLong {
+                path: spec.api_sock.display().to_string(),
+                length: socket,
+            });
+        }
+        for (what, path) in [
+            ("FC_ROOT", &spec.fc_root),
+            ("STATE_ROOT", &spec.state_root),
+            ("SSH_KEY_PATH", &spec.ssh_key_path),
+        ] {
+            if path.as_os_str().as_encoded_bytes().iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+                return Err(SpecError::LineBreakInPath { what });
+            }
+        }
+        Ok(spec)
+    }
+}

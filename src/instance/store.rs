@@ -1,0 +1,509 @@
+//! Instance state on disk under `STATE_ROOT`: the paths of each instance's files, atomic
+//! writes (temp file, fsync, rename, fsync of the dir), the allocation lock 0.2.0 also uses,
+//! per-instance lifecycle locks, scanning every instance, and reserving a new one (its
+//! `.vm-<id>` made with `mkdir` under the allocation lock, held until `.env` is on disk).
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::alloc::Taken;
+use super::state::{EnvFile, FireclawState, StateError};
+use super::values::InstanceId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("create directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("write {path}: {source}")]
+    WriteFile { path: PathBuf, source: io::Error },
+    #[error("read {path}: {source}")]
+    ReadFile { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: StateError },
+    #[error("lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("instance '{id}' is busy: another fireclaw command holds {path} (waited {waited_secs}s)")]
+    Busy {
+        id: String,
+        path: PathBuf,
+        waited_secs: u64,
+    },
+    #[error("instance '{id}' already exists ({path})")]
+    AlreadyExists { id: String, path: PathBuf },
+    #[error("list {path}: {source}")]
+    ListDir { path: PathBuf, source: io::Error },
+}
+
+/// Where one instance's state files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePaths {
+    pub dir: PathBuf,
+    pub env: PathBuf,
+    pub token: PathBuf,
+    pub vars: PathBuf,
+    pub known_hosts: PathBuf,
+    pub fireclaw_json: PathBuf,
+}
+
+impl StatePaths {
+    pub fn new(state_root: &Path, id: &InstanceId) -> Self {
+        let dir = state_root.join(format!(".vm-{id}"));
+        Self {
+            env: dir.join(".env"),
+            token: dir.join(".token"),
+            vars: dir.join("provision.vars"),
+            known_hosts: dir.join("known_hosts"),
+            fireclaw_json: dir.join("fireclaw.json"),
+            dir,
+        }
+    }
+}
+
+/// Creates `path` with mode 0700 if it does not exist, parents included.
+pub fn ensure_private_dir(path: &Path) -> Result<(), StoreError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StoreError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Writes `bytes` to `path` so that a crash leaves either the old or the new file, never a torn
+/// one: temp file in the same dir with `mode`, fsync, rename, fsync of the dir.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let fail = |source| StoreError::WriteFile {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .ok_or_else(|| fail(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let temp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temp)?;
+        // The mode given to open() is filtered by the umask; secrets must not depend on it.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(fail)
+}
+
+fn read_text(path: &Path) -> Result<String, StoreError> {
+    fs::read_to_string(path).map_err(|source| StoreError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub fn read_env(paths: &StatePaths) -> Result<EnvFile, StoreError> {
+    EnvFile::parse(&read_text(&paths.env)?).map_err(|source| StoreError::Parse {
+        path: paths.env.clone(),
+        source,
+    })
+}
+
+/// `fireclaw.json`, or `None` for an instance made by 0.2.0.
+pub fn read_fireclaw_state(paths: &StatePaths) -> Result<Option<FireclawState>, StoreError> {
+    match fs::read_to_string(&paths.fireclaw_json) {
+        Ok(text) => FireclawState::parse(&text)
+            .map(Some)
+            .map_err(|source| StoreError::Parse {
+                path: paths.fireclaw_json.clone(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::ReadFile {
+            path: paths.fireclaw_json.clone(),
+            source,
+        }),
+    }
+}
+
+/// An exclusive `flock`-style lock, released when dropped.
+#[derive(Debug)]
+pub struct HeldLock {
+    _file: File,
+}
+
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|source| StoreError::Lock {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// `STATE_ROOT/.alloc.lock`, the lock 0.2.0 holds while allocating; blocks until free.
+pub fn lock_allocation(state_root: &Path) -> Result<HeldLock, StoreError> {
+    ensure_private_dir(state_root)?;
+    let path = state_root.join(".alloc.lock");
+    let file = open_lock_file(&path)?;
+    file.lock().map_err(|source| StoreError::Lock { path, source })?;
+    Ok(HeldLock { _file: file })
+}
+
+/// `STATE_ROOT/.locks/<id>.lock`, serialising lifecycle commands on one instance. Waits up to
+/// `wait`, then reports the instance as busy. The lock files are never deleted, so a lock can
+/// not be split between an old and a new inode.
+pub fn lock_instance(
+    state_root: &Path,
+    id: &InstanceId,
+    wait: Duration,
+) -> Result<HeldLock, StoreError> {
+    let dir = state_root.join(".locks");
+    ensure_private_dir(&dir)?;
+    let path = dir.join(format!("{id}.lock"));
+    let file = open_lock_file(&path)?;
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(HeldLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Busy {
+                    id: id.to_string(),
+                    path,
+                    waited_secs: wait.as_secs(),
+                });
+            }
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Lock { path, source });
+            }
+        }
+    }
+}
+
+/// One `.vm-*` directory found under `STATE_ROOT`.
+#[derive(Debug)]
+pub struct ScannedInstance {
+    /// The name after `.vm-`, as found on disk (not necessarily a valid id).
+    pub name: String,
+    pub env: Result<EnvFile, StoreError>,
+}
+
+/// Every instance dir under `STATE_ROOT`, sorted by name. A missing root means no instances.
+pub fn scan_instances(state_root: &Path) -> Result<Vec<ScannedInstance>, StoreError> {
+    let entries = match fs::read_dir(state_root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StoreError::ListDir {
+                path: state_root.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_prefix(".vm-")) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let env_path = entry.path().join(".env");
+        let env = read_text(&env_path).and_then(|text| {
+            EnvFile::parse(&text).map_err(|source| StoreError::Parse {
+                path: env_path.clone(),
+                source,
+            })
+        });
+        found.push(ScannedInstance {
+            name: name.to_owned(),
+            env,
+        });
+    }
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(found)
+}
+
+/// Ports and IPs held by the scanned instances. Instances whose `.env` cannot be read are
+/// returned by name so the caller can warn: their holdings are unknown.
+pub fn taken_by(instances: &[ScannedInstance]) -> (Taken, Vec<String>) {
+    let mut taken = Taken::default();
+    let mut unreadable = Vec::new();
+    for instance in instances {
+        let Ok(env) = &instance.env else {
+            unreadable.push(instance.name.clone());
+            continue;
+        };
+        match (env.host_port(), env.vm_ip()) {
+            (Ok(port), Ok(ip)) => {
+                taken.ports.insert(port, instance.name.clone());
+                taken.ips.insert(ip);
+            }
+            (port, ip) => {
+                if let Ok(port) = port {
+                    taken.ports.insert(port, instance.name.clone());
+                }
+                if let Ok(ip) = ip {
+                    taken.ips.insert(ip);
+                }
+                unreadable.push(instance.name.clone());
+            }
+        }
+    }
+    (taken, unreadable)
+}
+
+/// Reserves a new instance: under the allocation lock, `mkdir .vm-<id>` (EEXIST means the id is
+/// taken), let `allocate` choose from what the other instances hold, and write `.env` and
+/// `fireclaw.json` (phase `allocated`) before the lock is released. On any failure after the
+/// mkdir the directory is removed again, so nothing is left behind.
+pub fn reserve<E>(
+    state_root: &Path,
+    id: &InstanceId,
+    allocate: impl FnOnce(&Taken) -> Result<EnvFile, E>,
+) -> Result<Result<EnvFile, E>, StoreError> {
+    let _lock = lock_allocation(state_root)?;
+    let others = scan_instances(state_root)?;
+    let paths = StatePaths::new(state_root, id);
+    match DirBuilder::new().mode(0o700).create(&paths.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(StoreError::AlreadyExists {
+                id: id.to_string(),
+                path: paths.dir,
+            });
+        }
+        Err(source) => {
+            return Err(StoreError::CreateDir {
+                path: paths.dir,
+                source,
+            });
+        }
+    }
+    let (taken, _unreadable) = taken_by(&others);
+    let written = (|| {
+        let env = match allocate(&taken) {
+            Ok(env) => env,
+            Err(e) => return Ok(Err(e)),
+        };
+        write_atomic(&paths.env, env.render().as_bytes(), 0o600)?;
+        write_atomic(
+            &paths.fireclaw_json,
+            FireclawState::new(super::state::Phase::Allocated)
+                .render()
+                .as_bytes(),
+            0o600,
+        )?;
+        Ok(Ok(env))
+    })();
+    if !matches!(written, Ok(Ok(_))) {
+        let _ = fs::remove_dir_all(&paths.dir);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::alloc::first_free_port;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Arc, Barrier};
+
+    /// A fresh directory under the target dir, removed when dropped.
+    pub struct TempDir(PathBuf);
+    impl TempDir {
+        pub fn new(tag: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "fireclaw-test-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn id(s: &str) -> InstanceId {
+        s.parse().unwrap()
+    }
+
+    fn env_with_port(id: &str, port: u16, octet: u8) -> EnvFile {
+        EnvFile::from_values(|key| match key {
+            "INSTANCE_ID" => Some(id.to_owned()),
+            "HOST_PORT" => Some(port.to_string()),
+            "VM_IP" => Some(format!("172.16.0.{octet}")),
+            "VM_TAP" => Some(format!("t{octet}")),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn atomic_write_sets_mode_despite_umask_and_replaces() {
+        let dir = TempDir::new("atomic");
+        let path = dir.path().join("secret");
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file left behind");
+    }
+
+    #[test]
+    fn reserve_creates_a_private_dir_with_env_and_phase() {
+        let root = TempDir::new("reserve");
+        let env = reserve(root.path(), &id("a"), |taken| {
+            Ok::<_, String>(env_with_port("a", first_free_port(18890, taken).unwrap().get(), 2))
+        })
+        .unwrap()
+        .unwrap();
+        let paths = StatePaths::new(root.path(), &id("a"));
+        assert_eq!(fs::metadata(&paths.dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(read_env(&paths).unwrap(), env);
+        assert_eq!(
+            read_fireclaw_state(&paths).unwrap().unwrap().phase,
+            super::super::state::Phase::Allocated
+        );
+        assert!(root.path().join(".alloc.lock").exists());
+    }
+
+    #[test]
+    fn reserve_sees_other_instances_and_refuses_an_existing_id() {
+        let root = TempDir::new("reserve-taken");
+        reserve(root.path(), &id("a"), |_| Ok::<_, String>(env_with_port("a", 18891, 2)))
+            .unwrap()
+            .unwrap();
+        let seen = reserve(root.path(), &id("b"), |taken| {
+            Ok::<_, String>(env_with_port("b", first_free_port(18890, taken).unwrap().get(), 3))
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(seen.host_port().unwrap(), 18892);
+        let err = reserve(root.path(), &id("a"), |_| Ok::<_, String>(env_with_port("a", 1, 9)))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_failed_allocation_leaves_nothing_behind() {
+        let root = TempDir::new("reserve-fail");
+        let result = reserve(root.path(), &id("a"), |_| Err::<EnvFile, _>("pool empty"));
+        assert_eq!(result.unwrap().unwrap_err(), "pool empty");
+        assert!(!root.path().join(".vm-a").exists());
+    }
+
+    #[test]
+    fn concurrent_reservations_of_one_id_let_exactly_one_through() {
+        let root = Arc::new(TempDir::new("reserve-race"));
+        let barrier = Arc::new(Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (root, barrier) = (root.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    reserve(root.path(), &id("same"), |_| {
+                        Ok::<_, String>(env_with_port("same", 18891, 2))
+                    })
+                    .is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn concurrent_reservations_of_different_ids_get_distinct_ports() {
+        let root = Arc::new(TempDir::new("reserve-many"));
+        let handles: Vec<_> = (0..8u8)
+            .map(|n| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    let name = format!("bot{n}");
+                    reserve(root.path(), &id(&name), |taken| {
+                        let port = first_free_port(18890, taken).unwrap().get();
+                        Ok::<_, String>(env_with_port(&name, port, n + 2))
+                    })
+                    .unwrap()
+                    .unwrap()
+                    .host_port()
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut ports: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 8);
+    }
+
+    #[test]
+    fn instance_lock_reports_busy_after_the_bound() {
+        let root = TempDir::new("busy");
+        let _held = lock_instance(root.path(), &id("a"), Duration::ZERO).unwrap();
+        let err = lock_instance(root.path(), &id("a"), Duration::from_millis(200)).unwrap_err();
+        assert!(err.to_string().starts_with("instance 'a' is busy"), "{err}");
+        // A different instance is not affected.
+        lock_instance(root.path(), &id("b"), Duration::ZERO).unwrap();
+    }
+
+    #[test]
+    fn scan_reports_unreadable_env_without_hiding_others() {
+        let root = TempDir::new("scan");
+        for (name, text) in [("good", "INSTANCE_ID=good\nHOST_PORT=18891\nVM_IP=172.16.0.2\nVM_TAP=t2\n"), ("bad", "garbage\n")] {
+            let dir = root.path().join(format!(".vm-{name}"));
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join(".env"), text).unwrap();
+        }
+        fs::create_dir(root.path().join(".locks")).unwrap();
+        let scanned = scan_instances(root.path()).unwrap();
+        let names: Vec<&str> = scanned.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["bad", "good"]);
+        let (taken, unreadable) = taken_by(&scanned);
+        assert_eq!(unreadable, ["bad"]);
+        assert_eq!(taken.ports.get(&18891).map(String::as_str), Some("good"));
+        assert!(scan_instances(&root.path().join("missing")).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,353 @@
+//! Every setting fireclaw reads from the environment, resolved once: defaults, then environment,
+//! then flags. Host-wide variables (paths, network, base port) are validated eagerly, so nonsense
+//! in any of them stops every command. Variables that only supply a flag's default (`MODEL`,
+//! `SKILLS`, `VM_VCPU`, `VM_MEM_MIB`, `DISK_SIZE`, `API_SOCK`, the API keys, ...) are validated
+//! when a command needs them and the flag was not given, because names like `MODEL` may be set
+//! for unrelated programs.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::cli::{KeyArgs, SetupArgs};
+use crate::instance::spec::{BaseImages, ProviderKeys, SetupSpec, SpecError, TelegramSpec};
+use crate::instance::values::{
+    BridgeAddress, DiskSize, ImageRef, InterfaceName, InvalidValue, MemoryMib, Model, Secret,
+    Skills, Subnet24, VcpuCount, parse_absolute_path, parse_base_port,
+};
+
+pub const DEFAULT_MODEL: &str = "openai/gpt-5.5";
+pub const DEFAULT_SKILLS: &str = "github,tmux,coding-agent,session-logs,skill-creator";
+pub const DEFAULT_IMAGE: &str = "ghcr.io/openclaw/openclaw:latest";
+pub const DEFAULT_VCPU: &str = "4";
+pub const DEFAULT_MEM_MIB: &str = "8192";
+pub const DEFAULT_DISK_SIZE: &str = "40G";
+/// Where systemd units go; fixed, as 0.2.0 has it.
+pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub problem: InvalidValue,
+}
+
+/// Directories fireclaw owns on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaths {
+    /// `STATE_ROOT`: per-instance state dirs `.vm-<id>`, the allocation lock, lifecycle locks.
+    pub state_root: PathBuf,
+    /// `FC_ROOT`: per-instance VM assets.
+    pub fc_root: PathBuf,
+    pub unit_dir: PathBuf,
+}
+
+/// The bridge all VMs share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    pub bridge: InterfaceName,
+    pub bridge_address: BridgeAddress,
+    pub subnet: Subnet24,
+}
+
+/// Environment values that only default a flag; kept raw until a command needs them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagDefaults {
+    pub model: Option<String>,
+    pub skills: Option<String>,
+    pub vm_vcpu: Option<String>,
+    pub vm_mem_mib: Option<String>,
+    pub disk_size: Option<String>,
+    pub api_sock: Option<String>,
+    pub image: Option<String>,
+    pub base_kernel: Option<String>,
+    pub base_rootfs: Option<String>,
+    pub base_initrd: Option<String>,
+    pub anthropic_api_key: Option<String>,
+    pub openai_api_key: Option<String>,
+    pub minimax_api_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub paths: HostPaths,
+    /// `BASE_PORT`: auto-allocated host ports start one above it.
+    pub base_port: u16,
+    pub network: NetworkSettings,
+    /// `SSH_KEY_PATH`: the client key new instances are created with.
+    pub ssh_key_path: PathBuf,
+    /// `BASE_IMAGES_DIR`.
+    pub base_images_dir: PathBuf,
+    pub flag_defaults: FlagDefaults,
+}
+
+impl Settings {
+    /// Resolves settings from the process environment.
+    pub fn from_process_env() -> Result<Self, SettingsError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Resolves settings from any variable lookup (tests pass a map). Empty values count as
+    /// unset, as `${VAR:-default}` does in 0.2.0.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+        let path = |name: &'static str, default: &str| -> Result<PathBuf, SettingsError> {
+            let value = get(name).unwrap_or_else(|| default.to_owned());
+            parse_absolute_path(name, &value).map_err(|problem| SettingsError { name, problem })
+        };
+        let parsed = |name: &'static str, default: &str| -> Result<String, SettingsError> {
+            Ok(get(name).unwrap_or_else(|| default.to_owned()))
+        };
+
+        let base_port = parse_base_port(&parsed("BASE_PORT", "18890")?).map_err(|problem| {
+            SettingsError {
+                name: "BASE_PORT",
+                problem,
+            }
+        })?;
+        let bridge = parse_env::<InterfaceName>("BRIDGE_NAME", &parsed("BRIDGE_NAME", "fc-br0")?)?;
+        let bridge_address =
+            parse_env::<BridgeAddress>("BRIDGE_ADDR", &parsed("BRIDGE_ADDR", "172.16.0.1/24")?)?;
+        let subnet = parse_env::<Subnet24>("SUBNET_CIDR", &parsed("SUBNET_CIDR", "172.16.0.0/24")?)?;
+        if !subnet.contains(bridge_address.address()) {
+            return Err(SettingsError {
+                name: "BRIDGE_ADDR",
+                problem: InvalidValue(format!(
+                    "{bridge_address} is not inside SUBNET_CIDR {subnet}"
+                )),
+            });
+        }
+
+        Ok(Self {
+            paths: HostPaths {
+                state_root: path("STATE_ROOT", "/var/lib/fireclaw")?,
+                fc_root: path("FC_ROOT", "/srv/firecracker/vm-demo")?,
+                unit_dir: PathBuf::from(SYSTEMD_UNIT_DIR),
+            },
+            base_port,
+            network: NetworkSettings {
+                bridge,
+                bridge_address,
+                subnet,
+            },
+            ssh_key_path: path("SSH_KEY_PATH", "/home/ubuntu/.ssh/vmdemo_vm")?,
+            base_images_dir: path("BASE_IMAGES_DIR", "/srv/firecracker/base/images")?,
+            flag_defaults: FlagDefaults {
+                model: get("MODEL"),
+                skills: get("SKILLS"),
+                vm_vcpu: get("VM_VCPU"),
+                vm_mem_mib: get("VM_MEM_MIB"),
+                disk_size: get("DISK_SIZE"),
+                api_sock: get("API_SOCK"),
+                image: get("OPENCLAW_IMAGE_DEFAULT"),
+                base_kernel: get("BASE_KERNEL"),
+                base_rootfs: get("BASE_ROOTFS"),
+                base_initrd: get("BASE_INITRD"),
+                anthropic_api_key: get("ANTHROPIC_API_KEY"),
+                openai_api_key: get("OPENAI_API_KEY"),
+                minimax_api_key: get("MINIMAX_API_KEY"),
+            },
+        })
+    }
+
+    /// Provider keys: each flag, else its environment variable.
+    pub fn resolve_keys(&self, flags: &KeyArgs) -> Result<ProviderKeys, SpecError> {
+        let env = &self.flag_defaults;
+        let pick = |flag: &Option<Secret>, name: &'static str, value: &Option<String>| {
+            match (flag, value) {
+                (Some(secret), _) => Ok(Some(secret.clone())),
+                (None, Some(value)) => Secret::parse(name, value)
+                    .map(Some)
+                    .map_err(|problem| SpecError::Environment { name, problem }),
+                (None, None) => Ok(None),
+            }
+        };
+        Ok(ProviderKeys {
+            anthropic: pick(
+                &flags.anthropic_api_key,
+                "ANTHROPIC_API_KEY",
+                &env.anthropic_api_key,
+            )?,
+            openai: pick(&flags.openai_api_key, "OPENAI_API_KEY", &env.openai_api_key)?,
+            minimax: pick(
+                &flags.minimax_api_key,
+                "MINIMAX_API_KEY",
+                &env.minimax_api_key,
+            )?,
+        })
+    }
+
+    /// The full setup spec: flag, else environment, else default, then the cross-field rules.
+    pub fn resolve_setup(&self, args: &SetupArgs) -> Result<SetupSpec, SpecError> {
+        let env = &self.flag_defaults;
+        let model: Model = flag_env_default(&args.model, "MODEL", &env.model, DEFAULT_MODEL)?;
+        let skills: Skills = flag_env_default(&args.skills, "SKILLS", &env.skills, DEFAULT_SKILLS)?;
+        let image: ImageRef = flag_env_default(
+            &args.openclaw_image,
+            "OPENCLAW_IMAGE_DEFAULT",
+            &env.image,
+            DEFAULT_IMAGE,
+        )?;
+        let vcpu: VcpuCount = flag_env_default(&args.vm_vcpu, "VM_VCPU", &env.vm_vcpu, DEFAULT_VCPU)?;
+        let memory: MemoryMib =
+            flag_env_default(&args.vm_mem_mib, "VM_MEM_MIB", &env.vm_mem_mib, DEFAULT_MEM_MIB)?;
+        let disk_size: DiskSize =
+            flag_env_default(&args.disk_size, "DISK_SIZE", &env.disk_size, DEFAULT_DISK_SIZE)?;
+        let image_path = |flag: &Option<PathBuf>, name: &'static str, value: &Option<String>, file: &str| {
+            match (flag, value) {
+                (Some(path), _) => Ok(path.clone()),
+                (None, Some(value)) => parse_absolute_path(name, value)
+                    .map_err(|problem| SpecError::Environment { name, problem }),
+                (None, None) => Ok(self.base_images_dir.join(file)),
+            }
+        };
+        let base = BaseImages {
+            kernel: image_path(&args.base_kernel, "BASE_KERNEL", &env.base_kernel, "vmlinux")?,
+            rootfs: image_path(&args.base_rootfs, "BASE_ROOTFS", &env.base_rootfs, "rootfs.ext4")?,
+            initrd: image_path(&args.base_initrd, "BASE_INITRD", &env.base_initrd, "initrd.img")?,
+        };
+        let api_sock = match (&args.api_sock, &env.api_sock) {
+            (Some(path), _) => path.clone(),
+            (None, Some(value)) => parse_absolute_path("API_SOCK", value).map_err(|problem| {
+                SpecError::Environment {
+                    name: "API_SOCK",
+                    problem,
+                }
+            })?,
+            (None, None) => default_api_sock(&self.paths.fc_root, args.instance.as_str()),
+        };
+        let telegram = match (&args.telegram_token, &args.telegram_users) {
+            (Some(token), Some(users)) => Some(TelegramSpec {
+                token: token.clone(),
+                users: users.clone(),
+            }),
+            (Some(_), None) => return Err(SpecError::TelegramUsersRequired),
+            (None, Some(_)) => return Err(SpecError::TelegramUsersWithoutToken),
+            (None, None) => None,
+        };
+        SetupSpec::new(SetupSpec {
+            id: args.instance.clone(),
+            telegram,
+            model,
+            skills,
+            image,
+            host_port: args.host_port,
+            vcpu,
+            memory,
+            disk_size,
+            api_sock,
+            base,
+            keys: self.resolve_keys(&args.keys)?,
+            skip_browser_install: args.skip_browser_install,
+            ssh_key_path: self.ssh_key_path.clone(),
+            fc_root: self.paths.fc_root.clone(),
+            state_root: self.paths.state_root.clone(),
+        })
+    }
+}
+
+/// `FC_ROOT/<id>/firecracker.socket`.
+pub fn default_api_sock(fc_root: &Path, id: &str) -> PathBuf {
+    fc_root.join(id).join("firecracker.socket")
+}
+
+fn parse_env<T: FromStr<Err = InvalidValue>>(
+    name: &'static str,
+    value: &str,
+) -> Result<T, SettingsError> {
+    value
+        .parse()
+        .map_err(|problem| SettingsError { name, problem })
+}
+
+fn flag_env_default<T: FromStr<Err = InvalidValue> + Clone>(
+    flag: &Option<T>,
+    name: &'static str,
+    env: &Option<String>,
+    default: &str,
+) -> Result<T, SpecError> {
+    if let Some(value) = flag {
+        return Ok(value.clone());
+    }
+    match env {
+        Some(value) => value
+            .parse()
+            .map_err(|problem| SpecError::Environment { name, problem }),
+        None => default.parse().map_err(|problem| SpecError::Environment { name, problem }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_020_readme() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.paths.state_root, Path::new("/var/lib/fireclaw"));
+        assert_eq!(s.paths.fc_root, Path::new("/srv/firecracker/vm-demo"));
+        assert_eq!(s.base_port, 18890);
+        assert_eq!(s.network.bridge.as_str(), "fc-br0");
+        assert_eq!(s.network.bridge_address.to_string(), "172.16.0.1/24");
+        assert_eq!(s.network.subnet.to_string(), "172.16.0.0/24");
+        assert_eq!(s.ssh_key_path, Path::new("/home/ubuntu/.ssh/vmdemo_vm"));
+        assert_eq!(s.base_images_dir, Path::new("/srv/firecracker/base/images"));
+    }
+
+    #[test]
+    fn overrides_are_applied_and_empty_means_unset() {
+        let s = settings(&[
+            ("STATE_ROOT", "/tmp/state"),
+            ("FC_ROOT", ""),
+            ("BASE_PORT", "20000"),
+            ("BRIDGE_NAME", "br-test"),
+            ("BRIDGE_ADDR", "10.9.8.1/24"),
+            ("SUBNET_CIDR", "10.9.8.0/24"),
+        ])
+        .unwrap();
+        assert_eq!(s.paths.state_root, Path::new("/tmp/state"));
+        assert_eq!(s.paths.fc_root, Path::new("/srv/firecracker/vm-demo"));
+        assert_eq!(s.base_port, 20000);
+        assert_eq!(s.network.bridge.as_str(), "br-test");
+    }
+
+    #[test]
+    fn nonsense_in_host_wide_variables_is_refused_naming_the_variable() {
+        for (name, value) in [
+            ("STATE_ROOT", "relative"),
+            ("FC_ROOT", "/a/../b"),
+            ("BASE_PORT", "http"),
+            ("BRIDGE_NAME", "much-too-long-bridge"),
+            ("BRIDGE_ADDR", "172.16.0.1/16"),
+            ("SUBNET_CIDR", "172.16.0.0/23"),
+            ("SSH_KEY_PATH", "~/.ssh/key"),
+            ("BASE_IMAGES_DIR", "images"),
+        ] {
+            let err = settings(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}");
+        }
+    }
+
+    #[test]
+    fn bridge_address_must_be_inside_the_subnet() {
+        let err = settings(&[("BRIDGE_ADDR", "10.0.0.1/24")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment variable BRIDGE_ADDR: 10.0.0.1/24 is not inside SUBNET_CIDR 172.16.0.0/24"
+        );
+    }
+
+    #[test]
+    fn flag_default_variables_are_not_checked_until_used() {
+        let s = settings(&[("MODEL", "not a model"), ("VM_VCPU", "lots")]).unwrap();
+        assert_eq!(s.flag_defaults.model.as_deref(), Some("not a model"));
+    }
+}
