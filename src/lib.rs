@@ -3,4 +3,5 @@
 
 pub mod cli;
 pub mod instance;
+pub mod render;
 pub mod settings;

@@ -8,3 +8,5 @@ pub mod spec;
 pub mod state;
 pub mod store;
 pub mod values;
+pub mod layout;
+pub mod plan;

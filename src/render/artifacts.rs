@@ -1,0 +1,285 @@
+//! Every file `setup` writes for one instance, rendered together from an `InstancePlan`: state
+//! files, cloud-init sources, the seed image, the Firecracker config, wrapper scripts and both
+//! units, each with its path, mode and a display form in which secrets are redacted. The base
+//! images are copied, not rendered; they are listed as `AssetCopy` steps.
+
+use std::path::PathBuf;
+
+use crate::instance::layout::{AssetPaths, UnitNames};
+use crate::instance::plan::{Allocation, instance_env, provision_vars};
+use crate::instance::spec::SetupSpec;
+use crate::instance::state::{FireclawState, GatewayToken, Phase, StateError};
+use crate::instance::store::StatePaths;
+use crate::settings::{HostPaths, NetworkSettings};
+
+use super::cloud_init::{
+    HostKeyPair, NetworkConfig, UserDataConfig, meta_data, network_config, user_data,
+};
+use super::firecracker::{VmConfigInput, vm_config};
+use super::seed_image::{SeedFile, SeedImageError, Timestamp, seed_image};
+use super::units::{
+    PinnedEnvironment, ProxyUnitConfig, VmUnitConfig, proxy_unit, start_script, stop_script,
+    vm_unit,
+};
+
+/// Label cloud-init's NoCloud source looks for.
+pub const SEED_LABEL: &str = "cidata";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("render state files: {0}")]
+    State(#[from] StateError),
+    #[error("render seed image: {0}")]
+    Seed(#[from] SeedImageError),
+}
+
+/// Absolute paths of the programs the units run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTools {
+    pub fireclaw: PathBuf,
+    pub firecracker: PathBuf,
+    pub socat: PathBuf,
+}
+
+/// Everything needed to render an instance's files.
+#[derive(Debug, Clone)]
+pub struct InstancePlan<'a> {
+    pub spec: &'a SetupSpec,
+    pub allocation: &'a Allocation,
+    pub token: &'a GatewayToken,
+    pub host_key: &'a HostKeyPair,
+    /// The client public key line (`SSH_KEY_PATH.pub`).
+    pub authorized_key: &'a str,
+    pub tools: &'a HostTools,
+    pub network: &'a NetworkSettings,
+    pub paths: &'a HostPaths,
+    /// Whether the base initrd exists (it is optional).
+    pub with_initrd: bool,
+    pub time: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub body: Body,
+    /// What may be shown to a person: the text with secrets replaced, or a description.
+    pub display: String,
+}
+
+/// A base image copied into the asset dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetCopy {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// Grow the copy to this many bytes (the rootfs only).
+    pub grow_to: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedInstance {
+    pub state: Vec<Artifact>,
+    pub copies: Vec<AssetCopy>,
+    pub assets: Vec<Artifact>,
+    pub units: Vec<Artifact>,
+}
+
+fn text(path: PathBuf, mode: u32, body: String) -> Artifact {
+    Artifact {
+        path,
+        mode,
+        display: body.clone(),
+        body: Body::Text(body),
+    }
+}
+
+fn secret_text(path: PathBuf, mode: u32, body: String, display: String) -> Artifact {
+    Artifact {
+        path,
+        mode,
+        body: Body::Text(body),
+        display,
+    }
+}
+
+/// `user-data` with the guest's private host key replaced, for display.
+pub fn redact_private_key(user_data: &str, host_key: &HostKeyPair) -> String {
+    let mut shown = user_data.to_owned();
+    for line in host_key.private_openssh.lines() {
+        let line = line.trim();
+        if !line.is_empty() && !line.starts_with("-----") {
+            shown = shown.replace(line, "<redacted>");
+        }
+    }
+    shown
+}
+
+/// The pinned environment of the units: what the helper commands need to find this instance.
+pub fn pinned_environment(paths: &HostPaths, network: &NetworkSettings) -> PinnedEnvironment {
+    PinnedEnvironment(vec![
+        ("STATE_ROOT", paths.state_root.to_string_lossy().into_owned()),
+        ("FC_ROOT", paths.fc_root.to_string_lossy().into_owned()),
+        ("BRIDGE_NAME", network.bridge.to_string()),
+        ("BRIDGE_ADDR", network.bridge_address.to_string()),
+        ("SUBNET_CIDR", network.subnet.to_string()),
+    ])
+}
+
+/// The `known_hosts` alias fireclaw pins an instance's host key under.
+pub fn host_key_alias(id: &str) -> String {
+    format!("fireclaw-{id}")
+}
+
+pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, RenderError> {
+    let spec = plan.spec;
+    let id = spec.id.as_str();
+    let state_paths = StatePaths::new(&plan.paths.state_root, &spec.id);
+    let asset_paths = AssetPaths::new(&plan.paths.fc_root, &spec.id);
+    let units = UnitNames::new(&spec.id);
+
+    let env = instance_env(spec, plan.allocation, plan.token)?;
+    let vars = provision_vars(spec, plan.token)?;
+    let known_hosts = format!(
+        "{} {}\n",
+        host_key_alias(id),
+        plan.host_key.public_openssh.trim()
+    );
+    let state = vec![
+        secret_text(state_paths.env.clone(), 0o600, env.render(), env.render_redacted()),
+        secret_text(
+            state_paths.token.clone(),
+            0o600,
+            plan.token.file_text(),
+            "<redacted> (print it with: fireclaw token <id>)\n".replace("<id>", id),
+        ),
+        secret_text(state_paths.vars.clone(), 0o600, vars.render(), vars.render_redacted()),
+        text(state_paths.known_hosts.clone(), 0o600, known_hosts),
+        text(
+            state_paths.fireclaw_json.clone(),
+            0o600,
+            FireclawState::new(Phase::Allocated).render(),
+        ),
+    ];
+
+    let user_data_text = user_data(&UserDataConfig {
+        authorized_key: plan.authorized_key.to_owned(),
+        host_key: plan.host_key.clone(),
+    });
+    let meta_data_text = meta_data(id);
+    let network_text = network_config(&NetworkConfig {
+        mac: plan.allocation.mac.clone(),
+        ip: plan.allocation.ip,
+        gateway: plan.network.bridge_address.address(),
+    });
+    let seed = seed_image(
+        SEED_LABEL,
+        &[
+            SeedFile {
+                name: "user-data".into(),
+                contents: user_data_text.clone().into_bytes(),
+            },
+            SeedFile {
+                name: "meta-data".into(),
+                contents: meta_data_text.clone().into_bytes(),
+            },
+            SeedFile {
+                name: "network-config".into(),
+                contents: network_text.clone().into_bytes(),
+            },
+        ],
+        plan.time,
+    )?;
+    let vm_unit_config = VmUnitConfig {
+        id: id.to_owned(),
+        fireclaw: plan.tools.fireclaw.clone(),
+        firecracker: plan.tools.firecracker.clone(),
+        api_sock: spec.api_sock.clone(),
+        vm_config: asset_paths.vm_config.clone(),
+        console_log: asset_paths.console_log.clone(),
+        environment: pinned_environment(plan.paths, plan.network),
+    };
+    let seed_display = format!(
+        "ISO 9660 image, label '{SEED_LABEL}', {} bytes: user-data, meta-data, network-config (Rock Ridge and Joliet names)\n",
+        seed.len()
+    );
+    let assets = vec![
+        secret_text(
+            asset_paths.user_data.clone(),
+            0o600,
+            user_data_text.clone(),
+            redact_private_key(&user_data_text, plan.host_key),
+        ),
+        text(asset_paths.meta_data.clone(), 0o600, meta_data_text),
+        text(asset_paths.network_config.clone(), 0o600, network_text),
+        Artifact {
+            path: asset_paths.seed.clone(),
+            mode: 0o600,
+            body: Body::Binary(seed),
+            display: seed_display,
+        },
+        text(
+            asset_paths.vm_config.clone(),
+            0o600,
+            vm_config(&VmConfigInput {
+                kernel: asset_paths.kernel.clone(),
+                initrd: plan.with_initrd.then(|| asset_paths.initrd.clone()),
+                rootfs: asset_paths.rootfs.clone(),
+                seed: asset_paths.seed.clone(),
+                vcpu: spec.vcpu.get(),
+                memory_mib: spec.memory.get(),
+                tap: plan.allocation.tap.to_string(),
+                mac: plan.allocation.mac.clone(),
+                log_path: asset_paths.firecracker_log.clone(),
+            }),
+        ),
+        // Firecracker before 1.14 refuses to start unless its log file exists.
+        text(asset_paths.firecracker_log.clone(), 0o600, String::new()),
+        text(asset_paths.start_script.clone(), 0o700, start_script(&vm_unit_config)),
+        text(asset_paths.stop_script.clone(), 0o700, stop_script(&vm_unit_config)),
+    ];
+    let mut copies = vec![
+        AssetCopy {
+            from: spec.base.rootfs.clone(),
+            to: asset_paths.rootfs.clone(),
+            grow_to: Some(spec.disk_size.bytes()),
+        },
+        AssetCopy {
+            from: spec.base.kernel.clone(),
+            to: asset_paths.kernel.clone(),
+            grow_to: None,
+        },
+    ];
+    if plan.with_initrd {
+        copies.push(AssetCopy {
+            from: spec.base.initrd.clone(),
+            to: asset_paths.initrd.clone(),
+            grow_to: None,
+        });
+    }
+    let unit_files = vec![
+        text(units.vm_path(&plan.paths.unit_dir), 0o644, vm_unit(&vm_unit_config)),
+        text(
+            units.proxy_path(&plan.paths.unit_dir),
+            0o644,
+            proxy_unit(&ProxyUnitConfig {
+                id: id.to_owned(),
+                vm_unit: units.vm.clone(),
+                socat: plan.tools.socat.clone(),
+                host_port: plan.allocation.host_port.get(),
+                vm_ip: plan.allocation.ip,
+            }),
+        ),
+    ];
+    Ok(RenderedInstance {
+        state,
+        copies,
+        assets,
+        units: unit_files,
+    })
+}

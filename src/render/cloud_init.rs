@@ -1,0 +1,137 @@
+//! The three NoCloud files of the seed: `user-data` (the `ubuntu` user, the client key, and the
+//! guest SSH host key fireclaw generated so it is pinned before first boot), `meta-data` and
+//! `network-config` (v2, static IP matched by MAC). Every string scalar is written as a JSON
+//! string, which YAML reads as a double-quoted scalar, so no value can break the document.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use crate::instance::layout::{GUEST_NAMESERVERS, GUEST_USER};
+
+/// The guest's own SSH host key, in OpenSSH formats.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostKeyPair {
+    /// `-----BEGIN OPENSSH PRIVATE KEY-----` ... (a secret).
+    pub private_openssh: String,
+    /// `ssh-ed25519 AAAA...`.
+    pub public_openssh: String,
+}
+
+impl std::fmt::Debug for HostKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeyPair")
+            .field("public_openssh", &self.public_openssh)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserDataConfig {
+    /// The client public key (`SSH_KEY_PATH.pub`), one line.
+    pub authorized_key: String,
+    pub host_key: HostKeyPair,
+}
+
+fn quoted(value: &str) -> String {
+    // A JSON string is a valid YAML double-quoted scalar; serialising a str cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+pub fn user_data(config: &UserDataConfig) -> String {
+    let mut out = String::from("#cloud-config\n");
+    // `docker` is created up front so the user can join it before docker.io is installed.
+    out.push_str("groups:\n  - docker\n");
+    let _ = writeln!(out, "users:\n  - name: {GUEST_USER}");
+    out.push_str("    groups: [sudo, docker]\n");
+    out.push_str("    shell: /bin/bash\n");
+    out.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n");
+    out.push_str("    lock_passwd: true\n");
+    out.push_str("    ssh_authorized_keys:\n");
+    let _ = writeln!(out, "      - {}", quoted(config.authorized_key.trim()));
+    // Replace whatever host keys the base image carries with the one fireclaw pinned.
+    out.push_str("ssh_deletekeys: true\n");
+    out.push_str("ssh_genkeytypes: []\n");
+    out.push_str("ssh_keys:\n");
+    out.push_str("  ed25519_private: |\n");
+    for line in config.host_key.private_openssh.trim_end().lines() {
+        let _ = writeln!(out, "    {line}");
+    }
+    let _ = writeln!(
+        out,
+        "  ed25519_public: {}",
+        quoted(config.host_key.public_openssh.trim())
+    );
+    out.push_str("packages:\n  - jq\n  - curl\n");
+    out
+}
+
+pub fn meta_data(instance_id: &str) -> String {
+    format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        quoted(instance_id),
+        quoted(instance_id)
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+}
+
+pub fn network_config(config: &NetworkConfig) -> String {
+    let mut out = String::from("version: 2\nethernets:\n  eth0:\n");
+    let _ = writeln!(out, "    match:\n      macaddress: {}", quoted(&config.mac));
+    out.push_str("    set-name: eth0\n");
+    let _ = writeln!(out, "    addresses:\n      - {}", quoted(&format!("{}/24", config.ip)));
+    let _ = writeln!(
+        out,
+        "    routes:\n      - to: default\n        via: {}",
+        quoted(&config.gateway.to_string())
+    );
+    out.push_str("    nameservers:\n      addresses:\n");
+    for server in GUEST_NAMESERVERS {
+        let _ = writeln!(out, "        - {}", quoted(server));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn sample_host_key() -> HostKeyPair {
+        HostKeyPair {
+            private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nFAKEFAKEFAKE\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+            public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKEHOSTKEY fireclaw-host-my-bot".into(),
+        }
+    }
+
+    #[test]
+    fn user_data_snapshot() {
+        insta::assert_snapshot!(user_data(&UserDataConfig {
+            authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKECLIENT root@host\n".into(),
+            host_key: sample_host_key(),
+        }));
+    }
+
+    #[test]
+    fn meta_data_snapshot() {
+        insta::assert_snapshot!(meta_data("my-bot"));
+    }
+
+    #[test]
+    fn network_config_snapshot() {
+        insta::assert_snapshot!(network_config(&NetworkConfig {
+            mac: "06:fc:00:10:00:02".into(),
+            ip: Ipv4Addr::new(172, 16, 0, 2),
+            gateway: Ipv4Addr::new(172, 16, 0, 1),
+        }));
+    }
+
+    #[test]
+    fn debug_of_a_host_key_hides_the_private_half() {
+        assert!(!format!("{:?}", sample_host_key()).contains("PRIVATE"));
+    }
+}

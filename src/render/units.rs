@@ -1,0 +1,268 @@
+//! The host-side text artifacts of an instance: the VM unit (`firecracker-vmdemo-<id>.service`,
+//! with the VMM as its main process and fireclaw's own helpers around it), the proxy unit
+//! (`vmdemo-proxy-<id>.service`, socat as a dynamic user) and the `start-vm.sh`/`stop-vm.sh`
+//! wrappers an operator can run by hand. All values are quoted for their target syntax.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::instance::layout::GUEST_GATEWAY_PORT;
+
+/// Settings the helper commands need, pinned into the unit so that `vm-net-up` sees the same
+/// `STATE_ROOT`, `FC_ROOT` and bridge as the `setup` that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedEnvironment(pub Vec<(&'static str, String)>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmUnitConfig {
+    pub id: String,
+    pub fireclaw: PathBuf,
+    pub firecracker: PathBuf,
+    pub api_sock: PathBuf,
+    pub vm_config: PathBuf,
+    pub console_log: PathBuf,
+    pub environment: PinnedEnvironment,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyUnitConfig {
+    pub id: String,
+    pub vm_unit: String,
+    pub socat: PathBuf,
+    pub host_port: u16,
+    pub vm_ip: Ipv4Addr,
+}
+
+/// Quotes one word of a systemd command line (`ExecStart=` and friends): `%` specifiers and
+/// `$` variable expansion are escaped, and anything outside a safe set goes in double quotes.
+pub fn systemd_word(value: &str) -> String {
+    double_quote_unless_safe(&value.replace('%', "%%").replace('$', "$$"))
+}
+
+/// Quotes an `Environment=` assignment: specifiers are expanded there, variables are not.
+pub fn systemd_assignment(value: &str) -> String {
+    double_quote_unless_safe(&value.replace('%', "%%"))
+}
+
+/// A setting whose value runs to the end of the line with no quote removal
+/// (`StandardOutput=append:<path>`): only specifiers need escaping.
+pub fn systemd_raw_value(value: &str) -> String {
+    value.replace('%', "%%")
+}
+
+fn double_quote_unless_safe(escaped: &str) -> String {
+    let safe = !escaped.is_empty()
+        && escaped
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._:=,@+-%$".contains(c));
+    if safe {
+        return escaped.to_owned();
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        if c == '\\' || c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes one word for bash (single quotes).
+pub fn shell_word(value: &str) -> String {
+    let safe = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._:=,@+-".contains(c));
+    if safe {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+fn path_word(path: &std::path::Path) -> String {
+    systemd_word(&path.to_string_lossy())
+}
+
+pub fn vm_unit(config: &VmUnitConfig) -> String {
+    let id = systemd_word(&config.id);
+    let fireclaw = path_word(&config.fireclaw);
+    let mut out = String::new();
+    let _ = writeln!(out, "# Written by fireclaw. Runs the Firecracker VM of instance '{}'.", config.id);
+    out.push_str("[Unit]\n");
+    let _ = writeln!(out, "Description=Firecracker VM ({})", config.id.replace('%', "%%"));
+    out.push_str("After=network-online.target\nWants=network-online.target\n");
+    // Restart=always must not spin forever on a broken host: give up after 5 starts in 60 s.
+    out.push_str("StartLimitIntervalSec=60\nStartLimitBurst=5\n\n");
+    out.push_str("[Service]\nType=simple\n");
+    for (name, value) in &config.environment.0 {
+        let _ = writeln!(
+            out,
+            "Environment={}",
+            systemd_assignment(&format!("{name}={value}"))
+        );
+    }
+    // Bridge, tap, isolation and rules are rebuilt before every start, so the network survives
+    // host reboots and VMM crashes; a failure here fails the start job at once.
+    let _ = writeln!(out, "ExecStartPre={fireclaw} vm-net-up {id}");
+    let _ = writeln!(
+        out,
+        "ExecStart={} --api-sock {} --config-file {}",
+        path_word(&config.firecracker),
+        path_word(&config.api_sock),
+        path_word(&config.vm_config)
+    );
+    let _ = writeln!(out, "ExecStop={fireclaw} vm-shutdown {id}");
+    // Runs after clean stops, crashes and failed starts alike.
+    let _ = writeln!(out, "ExecStopPost={fireclaw} vm-net-down {id}");
+    let _ = writeln!(
+        out,
+        "StandardOutput={}",
+        systemd_raw_value(&format!("append:{}", config.console_log.to_string_lossy()))
+    );
+    out.push_str("StandardError=journal\n");
+    out.push_str("TimeoutStopSec=45\nRestart=always\nRestartSec=2\n\n");
+    out.push_str("[Install]\nWantedBy=multi-user.target\n");
+    out
+}
+
+pub fn proxy_unit(config: &ProxyUnitConfig) -> String {
+    let vm_unit = systemd_word(&config.vm_unit);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Written by fireclaw. Forwards 127.0.0.1:{} to the gateway of instance '{}'.",
+        config.host_port, config.id
+    );
+    out.push_str("[Unit]\n");
+    let _ = writeln!(out, "Description=Localhost proxy for VM ({})", config.id.replace('%', "%%"));
+    let _ = writeln!(out, "After={vm_unit}\nRequires={vm_unit}\nPartOf={vm_unit}\n");
+    out.push_str("[Service]\nType=simple\nDynamicUser=yes\n");
+    let _ = writeln!(
+        out,
+        "ExecStart={} TCP-LISTEN:{},bind=127.0.0.1,reuseaddr,fork TCP:{}:{}",
+        path_word(&config.socat),
+        config.host_port,
+        config.vm_ip,
+        GUEST_GATEWAY_PORT
+    );
+    // socat exits 143 on SIGTERM.
+    out.push_str("SuccessExitStatus=143\nRestart=always\nRestartSec=2\n\n");
+    let _ = writeln!(out, "[Install]\nWantedBy=multi-user.target {vm_unit}");
+    out
+}
+
+fn script_preamble(out: &mut String, purpose: &str, config: &VmUnitConfig) {
+    out.push_str("#!/usr/bin/env bash\n");
+    let _ = writeln!(out, "# Written by fireclaw. {purpose}");
+    let _ = writeln!(
+        out,
+        "# The systemd unit firecracker-vmdemo-{}.service does the same; prefer systemctl.",
+        config.id
+    );
+    out.push_str("set -euo pipefail\n");
+    for (name, value) in &config.environment.0 {
+        let _ = writeln!(out, "export {name}={}", shell_word(value));
+    }
+}
+
+/// Runs the VM in the foreground, as the unit's ExecStartPre and ExecStart do.
+pub fn start_script(config: &VmUnitConfig) -> String {
+    let mut out = String::new();
+    script_preamble(&mut out, "Runs the VM in the foreground.", config);
+    let fireclaw = shell_word(&config.fireclaw.to_string_lossy());
+    let _ = writeln!(out, "{fireclaw} vm-net-up {}", shell_word(&config.id));
+    let _ = writeln!(
+        out,
+        "exec {} --api-sock {} --config-file {}",
+        shell_word(&config.firecracker.to_string_lossy()),
+        shell_word(&config.api_sock.to_string_lossy()),
+        shell_word(&config.vm_config.to_string_lossy())
+    );
+    out
+}
+
+/// Shuts the guest down cleanly, then removes the tap and socket, as ExecStop/ExecStopPost do.
+pub fn stop_script(config: &VmUnitConfig) -> String {
+    let mut out = String::new();
+    script_preamble(&mut out, "Shuts the VM down cleanly and removes its tap.", config);
+    let fireclaw = shell_word(&config.fireclaw.to_string_lossy());
+    let id = shell_word(&config.id);
+    out.push_str("status=0\n");
+    let _ = writeln!(out, "{fireclaw} vm-shutdown {id} || status=$?");
+    let _ = writeln!(out, "{fireclaw} vm-net-down {id}");
+    out.push_str("exit \"$status\"\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(fc_root: &str) -> VmUnitConfig {
+        let dir = PathBuf::from(fc_root).join("my-bot");
+        VmUnitConfig {
+            id: "my-bot".into(),
+            fireclaw: "/usr/local/bin/fireclaw".into(),
+            firecracker: "/usr/local/bin/firecracker".into(),
+            api_sock: dir.join("firecracker.socket"),
+            vm_config: dir.join("config/vm-config.json"),
+            console_log: dir.join("logs/console.log"),
+            environment: PinnedEnvironment(vec![
+                ("STATE_ROOT", "/var/lib/fireclaw".into()),
+                ("FC_ROOT", fc_root.into()),
+                ("BRIDGE_NAME", "fc-br0".into()),
+                ("BRIDGE_ADDR", "172.16.0.1/24".into()),
+                ("SUBNET_CIDR", "172.16.0.0/24".into()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn vm_unit_snapshot() {
+        insta::assert_snapshot!(vm_unit(&vm("/srv/firecracker/vm-demo")));
+    }
+
+    #[test]
+    fn vm_unit_quotes_awkward_paths() {
+        insta::assert_snapshot!(vm_unit(&vm("/srv/my vms/100%/$x")));
+    }
+
+    #[test]
+    fn proxy_unit_snapshot() {
+        insta::assert_snapshot!(proxy_unit(&ProxyUnitConfig {
+            id: "my-bot".into(),
+            vm_unit: "firecracker-vmdemo-my-bot.service".into(),
+            socat: "/usr/bin/socat".into(),
+            host_port: 18891,
+            vm_ip: Ipv4Addr::new(172, 16, 0, 2),
+        }));
+    }
+
+    #[test]
+    fn start_script_snapshot() {
+        insta::assert_snapshot!(start_script(&vm("/srv/firecracker/vm-demo")));
+    }
+
+    #[test]
+    fn stop_script_snapshot() {
+        insta::assert_snapshot!(stop_script(&vm("/srv/my vms/it's")));
+    }
+
+    #[test]
+    fn words_are_quoted_for_their_syntax() {
+        assert_eq!(systemd_word("/usr/bin/socat"), "/usr/bin/socat");
+        assert_eq!(systemd_word("a b"), "\"a b\"");
+        assert_eq!(systemd_word("50%"), "50%%");
+        assert_eq!(systemd_word("$HOME"), "$$HOME");
+        assert_eq!(systemd_word("a\"b\\"), "\"a\\\"b\\\\\"");
+        assert_eq!(systemd_assignment("A=$x y"), "\"A=$x y\"");
+        assert_eq!(systemd_raw_value("append:/a b/50%"), "append:/a b/50%%");
+        assert_eq!(shell_word("plain-1"), "plain-1");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+}
