@@ -1,7 +1,64 @@
 //! fireclaw: a control plane that runs OpenClaw agent gateways in Firecracker microVMs, one VM
-//! per instance, supervised by systemd. `main.rs` parses the command line and calls [`run`].
+//! per instance, supervised by systemd. `main.rs` hands the arguments to [`main_with_args`],
+//! which parses them, runs the command, and turns any error into one line and an exit code.
 
 pub mod cli;
+mod commands;
+pub mod host;
 pub mod instance;
+pub mod output;
 pub mod render;
 pub mod settings;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+/// Exit code for a command line clap refused.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+
+pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
+    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let mut output = output::Output::new(&mut stdout, &mut stderr);
+    match commands::run(cli, &mut output) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            drop(output);
+            // `{:#}` joins the error chain on one line: what failed, then why.
+            eprintln!("fireclaw: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Help and version print in full; a refused command line prints clap's first line only
+/// (which names the flag and the reason), so every rejection is one line.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = error.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid command line");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("fireclaw: {message} (see 'fireclaw help')");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -10,3 +10,4 @@ pub mod store;
 pub mod values;
 pub mod layout;
 pub mod plan;
+pub mod secrets;

@@ -283,3 +283,106 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         units: unit_files,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::instance::plan::allocate;
+    use crate::settings::Settings;
+    use clap::Parser;
+
+    fn spec_and_settings(extra: &[&str]) -> (SetupSpec, Settings) {
+        let settings = Settings::from_lookup(|_| None).unwrap();
+        let mut args = vec!["fireclaw", "setup", "--instance", "my-bot", "--openai-api-key", "sk-test-openai"];
+        args.extend(extra);
+        let Command::Setup(setup) = Cli::try_parse_from(args).unwrap().command else {
+            unreachable!()
+        };
+        (settings.resolve_setup(&setup).unwrap(), settings)
+    }
+
+    fn render(extra: &[&str], with_initrd: bool) -> RenderedInstance {
+        let (spec, settings) = spec_and_settings(extra);
+        let allocation = allocate(&spec, &settings.network, settings.base_port, &Default::default()).unwrap();
+        let token = GatewayToken::from_random_bytes([0x4f; 32]);
+        let host_key = HostKeyPair {
+            private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRETKEYMATERIAL\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+            public_openssh: "ssh-ed25519 AAAAHOSTPUB fireclaw-host-my-bot".into(),
+        };
+        render_instance(&InstancePlan {
+            spec: &spec,
+            allocation: &allocation,
+            token: &token,
+            host_key: &host_key,
+            authorized_key: "ssh-ed25519 AAAACLIENT root@host",
+            tools: &HostTools {
+                fireclaw: "/usr/local/bin/fireclaw".into(),
+                firecracker: "/usr/local/bin/firecracker".into(),
+                socat: "/usr/bin/socat".into(),
+            },
+            network: &settings.network,
+            paths: &settings.paths,
+            with_initrd,
+            time: Timestamp(1_700_000_000),
+        })
+        .unwrap()
+    }
+
+    fn listing(rendered: &RenderedInstance, bodies: bool) -> String {
+        let mut out = String::new();
+        for copy in &rendered.copies {
+            out.push_str(&format!("copy {} -> {} grow {:?}\n", copy.from.display(), copy.to.display(), copy.grow_to));
+        }
+        for artifact in rendered.state.iter().chain(&rendered.assets).chain(&rendered.units) {
+            out.push_str(&format!("=== {} {:04o}\n", artifact.path.display(), artifact.mode));
+            match (&artifact.body, bodies) {
+                (Body::Text(text), true) => out.push_str(text),
+                (Body::Binary(bytes), true) => out.push_str(&format!("<{} bytes>\n", bytes.len())),
+                (_, false) => out.push_str(&artifact.display),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn instance_files_snapshot() {
+        insta::assert_snapshot!(listing(&render(&[], false), true));
+    }
+
+    #[test]
+    fn instance_files_with_telegram_and_initrd_snapshot() {
+        let rendered = render(
+            &["--telegram-token", "123456:AAEsecret", "--telegram-users", "111, 222", "--skip-browser-install"],
+            true,
+        );
+        insta::assert_snapshot!(listing(&rendered, true));
+    }
+
+    #[test]
+    fn display_form_holds_no_secret() {
+        let rendered = render(&["--telegram-token", "123456:AAEsecret", "--telegram-users", "1"], false);
+        let shown = listing(&rendered, false);
+        for secret in ["sk-test-openai", "AAEsecret", &"4f".repeat(32), "SECRETKEYMATERIAL"] {
+            assert!(!shown.contains(secret), "{secret} shown");
+        }
+        // ...while the files themselves carry them where they belong.
+        let written = listing(&rendered, true);
+        assert!(written.contains("OPENAI_API_KEY=sk-test-openai"));
+        assert!(written.contains("TELEGRAM_TOKEN=123456:AAEsecret"));
+    }
+
+    #[test]
+    fn secrets_land_only_in_0600_files() {
+        let rendered = render(&["--telegram-token", "123456:AAEsecret", "--telegram-users", "1"], false);
+        for artifact in rendered.state.iter().chain(&rendered.assets).chain(&rendered.units) {
+            let Body::Text(text) = &artifact.body else { continue };
+            let secret = ["sk-test-openai", "AAEsecret", &"4f".repeat(32), "SECRETKEYMATERIAL"]
+                .iter()
+                .any(|s| text.contains(s));
+            if secret {
+                assert_eq!(artifact.mode, 0o600, "{} holds a secret", artifact.path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! One module per verb; the only place where the domain meets the host adapters. Each command
+//! is a linear list of steps.
+
+mod setup;
+mod token;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+use crate::settings::Settings;
+
+/// A command whose implementation has not landed yet: its arguments parse and validate, then it
+/// stops before touching anything.
+#[derive(Debug, thiserror::Error)]
+#[error("'fireclaw {0}' is not implemented in this build yet; nothing was changed")]
+pub struct NotImplemented(pub &'static str);
+
+/// A command that needs root was run without it.
+#[derive(Debug, thiserror::Error)]
+#[error("'fireclaw {command}' needs root: {why}")]
+pub struct NeedsRoot {
+    pub command: &'static str,
+    pub why: &'static str,
+}
+
+pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
+    let settings = Settings::from_process_env()?;
+    match cli.command {
+        Command::Setup(args) => setup::run(&settings, &args, output),
+        Command::Token(args) => token::run(&settings, &args.id, output),
+        Command::Doctor(_) => Err(NotImplemented("doctor").into()),
+        Command::Provision(_) => Err(NotImplemented("provision").into()),
+        Command::List(_) => Err(NotImplemented("list").into()),
+        Command::Status(_) => Err(NotImplemented("status").into()),
+        Command::Start(_) => Err(NotImplemented("start").into()),
+        Command::Stop(_) => Err(NotImplemented("stop").into()),
+        Command::Restart(_) => Err(NotImplemented("restart").into()),
+        Command::Logs(_) => Err(NotImplemented("logs").into()),
+        Command::Shell(_) => Err(NotImplemented("shell").into()),
+        Command::Destroy(_) => Err(NotImplemented("destroy").into()),
+        Command::VmNetUp(_) => Err(NotImplemented("vm-net-up").into()),
+        Command::VmShutdown(_) => Err(NotImplemented("vm-shutdown").into()),
+        Command::VmNetDown(_) => Err(NotImplemented("vm-net-down").into()),
+    }
+}
