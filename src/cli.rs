@@ -111,7 +111,11 @@ pub struct ShellArgs {
     #[arg(value_name = "ID")]
     pub id: InstanceId,
     /// A command to run instead of an interactive login (a shell string, as with ssh).
-    #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
 }
 
@@ -274,8 +278,22 @@ mod tests {
     #[test]
     fn provision_refuses_contradictory_flags() {
         for args in [
-            ["fireclaw", "provision", "a", "--no-telegram", "--telegram-token", "1:x"],
-            ["fireclaw", "provision", "a", "--skip-browser-install", "--browser-install", "--no-telegram"],
+            [
+                "fireclaw",
+                "provision",
+                "a",
+                "--no-telegram",
+                "--telegram-token",
+                "1:x",
+            ],
+            [
+                "fireclaw",
+                "provision",
+                "a",
+                "--skip-browser-install",
+                "--browser-install",
+                "--no-telegram",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

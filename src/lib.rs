@@ -31,7 +31,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     match commands::run(cli, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            drop(output);
+            // stderr's lock is reentrant, so printing while `output` holds it is fine.
             // `{:#}` joins the error chain on one line: what failed, then why.
             eprintln!("fireclaw: {error:#}");
             ExitCode::from(EXIT_FAILURE)
@@ -54,11 +54,32 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             }
         }
         _ => {
-            let rendered = error.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid command line");
-            let message = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("fireclaw: {message} (see 'fireclaw help')");
+            eprintln!("fireclaw: {} (see 'fireclaw help')", one_line(error));
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// A refused command line as one line. For a value our validators refused, their message is
+/// used instead of clap's, because clap echoes the raw value: it may hold a line break or a
+/// secret.
+fn one_line(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    if error.kind() == ErrorKind::ValueValidation
+        && let (Some(ContextValue::String(arg)), Some(source)) = (
+            error.get(ContextKind::InvalidArg),
+            std::error::Error::source(error),
+        )
+    {
+        return format!("invalid value for {arg}: {source}");
+    }
+    let rendered = error.to_string();
+    let paragraph = rendered.split("\n\n").next().unwrap_or_default();
+    let joined: Vec<&str> = paragraph
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = joined.join(" ");
+    text.strip_prefix("error: ").unwrap_or(&text).to_owned()
 }

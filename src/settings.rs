@@ -98,16 +98,16 @@ impl Settings {
             Ok(get(name).unwrap_or_else(|| default.to_owned()))
         };
 
-        let base_port = parse_base_port(&parsed("BASE_PORT", "18890")?).map_err(|problem| {
-            SettingsError {
+        let base_port =
+            parse_base_port(&parsed("BASE_PORT", "18890")?).map_err(|problem| SettingsError {
                 name: "BASE_PORT",
                 problem,
-            }
-        })?;
+            })?;
         let bridge = parse_env::<InterfaceName>("BRIDGE_NAME", &parsed("BRIDGE_NAME", "fc-br0")?)?;
         let bridge_address =
             parse_env::<BridgeAddress>("BRIDGE_ADDR", &parsed("BRIDGE_ADDR", "172.16.0.1/24")?)?;
-        let subnet = parse_env::<Subnet24>("SUBNET_CIDR", &parsed("SUBNET_CIDR", "172.16.0.0/24")?)?;
+        let subnet =
+            parse_env::<Subnet24>("SUBNET_CIDR", &parsed("SUBNET_CIDR", "172.16.0.0/24")?)?;
         if !subnet.contains(bridge_address.address()) {
             return Err(SettingsError {
                 name: "BRIDGE_ADDR",
@@ -152,15 +152,15 @@ impl Settings {
     /// Provider keys: each flag, else its environment variable.
     pub fn resolve_keys(&self, flags: &KeyArgs) -> Result<ProviderKeys, SpecError> {
         let env = &self.flag_defaults;
-        let pick = |flag: &Option<Secret>, name: &'static str, value: &Option<String>| {
-            match (flag, value) {
+        let pick =
+            |flag: &Option<Secret>, name: &'static str, value: &Option<String>| match (flag, value)
+            {
                 (Some(secret), _) => Ok(Some(secret.clone())),
                 (None, Some(value)) => Secret::parse(name, value)
                     .map(Some)
                     .map_err(|problem| SpecError::Environment { name, problem }),
                 (None, None) => Ok(None),
-            }
-        };
+            };
         Ok(ProviderKeys {
             anthropic: pick(
                 &flags.anthropic_api_key,
@@ -187,12 +187,24 @@ impl Settings {
             &env.image,
             DEFAULT_IMAGE,
         )?;
-        let vcpu: VcpuCount = flag_env_default(&args.vm_vcpu, "VM_VCPU", &env.vm_vcpu, DEFAULT_VCPU)?;
-        let memory: MemoryMib =
-            flag_env_default(&args.vm_mem_mib, "VM_MEM_MIB", &env.vm_mem_mib, DEFAULT_MEM_MIB)?;
-        let disk_size: DiskSize =
-            flag_env_default(&args.disk_size, "DISK_SIZE", &env.disk_size, DEFAULT_DISK_SIZE)?;
-        let image_path = |flag: &Option<PathBuf>, name: &'static str, value: &Option<String>, file: &str| {
+        let vcpu: VcpuCount =
+            flag_env_default(&args.vm_vcpu, "VM_VCPU", &env.vm_vcpu, DEFAULT_VCPU)?;
+        let memory: MemoryMib = flag_env_default(
+            &args.vm_mem_mib,
+            "VM_MEM_MIB",
+            &env.vm_mem_mib,
+            DEFAULT_MEM_MIB,
+        )?;
+        let disk_size: DiskSize = flag_env_default(
+            &args.disk_size,
+            "DISK_SIZE",
+            &env.disk_size,
+            DEFAULT_DISK_SIZE,
+        )?;
+        let image_path = |flag: &Option<PathBuf>,
+                          name: &'static str,
+                          value: &Option<String>,
+                          file: &str| {
             match (flag, value) {
                 (Some(path), _) => Ok(path.clone()),
                 (None, Some(value)) => parse_absolute_path(name, value)
@@ -201,9 +213,24 @@ impl Settings {
             }
         };
         let base = BaseImages {
-            kernel: image_path(&args.base_kernel, "BASE_KERNEL", &env.base_kernel, "vmlinux")?,
-            rootfs: image_path(&args.base_rootfs, "BASE_ROOTFS", &env.base_rootfs, "rootfs.ext4")?,
-            initrd: image_path(&args.base_initrd, "BASE_INITRD", &env.base_initrd, "initrd.img")?,
+            kernel: image_path(
+                &args.base_kernel,
+                "BASE_KERNEL",
+                &env.base_kernel,
+                "vmlinux",
+            )?,
+            rootfs: image_path(
+                &args.base_rootfs,
+                "BASE_ROOTFS",
+                &env.base_rootfs,
+                "rootfs.ext4",
+            )?,
+            initrd: image_path(
+                &args.base_initrd,
+                "BASE_INITRD",
+                &env.base_initrd,
+                "initrd.img",
+            )?,
         };
         let api_sock = match (&args.api_sock, &env.api_sock) {
             (Some(path), _) => path.clone(),
@@ -272,7 +299,9 @@ fn flag_env_default<T: FromStr<Err = InvalidValue> + Clone>(
         Some(value) => value
             .parse()
             .map_err(|problem| SpecError::Environment { name, problem }),
-        None => default.parse().map_err(|problem| SpecError::Environment { name, problem }),
+        None => default
+            .parse()
+            .map_err(|problem| SpecError::Environment { name, problem }),
     }
 }
 

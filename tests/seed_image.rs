@@ -5,6 +5,9 @@
 //! `isoinfo` (genisoimage) and `cloud-localds` (cloud-image-utils); the README's test command
 //! installs them.
 
+// Tests may panic on a broken fixture; that is their way of failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,7 +27,9 @@ fn run(program: &str, args: &[&str]) -> Vec<u8> {
     let output = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{program} could not run ({e}); the README's test command installs it"));
+        .unwrap_or_else(|e| {
+            panic!("{program} could not run ({e}); the README's test command installs it")
+        });
     assert!(
         output.status.success(),
         "{program} {args:?} failed: {}",
@@ -35,7 +40,9 @@ fn run(program: &str, args: &[&str]) -> Vec<u8> {
 
 fn files() -> Vec<(String, String)> {
     let host_key = HostKeyPair {
-        private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAfake\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+        private_openssh:
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAAfake\n-----END OPENSSH PRIVATE KEY-----\n"
+                .into(),
         public_openssh: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE host".into(),
     };
     vec![
@@ -66,13 +73,24 @@ fn assert_readable_seed(image: &Path, files: &[(String, String)]) {
     for (name, contents) in files {
         let path = format!("/{name}");
         let rock = run("isoinfo", &["-R", "-i", image, "-x", &path]);
-        assert_eq!(String::from_utf8(rock).unwrap(), *contents, "Rock Ridge {name}");
+        assert_eq!(
+            String::from_utf8(rock).unwrap(),
+            *contents,
+            "Rock Ridge {name}"
+        );
         let joliet = run("isoinfo", &["-J", "-i", image, "-x", &path]);
-        assert_eq!(String::from_utf8(joliet).unwrap(), *contents, "Joliet {name}");
+        assert_eq!(
+            String::from_utf8(joliet).unwrap(),
+            *contents,
+            "Joliet {name}"
+        );
     }
     let listing = String::from_utf8(run("isoinfo", &["-R", "-l", "-i", image])).unwrap();
     for (name, _) in files {
-        assert!(listing.contains(name.as_str()), "{name} missing from {listing}");
+        assert!(
+            listing.contains(name.as_str()),
+            "{name} missing from {listing}"
+        );
     }
 }
 
@@ -88,7 +106,11 @@ fn fireclaw_seed_image_is_found_and_read_in_user_space() {
         })
         .collect();
     let image = dir.join("seed.img");
-    std::fs::write(&image, seed_image("cidata", &seed, Timestamp(1_700_000_000)).unwrap()).unwrap();
+    std::fs::write(
+        &image,
+        seed_image("cidata", &seed, Timestamp(1_700_000_000)).unwrap(),
+    )
+    .unwrap();
     assert_readable_seed(&image, &files);
     std::fs::remove_dir_all(&dir).unwrap();
 }

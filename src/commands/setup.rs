@@ -81,7 +81,11 @@ fn gather_allocation(settings: &Settings, spec: &SetupSpec) -> Result<(Allocatio
                 Visibility::Partial(format!(
                     "the state of {unreadable} existing instance(s) under {} could not be read{}",
                     settings.paths.state_root.display(),
-                    if probe::is_root() { "" } else { " without root" }
+                    if probe::is_root() {
+                        ""
+                    } else {
+                        " without root"
+                    }
                 ))
             };
             (found, visibility)
@@ -91,7 +95,11 @@ fn gather_allocation(settings: &Settings, spec: &SetupSpec) -> Result<(Allocatio
             Visibility::Partial(format!(
                 "{} could not be read{}",
                 settings.paths.state_root.display(),
-                if probe::is_root() { "" } else { " without root" }
+                if probe::is_root() {
+                    ""
+                } else {
+                    " without root"
+                }
             )),
         ),
     };
@@ -103,7 +111,9 @@ fn gather_allocation(settings: &Settings, spec: &SetupSpec) -> Result<(Allocatio
 
 fn tool_path(name: &str, fallback: &str, warnings: &mut Vec<String>) -> PathBuf {
     probe::which(name).unwrap_or_else(|| {
-        warnings.push(format!("{name} is not on PATH; setup would fail until it is installed"));
+        warnings.push(format!(
+            "{name} is not on PATH; setup would fail until it is installed"
+        ));
         PathBuf::from(fallback)
     })
 }
@@ -122,7 +132,10 @@ fn check_base_image(what: &str, path: &Path, required: bool, warnings: &mut Vec<
                 std::io::ErrorKind::PermissionDenied => "is not readable without root".to_owned(),
                 _ => format!("cannot be read ({e})"),
             };
-            warnings.push(format!("{what} {} {problem}; setup would fail", path.display()));
+            warnings.push(format!(
+                "{what} {} {problem}; setup would fail",
+                path.display()
+            ));
             false
         }
     }
@@ -161,7 +174,10 @@ fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Re
                 "SSH client key {} is missing or unreadable; setup generates it",
                 public_key_path.display()
             ));
-            format!("<public half of {}, generated at setup>", spec.ssh_key_path.display())
+            format!(
+                "<public half of {}, generated at setup>",
+                spec.ssh_key_path.display()
+            )
         }
     };
     let token = generate_token()?;
@@ -206,10 +222,19 @@ fn print_preview(
     output.line(&format!("Instance {}", spec.id));
     let rows = [
         ("VM IP", format!("{}{provisional}", allocation.ip)),
-        ("host port", format!("{}{provisional}", allocation.host_port)),
+        (
+            "host port",
+            format!("{}{provisional}", allocation.host_port),
+        ),
         ("tap", format!("{}{provisional}", allocation.tap)),
         ("MAC", format!("{}{provisional}", allocation.mac)),
-        ("bridge", format!("{} ({})", settings.network.bridge, settings.network.bridge_address)),
+        (
+            "bridge",
+            format!(
+                "{} ({})",
+                settings.network.bridge, settings.network.bridge_address
+            ),
+        ),
         ("API socket", spec.api_sock.display().to_string()),
         ("vCPU", spec.vcpu.to_string()),
         ("memory", format!("{} MiB", spec.memory)),
@@ -226,7 +251,12 @@ fn print_preview(
         ),
         (
             "browser",
-            if spec.skip_browser_install { "not installed" } else { "Playwright Chromium" }.into(),
+            if spec.skip_browser_install {
+                "not installed"
+            } else {
+                "Playwright Chromium"
+            }
+            .into(),
         ),
     ];
     for (name, value) in rows {
@@ -253,7 +283,12 @@ fn print_preview(
     }
     output.line("");
     output.line("Would write:");
-    for artifact in rendered.state.iter().chain(&rendered.assets).chain(&rendered.units) {
+    for artifact in rendered
+        .state
+        .iter()
+        .chain(&rendered.assets)
+        .chain(&rendered.units)
+    {
         print_artifact(artifact, output);
     }
 }

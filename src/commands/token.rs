@@ -13,10 +13,16 @@ pub fn run(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Res
     let text = match std::fs::read_to_string(&paths.token) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no instance '{id}': {} does not exist", paths.token.display())
+            bail!(
+                "no instance '{id}': {} does not exist",
+                paths.token.display()
+            )
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!("read {}: permission denied (run as root)", paths.token.display())
+            bail!(
+                "read {}: permission denied (run as root)",
+                paths.token.display()
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("read {}", paths.token.display())),
     };

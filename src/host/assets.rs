@@ -157,7 +157,8 @@ fn sparse_copy(source: &File, length: u64, target: &File) -> io::Result<()> {
 }
 
 fn lseek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: lseek on an open descriptor has no memory effects.
     let result = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
     if result >= 0 {
@@ -212,7 +213,8 @@ mod tests {
     struct Scratch(PathBuf);
     impl Scratch {
         fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("fireclaw-assets-{tag}-{}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("fireclaw-assets-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
             std::fs::create_dir_all(&path).unwrap();
             Self(path)
@@ -245,7 +247,11 @@ mod tests {
         assert_eq!(metadata.len(), 128 << 20);
         assert_eq!(metadata.mode() & 0o777, 0o600);
         // Well under the apparent size: holes were not filled.
-        assert!(metadata.blocks() * 512 < 8 << 20, "{} blocks", metadata.blocks());
+        assert!(
+            metadata.blocks() * 512 < 8 << 20,
+            "{} blocks",
+            metadata.blocks()
+        );
         let copied = std::fs::read(&to).unwrap();
         let original = std::fs::read(&from).unwrap();
         assert_eq!(&copied[..original.len()], &original[..]);

@@ -185,6 +185,9 @@ mod tests {
             "tabcdef254"
         );
         assert_eq!(mac_address(ip), "06:fc:00:10:00:02");
-        assert_eq!(mac_address(Ipv4Addr::new(172, 16, 0, 254)), "06:fc:00:10:00:fe");
+        assert_eq!(
+            mac_address(Ipv4Addr::new(172, 16, 0, 254)),
+            "06:fc:00:10:00:fe"
+        );
     }
 }

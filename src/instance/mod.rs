@@ -3,11 +3,11 @@
 //! host's network, systemd or processes.
 
 pub mod alloc;
+pub mod layout;
 pub mod plain;
+pub mod plan;
+pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod store;
 pub mod values;
-pub mod layout;
-pub mod plan;
-pub mod secrets;

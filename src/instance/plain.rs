@@ -30,7 +30,10 @@ pub enum PlainError {
 enum Line {
     /// Blank, comment, or anything kept verbatim.
     Verbatim(String),
-    Entry { key: String, value: String },
+    Entry {
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +220,11 @@ mod tests {
             if let Some(a) = doc.get("A").map(str::to_owned) {
                 doc.set("A", &a).unwrap();
             }
-            assert_eq!(doc.render(), text, "setting an unchanged value changed the file");
+            assert_eq!(
+                doc.render(),
+                text,
+                "setting an unchanged value changed the file"
+            );
         }
     }
 

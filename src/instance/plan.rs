@@ -4,7 +4,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::alloc::{AllocError, Taken, check_port, first_free_ip, first_free_port, mac_address, tap_name};
+use super::alloc::{
+    AllocError, Taken, check_port, first_free_ip, first_free_port, mac_address, tap_name,
+};
 use super::spec::SetupSpec;
 use super::state::{EnvFile, GatewayToken, StateError, VarsFile};
 use super::values::{HostPort, InterfaceName};

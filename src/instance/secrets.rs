@@ -51,6 +51,9 @@ mod tests {
         assert!(pair.public_openssh.starts_with("ssh-ed25519 "));
         assert!(pair.public_openssh.ends_with(" fireclaw-host-my-bot"));
         let parsed = PrivateKey::from_openssh(&pair.private_openssh).unwrap();
-        assert_eq!(parsed.public_key().to_openssh().unwrap(), pair.public_openssh);
+        assert_eq!(
+            parsed.public_key().to_openssh().unwrap(),
+            pair.public_openssh
+        );
     }
 }

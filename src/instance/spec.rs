@@ -114,7 +114,12 @@ impl SetupSpec {
             ("STATE_ROOT", &spec.state_root),
             ("SSH_KEY_PATH", &spec.ssh_key_path),
         ] {
-            if path.as_os_str().as_encoded_bytes().iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+            if path
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .any(|b| matches!(b, b'\n' | b'\r' | 0))
+            {
                 return Err(SpecError::LineBreakInPath { what });
             }
         }

@@ -399,10 +399,7 @@ OPENAI_API_KEY=sk-new
         })
         .unwrap();
         let text = env.render();
-        let keys: Vec<&str> = text
-            .lines()
-            .map(|l| l.split_once('=').unwrap().0)
-            .collect();
+        let keys: Vec<&str> = text.lines().map(|l| l.split_once('=').unwrap().0).collect();
         let mut expected = vec!["FIRECLAW_STATE_FORMAT"];
         expected.extend(ENV_KEYS);
         assert_eq!(keys, expected);
@@ -444,7 +441,9 @@ OPENAI_API_KEY=sk-new
         assert_eq!(token.expose().len(), 64);
         assert_eq!(token.file_text(), format!("{}\n", "ab".repeat(32)));
         assert_eq!(
-            GatewayToken::from_file_text(&token.file_text()).unwrap().expose(),
+            GatewayToken::from_file_text(&token.file_text())
+                .unwrap()
+                .expose(),
             token.expose()
         );
         assert!(GatewayToken::from_file_text("\n").is_err());

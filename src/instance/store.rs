@@ -25,7 +25,9 @@ pub enum StoreError {
     Parse { path: PathBuf, source: StateError },
     #[error("lock {path}: {source}")]
     Lock { path: PathBuf, source: io::Error },
-    #[error("instance '{id}' is busy: another fireclaw command holds {path} (waited {waited_secs}s)")]
+    #[error(
+        "instance '{id}' is busy: another fireclaw command holds {path} (waited {waited_secs}s)"
+    )]
     Busy {
         id: String,
         path: PathBuf,
@@ -170,7 +172,8 @@ pub fn lock_allocation(state_root: &Path) -> Result<HeldLock, StoreError> {
     ensure_private_dir(state_root)?;
     let path = state_root.join(".alloc.lock");
     let file = open_lock_file(&path)?;
-    file.lock().map_err(|source| StoreError::Lock { path, source })?;
+    file.lock()
+        .map_err(|source| StoreError::Lock { path, source })?;
     Ok(HeldLock { _file: file })
 }
 
@@ -391,7 +394,11 @@ mod tests {
     fn reserve_creates_a_private_dir_with_env_and_phase() {
         let root = TempDir::new("reserve");
         let env = reserve(root.path(), &id("a"), |taken| {
-            Ok::<_, String>(env_with_port("a", first_free_port(18890, taken).unwrap().get(), 2))
+            Ok::<_, String>(env_with_port(
+                "a",
+                first_free_port(18890, taken).unwrap().get(),
+                2,
+            ))
         })
         .unwrap()
         .unwrap();
@@ -408,17 +415,25 @@ mod tests {
     #[test]
     fn reserve_sees_other_instances_and_refuses_an_existing_id() {
         let root = TempDir::new("reserve-taken");
-        reserve(root.path(), &id("a"), |_| Ok::<_, String>(env_with_port("a", 18891, 2)))
-            .unwrap()
-            .unwrap();
+        reserve(root.path(), &id("a"), |_| {
+            Ok::<_, String>(env_with_port("a", 18891, 2))
+        })
+        .unwrap()
+        .unwrap();
         let seen = reserve(root.path(), &id("b"), |taken| {
-            Ok::<_, String>(env_with_port("b", first_free_port(18890, taken).unwrap().get(), 3))
+            Ok::<_, String>(env_with_port(
+                "b",
+                first_free_port(18890, taken).unwrap().get(),
+                3,
+            ))
         })
         .unwrap()
         .unwrap();
         assert_eq!(seen.host_port().unwrap(), 18892);
-        let err = reserve(root.path(), &id("a"), |_| Ok::<_, String>(env_with_port("a", 1, 9)))
-            .unwrap_err();
+        let err = reserve(root.path(), &id("a"), |_| {
+            Ok::<_, String>(env_with_port("a", 1, 9))
+        })
+        .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     }
 
@@ -492,7 +507,13 @@ mod tests {
     #[test]
     fn scan_reports_unreadable_env_without_hiding_others() {
         let root = TempDir::new("scan");
-        for (name, text) in [("good", "INSTANCE_ID=good\nHOST_PORT=18891\nVM_IP=172.16.0.2\nVM_TAP=t2\n"), ("bad", "garbage\n")] {
+        for (name, text) in [
+            (
+                "good",
+                "INSTANCE_ID=good\nHOST_PORT=18891\nVM_IP=172.16.0.2\nVM_TAP=t2\n",
+            ),
+            ("bad", "garbage\n"),
+        ] {
             let dir = root.path().join(format!(".vm-{name}"));
             fs::create_dir(&dir).unwrap();
             fs::write(dir.join(".env"), text).unwrap();
@@ -504,6 +525,10 @@ mod tests {
         let (taken, unreadable) = taken_by(&scanned);
         assert_eq!(unreadable, ["bad"]);
         assert_eq!(taken.ports.get(&18891).map(String::as_str), Some("good"));
-        assert!(scan_instances(&root.path().join("missing")).unwrap().is_empty());
+        assert!(
+            scan_instances(&root.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -435,7 +435,9 @@ impl fmt::Debug for Secret {
 pub fn parse_telegram_token(value: &str) -> Result<Secret, InvalidValue> {
     let secret = Secret::parse("--telegram-token", value)?;
     match value.split_once(':') {
-        Some((bot, rest)) if !bot.is_empty() && bot.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() => {
+        Some((bot, rest))
+            if !bot.is_empty() && bot.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() =>
+        {
             Ok(secret)
         }
         _ => Err(invalid(
@@ -489,7 +491,10 @@ pub fn parse_absolute_path(what: &str, value: &str) -> Result<PathBuf, InvalidVa
             value.escape_default()
         )));
     }
-    if path.components().any(|c| c == std::path::Component::ParentDir) {
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
         return Err(invalid(format!(
             "{what} '{}' must not contain '..'",
             value.escape_default()
@@ -664,7 +669,16 @@ mod tests {
     #[test]
     fn instance_id_refuses_everything_else() {
         for bad in [
-            "", "My-Bot", "a/b", "..", "a.b", "a b", "bot\n", "bø", "a\0", &"a".repeat(64),
+            "",
+            "My-Bot",
+            "a/b",
+            "..",
+            "a.b",
+            "a b",
+            "bot\n",
+            "bø",
+            "a\0",
+            &"a".repeat(64),
         ] {
             assert!(bad.parse::<InstanceId>().is_err(), "{bad:?} was accepted");
         }
@@ -674,7 +688,17 @@ mod tests {
     fn host_port_must_be_unprivileged_and_numeric() {
         assert_eq!("1024".parse::<HostPort>().map(HostPort::get), Ok(1024));
         assert_eq!("65535".parse::<HostPort>().map(HostPort::get), Ok(65535));
-        for bad in ["1023", "0", "65536", "-1", "+2000", " 2000", "20a", "", "99999999999"] {
+        for bad in [
+            "1023",
+            "0",
+            "65536",
+            "-1",
+            "+2000",
+            " 2000",
+            "20a",
+            "",
+            "99999999999",
+        ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad:?} was accepted");
         }
     }
@@ -699,7 +723,18 @@ mod tests {
         assert_eq!("2048k".parse::<DiskSize>().unwrap().bytes(), 2 << 20);
         assert_eq!("1T".parse::<DiskSize>().unwrap().bytes(), 1 << 40);
         assert_eq!("1048576".parse::<DiskSize>().unwrap().bytes(), 1 << 20);
-        for bad in ["", "G", "40GB", "4.5G", "-1G", "0G", "1K", "65T", "99999999999G", "40 G"] {
+        for bad in [
+            "",
+            "G",
+            "40GB",
+            "4.5G",
+            "-1G",
+            "0G",
+            "1K",
+            "65T",
+            "99999999999G",
+            "40 G",
+        ] {
             assert!(bad.parse::<DiskSize>().is_err(), "{bad:?}");
         }
     }
@@ -709,14 +744,24 @@ mod tests {
         let model: Model = "openai/gpt-5.5".parse().unwrap();
         assert_eq!(model.provider(), Provider::OpenAi);
         assert_eq!(
-            "anthropic/claude-opus-4".parse::<Model>().unwrap().provider(),
+            "anthropic/claude-opus-4"
+                .parse::<Model>()
+                .unwrap()
+                .provider(),
             Provider::Anthropic
         );
         assert_eq!(
             "minimax/MiniMax-M2.1".parse::<Model>().unwrap().provider(),
             Provider::MiniMax
         );
-        for bad in ["gpt-5", "openai/", "/gpt", "google/gemini", "openai/gpt 5", "openai/a\nb"] {
+        for bad in [
+            "gpt-5",
+            "openai/",
+            "/gpt",
+            "google/gemini",
+            "openai/gpt 5",
+            "openai/a\nb",
+        ] {
             assert!(bad.parse::<Model>().is_err(), "{bad:?}");
         }
     }
@@ -750,14 +795,21 @@ mod tests {
 
     #[test]
     fn image_refs_and_paths() {
-        assert!("ghcr.io/openclaw/openclaw:latest".parse::<ImageRef>().is_ok());
+        assert!(
+            "ghcr.io/openclaw/openclaw:latest"
+                .parse::<ImageRef>()
+                .is_ok()
+        );
         assert!("repo@sha256:abc".parse::<ImageRef>().is_ok());
         for bad in ["", "-rm", "a b", "a;b", "a\nb"] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad:?}");
         }
         assert!(parse_absolute_path("--base-kernel", "/srv/k").is_ok());
         for bad in ["rel/k", "/a/../b", "/a\nb", ""] {
-            assert!(parse_absolute_path("--base-kernel", bad).is_err(), "{bad:?}");
+            assert!(
+                parse_absolute_path("--base-kernel", bad).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -767,11 +819,22 @@ mod tests {
             "172.16.0.0/24".parse::<Subnet24>().unwrap().host(7),
             Ipv4Addr::new(172, 16, 0, 7)
         );
-        for bad in ["172.16.0.0/16", "172.16.0.1/24", "172.16.0.0", "x/24", "172.16.0.0/33"] {
+        for bad in [
+            "172.16.0.0/16",
+            "172.16.0.1/24",
+            "172.16.0.0",
+            "x/24",
+            "172.16.0.0/33",
+        ] {
             assert!(bad.parse::<Subnet24>().is_err(), "{bad:?}");
         }
         assert!("172.16.0.1/24".parse::<BridgeAddress>().is_ok());
-        for bad in ["172.16.0.1/16", "172.16.0.0/24", "172.16.0.255/24", "172.16.0.1"] {
+        for bad in [
+            "172.16.0.1/16",
+            "172.16.0.0/24",
+            "172.16.0.255/24",
+            "172.16.0.1",
+        ] {
             assert!(bad.parse::<BridgeAddress>().is_err(), "{bad:?}");
         }
     }

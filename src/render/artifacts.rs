@@ -123,7 +123,10 @@ pub fn redact_private_key(user_data: &str, host_key: &HostKeyPair) -> String {
 /// The pinned environment of the units: what the helper commands need to find this instance.
 pub fn pinned_environment(paths: &HostPaths, network: &NetworkSettings) -> PinnedEnvironment {
     PinnedEnvironment(vec![
-        ("STATE_ROOT", paths.state_root.to_string_lossy().into_owned()),
+        (
+            "STATE_ROOT",
+            paths.state_root.to_string_lossy().into_owned(),
+        ),
         ("FC_ROOT", paths.fc_root.to_string_lossy().into_owned()),
         ("BRIDGE_NAME", network.bridge.to_string()),
         ("BRIDGE_ADDR", network.bridge_address.to_string()),
@@ -151,14 +154,24 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         plan.host_key.public_openssh.trim()
     );
     let state = vec![
-        secret_text(state_paths.env.clone(), 0o600, env.render(), env.render_redacted()),
+        secret_text(
+            state_paths.env.clone(),
+            0o600,
+            env.render(),
+            env.render_redacted(),
+        ),
         secret_text(
             state_paths.token.clone(),
             0o600,
             plan.token.file_text(),
             "<redacted> (print it with: fireclaw token <id>)\n".replace("<id>", id),
         ),
-        secret_text(state_paths.vars.clone(), 0o600, vars.render(), vars.render_redacted()),
+        secret_text(
+            state_paths.vars.clone(),
+            0o600,
+            vars.render(),
+            vars.render_redacted(),
+        ),
         text(state_paths.known_hosts.clone(), 0o600, known_hosts),
         text(
             state_paths.fireclaw_json.clone(),
@@ -240,8 +253,16 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         ),
         // Firecracker before 1.14 refuses to start unless its log file exists.
         text(asset_paths.firecracker_log.clone(), 0o600, String::new()),
-        text(asset_paths.start_script.clone(), 0o700, start_script(&vm_unit_config)),
-        text(asset_paths.stop_script.clone(), 0o700, stop_script(&vm_unit_config)),
+        text(
+            asset_paths.start_script.clone(),
+            0o700,
+            start_script(&vm_unit_config),
+        ),
+        text(
+            asset_paths.stop_script.clone(),
+            0o700,
+            stop_script(&vm_unit_config),
+        ),
     ];
     let mut copies = vec![
         AssetCopy {
@@ -263,7 +284,11 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         });
     }
     let unit_files = vec![
-        text(units.vm_path(&plan.paths.unit_dir), 0o644, vm_unit(&vm_unit_config)),
+        text(
+            units.vm_path(&plan.paths.unit_dir),
+            0o644,
+            vm_unit(&vm_unit_config),
+        ),
         text(
             units.proxy_path(&plan.paths.unit_dir),
             0o644,
@@ -294,7 +319,14 @@ mod tests {
 
     fn spec_and_settings(extra: &[&str]) -> (SetupSpec, Settings) {
         let settings = Settings::from_lookup(|_| None).unwrap();
-        let mut args = vec!["fireclaw", "setup", "--instance", "my-bot", "--openai-api-key", "sk-test-openai"];
+        let mut args = vec![
+            "fireclaw",
+            "setup",
+            "--instance",
+            "my-bot",
+            "--openai-api-key",
+            "sk-test-openai",
+        ];
         args.extend(extra);
         let Command::Setup(setup) = Cli::try_parse_from(args).unwrap().command else {
             unreachable!()
@@ -304,7 +336,13 @@ mod tests {
 
     fn render(extra: &[&str], with_initrd: bool) -> RenderedInstance {
         let (spec, settings) = spec_and_settings(extra);
-        let allocation = allocate(&spec, &settings.network, settings.base_port, &Default::default()).unwrap();
+        let allocation = allocate(
+            &spec,
+            &settings.network,
+            settings.base_port,
+            &Default::default(),
+        )
+        .unwrap();
         let token = GatewayToken::from_random_bytes([0x4f; 32]);
         let host_key = HostKeyPair {
             private_openssh: "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRETKEYMATERIAL\n-----END OPENSSH PRIVATE KEY-----\n".into(),
@@ -332,10 +370,24 @@ mod tests {
     fn listing(rendered: &RenderedInstance, bodies: bool) -> String {
         let mut out = String::new();
         for copy in &rendered.copies {
-            out.push_str(&format!("copy {} -> {} grow {:?}\n", copy.from.display(), copy.to.display(), copy.grow_to));
+            out.push_str(&format!(
+                "copy {} -> {} grow {:?}\n",
+                copy.from.display(),
+                copy.to.display(),
+                copy.grow_to
+            ));
         }
-        for artifact in rendered.state.iter().chain(&rendered.assets).chain(&rendered.units) {
-            out.push_str(&format!("=== {} {:04o}\n", artifact.path.display(), artifact.mode));
+        for artifact in rendered
+            .state
+            .iter()
+            .chain(&rendered.assets)
+            .chain(&rendered.units)
+        {
+            out.push_str(&format!(
+                "=== {} {:04o}\n",
+                artifact.path.display(),
+                artifact.mode
+            ));
             match (&artifact.body, bodies) {
                 (Body::Text(text), true) => out.push_str(text),
                 (Body::Binary(bytes), true) => out.push_str(&format!("<{} bytes>\n", bytes.len())),
@@ -353,7 +405,13 @@ mod tests {
     #[test]
     fn instance_files_with_telegram_and_initrd_snapshot() {
         let rendered = render(
-            &["--telegram-token", "123456:AAEsecret", "--telegram-users", "111, 222", "--skip-browser-install"],
+            &[
+                "--telegram-token",
+                "123456:AAEsecret",
+                "--telegram-users",
+                "111, 222",
+                "--skip-browser-install",
+            ],
             true,
         );
         insta::assert_snapshot!(listing(&rendered, true));
@@ -361,9 +419,22 @@ mod tests {
 
     #[test]
     fn display_form_holds_no_secret() {
-        let rendered = render(&["--telegram-token", "123456:AAEsecret", "--telegram-users", "1"], false);
+        let rendered = render(
+            &[
+                "--telegram-token",
+                "123456:AAEsecret",
+                "--telegram-users",
+                "1",
+            ],
+            false,
+        );
         let shown = listing(&rendered, false);
-        for secret in ["sk-test-openai", "AAEsecret", &"4f".repeat(32), "SECRETKEYMATERIAL"] {
+        for secret in [
+            "sk-test-openai",
+            "AAEsecret",
+            &"4f".repeat(32),
+            "SECRETKEYMATERIAL",
+        ] {
             assert!(!shown.contains(secret), "{secret} shown");
         }
         // ...while the files themselves carry them where they belong.
@@ -374,14 +445,39 @@ mod tests {
 
     #[test]
     fn secrets_land_only_in_0600_files() {
-        let rendered = render(&["--telegram-token", "123456:AAEsecret", "--telegram-users", "1"], false);
-        for artifact in rendered.state.iter().chain(&rendered.assets).chain(&rendered.units) {
-            let Body::Text(text) = &artifact.body else { continue };
-            let secret = ["sk-test-openai", "AAEsecret", &"4f".repeat(32), "SECRETKEYMATERIAL"]
-                .iter()
-                .any(|s| text.contains(s));
+        let rendered = render(
+            &[
+                "--telegram-token",
+                "123456:AAEsecret",
+                "--telegram-users",
+                "1",
+            ],
+            false,
+        );
+        for artifact in rendered
+            .state
+            .iter()
+            .chain(&rendered.assets)
+            .chain(&rendered.units)
+        {
+            let Body::Text(text) = &artifact.body else {
+                continue;
+            };
+            let secret = [
+                "sk-test-openai",
+                "AAEsecret",
+                &"4f".repeat(32),
+                "SECRETKEYMATERIAL",
+            ]
+            .iter()
+            .any(|s| text.contains(s));
             if secret {
-                assert_eq!(artifact.mode, 0o600, "{} holds a secret", artifact.path.display());
+                assert_eq!(
+                    artifact.mode,
+                    0o600,
+                    "{} holds a secret",
+                    artifact.path.display()
+                );
             }
         }
     }

@@ -84,7 +84,11 @@ pub fn network_config(config: &NetworkConfig) -> String {
     let mut out = String::from("version: 2\nethernets:\n  eth0:\n");
     let _ = writeln!(out, "    match:\n      macaddress: {}", quoted(&config.mac));
     out.push_str("    set-name: eth0\n");
-    let _ = writeln!(out, "    addresses:\n      - {}", quoted(&format!("{}/24", config.ip)));
+    let _ = writeln!(
+        out,
+        "    addresses:\n      - {}",
+        quoted(&format!("{}/24", config.ip))
+    );
     let _ = writeln!(
         out,
         "    routes:\n      - to: default\n        via: {}",

@@ -133,7 +133,9 @@ fn padded_ascii(text: &str, width: usize) -> Vec<u8> {
 
 /// `text` as UCS-2 big-endian in a fixed-width field padded with UCS-2 spaces (Joliet).
 fn padded_ucs2(text: &str, width: usize) -> Vec<u8> {
-    let mut out: Vec<u8> = std::iter::repeat_n([0u8, b' '], width / 2).flatten().collect();
+    let mut out: Vec<u8> = std::iter::repeat_n([0u8, b' '], width / 2)
+        .flatten()
+        .collect();
     for (i, unit) in text.encode_utf16().take(width / 2).enumerate() {
         put(&mut out, i * 2, &unit.to_be_bytes());
     }
@@ -243,7 +245,7 @@ fn directory_record(
     system_use: &[u8],
     time: Timestamp,
 ) -> Vec<u8> {
-    let padding = usize::from(identifier.len() % 2 == 0);
+    let padding = usize::from(identifier.len().is_multiple_of(2));
     let mut length = 33 + identifier.len() + padding + system_use.len();
     length += length % 2;
     let mut out = vec![0u8; length];
@@ -434,15 +436,43 @@ pub fn seed_image(
     dot_use.extend(susp_ce(CONTINUATION as u32, 0, er.len() as u32));
     dot_use.extend(rrip_px(0o040_555, 2));
     dot_use.extend(rrip_tf(time));
-    primary.extend(directory_record(PRIMARY_ROOT as u32, SECTOR as u32, true, &[0], &dot_use, time));
+    primary.extend(directory_record(
+        PRIMARY_ROOT as u32,
+        SECTOR as u32,
+        true,
+        &[0],
+        &dot_use,
+        time,
+    ));
     let mut dotdot_use = rrip_rr(false);
     dotdot_use.extend(rrip_px(0o040_555, 2));
     dotdot_use.extend(rrip_tf(time));
-    primary.extend(directory_record(PRIMARY_ROOT as u32, SECTOR as u32, true, &[1], &dotdot_use, time));
+    primary.extend(directory_record(
+        PRIMARY_ROOT as u32,
+        SECTOR as u32,
+        true,
+        &[1],
+        &dotdot_use,
+        time,
+    ));
 
     let mut joliet_dir = Vec::new();
-    joliet_dir.extend(directory_record(JOLIET_ROOT as u32, SECTOR as u32, true, &[0], &[], time));
-    joliet_dir.extend(directory_record(JOLIET_ROOT as u32, SECTOR as u32, true, &[1], &[], time));
+    joliet_dir.extend(directory_record(
+        JOLIET_ROOT as u32,
+        SECTOR as u32,
+        true,
+        &[0],
+        &[],
+        time,
+    ));
+    joliet_dir.extend(directory_record(
+        JOLIET_ROOT as u32,
+        SECTOR as u32,
+        true,
+        &[1],
+        &[],
+        time,
+    ));
 
     // Records in a directory are sorted by identifier (ECMA-119 9.3).
     let mut by_primary: Vec<&Entry<'_>> = entries.iter().collect();
@@ -477,7 +507,11 @@ pub fn seed_image(
     put(&mut image, sector(JOLIET_ROOT), &joliet_dir);
 
     for entry in &entries {
-        put(&mut image, sector(entry.extent as usize), &entry.file.contents);
+        put(
+            &mut image,
+            sector(entry.extent as usize),
+            &entry.file.contents,
+        );
     }
     Ok(image)
 }

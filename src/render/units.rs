@@ -91,9 +91,17 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     let id = systemd_word(&config.id);
     let fireclaw = path_word(&config.fireclaw);
     let mut out = String::new();
-    let _ = writeln!(out, "# Written by fireclaw. Runs the Firecracker VM of instance '{}'.", config.id);
+    let _ = writeln!(
+        out,
+        "# Written by fireclaw. Runs the Firecracker VM of instance '{}'.",
+        config.id
+    );
     out.push_str("[Unit]\n");
-    let _ = writeln!(out, "Description=Firecracker VM ({})", config.id.replace('%', "%%"));
+    let _ = writeln!(
+        out,
+        "Description=Firecracker VM ({})",
+        config.id.replace('%', "%%")
+    );
     out.push_str("After=network-online.target\nWants=network-online.target\n");
     // Restart=always must not spin forever on a broken host: give up after 5 starts in 60 s.
     out.push_str("StartLimitIntervalSec=60\nStartLimitBurst=5\n\n");
@@ -138,8 +146,15 @@ pub fn proxy_unit(config: &ProxyUnitConfig) -> String {
         config.host_port, config.id
     );
     out.push_str("[Unit]\n");
-    let _ = writeln!(out, "Description=Localhost proxy for VM ({})", config.id.replace('%', "%%"));
-    let _ = writeln!(out, "After={vm_unit}\nRequires={vm_unit}\nPartOf={vm_unit}\n");
+    let _ = writeln!(
+        out,
+        "Description=Localhost proxy for VM ({})",
+        config.id.replace('%', "%%")
+    );
+    let _ = writeln!(
+        out,
+        "After={vm_unit}\nRequires={vm_unit}\nPartOf={vm_unit}\n"
+    );
     out.push_str("[Service]\nType=simple\nDynamicUser=yes\n");
     let _ = writeln!(
         out,
@@ -188,7 +203,11 @@ pub fn start_script(config: &VmUnitConfig) -> String {
 /// Shuts the guest down cleanly, then removes the tap and socket, as ExecStop/ExecStopPost do.
 pub fn stop_script(config: &VmUnitConfig) -> String {
     let mut out = String::new();
-    script_preamble(&mut out, "Shuts the VM down cleanly and removes its tap.", config);
+    script_preamble(
+        &mut out,
+        "Shuts the VM down cleanly and removes its tap.",
+        config,
+    );
     let fireclaw = shell_word(&config.fireclaw.to_string_lossy());
     let id = shell_word(&config.id);
     out.push_str("status=0\n");

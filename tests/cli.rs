@@ -1,0 +1,561 @@
+//! The command line as a user meets it: help for every command, one clear line and a non-zero
+//! exit for every bad input with nothing created on disk, `setup --dry-run` as an unprivileged
+//! user (no secret in its output, allocation marked provisional), and `token`.
+//!
+//! Every run starts from an empty environment plus the variables the test names, so nothing
+//! from the developer's shell (an `OPENAI_API_KEY`, say) leaks in.
+
+// Tests may panic on a broken fixture; that is their way of failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
+const SECRET_KEY: &str = "sk-cli-test-do-not-print";
+const SECRET_TELEGRAM: &str = "987654:AAHcli-test-bot-secret";
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("fireclaw-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs fireclaw with only `PATH` plus `env` set.
+fn fireclaw(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn tree(path: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for entry in entries.flatten() {
+            found.push(entry.path());
+            found.extend(tree(&entry.path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn help_lists_every_command_and_each_command_has_help() {
+    let output = fireclaw(&["--help"], &[]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for command in [
+        "doctor",
+        "setup",
+        "provision",
+        "list",
+        "status",
+        "start",
+        "stop",
+        "restart",
+        "logs",
+        "shell",
+        "token",
+        "destroy",
+        "help",
+    ] {
+        assert!(text.contains(command), "{command} missing from --help");
+        let output = fireclaw(&["help", command], &[]);
+        assert!(
+            output.status.success(),
+            "help {command}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stdout(&output).contains("Usage: fireclaw"),
+            "help {command}"
+        );
+    }
+    assert!(!text.contains("vm-net-up"), "internal helpers are hidden");
+}
+
+#[test]
+fn setup_help_documents_every_flag_of_the_spec() {
+    let text = stdout(&fireclaw(&["setup", "--help"], &[]));
+    for flag in [
+        "--instance",
+        "--telegram-token",
+        "--telegram-users",
+        "--model",
+        "--skills",
+        "--openclaw-image",
+        "--host-port",
+        "--vm-vcpu",
+        "--vm-mem-mib",
+        "--disk-size",
+        "--api-sock",
+        "--base-kernel",
+        "--base-rootfs",
+        "--base-initrd",
+        "--anthropic-api-key",
+        "--openai-api-key",
+        "--minimax-api-key",
+        "--skip-browser-install",
+        "--dry-run",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from setup --help");
+    }
+    assert!(
+        text.contains("openai/gpt-5.5") && text.contains("40G"),
+        "defaults shown"
+    );
+    let text = stdout(&fireclaw(&["provision", "--help"], &[]));
+    for flag in [
+        "--telegram-token",
+        "--no-telegram",
+        "--telegram-users",
+        "--model",
+        "--skills",
+        "--openclaw-image",
+        "--anthropic-api-key",
+        "--openai-api-key",
+        "--minimax-api-key",
+        "--skip-browser-install",
+        "--browser-install",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from provision --help");
+    }
+}
+
+/// Arguments, extra environment, and what the one error line must mention.
+type Rejection = (Vec<String>, Vec<(&'static str, String)>, &'static str);
+
+#[test]
+fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
+    let scratch = Scratch::new("reject");
+    let state = scratch.join("state");
+    let fc = scratch.join("fc");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&fc).unwrap();
+    let (state_s, fc_s) = (state.to_str().unwrap(), fc.to_str().unwrap());
+    let long_fc = format!("/srv/{}", "f".repeat(40));
+    let key = format!("--openai-api-key={SECRET_KEY}");
+    let ok = ["setup", "--instance", "bot", key.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        ok.iter()
+            .map(|s| s.to_string())
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+
+    // (arguments, extra environment, what the one line must mention)
+    let cases: Vec<Rejection> = vec![
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "My_Bot".into(),
+                key.clone(),
+            ],
+            vec![],
+            "instance id",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "../etc".into(),
+                key.clone(),
+            ],
+            vec![],
+            "instance id",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "a".repeat(64),
+                key.clone(),
+            ],
+            vec![],
+            "limit is 63",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "a".repeat(60),
+                key.clone(),
+            ],
+            vec![("FC_ROOT", long_fc.clone())],
+            "API socket path",
+        ),
+        (
+            with(&["--api-sock", "relative.sock"]),
+            vec![],
+            "absolute path",
+        ),
+        (with(&["--host-port", "80"]), vec![], "privileged"),
+        (with(&["--host-port", "70000"]), vec![], "1024–65535"),
+        (with(&["--vm-vcpu", "0"]), vec![], "vCPU"),
+        (with(&["--vm-mem-mib", "0"]), vec![], "memory"),
+        (with(&["--disk-size", "40 GB"]), vec![], "disk size"),
+        (with(&["--base-kernel", "vmlinux"]), vec![], "absolute path"),
+        (with(&["--skills", "git\nhub"]), vec![], "skill"),
+        (
+            with(&["--telegram-token", "123:abc"]),
+            vec![],
+            "--telegram-users is required",
+        ),
+        (
+            with(&["--telegram-users", "1,2"]),
+            vec![],
+            "needs --telegram-token",
+        ),
+        (
+            with(&["--telegram-token", "123:abc", "--telegram-users", " , "]),
+            vec![],
+            "at least one",
+        ),
+        (
+            with(&["--telegram-token", "nonsense", "--telegram-users", "1"]),
+            vec![],
+            "--telegram-token",
+        ),
+        (
+            with(&["--model", "anthropic/claude-opus-4"]),
+            vec![],
+            "ANTHROPIC_API_KEY",
+        ),
+        (with(&["--model", "google/gemini"]), vec![], "not supported"),
+        (with(&["--openclaw-image", "bad image"]), vec![], "image"),
+        (with(&["--no-such-flag"]), vec![], "--no-such-flag"),
+        (
+            vec!["setup".into(), "--instance".into(), "bot".into()],
+            vec![],
+            "OPENAI_API_KEY",
+        ),
+        (with(&[]), vec![("BASE_PORT", "port".into())], "BASE_PORT"),
+        (
+            with(&[]),
+            vec![("BRIDGE_ADDR", "172.16.0.1/16".into())],
+            "BRIDGE_ADDR",
+        ),
+        (
+            with(&[]),
+            vec![("SUBNET_CIDR", "10.0.0.0/24".into())],
+            "BRIDGE_ADDR",
+        ),
+        (
+            with(&[]),
+            vec![("BRIDGE_NAME", "a-very-long-bridge-name".into())],
+            "BRIDGE_NAME",
+        ),
+        (with(&[]), vec![("MODEL", "nonsense".into())], "MODEL"),
+        (with(&[]), vec![("VM_MEM_MIB", "lots".into())], "VM_MEM_MIB"),
+        (with(&[]), vec![("DISK_SIZE", "huge".into())], "DISK_SIZE"),
+        (
+            vec!["setup".into(), "--instance".into(), "bot".into()],
+            vec![("OPENAI_API_KEY", "has space".into())],
+            "OPENAI_API_KEY",
+        ),
+        (
+            vec![
+                "provision".into(),
+                "bot".into(),
+                "--no-telegram".into(),
+                "--telegram-users".into(),
+                "1".into(),
+            ],
+            vec![],
+            "--no-telegram",
+        ),
+        (
+            vec![
+                "provision".into(),
+                "bot".into(),
+                "--model".into(),
+                "x".into(),
+            ],
+            vec![],
+            "model",
+        ),
+        (vec!["start".into(), "Bad".into()], vec![], "instance id"),
+        (
+            vec!["logs".into(), "bot".into(), "kernel".into()],
+            vec![],
+            "kernel",
+        ),
+        (vec!["destroy".into()], vec![], "ID"),
+    ];
+    for (args, extra_env, needle) in cases {
+        let mut env: Vec<(&str, &str)> = vec![("STATE_ROOT", state_s), ("FC_ROOT", fc_s)];
+        env.extend(extra_env.iter().map(|(k, v)| (*k, v.as_str())));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        for dry_run in [false, true] {
+            let mut args = args.clone();
+            if dry_run && args[0] == "setup" {
+                args.push("--dry-run");
+            }
+            let output = fireclaw(&args, &env);
+            let err = stderr(&output);
+            assert!(!output.status.success(), "{args:?} was accepted");
+            assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+            assert!(err.starts_with("fireclaw: "), "{args:?}: {err}");
+            assert!(
+                err.contains(needle),
+                "{args:?}: {err} does not mention {needle}"
+            );
+            assert!(!err.contains(SECRET_KEY), "{args:?} echoed the key");
+            assert!(stdout(&output).is_empty(), "{args:?} printed to stdout");
+        }
+    }
+    assert!(
+        tree(&state).is_empty(),
+        "STATE_ROOT changed: {:?}",
+        tree(&state)
+    );
+    assert!(tree(&fc).is_empty(), "FC_ROOT changed: {:?}", tree(&fc));
+}
+
+#[test]
+fn usage_errors_exit_2_and_command_failures_exit_1() {
+    assert_eq!(fireclaw(&["frobnicate"], &[]).status.code(), Some(2));
+    let scratch = Scratch::new("codes");
+    let state = scratch.join("state");
+    let output = fireclaw(
+        &["token", "nobody-here"],
+        &[("STATE_ROOT", state.to_str().unwrap())],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("no instance 'nobody-here'"));
+    assert!(!state.exists(), "token created STATE_ROOT");
+}
+
+#[test]
+fn token_prints_the_token_alone() {
+    let scratch = Scratch::new("token");
+    let dir = scratch.join("state/.vm-a");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = "ab".repeat(32);
+    std::fs::write(dir.join(".token"), format!("{token}\n")).unwrap();
+    let output = fireclaw(
+        &["token", "a"],
+        &[("STATE_ROOT", scratch.join("state").to_str().unwrap())],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("{token}\n"));
+}
+
+#[test]
+fn setup_without_dry_run_changes_nothing_yet() {
+    let scratch = Scratch::new("notyet");
+    let (state, fc) = (scratch.join("state"), scratch.join("fc"));
+    let key = format!("--openai-api-key={SECRET_KEY}");
+    let output = fireclaw(
+        &["setup", "--instance", "a", &key],
+        &[
+            ("STATE_ROOT", state.to_str().unwrap()),
+            ("FC_ROOT", fc.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output).lines().count(), 1);
+    assert!(!state.exists() && !fc.exists());
+}
+
+/// A copy of the binary that any user can run, wherever the build dir is.
+fn world_runnable_binary(scratch: &Scratch) -> PathBuf {
+    let dir = scratch.join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fireclaw");
+    std::fs::copy(BIN, &path).unwrap();
+    for p in [&scratch.0, &dir, &path] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path
+}
+
+/// Runs the dry run as an unprivileged user: as `nobody` through `setpriv` when the test runs as
+/// root (as CI does), directly otherwise. Either way the process has no root.
+fn dry_run_unprivileged(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(binary);
+        c
+    } else {
+        Command::new(binary)
+    };
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional() {
+    let scratch = Scratch::new("dryrun");
+    let binary = world_runnable_binary(&scratch);
+    // A root-only STATE_ROOT that already holds an instance on .2 / 18891, as on a real host.
+    let state = scratch.join("state");
+    std::fs::create_dir_all(state.join(".vm-old")).unwrap();
+    std::fs::write(
+        state.join(".vm-old/.env"),
+        "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=old\nHOST_PORT=18891\nVM_IP=172.16.0.2\nVM_TAP=told2\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let fc = scratch.join("fc");
+    let env = [
+        ("STATE_ROOT", state.to_str().unwrap()),
+        ("FC_ROOT", fc.to_str().unwrap()),
+        ("OPENAI_API_KEY", SECRET_KEY),
+    ];
+    let args = [
+        "setup",
+        "--instance",
+        "my-bot",
+        "--telegram-token",
+        SECRET_TELEGRAM,
+        "--telegram-users",
+        "42",
+        "--dry-run",
+    ];
+    let before = tree(&scratch.0);
+    let output = dry_run_unprivileged(&binary, &args, &env);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{err}");
+    for secret in [SECRET_KEY, SECRET_TELEGRAM, "AAHcli-test-bot-secret"] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} printed"
+        );
+    }
+    assert!(out.contains("Dry run: nothing was created or changed."));
+    assert!(out.contains("(provisional)"), "{out}");
+    assert!(out.contains("The allocation is provisional"), "{out}");
+    for path in [
+        "/.vm-my-bot/.env (0600)",
+        "/.vm-my-bot/.token (0600)",
+        "/.vm-my-bot/provision.vars (0600)",
+        "/.vm-my-bot/known_hosts (0600)",
+        "/.vm-my-bot/fireclaw.json (0600)",
+        "/my-bot/config/user-data (0600)",
+        "/my-bot/config/meta-data",
+        "/my-bot/config/network-config",
+        "/my-bot/images/seed.img",
+        "/my-bot/config/vm-config.json",
+        "/my-bot/start-vm.sh (0700)",
+        "/my-bot/stop-vm.sh (0700)",
+        "/etc/systemd/system/firecracker-vmdemo-my-bot.service (0644)",
+        "/etc/systemd/system/vmdemo-proxy-my-bot.service (0644)",
+    ] {
+        assert!(out.contains(path), "{path} missing from the preview");
+    }
+    assert!(out.contains("OPENAI_API_KEY=<redacted>"));
+    assert!(out.contains("TELEGRAM_TOKEN=<redacted>"));
+    assert!(out.contains("TELEGRAM_USERS=42"));
+    assert!(
+        !out.contains("BEGIN OPENSSH PRIVATE KEY-----\n    b3Blbn"),
+        "private key body shown"
+    );
+    assert_eq!(tree(&scratch.0), before, "the dry run changed the disk");
+    assert!(!fc.exists());
+
+    if is_root() {
+        // With root, the same dry run sees the existing instance and gives final values.
+        let output = fireclaw(&args, &env);
+        let out = stdout(&output);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(!out.contains("provisional"), "{out}");
+        assert!(out.contains("VM IP       172.16.0.3"), "{out}");
+        assert!(out.contains("host port   18892"), "{out}");
+        assert_eq!(tree(&scratch.0), before, "the dry run changed the disk");
+    }
+}
+
+#[test]
+fn dry_run_refuses_an_id_whose_files_exist() {
+    let scratch = Scratch::new("exists");
+    let fc = scratch.join("fc");
+    std::fs::create_dir_all(fc.join("taken")).unwrap();
+    let output = fireclaw(
+        &["setup", "--instance", "taken", "--dry-run"],
+        &[
+            ("STATE_ROOT", scratch.join("state").to_str().unwrap()),
+            ("FC_ROOT", fc.to_str().unwrap()),
+            ("OPENAI_API_KEY", SECRET_KEY),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains("instance 'taken' already exists: VM asset dir"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1);
+}
+
+#[test]
+fn keys_from_the_environment_and_020_env_defaults_are_used() {
+    let scratch = Scratch::new("envdefaults");
+    let output = fireclaw(
+        &["setup", "--instance", "envbot", "--dry-run"],
+        &[
+            ("STATE_ROOT", scratch.join("state").to_str().unwrap()),
+            ("FC_ROOT", scratch.join("fc").to_str().unwrap()),
+            ("ANTHROPIC_API_KEY", SECRET_KEY),
+            ("MODEL", "anthropic/claude-opus-4"),
+            ("SKILLS", "github, tmux"),
+            ("VM_VCPU", "2"),
+            ("VM_MEM_MIB", "1024"),
+            ("DISK_SIZE", "10G"),
+            ("BASE_PORT", "20000"),
+        ],
+    );
+    let out = stdout(&output);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(out.contains("MODEL=anthropic/claude-opus-4"));
+    assert!(out.contains("SKILLS=github,tmux"));
+    assert!(
+        out.contains("VM_VCPU=2")
+            && out.contains("VM_MEM_MIB=1024")
+            && out.contains("DISK_SIZE=10G")
+    );
+    assert!(out.contains("HOST_PORT=20001"));
+    assert!(out.contains("ANTHROPIC_API_KEY=<redacted>") && !out.contains(SECRET_KEY));
+}
