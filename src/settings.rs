@@ -380,3 +380,119 @@ mod tests {
         assert_eq!(s.flag_defaults.model.as_deref(), Some("not a model"));
     }
 }
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+    use std::collections::HashMap;
+
+    fn resolve(vars: &[(&str, &str)], args: &[&str]) -> Result<SetupSpec, SpecError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings = Settings::from_lookup(|name| map.get(name).cloned()).unwrap();
+        let mut all = vec!["fireclaw", "setup"];
+        all.extend(args);
+        let Command::Setup(setup) = Cli::try_parse_from(all).unwrap().command else {
+            unreachable!()
+        };
+        settings.resolve_setup(&setup)
+    }
+
+    #[test]
+    fn id_too_long_for_the_socket_path_is_refused() {
+        let id = "a".repeat(63);
+        let fc_root = format!("/{}", "r".repeat(30));
+        // /<30>/<63>/firecracker.socket = 1 + 30 + 1 + 63 + 19 = 114 bytes.
+        let err = resolve(
+            &[("FC_ROOT", &fc_root), ("OPENAI_API_KEY", "k")],
+            &["--instance", &id],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SpecError::SocketPathTooLong { length: 114, .. }),
+            "{err}"
+        );
+        // The same id fits under the default FC_ROOT (24 + 1 + 63 + 19 = 107 bytes).
+        resolve(&[("OPENAI_API_KEY", "k")], &["--instance", &id]).unwrap();
+        // And --api-sock moves the socket somewhere short.
+        resolve(
+            &[("FC_ROOT", &fc_root), ("OPENAI_API_KEY", "k")],
+            &["--instance", &id, "--api-sock", "/run/fc/a.sock"],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_defaults() {
+        let spec = resolve(
+            &[
+                ("MODEL", "anthropic/x"),
+                ("ANTHROPIC_API_KEY", "ka"),
+                ("OPENAI_API_KEY", "ko"),
+                ("VM_VCPU", "2"),
+            ],
+            &[
+                "--instance",
+                "a",
+                "--model",
+                "openai/y",
+                "--openai-api-key",
+                "flag-key",
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.model.as_str(), "openai/y");
+        assert_eq!(spec.keys.openai.as_ref().unwrap().expose(), "flag-key");
+        assert_eq!(spec.keys.anthropic.as_ref().unwrap().expose(), "ka");
+        assert_eq!(spec.vcpu.get(), 2);
+        assert_eq!(spec.memory.get(), 8192);
+        assert_eq!(
+            spec.base.kernel,
+            Path::new("/srv/firecracker/base/images/vmlinux")
+        );
+        assert_eq!(
+            spec.api_sock,
+            Path::new("/srv/firecracker/vm-demo/a/firecracker.socket")
+        );
+    }
+
+    #[test]
+    fn telegram_token_and_users_go_together() {
+        let base = [("OPENAI_API_KEY", "k")];
+        assert_eq!(
+            resolve(&base, &["--instance", "a", "--telegram-token", "1:x"]).unwrap_err(),
+            SpecError::TelegramUsersRequired
+        );
+        assert_eq!(
+            resolve(&base, &["--instance", "a", "--telegram-users", "1"]).unwrap_err(),
+            SpecError::TelegramUsersWithoutToken
+        );
+        let spec = resolve(
+            &base,
+            &[
+                "--instance",
+                "a",
+                "--telegram-token",
+                "1:x",
+                "--telegram-users",
+                " 5 ,6",
+            ],
+        )
+        .unwrap();
+        assert_eq!(spec.telegram.unwrap().users.to_csv(), "5,6");
+    }
+
+    #[test]
+    fn missing_provider_key_names_flag_and_variable() {
+        let err =
+            resolve(&[], &["--instance", "a", "--model", "minimax/MiniMax-M2.1"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model minimax/MiniMax-M2.1 needs an API key: pass --minimax-api-key or set MINIMAX_API_KEY"
+        );
+    }
+}

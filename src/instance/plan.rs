@@ -91,3 +91,92 @@ pub fn provision_vars(spec: &SetupSpec, token: &GatewayToken) -> Result<VarsFile
         _ => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::instance::state::{ENV_KEYS, VARS_KEYS};
+    use crate::settings::Settings;
+    use clap::Parser;
+
+    fn spec(args: &[&str]) -> SetupSpec {
+        let Command::Setup(setup) = Cli::try_parse_from(args).unwrap().command else {
+            unreachable!()
+        };
+        Settings::from_lookup(|_| None)
+            .unwrap()
+            .resolve_setup(&setup)
+            .unwrap()
+    }
+
+    /// 0.2.0 reads `KEY=value` lines, aborting on a key it does not know; a value runs to the end
+    /// of its line, so any line break inside one would split it.
+    fn accepted_by_020(text: &str, keys: &[&str]) -> bool {
+        text.ends_with('\n')
+            && !text.contains('\r')
+            && !text.contains('\0')
+            && text.lines().all(|line| match line.split_once('=') {
+                Some((key, _)) => key == "FIRECLAW_STATE_FORMAT" || keys.contains(&key),
+                None => false,
+            })
+    }
+
+    #[test]
+    fn files_we_write_pass_the_rules_020_applies() {
+        let spec = spec(&[
+            "fireclaw",
+            "setup",
+            "--instance",
+            "a",
+            "--openai-api-key",
+            "sk-x",
+            "--anthropic-api-key",
+            "sk-y",
+            "--telegram-token",
+            "1:x",
+            "--telegram-users",
+            "1,2",
+        ]);
+        let taken = Taken::default();
+        let settings = Settings::from_lookup(|_| None).unwrap();
+        let allocation = allocate(&spec, &settings.network, settings.base_port, &taken).unwrap();
+        let token = GatewayToken::from_random_bytes([1; 32]);
+        let env = instance_env(&spec, &allocation, &token).unwrap().render();
+        let vars = provision_vars(&spec, &token).unwrap().render();
+        assert!(accepted_by_020(&env, &ENV_KEYS), "{env}");
+        assert!(accepted_by_020(&vars, &VARS_KEYS), "{vars}");
+        assert!(env.starts_with("FIRECLAW_STATE_FORMAT=plain-v1\n"));
+        assert!(vars.starts_with("FIRECLAW_STATE_FORMAT=plain-v1\n"));
+        assert!(
+            !env.contains("TELEGRAM_TOKEN"),
+            "the bot token lives only in provision.vars"
+        );
+        assert!(vars.contains("TELEGRAM_TOKEN=1:x\n"));
+    }
+
+    #[test]
+    fn explicit_port_is_checked_and_ip_skips_taken() {
+        let spec = spec(&[
+            "fireclaw",
+            "setup",
+            "--instance",
+            "a",
+            "--openai-api-key",
+            "k",
+            "--host-port",
+            "20000",
+        ]);
+        let settings = Settings::from_lookup(|_| None).unwrap();
+        let mut taken = Taken::default();
+        taken.ips.insert("172.16.0.2".parse().unwrap());
+        let allocation = allocate(&spec, &settings.network, settings.base_port, &taken).unwrap();
+        assert_eq!(allocation.host_port.get(), 20000);
+        assert_eq!(allocation.tap.as_str(), "ta3");
+        taken.listening.insert(20000);
+        assert_eq!(
+            allocate(&spec, &settings.network, settings.base_port, &taken),
+            Err(AllocError::PortListening { port: 20000 })
+        );
+    }
+}
