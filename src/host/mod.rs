@@ -1,5 +1,12 @@
-//! Adapters to the host: files and images on disk, and read-only probes of the running system.
-//! Later: netlink, taps, iptables, systemd and the Firecracker API.
+//! Adapters to the host: files and images on disk, links (netlink and taps), the firewall,
+//! systemd, the Firecracker API, and read-only probes of the running system.
 
 pub mod assets;
+pub mod firecracker_api;
+pub mod firewall;
+pub mod netlink;
 pub mod probe;
+pub mod process;
+pub mod systemd;
+pub mod tap;
+pub mod trust;

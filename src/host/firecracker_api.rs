@@ -1,0 +1,234 @@
+//! A minimal client for Firecracker's API socket: HTTP/1.1 over a unix stream, one request per
+//! connection, JSON bodies with serde, responses parsed with httparse. fireclaw uses two calls:
+//! `GET /` (is the VMM alive, which version) and `PUT /actions` with `SendCtrlAltDel`.
+//! Failures come back as `{"fault_message": ...}`.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("connect to the Firecracker API at {socket}: {source}")]
+    Connect { socket: PathBuf, source: io::Error },
+    #[error("{request} on {socket}: {source}")]
+    Io {
+        request: String,
+        socket: PathBuf,
+        source: io::Error,
+    },
+    #[error("{request} on {socket}: malformed HTTP response")]
+    Malformed { request: String, socket: PathBuf },
+    #[error("{request} on {socket}: HTTP {status}: {fault}")]
+    Fault {
+        request: String,
+        socket: PathBuf,
+        status: u16,
+        fault: String,
+    },
+}
+
+/// `GET /`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct InstanceInfo {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub vmm_version: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Fault {
+    fault_message: String,
+}
+
+pub struct ApiClient {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+struct Response {
+    status: u16,
+    body: Vec<u8>,
+}
+
+const MAX_RESPONSE: usize = 1 << 20;
+
+impl ApiClient {
+    pub fn new(socket: &Path, timeout: Duration) -> Self {
+        Self {
+            socket: socket.to_owned(),
+            timeout,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ApiError> {
+        let request = format!("{method} {path}");
+        let io_error = |source| ApiError::Io {
+            request: request.clone(),
+            socket: self.socket.clone(),
+            source,
+        };
+        let mut stream = UnixStream::connect(&self.socket).map_err(|source| ApiError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(io_error)?;
+        let body = body.unwrap_or_default();
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\n");
+        if method != "GET" {
+            head.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).map_err(io_error)?;
+        stream.write_all(body).map_err(io_error)?;
+        let malformed = || ApiError::Malformed {
+            request: request.clone(),
+            socket: self.socket.clone(),
+        };
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut chunk).map_err(io_error)?;
+            if read == 0 {
+                return Err(malformed());
+            }
+            buffer.extend_from_slice(&chunk[..read]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&buffer) {
+                Ok(httparse::Status::Complete(header_len)) => {
+                    let status = response.code.ok_or_else(malformed)?;
+                    let length = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if length > MAX_RESPONSE {
+                        return Err(malformed());
+                    }
+                    while buffer.len() < header_len + length {
+                        let read = stream.read(&mut chunk).map_err(io_error)?;
+                        if read == 0 {
+                            return Err(malformed());
+                        }
+                        buffer.extend_from_slice(&chunk[..read]);
+                    }
+                    let body = buffer[header_len..header_len + length].to_vec();
+                    if !(200..300).contains(&status) {
+                        let fault = serde_json::from_slice::<Fault>(&body)
+                            .map(|f| f.fault_message)
+                            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                        return Err(ApiError::Fault {
+                            request,
+                            socket: self.socket.clone(),
+                            status,
+                            fault,
+                        });
+                    }
+                    return Ok(Response { status, body });
+                }
+                Ok(httparse::Status::Partial) if buffer.len() < MAX_RESPONSE => continue,
+                _ => return Err(malformed()),
+            }
+        }
+    }
+
+    pub fn instance_info(&self) -> Result<InstanceInfo, ApiError> {
+        let response = self.call("GET", "/", None)?;
+        serde_json::from_slice(&response.body).map_err(|_| ApiError::Malformed {
+            request: "GET /".into(),
+            socket: self.socket.clone(),
+        })
+    }
+
+    /// Asks the guest to shut down, as pressing Ctrl-Alt-Del would.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), ApiError> {
+        let body = serde_json::json!({ "action_type": "SendCtrlAltDel" }).to_string();
+        let response = self.call("PUT", "/actions", Some(body.as_bytes()))?;
+        debug_assert!((200..300).contains(&response.status));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn serve_once(reply: String) -> (PathBuf, std::thread::JoinHandle<String>) {
+        let dir = std::env::temp_dir().join(format!(
+            "fireclaw-api-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = vec![0u8; 4096];
+            let n = stream.read(&mut request).unwrap();
+            stream.write_all(reply.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        (socket, handle)
+    }
+
+    #[test]
+    fn instance_info_is_read() {
+        let body = r#"{"id":"anonymous-instance","state":"Running","vmm_version":"1.16.0"}"#;
+        let (socket, server) = serve_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let info = ApiClient::new(&socket, Duration::from_secs(2))
+            .instance_info()
+            .unwrap();
+        assert_eq!(info.state, "Running");
+        assert_eq!(info.vmm_version, "1.16.0");
+        assert!(server.join().unwrap().starts_with("GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn ctrl_alt_del_sends_the_action_and_faults_are_reported() {
+        let (socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        ApiClient::new(&socket, Duration::from_secs(2))
+            .send_ctrl_alt_del()
+            .unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("PUT /actions HTTP/1.1\r\n"));
+        assert!(
+            request.ends_with("{\"action_type\":\"SendCtrlAltDel\"}"),
+            "{request}"
+        );
+
+        let fault = r#"{"fault_message":"not supported X"}"#;
+        let (socket, _server) = serve_once(format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{fault}",
+            fault.len()
+        ));
+        let err = ApiClient::new(&socket, Duration::from_secs(2))
+            .send_ctrl_alt_del()
+            .unwrap_err();
+        assert!(
+            err.to_string().ends_with("HTTP 400: not supported X"),
+            "{err}"
+        );
+    }
+}

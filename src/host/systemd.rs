@@ -1,0 +1,140 @@
+//! systemd, behind the small `ServiceManager` trait that commands use (tests can supply another
+//! implementation). `Systemctl` drives the real one through `systemctl`; unit states for many
+//! units come from one batched `systemctl show`.
+
+use super::process::{ProcessError, run_checked};
+
+pub const SYSTEMCTL: &str = "systemctl";
+
+/// What fireclaw reads about a unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    pub name: String,
+    /// `LoadState`: loaded, not-found, ...
+    pub load: String,
+    /// `ActiveState`: active, activating, inactive, failed, ...
+    pub active: String,
+    /// `SubState`: running, auto-restart, dead, ...
+    pub sub: String,
+    /// `UnitFileState`: enabled, disabled, ...
+    pub file: String,
+    pub main_pid: u32,
+    pub restarts: u32,
+}
+
+impl UnitState {
+    pub fn is_active(&self) -> bool {
+        self.active == "active"
+    }
+    pub fn exists(&self) -> bool {
+        self.load != "not-found" && !self.load.is_empty()
+    }
+}
+
+pub trait ServiceManager {
+    fn daemon_reload(&self) -> Result<(), ProcessError>;
+    fn enable_now(&self, units: &[&str]) -> Result<(), ProcessError>;
+    fn start(&self, units: &[&str]) -> Result<(), ProcessError>;
+    fn stop(&self, units: &[&str]) -> Result<(), ProcessError>;
+    fn disable(&self, units: &[&str]) -> Result<(), ProcessError>;
+    fn reset_failed(&self, units: &[&str]) -> Result<(), ProcessError>;
+    /// States of `units`, in the same order, from one query.
+    fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, ProcessError>;
+}
+
+/// The host's systemd through `systemctl`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Systemctl;
+
+fn systemctl(verb: &[&str], units: &[&str]) -> Result<(), ProcessError> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    let mut args: Vec<&str> = verb.to_vec();
+    args.extend(units);
+    run_checked(SYSTEMCTL, &args).map(|_| ())
+}
+
+const SHOW_PROPERTIES: &str = "Id,LoadState,ActiveState,SubState,UnitFileState,MainPID,NRestarts";
+
+/// Parses `systemctl show -p ...` output for several units: blocks separated by blank lines.
+pub fn parse_show(text: &str) -> Vec<UnitState> {
+    let mut states = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut state = UnitState::default();
+        for line in block.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            match key {
+                "Id" => state.name = value.to_owned(),
+                "LoadState" => state.load = value.to_owned(),
+                "ActiveState" => state.active = value.to_owned(),
+                "SubState" => state.sub = value.to_owned(),
+                "UnitFileState" => state.file = value.to_owned(),
+                "MainPID" => state.main_pid = value.parse().unwrap_or(0),
+                "NRestarts" => state.restarts = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        states.push(state);
+    }
+    states
+}
+
+impl ServiceManager for Systemctl {
+    fn daemon_reload(&self) -> Result<(), ProcessError> {
+        run_checked(SYSTEMCTL, &["daemon-reload"]).map(|_| ())
+    }
+    fn enable_now(&self, units: &[&str]) -> Result<(), ProcessError> {
+        systemctl(&["enable", "--now"], units)
+    }
+    fn start(&self, units: &[&str]) -> Result<(), ProcessError> {
+        systemctl(&["start"], units)
+    }
+    fn stop(&self, units: &[&str]) -> Result<(), ProcessError> {
+        systemctl(&["stop"], units)
+    }
+    fn disable(&self, units: &[&str]) -> Result<(), ProcessError> {
+        systemctl(&["disable"], units)
+    }
+    fn reset_failed(&self, units: &[&str]) -> Result<(), ProcessError> {
+        // Nothing to reset is not an error worth reporting.
+        let mut args = vec!["reset-failed"];
+        args.extend(units);
+        let _ = super::process::run(SYSTEMCTL, &args)?;
+        Ok(())
+    }
+    fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, ProcessError> {
+        if units.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["show", "-p", SHOW_PROPERTIES];
+        args.extend(units);
+        let text = run_checked(SYSTEMCTL, &args)?;
+        let mut states = parse_show(&text);
+        // systemctl prints blocks in argument order; make the mapping explicit anyway.
+        for (state, unit) in states.iter_mut().zip(units) {
+            if state.name.is_empty() {
+                state.name = (*unit).to_owned();
+            }
+        }
+        Ok(states)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batched_show_output_is_split_per_unit() {
+        let text = "Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=42\nNRestarts=1\n\nId=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\nMainPID=0\nNRestarts=0\n";
+        let states = parse_show(text);
+        assert_eq!(states.len(), 2);
+        assert!(states[0].is_active() && states[0].exists());
+        assert_eq!((states[0].main_pid, states[0].restarts), (42, 1));
+        assert_eq!(states[1].name, "b.service");
+        assert!(!states[1].exists());
+    }
+}

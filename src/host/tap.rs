@@ -1,0 +1,62 @@
+//! Persistent tap devices. The kernel refuses to create taps over netlink, so they are made the
+//! way `ip tuntap add` does: open `/dev/net/tun`, TUNSETIFF with IFF_TAP|IFF_NO_PI, then
+//! TUNSETPERSIST so the device outlives our descriptor, which is closed (O_CLOEXEC, dropped
+//! here) before Firecracker opens the tap itself. Removal goes through netlink (`delete_link`).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+/// `struct ifreq`: a 16-byte name, then a union whose first member we use as flags.
+const IFREQ_LEN: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("open /dev/net/tun: {0}")]
+    OpenTun(io::Error),
+    #[error("create tap {name}: {source}")]
+    Create { name: String, source: io::Error },
+    #[error("make tap {name} persistent: {source}")]
+    Persist { name: String, source: io::Error },
+    #[error("tap name {0:?} is too long for an interface name")]
+    NameTooLong(String),
+}
+
+/// Creates (or attaches to) the tap `name` and makes it persistent.
+pub fn create_persistent_tap(name: &str) -> Result<(), TapError> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(TapError::NameTooLong(name.to_owned()));
+    }
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(TapError::OpenTun)?;
+    let mut request = [0u8; IFREQ_LEN];
+    request[..name.len()].copy_from_slice(name.as_bytes());
+    request[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, for which `request` is large enough
+    // and lives across the call.
+    let result = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) };
+    if result < 0 {
+        return Err(TapError::Create {
+            name: name.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: TUNSETPERSIST takes an integer argument and touches no memory of ours.
+    let result = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) };
+    if result < 0 {
+        return Err(TapError::Persist {
+            name: name.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
