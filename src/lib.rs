@@ -3,7 +3,7 @@
 //! which parses them, runs the command, and turns any error into one line and an exit code.
 
 pub mod cli;
-mod commands;
+pub mod commands;
 pub mod host;
 pub mod instance;
 pub mod output;
@@ -30,6 +30,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let mut output = output::Output::new(&mut stdout, &mut stderr);
     match commands::run(cli, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<commands::AlreadyReported>().is_some() => {
+            ExitCode::from(EXIT_FAILURE)
+        }
         Err(error) => {
             // stderr's lock is reentrant, so printing while `output` holds it is fine.
             // `{:#}` joins the error chain on one line: what failed, then why.

@@ -23,6 +23,12 @@ impl<'a> Output<'a> {
         let _ = self.stdout.write_all(text.as_bytes());
     }
 
+    /// A one-line error on stderr, flushed at once.
+    pub fn error(&mut self, text: &str) {
+        let _ = writeln!(self.stderr, "fireclaw: {text}");
+        let _ = self.stderr.flush();
+    }
+
     /// A one-line warning on stderr.
     pub fn warn(&mut self, text: &str) {
         let _ = writeln!(self.stderr, "warning: {text}");

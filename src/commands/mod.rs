@@ -1,8 +1,10 @@
 //! One module per verb; the only place where the domain meets the host adapters. Each command
 //! is a linear list of steps.
 
+pub mod install;
 mod setup;
 mod token;
+mod vm_net;
 
 use anyhow::Result;
 
@@ -15,6 +17,11 @@ use crate::settings::Settings;
 #[derive(Debug, thiserror::Error)]
 #[error("'fireclaw {0}' is not implemented in this build yet; nothing was changed")]
 pub struct NotImplemented(pub &'static str);
+
+/// The command already printed its error; `main` only sets the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("error already reported")]
+pub struct AlreadyReported;
 
 /// A command that needs root was run without it.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +46,8 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Logs(_) => Err(NotImplemented("logs").into()),
         Command::Shell(_) => Err(NotImplemented("shell").into()),
         Command::Destroy(_) => Err(NotImplemented("destroy").into()),
-        Command::VmNetUp(_) => Err(NotImplemented("vm-net-up").into()),
-        Command::VmShutdown(_) => Err(NotImplemented("vm-shutdown").into()),
-        Command::VmNetDown(_) => Err(NotImplemented("vm-net-down").into()),
+        Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),
+        Command::VmShutdown(args) => vm_net::shutdown(&settings, &args.id, output),
+        Command::VmNetDown(args) => vm_net::down(&settings, &args.id),
     }
 }

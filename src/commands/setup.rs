@@ -7,16 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
+use super::install::check_not_existing;
 use super::{NeedsRoot, NotImplemented};
 use crate::cli::SetupArgs;
 use crate::host::probe;
-use crate::instance::layout::{AssetPaths, UnitNames};
 use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
-use crate::instance::store::{StatePaths, scan_instances, taken_by};
+use crate::instance::store::{scan_instances, taken_by};
 use crate::output::Output;
 use crate::render::artifacts::{
     Artifact, HostTools, InstancePlan, RenderedInstance, render_instance,
@@ -43,32 +43,6 @@ pub fn run(settings: &Settings, args: &SetupArgs, output: &mut Output<'_>) -> Re
 enum Visibility {
     Complete,
     Partial(String),
-}
-
-/// Refuses an id whose files already exist, as setup will. Paths under an unreadable
-/// `STATE_ROOT` cannot be checked without root; that is reported as part of the provisional note.
-fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
-    let state = StatePaths::new(&settings.paths.state_root, &spec.id);
-    let assets = AssetPaths::new(&settings.paths.fc_root, &spec.id);
-    let units = UnitNames::new(&spec.id);
-    let candidates: [(&str, PathBuf); 5] = [
-        ("instance state", state.dir),
-        ("VM asset dir", assets.dir),
-        ("API socket", spec.api_sock.clone()),
-        ("VM unit", units.vm_path(&settings.paths.unit_dir)),
-        ("proxy unit", units.proxy_path(&settings.paths.unit_dir)),
-    ];
-    for (what, path) in candidates {
-        if path.symlink_metadata().is_ok() {
-            bail!(
-                "instance '{}' already exists: {what} {} is present (remove it with: fireclaw destroy {})",
-                spec.id,
-                path.display(),
-                spec.id
-            );
-        }
-    }
-    Ok(())
 }
 
 fn gather_allocation(settings: &Settings, spec: &SetupSpec) -> Result<(Allocation, Visibility)> {

@@ -1,0 +1,323 @@
+//! Firecracker stand-in for tests (not shipped). Takes Firecracker's `--api-sock` and
+//! `--config-file`, reads the same config file, and fails the way Firecracker 1.16 does when the
+//! API socket path exists, the tap named in the config is missing, or the logger's directory is
+//! missing. It opens the tap, relays its frames to and from the interface named in
+//! `/run/fireclaw-standin/<tap>.peer` (what a test put behind the tap), serves `GET /` and
+//! `PUT /actions`, and records every API call in `/run/fireclaw-standin/<tap>.calls`. On
+//! `SendCtrlAltDel` it exits 0, as Firecracker does once a `reboot=k` guest has gone down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const STATE_DIR: &str = "/run/fireclaw-standin";
+
+#[derive(serde::Deserialize)]
+struct Config {
+    #[serde(rename = "boot-source")]
+    boot_source: BootSource,
+    drives: Vec<Drive>,
+    #[serde(rename = "network-interfaces", default)]
+    network_interfaces: Vec<Interface>,
+    logger: Option<Logger>,
+}
+
+#[derive(serde::Deserialize)]
+struct BootSource {
+    kernel_image_path: PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct Drive {
+    path_on_host: PathBuf,
+}
+
+#[derive(serde::Deserialize)]
+struct Interface {
+    host_dev_name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Logger {
+    log_path: PathBuf,
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("Error: {message}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("Firecracker v1.16.0");
+        return ExitCode::SUCCESS;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let (Some(api_sock), Some(config_path)) = (value("--api-sock"), value("--config-file")) else {
+        return fail("Arguments parsing error: --api-sock and --config-file are required");
+    };
+    let config: Config = match std::fs::read_to_string(&config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(e) => {
+            return fail(&format!(
+                "Configuration for VMM from one single json failed: {e}"
+            ));
+        }
+    };
+    if api_sock.exists() {
+        return fail(&format!(
+            "Failed to open the API socket at: {}. Check that it is not already used.",
+            api_sock.display()
+        ));
+    }
+    if let Some(logger) = &config.logger {
+        if let Err(e) = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&logger.log_path)
+        {
+            return fail(&format!("Failed to initialize logger: {e}"));
+        }
+    }
+    if !config.boot_source.kernel_image_path.is_file() {
+        return fail(
+            "Cannot load kernel due to invalid memory configuration or invalid kernel image",
+        );
+    }
+    for drive in &config.drives {
+        if !drive.path_on_host.is_file() {
+            return fail(&format!(
+                "Unable to open block device {}",
+                drive.path_on_host.display()
+            ));
+        }
+    }
+    let Some(tap_name) = config
+        .network_interfaces
+        .first()
+        .map(|i| i.host_dev_name.clone())
+    else {
+        return fail("the stand-in needs one network interface");
+    };
+    if !Path::new("/sys/class/net").join(&tap_name).exists() {
+        return fail(&format!(
+            "Open tap device failed: Error while creating ifreq structure: No such device. Invalid TUN/TAP Backend provided by {tap_name}."
+        ));
+    }
+    let tap = match open_tap(&tap_name) {
+        Ok(tap) => Arc::new(tap),
+        Err(e) => return fail(&format!("Open tap device failed: {e}")),
+    };
+    let _ = std::fs::create_dir_all(STATE_DIR);
+    let calls = Path::new(STATE_DIR).join(format!("{tap_name}.calls"));
+    if let Ok(peer) = std::fs::read_to_string(Path::new(STATE_DIR).join(format!("{tap_name}.peer")))
+    {
+        if let Err(e) = start_relay(tap.clone(), peer.trim()) {
+            return fail(&format!("relay to {}: {e}", peer.trim()));
+        }
+    }
+    let listener = match UnixListener::bind(&api_sock) {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("Failed to open the API socket: {e}")),
+    };
+    // The serial console: what a guest kernel would print first.
+    println!("[    0.000000] Linux version (fireclaw firecracker stand-in) on {tap_name}");
+    let _ = std::io::stdout().flush();
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        if serve(stream, &calls) {
+            println!("reboot: Restarting system");
+            let _ = std::io::stdout().flush();
+            return ExitCode::SUCCESS;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn open_tap(name: &str) -> std::io::Result<File> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut request = [0u8; 40];
+    request[..name.len()].copy_from_slice(name.as_bytes());
+    request[16..18].copy_from_slice(&(0x0002i16 | 0x1000i16).to_ne_bytes());
+    // SAFETY: `request` is a valid struct ifreq for the duration of the call.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// Copies frames both ways between the tap and an AF_PACKET socket on `peer`.
+fn start_relay(tap: Arc<File>, peer: &str) -> std::io::Result<()> {
+    let index = std::fs::read_to_string(format!("/sys/class/net/{peer}/ifindex"))?
+        .trim()
+        .parse::<i32>()
+        .map_err(|_| std::io::Error::other("bad ifindex"))?;
+    let protocol = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation, checked below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is new and owned here.
+    let packet = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: sockaddr_ll is plain data.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol;
+    address.sll_ifindex = index;
+    // SAFETY: address is valid for its size.
+    let bound = unsafe {
+        libc::bind(
+            packet.as_raw_fd(),
+            (&raw const address).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if bound < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let (tap_in, packet_out) = (tap.clone(), packet.clone());
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65536];
+        loop {
+            let Ok(n) = (&*tap_in).read(&mut buffer) else {
+                break;
+            };
+            // SAFETY: buffer holds n valid bytes.
+            unsafe { libc::send(packet_out.as_raw_fd(), buffer.as_ptr().cast(), n, 0) };
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 65536];
+        loop {
+            // SAFETY: sockaddr_ll and buffer are valid for their sizes.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            let n = unsafe {
+                libc::recvfrom(
+                    packet.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                    (&raw mut from).cast(),
+                    &raw mut from_len,
+                )
+            };
+            if n < 0 {
+                break;
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                continue;
+            }
+            let _ = (&*tap).write(&buffer[..n as usize]);
+        }
+    });
+    Ok(())
+}
+
+/// Answers one request; returns true when the VMM should exit.
+fn serve(mut stream: UnixStream, calls: &Path) -> bool {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (method, path, body) = loop {
+        let Ok(n) = stream.read(&mut chunk) else {
+            return false;
+        };
+        if n == 0 {
+            return false;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = request.parse(&buffer) {
+            let length = request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
+                .unwrap_or(0);
+            let method = request.method.unwrap_or("").to_owned();
+            let path = request.path.unwrap_or("").to_owned();
+            while buffer.len() < head + length {
+                let Ok(n) = stream.read(&mut chunk) else {
+                    return false;
+                };
+                if n == 0 {
+                    break;
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let end = (head + length).min(buffer.len());
+            break (
+                method,
+                path,
+                String::from_utf8_lossy(&buffer[head..end]).into_owned(),
+            );
+        }
+    };
+    if let Ok(mut log) = OpenOptions::new().append(true).create(true).open(calls) {
+        let _ = writeln!(log, "{method} {path} {body}");
+    }
+    let respond = |stream: &mut UnixStream, status: &str, body: &str| {
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nServer: Firecracker API\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                r#"{"id":"anonymous-instance","state":"Running","vmm_version":"1.16.0","app_name":"Firecracker"}"#,
+            );
+            false
+        }
+        ("PUT", "/actions") if body.contains("SendCtrlAltDel") => {
+            respond(&mut stream, "204 No Content", "");
+            true
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "400 Bad Request",
+                r#"{"fault_message":"The stand-in does not implement this request."}"#,
+            );
+            false
+        }
+    }
+}
