@@ -86,14 +86,13 @@ fn main() -> ExitCode {
             api_sock.display()
         ));
     }
-    if let Some(logger) = &config.logger {
-        if let Err(e) = OpenOptions::new()
+    if let Some(logger) = &config.logger
+        && let Err(e) = OpenOptions::new()
             .append(true)
             .create(true)
             .open(&logger.log_path)
-        {
-            return fail(&format!("Failed to initialize logger: {e}"));
-        }
+    {
+        return fail(&format!("Failed to initialize logger: {e}"));
     }
     if !config.boot_source.kernel_image_path.is_file() {
         return fail(
@@ -127,10 +126,9 @@ fn main() -> ExitCode {
     let _ = std::fs::create_dir_all(STATE_DIR);
     let calls = Path::new(STATE_DIR).join(format!("{tap_name}.calls"));
     if let Ok(peer) = std::fs::read_to_string(Path::new(STATE_DIR).join(format!("{tap_name}.peer")))
+        && let Err(e) = start_relay(tap.clone(), peer.trim())
     {
-        if let Err(e) = start_relay(tap.clone(), peer.trim()) {
-            return fail(&format!("relay to {}: {e}", peer.trim()));
-        }
+        return fail(&format!("relay to {}: {e}", peer.trim()));
     }
     let listener = match UnixListener::bind(&api_sock) {
         Ok(l) => l,
@@ -206,10 +204,7 @@ fn start_relay(tap: Arc<File>, peer: &str) -> std::io::Result<()> {
     let (tap_in, packet_out) = (tap.clone(), packet.clone());
     std::thread::spawn(move || {
         let mut buffer = vec![0u8; 65536];
-        loop {
-            let Ok(n) = (&*tap_in).read(&mut buffer) else {
-                break;
-            };
+        while let Ok(n) = (&*tap_in).read(&mut buffer) {
             // SAFETY: buffer holds n valid bytes.
             unsafe { libc::send(packet_out.as_raw_fd(), buffer.as_ptr().cast(), n, 0) };
         }
@@ -220,6 +215,7 @@ fn start_relay(tap: Arc<File>, peer: &str) -> std::io::Result<()> {
             // SAFETY: sockaddr_ll and buffer are valid for their sizes.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            // SAFETY: buffer, from and from_len are valid for writes of their sizes.
             let n = unsafe {
                 libc::recvfrom(
                     packet.as_raw_fd(),
@@ -233,7 +229,7 @@ fn start_relay(tap: Arc<File>, peer: &str) -> std::io::Result<()> {
             if n < 0 {
                 break;
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let _ = (&*tap).write(&buffer[..n as usize]);

@@ -1,6 +1,7 @@
 //! Test tool (not shipped): creates the host side of an instance inside a sandbox through the
 //! same library steps `setup` uses (`install_instance`), with the binaries the sandbox binds at
-//! /opt/fireclaw-test/bin recorded in the units. Arguments are `setup`'s, e.g.
+//! /opt/fireclaw-test/bin recorded in the units (`FIRECLAW_TEST_FIRECRACKER` names another
+//! firecracker binary). Arguments are `setup`'s, e.g.
 //! `sandbox_install --instance a --openai-api-key k --disk-size 64M`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -37,7 +38,9 @@ fn main() -> ExitCode {
             let spec = settings.resolve_setup(&setup)?;
             let tools = HostTools {
                 fireclaw: bin.join("fireclaw"),
-                firecracker: bin.join("firecracker"),
+                firecracker: std::env::var_os("FIRECLAW_TEST_FIRECRACKER")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| bin.join("firecracker")),
                 socat: PathBuf::from("/usr/bin/socat"),
             };
             install_instance(&settings, &spec, &tools, &Systemctl)

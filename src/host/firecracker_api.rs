@@ -203,6 +203,7 @@ mod tests {
         assert_eq!(info.state, "Running");
         assert_eq!(info.vmm_version, "1.16.0");
         assert!(server.join().unwrap().starts_with("GET / HTTP/1.1\r\n"));
+        std::fs::remove_dir_all(socket.parent().unwrap()).unwrap();
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! Opt-in: the VM unit with a real Firecracker instead of the stand-in. CI does not run this
+//! target (no Firecracker can be installed from the registries there), and on machines whose
+//! nested virtualisation stops a guest kernel it cannot pass. Run it as root with:
+//!
+//! ```sh
+//! FIRECLAW_TEST_FIRECRACKER=/usr/local/bin/firecracker \
+//! FIRECLAW_TEST_KERNEL=/srv/firecracker/base/images/vmlinux \
+//! FIRECLAW_TEST_ROOTFS=/srv/firecracker/base/images/rootfs.ext4 \
+//! cargo nextest run --run-ignored all -E 'binary(real_firecracker)'
+//! ```
+//!
+//! It shows the API answering through the socket, and a clean stop: the guest goes down on
+//! Ctrl-Alt-Del within the stop timeout, and the tap and socket are removed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use support::sandbox::{BIN_IN_SANDBOX, Sandbox};
+
+fn required(name: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os(name).unwrap_or_else(|| {
+        panic!("{name} is not set: this opt-in test needs a real Firecracker, kernel and rootfs")
+    }))
+}
+
+fn copy_into(sandbox: &Sandbox, from: &PathBuf, inside: &str, mode: u32) {
+    let target = sandbox.root().join(inside.trim_start_matches('/'));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(from, &target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
+    let firecracker = required("FIRECLAW_TEST_FIRECRACKER");
+    let kernel = required("FIRECLAW_TEST_KERNEL");
+    let rootfs = required("FIRECLAW_TEST_ROOTFS");
+    let sandbox = Sandbox::boot("realfc");
+    copy_into(
+        &sandbox,
+        &firecracker,
+        "/usr/local/lib/fireclaw-test/firecracker",
+        0o755,
+    );
+    copy_into(
+        &sandbox,
+        &kernel,
+        "/srv/firecracker/base/images/vmlinux",
+        0o644,
+    );
+    copy_into(
+        &sandbox,
+        &rootfs,
+        "/srv/firecracker/base/images/rootfs.ext4",
+        0o644,
+    );
+    let size = std::fs::metadata(&rootfs).unwrap().len().div_ceil(1 << 20) + 64;
+    sandbox.sh(&format!(
+        "FIRECLAW_TEST_FIRECRACKER=/usr/local/lib/fireclaw-test/firecracker \
+         {BIN_IN_SANDBOX}/sandbox_install --instance real --openai-api-key k --disk-size {size}M \
+         --vm-mem-mib 512 --vm-vcpu 1"
+    ));
+    let socket = "/srv/firecracker/vm-demo/real/firecracker.socket";
+    sandbox.sh("systemctl start firecracker-vmdemo-real.service");
+    let info = sandbox.sh(&format!(
+        "for i in $(seq 100); do curl -sf --unix-socket {socket} http://localhost/ && exit 0; sleep 0.1; done; exit 1"
+    ));
+    assert!(info.contains("\"state\":\"Running\""), "{info}");
+    let started = std::time::Instant::now();
+    sandbox.sh("systemctl stop firecracker-vmdemo-real.service");
+    let journal = sandbox.sh("journalctl -u firecracker-vmdemo-real.service --no-pager -o cat");
+    assert!(!journal.contains("did not shut down"), "{journal}");
+    assert!(!journal.contains("Killing process"), "{journal}");
+    assert!(!sandbox.ok(&format!("test -e {socket}")));
+    assert!(!sandbox.ok("ip link show treal2"));
+    eprintln!("clean stop took {:.1}s", started.elapsed().as_secs_f64());
+}

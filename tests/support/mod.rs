@@ -1,0 +1,5 @@
+//! Shared support for the root sandbox tests.
+
+#![allow(dead_code)]
+
+pub mod sandbox;
