@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod guest;
 pub mod host;
 pub mod instance;
 pub mod output;

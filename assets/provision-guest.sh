@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# fireclaw guest provisioning. fireclaw installs this as /usr/local/sbin/fireclaw-provision in
+# the guest and runs it as root over SSH, with the instance's provision.vars (KEY=value lines,
+# secrets included) on stdin, so no secret is ever on a command line. Idempotent: running it
+# again converges on the same state. Nothing is written to /tmp.
+set -euo pipefail
+
+say() { printf 'fireclaw-provision: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# --- input ------------------------------------------------------------------------------------
+declare -A input=()
+while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ -z "$line" || "$line" == \#* ]] && continue
+    key=${line%%=*}
+    value=${line#*=}
+    case "$key" in
+        FIRECLAW_STATE_FORMAT | INSTANCE_ID | TELEGRAM_TOKEN | TELEGRAM_USERS | MODEL | SKILLS | \
+            GATEWAY_TOKEN | OPENCLAW_IMAGE | SKIP_BROWSER_INSTALL | DISK_SIZE | ANTHROPIC_API_KEY | \
+            OPENAI_API_KEY | MINIMAX_API_KEY)
+            input[$key]=$value
+            ;;
+        *) die "unknown input key '${key}'" ;;
+    esac
+done
+# Everything below must not read the secrets' channel by accident.
+exec </dev/null
+
+id=${input[INSTANCE_ID]:-}
+[[ "$id" =~ ^[a-z0-9_-]+$ ]] || die "INSTANCE_ID is missing or invalid"
+image=${input[OPENCLAW_IMAGE]:-}
+[[ -n "$image" ]] || die "OPENCLAW_IMAGE is missing"
+model=${input[MODEL]:-}
+[[ -n "$model" ]] || die "MODEL is missing"
+skills=${input[SKILLS]:-}
+telegram_token=${input[TELEGRAM_TOKEN]:-}
+telegram_users=${input[TELEGRAM_USERS]:-}
+gateway_token=${input[GATEWAY_TOKEN]:-}
+[[ -n "$gateway_token" ]] || die "GATEWAY_TOKEN is missing"
+case "${input[SKIP_BROWSER_INSTALL]:-false}" in
+    true | 1 | yes) skip_browser=true ;;
+    *) skip_browser=false ;;
+esac
+
+user=ubuntu
+config_root=/home/$user/.openclaw-$id
+config_dir=$config_root/config
+env_file=$config_root/openclaw.env
+work_root=/home/$user/openclaw-$id
+workspace=$work_root/workspace
+tools=$work_root/tools
+container=openclaw-$id
+unit=openclaw-$id.service
+unit_file=/etc/systemd/system/$unit
+health_script=/usr/local/bin/openclaw-health-$id.sh
+
+retry() {
+    local tries=$1 attempt=1
+    shift
+    until "$@"; do
+        ((attempt >= tries)) && return 1
+        say "retrying ($attempt/$tries): $*"
+        sleep $((attempt * 3))
+        attempt=$((attempt + 1))
+    done
+}
+
+# Writes stdin to $1 with mode $2 (owner $3), replacing it atomically; returns 1 when unchanged.
+write_file() {
+    local target=$1 mode=$2 owner=${3:-root:root} temp
+    temp=$(mktemp "$(dirname "$target")/.fireclaw.XXXXXX")
+    chmod "$mode" "$temp"
+    cat >"$temp"
+    chown "$owner" "$temp"
+    if [[ -f "$target" ]] && cmp -s "$temp" "$target" && [[ "$(stat -c %a "$target")" == "${mode#0}" ]]; then
+        rm -f "$temp"
+        return 1
+    fi
+    mv -f "$temp" "$target"
+}
+
+# --- the guest OS -----------------------------------------------------------------------------
+say "waiting for cloud-init"
+if command -v cloud-init >/dev/null 2>&1; then
+    cloud-init status --wait >/dev/null 2>&1 || say "cloud-init reported a problem (continuing)"
+fi
+
+say "waiting for apt and dpkg"
+for _ in $(seq 150); do
+    pgrep -x 'apt|apt-get|dpkg|unattended-upgr' >/dev/null 2>&1 || break
+    sleep 2
+done
+
+root_source=$(findmnt -no SOURCE / 2>/dev/null || true)
+if [[ "$root_source" == /dev/* ]] && command -v resize2fs >/dev/null 2>&1; then
+    say "growing the root filesystem"
+    resize2fs "$root_source" >/dev/null 2>&1 || say "resize2fs failed (continuing)"
+fi
+
+missing=()
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    retry 5 apt-get update -q >/dev/null
+    retry 5 env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+docker_bin=$(command -v docker)
+
+# Docker's own bridge and nftables setup fail inside Firecracker guests; the gateway uses the
+# host network anyway. Restart only when the file changes.
+mkdir -p /etc/docker
+if printf '%s\n' '{"iptables": false, "ip6tables": false, "bridge": "none"}' |
+    write_file /etc/docker/daemon.json 0644; then
+    say "restarting docker with the new daemon.json"
+    systemctl restart docker.service
+fi
+systemctl enable --now docker.service >/dev/null 2>&1
+
+say "pulling $image"
+retry 3 "$docker_bin" pull -q "$image" >/dev/null
+
+# --- OpenClaw ---------------------------------------------------------------------------------
+install -d -o "$user" -g "$user" -m 0700 "$config_root" "$config_dir"
+install -d -o "$user" -g "$user" -m 0755 "$work_root" "$workspace" "$tools"
+
+# The only place the secret values live in the guest; the config refers to them as ${VAR}.
+{
+    printf '%s\n' NODE_ENV=production BROWSER=echo CLAWDBOT_PREFER_PNPM=1 OPENCLAW_PREFER_PNPM=1 \
+        PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright
+    printf 'OPENCLAW_GATEWAY_TOKEN=%s\n' "$gateway_token"
+    printf 'ANTHROPIC_API_KEY=%s\n' "${input[ANTHROPIC_API_KEY]:-}"
+    printf 'OPENAI_API_KEY=%s\n' "${input[OPENAI_API_KEY]:-}"
+    printf 'MINIMAX_API_KEY=%s\n' "${input[MINIMAX_API_KEY]:-}"
+    if [[ -n "$telegram_token" ]]; then
+        printf 'TELEGRAM_BOT_TOKEN=%s\n' "$telegram_token"
+    fi
+} | write_file "$env_file" 0600 "$user:$user" || true
+
+# Runs a bash script (stdin) in a throwaway container of the image with the OpenClaw CLI.
+in_image() {
+    "$docker_bin" run --rm -i --network host --env-file "$env_file" -e HOME=/home/node \
+        -v "$config_dir:/home/node/.openclaw" \
+        -v "$workspace:/home/node/.openclaw/workspace" \
+        -v "$tools:/home/node/clawd/tools" \
+        "$image" bash -se
+}
+
+# `config set` lines, every word quoted for the container's shell.
+config_lines=()
+set_config() {
+    local words="node /app/openclaw.mjs config set" word
+    for word in "$@"; do
+        words+=" $(printf '%q' "$word")"
+    done
+    config_lines+=("$words")
+}
+
+to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s+$"; "")) | map(select(length > 0))'; }
+
+# Literal ${VAR} references: OpenClaw substitutes them from the container's environment.
+# shellcheck disable=SC2016
+{
+    set_config gateway.mode local
+    set_config gateway.bind lan
+    set_config gateway.auth.mode token
+    set_config gateway.auth.token '${OPENCLAW_GATEWAY_TOKEN}'
+    set_config gateway.tailscale.mode off
+    set_config agents.defaults.model.primary "$model"
+    set_config agents.defaults.skipBootstrap false --json
+    set_config skills.allowBundled "$(to_json_array "$skills")" --json
+    if [[ -n "$telegram_token" ]]; then
+        set_config channels.telegram.enabled true --json
+        set_config channels.telegram.botToken '${TELEGRAM_BOT_TOKEN}'
+        set_config channels.telegram.dmPolicy allowlist
+        set_config channels.telegram.groupPolicy disabled
+        set_config channels.telegram.allowFrom "$(to_json_array "$telegram_users")" --json
+        set_config plugins.entries.telegram.enabled true --json
+    else
+        set_config channels.telegram.enabled false --json
+        set_config plugins.entries.telegram.enabled false --json
+    fi
+    if [[ "$model" == minimax/* ]]; then
+        set_config models.mode merge
+        set_config models.providers.minimax "$(jq -cn '{
+            baseUrl: "https://api.minimax.io/anthropic",
+            api: "anthropic-messages",
+            apiKey: "${MINIMAX_API_KEY}",
+            models: [{id: "MiniMax-M2.1", name: "MiniMax M2.1", reasoning: false,
+                      input: ["text"], contextWindow: 200000, maxTokens: 8192}]
+        }')" --json
+    fi
+}
+
+say "configuring OpenClaw"
+printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
+
+if [[ "$skip_browser" == false ]]; then
+    say "installing Playwright Chromium"
+    # The image's own playwright when it has one, a pinned fallback otherwise.
+    printf '%s\n' \
+        'set -e' \
+        'export PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright' \
+        'if [ -f /app/node_modules/playwright-core/cli.js ]; then' \
+        '  node /app/node_modules/playwright-core/cli.js install chromium' \
+        'else' \
+        '  npx -y playwright@1.49.1 install chromium' \
+        'fi' \
+        'find /home/node/clawd/tools/.playwright -type f -name chrome-headless-shell 2>/dev/null | head -n 1' |
+        in_image >"$config_root/.browser-path" 2>/dev/null || say "Playwright install failed (continuing)"
+    browser_path=$(head -n 1 "$config_root/.browser-path" 2>/dev/null || true)
+    rm -f "$config_root/.browser-path"
+    if [[ "$browser_path" == /home/node/clawd/tools/* ]]; then
+        config_lines=()
+        set_config browser.executablePath "$browser_path"
+        printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
+    else
+        say "Chromium headless shell not found; browser tools stay unconfigured"
+    fi
+fi
+
+say "running openclaw doctor --fix"
+printf '%s\n' 'node /app/openclaw.mjs doctor --fix' | in_image >/dev/null 2>&1 ||
+    say "openclaw doctor --fix reported problems (continuing)"
+
+# --- health script and service ----------------------------------------------------------------
+# Healthy: the container runs and /healthz (or /health) answers JSON with ok or status ok/live;
+# images without JSON health fall back to the CLI's health check. Prints ok or legacy.
+# shellcheck disable=SC2016 # the script's own variables, written literally
+{
+    printf '%s\n' '#!/usr/bin/env bash' 'set -uo pipefail'
+    printf 'container=%q\n' "$container"
+    printf 'docker=%q\n' "$docker_bin"
+    printf '%s\n' \
+        '[ "$("$docker" inspect -f "{{.State.Running}}" "$container" 2>/dev/null)" = true ] || { echo "container $container is not running" >&2; exit 1; }' \
+        'healthy() { jq -e "type == \"object\" and (.ok == true or .status == \"ok\" or .status == \"live\")" >/dev/null 2>&1; }' \
+        'for path in /healthz /health; do' \
+        '  if curl -fsS --max-time 5 "http://127.0.0.1:18789$path" 2>/dev/null | healthy; then echo ok; exit 0; fi' \
+        'done' \
+        'if "$docker" exec "$container" node /app/openclaw.mjs health --json 2>/dev/null | healthy; then echo legacy; exit 0; fi' \
+        'echo "the gateway on :18789 is not healthy" >&2' \
+        'exit 1'
+} | write_file "$health_script" 0755 || true
+
+{
+    printf '%s\n' '[Unit]' "Description=OpenClaw gateway ($id)" 'After=docker.service' \
+        'Requires=docker.service' '' '[Service]'
+    printf 'ExecStartPre=-%s rm -f %s\n' "$docker_bin" "$container"
+    printf 'ExecStart=%s run --rm --name %s --init --network host --env-file %s -e HOME=/home/node -v %s:/home/node/.openclaw -v %s:/home/node/.openclaw/workspace -v %s:/home/node/clawd/tools %s node dist/index.js gateway --bind lan --port 18789\n' \
+        "$docker_bin" "$container" "$env_file" "$config_dir" "$workspace" "$tools" "$image"
+    printf 'ExecStop=%s stop %s\n' "$docker_bin" "$container"
+    printf '%s\n' 'Restart=always' 'RestartSec=5' '' '[Install]' 'WantedBy=multi-user.target'
+} | write_file "$unit_file" 0644 || true
+
+systemctl daemon-reload
+systemctl enable "$unit" >/dev/null 2>&1
+say "restarting $unit"
+systemctl restart "$unit"
+say "done"
