@@ -41,11 +41,11 @@ pub enum Command {
     /// Detail for one instance, or for the whole fleet.
     Status(StatusArgs),
     /// Start an instance's VM, guest service and proxy, then wait until healthy.
-    Start(InstanceArg),
+    Start(StartArgs),
     /// Stop proxy, guest service and VM, and disable the units (stays stopped across reboots).
     Stop(InstanceArg),
     /// Stop, then start.
-    Restart(InstanceArg),
+    Restart(StartArgs),
     /// Follow the guest service's journal, or the host units' journal.
     Logs(LogsArgs),
     /// SSH into the VM, or run one command there.
@@ -77,6 +77,28 @@ pub struct InstanceArg {
     /// Instance id.
     #[arg(value_name = "ID")]
     pub id: InstanceId,
+}
+
+/// Bounds of the waits for SSH and for health (0.2.0: 180 and 30 tries, 2 s apart).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Seconds to wait for the guest's SSH after boot.
+    #[arg(long, value_name = "SECS", default_value_t = 360,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub ssh_timeout: u64,
+    /// Seconds to wait for both health gates (guest and proxy).
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub health_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Instance id.
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    #[command(flatten)]
+    pub waits: WaitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -212,6 +234,8 @@ pub struct SetupArgs {
     /// changes nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub waits: WaitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +268,8 @@ pub struct ProvisionArgs {
     /// Install Playwright Chromium again (undoes --skip-browser-install).
     #[arg(long)]
     pub browser_install: bool,
+    #[command(flatten)]
+    pub waits: WaitArgs,
 }
 
 #[cfg(test)]

@@ -29,6 +29,17 @@ impl<'a> Output<'a> {
         let _ = self.stderr.flush();
     }
 
+    /// A progress line on stderr, so stdout stays the command's result.
+    pub fn progress(&mut self, text: &str) {
+        let _ = writeln!(self.stderr, "==> {text}");
+    }
+
+    /// A question on stderr, without a newline.
+    pub fn prompt(&mut self, text: &str) {
+        let _ = write!(self.stderr, "{text}");
+        let _ = self.stderr.flush();
+    }
+
     /// A one-line warning on stderr.
     pub fn warn(&mut self, text: &str) {
         let _ = writeln!(self.stderr, "warning: {text}");

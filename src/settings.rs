@@ -496,3 +496,131 @@ mod spec_tests {
         );
     }
 }
+
+/// The state files after `provision <id> [flags]`, computed in memory and validated before
+/// anything is written: saved values, then flags; environment keys fill only empty saved keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionUpdate {
+    pub env: crate::instance::state::EnvFile,
+    pub vars: crate::instance::state::VarsFile,
+}
+
+impl Settings {
+    pub fn resolve_provision(
+        &self,
+        args: &crate::cli::ProvisionArgs,
+        env: &crate::instance::state::EnvFile,
+        vars: &crate::instance::state::VarsFile,
+    ) -> Result<ProvisionUpdate, SpecError> {
+        use crate::instance::state::parse_flag;
+        let saved =
+            |what: &'static str, problem: InvalidValue| SpecError::Saved { key: what, problem };
+        let model: Model = match &args.model {
+            Some(model) => model.clone(),
+            None => vars
+                .get("MODEL")
+                .parse()
+                .map_err(|problem| saved("MODEL", problem))?,
+        };
+        let skills = match &args.skills {
+            Some(skills) => skills.to_csv(),
+            None => vars.get("SKILLS").to_owned(),
+        };
+        let image = match &args.openclaw_image {
+            Some(image) => image.to_string(),
+            None => vars.get("OPENCLAW_IMAGE").to_owned(),
+        };
+        let (token, users) = if args.no_telegram {
+            (String::new(), String::new())
+        } else {
+            let token = match &args.telegram_token {
+                Some(token) => token.expose().to_owned(),
+                None => vars.get("TELEGRAM_TOKEN").to_owned(),
+            };
+            let users = match &args.telegram_users {
+                Some(users) => users.to_csv(),
+                None => vars.get("TELEGRAM_USERS").to_owned(),
+            };
+            if args.telegram_users.is_some() && token.is_empty() {
+                return Err(SpecError::TelegramUsersWithoutToken);
+            }
+            if !token.is_empty() && users.trim().is_empty() {
+                return Err(SpecError::TelegramUsersRequired);
+            }
+            (token, users)
+        };
+        let skip_browser = if args.skip_browser_install {
+            true
+        } else if args.browser_install {
+            false
+        } else {
+            parse_flag(vars.get("SKIP_BROWSER_INSTALL"))
+        };
+        // Keys: a flag replaces; the environment only fills a key that is saved empty.
+        let flags = &args.keys;
+        let fill = |flag: &Option<Secret>, key: &'static str, from_env: &Option<String>| {
+            if let Some(secret) = flag {
+                return Ok(secret.expose().to_owned());
+            }
+            let current = vars.get(key);
+            if !current.is_empty() {
+                return Ok(current.to_owned());
+            }
+            match from_env {
+                Some(value) => Secret::parse(key, value)
+                    .map(|s| s.expose().to_owned())
+                    .map_err(|problem| SpecError::Environment { name: key, problem }),
+                None => Ok(String::new()),
+            }
+        };
+        let d = &self.flag_defaults;
+        let anthropic = fill(
+            &flags.anthropic_api_key,
+            "ANTHROPIC_API_KEY",
+            &d.anthropic_api_key,
+        )?;
+        let openai = fill(&flags.openai_api_key, "OPENAI_API_KEY", &d.openai_api_key)?;
+        let minimax = fill(
+            &flags.minimax_api_key,
+            "MINIMAX_API_KEY",
+            &d.minimax_api_key,
+        )?;
+        let provider = model.provider();
+        let key_for_model = match provider {
+            crate::instance::values::Provider::OpenAi => &openai,
+            crate::instance::values::Provider::Anthropic => &anthropic,
+            crate::instance::values::Provider::MiniMax => &minimax,
+        };
+        if key_for_model.is_empty() {
+            return Err(SpecError::MissingProviderKey {
+                model: model.to_string(),
+                flag: provider.key_flag(),
+                env: provider.key_env(),
+            });
+        }
+        let mut env = env.clone();
+        let mut vars = vars.clone();
+        let skip = skip_browser.to_string();
+        let shared: [(&'static str, &str); 8] = [
+            ("MODEL", model.as_str()),
+            ("SKILLS", &skills),
+            ("TELEGRAM_USERS", &users),
+            ("OPENCLAW_IMAGE", &image),
+            ("SKIP_BROWSER_INSTALL", &skip),
+            ("ANTHROPIC_API_KEY", &anthropic),
+            ("OPENAI_API_KEY", &openai),
+            ("MINIMAX_API_KEY", &minimax),
+        ];
+        let write_error = |key: &'static str| SpecError::Saved {
+            key,
+            problem: InvalidValue("contains a line break".into()),
+        };
+        for (key, value) in shared {
+            env.set(key, value).map_err(|_| write_error(key))?;
+            vars.set(key, value).map_err(|_| write_error(key))?;
+        }
+        vars.set("TELEGRAM_TOKEN", &token)
+            .map_err(|_| write_error("TELEGRAM_TOKEN"))?;
+        Ok(ProvisionUpdate { env, vars })
+    }
+}

@@ -377,7 +377,7 @@ fn token_prints_the_token_alone() {
 }
 
 #[test]
-fn setup_without_dry_run_changes_nothing_yet() {
+fn setup_without_firecracker_on_path_fails_and_creates_nothing() {
     let scratch = Scratch::new("notyet");
     let (state, fc) = (scratch.join("state"), scratch.join("fc"));
     let key = format!("--openai-api-key={SECRET_KEY}");
@@ -389,7 +389,13 @@ fn setup_without_dry_run_changes_nothing_yet() {
         ],
     );
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!(stderr(&output).lines().count(), 1);
+    let err = stderr(&output);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    if is_root() {
+        assert!(err.contains("firecracker is not on PATH"), "{err}");
+    } else {
+        assert!(err.contains("needs root"), "{err}");
+    }
     assert!(!state.exists() && !fc.exists());
 }
 

@@ -2,6 +2,7 @@
 //! is a linear list of steps.
 
 pub mod install;
+pub mod lifecycle;
 mod setup;
 mod token;
 mod vm_net;
@@ -9,6 +10,7 @@ mod vm_net;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
+use crate::host::systemd::Systemctl;
 use crate::output::Output;
 use crate::settings::Settings;
 
@@ -37,15 +39,19 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Setup(args) => setup::run(&settings, &args, output),
         Command::Token(args) => token::run(&settings, &args.id, output),
         Command::Doctor(_) => Err(NotImplemented("doctor").into()),
-        Command::Provision(_) => Err(NotImplemented("provision").into()),
+        Command::Provision(args) => lifecycle::provision(&settings, &args, &Systemctl, output),
         Command::List(_) => Err(NotImplemented("list").into()),
         Command::Status(_) => Err(NotImplemented("status").into()),
-        Command::Start(_) => Err(NotImplemented("start").into()),
-        Command::Stop(_) => Err(NotImplemented("stop").into()),
-        Command::Restart(_) => Err(NotImplemented("restart").into()),
+        Command::Start(args) => {
+            lifecycle::start(&settings, &args.id, &args.waits, &Systemctl, output)
+        }
+        Command::Stop(args) => lifecycle::stop(&settings, &args.id, &Systemctl, output),
+        Command::Restart(args) => {
+            lifecycle::restart(&settings, &args.id, &args.waits, &Systemctl, output)
+        }
         Command::Logs(_) => Err(NotImplemented("logs").into()),
-        Command::Shell(_) => Err(NotImplemented("shell").into()),
-        Command::Destroy(_) => Err(NotImplemented("destroy").into()),
+        Command::Shell(args) => lifecycle::shell(&settings, &args),
+        Command::Destroy(args) => lifecycle::destroy(&settings, &args, &Systemctl, output),
         Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),
         Command::VmShutdown(args) => vm_net::shutdown(&settings, &args.id, output),
         Command::VmNetDown(args) => vm_net::down(&settings, &args.id),

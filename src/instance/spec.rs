@@ -33,6 +33,11 @@ pub enum SpecError {
         "API socket path {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id, FC_ROOT or --api-sock)"
     )]
     SocketPathTooLong { path: String, length: usize },
+    #[error("saved {key} cannot be used: {problem}")]
+    Saved {
+        key: &'static str,
+        problem: InvalidValue,
+    },
     #[error("{what} path contains a newline, carriage return or NUL")]
     LineBreakInPath { what: &'static str },
 }

@@ -1,0 +1,481 @@
+//! The lifecycle of an existing instance: loading it, waiting for its SSH and its health, and
+//! the verbs `start`, `stop`, `restart`, `provision`, `destroy` and `shell`, each holding the
+//! instance's lock so two commands on one instance never interleave. The order of each verb's
+//! steps is the one fireclaw 0.2.0 documents.
+
+use std::io::{BufRead, IsTerminal};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use super::install::teardown_instance;
+use crate::cli::{DestroyArgs, ProvisionArgs, ShellArgs, WaitArgs};
+use crate::guest::health::{Health, guest_health, proxy_health};
+use crate::guest::provision::provision_guest;
+use crate::guest::ssh::{HostKeyPolicy, SshError, SshTarget, sudo_command};
+use crate::host::process::run;
+use crate::host::systemd::{ServiceManager, UnitState};
+use crate::instance::layout::{AssetPaths, UnitNames};
+use crate::instance::state::{EnvFile, FireclawState, Phase, VarsFile};
+use crate::instance::store::{
+    HeldLock, StatePaths, lock_instance, read_env, read_fireclaw_state, write_atomic,
+};
+use crate::instance::values::InstanceId;
+use crate::output::Output;
+use crate::settings::Settings;
+
+/// How long a lifecycle command waits for another one on the same instance.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Pause between tries of the SSH and health waits.
+const POLL: Duration = Duration::from_secs(2);
+
+/// An instance as found on disk.
+pub struct Loaded {
+    pub id: InstanceId,
+    pub paths: StatePaths,
+    pub env: EnvFile,
+    pub state: Option<FireclawState>,
+    pub units: UnitNames,
+    pub port: u16,
+    pub ssh: SshTarget,
+}
+
+impl Loaded {
+    pub fn guest_unit(&self) -> String {
+        format!("openclaw-{}.service", self.id)
+    }
+}
+
+/// Reads an instance's state; a missing one is "no instance".
+pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
+    let paths = StatePaths::new(&settings.paths.state_root, id);
+    if !paths.dir.exists() {
+        bail!(
+            "no instance '{id}' ({} does not exist)",
+            paths.dir.display()
+        );
+    }
+    let env = read_env(&paths)?;
+    let state = read_fireclaw_state(&paths)?;
+    let ip = env.vm_ip()?;
+    let port = env.host_port()?;
+    let key = match env.get("SSH_KEY_PATH").trim() {
+        "" => settings.ssh_key_path.clone(),
+        saved => PathBuf::from(saved),
+    };
+    // fireclaw pinned its own instances' keys before first boot; 0.2.0 pinned on first use.
+    let policy = if state.is_some() {
+        HostKeyPolicy::Pinned
+    } else {
+        HostKeyPolicy::TrustOnFirstUse
+    };
+    let ssh = SshTarget {
+        id: id.to_string(),
+        ip,
+        key,
+        known_hosts: paths.known_hosts.clone(),
+        policy,
+        connect_timeout: Duration::from_secs(5),
+    };
+    Ok(Loaded {
+        id: id.clone(),
+        units: UnitNames::new(id),
+        paths,
+        env,
+        state,
+        port,
+        ssh,
+    })
+}
+
+pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
+    Ok(lock_instance(&settings.paths.state_root, id, LOCK_WAIT)?)
+}
+
+pub fn set_phase(paths: &StatePaths, phase: Phase) -> Result<()> {
+    write_atomic(
+        &paths.fireclaw_json,
+        FireclawState::new(phase).render().as_bytes(),
+        0o600,
+    )?;
+    Ok(())
+}
+
+fn journal_tail(unit: &str) -> String {
+    match run(
+        "journalctl",
+        &["-u", unit, "-n", "5", "--no-pager", "-o", "cat"],
+    ) {
+        Ok(output) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        Err(_) => String::new(),
+    }
+}
+
+fn unit_state(services: &dyn ServiceManager, unit: &str) -> Result<UnitState> {
+    services
+        .states(&[unit])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("systemd reported nothing for {unit}"))
+}
+
+/// Waits until SSH answers. Gives up at once, with the unit's last journal lines, when the VM
+/// unit is failed or inactive or restarts. A host key mismatch is retried until the deadline
+/// (the base image may show its own keys before cloud-init installs the pinned one) and
+/// reported only if it persists.
+pub fn wait_for_ssh(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    timeout: Duration,
+) -> Result<()> {
+    let unit = &loaded.units.vm;
+    let started = Instant::now();
+    let restarts = unit_state(services, unit)?.restarts;
+    let last = loop {
+        let error = match loaded.ssh.probe() {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let state = unit_state(services, unit)?;
+        let gone = matches!(state.active.as_str(), "failed" | "inactive")
+            || state.sub == "auto-restart"
+            || state.restarts > restarts;
+        if gone {
+            let journal = journal_tail(unit);
+            bail!(
+                "the VM of instance '{}' is not running ({} {}, {} restarts) while waiting for SSH; start it with: fireclaw start {}{}",
+                loaded.id,
+                state.active,
+                state.sub,
+                state.restarts,
+                loaded.id,
+                if journal.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {unit}: {journal}")
+                }
+            );
+        }
+        if started.elapsed() + POLL > timeout {
+            break error;
+        }
+        std::thread::sleep(POLL);
+    };
+    match last {
+        error @ SshError::HostKeyMismatch { .. } => Err(error.into()),
+        error => Err(anyhow!(error).context(format!(
+            "SSH to instance '{}' did not answer within {}s",
+            loaded.id,
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// Both gates: the guest's own health check and the proxy. Returns both results once both
+/// pass; fails with both results at the deadline.
+pub fn health_gate(loaded: &Loaded, timeout: Duration) -> Result<(Health, Health)> {
+    let started = Instant::now();
+    loop {
+        let guest = guest_health(&loaded.ssh, loaded.id.as_str())?;
+        let proxy = proxy_health(loaded.port, Duration::from_secs(5));
+        if guest.is_up() && proxy.is_up() {
+            return Ok((guest, proxy));
+        }
+        if started.elapsed() + POLL > timeout {
+            let describe = |h: &Health| match h {
+                Health::Down(why) => format!("down ({why})"),
+                other => other.label().to_owned(),
+            };
+            bail!(
+                "instance '{}' is not healthy after {}s: guest {}, proxy {}",
+                loaded.id,
+                timeout.as_secs(),
+                describe(&guest),
+                describe(&proxy)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The summary printed after a successful setup, provision or start.
+pub fn print_summary(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    health: &(Health, Health),
+    output: &mut Output<'_>,
+) {
+    let states = services
+        .states(&[loaded.units.vm.as_str(), loaded.units.proxy.as_str()])
+        .unwrap_or_default();
+    let state_of = |i: usize| {
+        states
+            .get(i)
+            .map(|s| format!("{} ({})", s.active, s.file))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    output.line(&format!("Instance {} is healthy.", loaded.id));
+    output.line(&format!("  VM IP       {}", loaded.ssh.ip));
+    output.line(&format!("  proxy       http://127.0.0.1:{}/", loaded.port));
+    output.line(&format!(
+        "  health      guest {}, proxy {}",
+        health.0.label(),
+        health.1.label()
+    ));
+    output.line(&format!(
+        "  VM unit     {} {}",
+        loaded.units.vm,
+        state_of(0)
+    ));
+    output.line(&format!(
+        "  proxy unit  {} {}",
+        loaded.units.proxy,
+        state_of(1)
+    ));
+    output.line(&format!("  token       sudo fireclaw token {}", loaded.id));
+}
+
+fn waits(args: &WaitArgs) -> (Duration, Duration) {
+    (
+        Duration::from_secs(args.ssh_timeout),
+        Duration::from_secs(args.health_timeout),
+    )
+}
+
+fn progress(output: &mut Output<'_>, id: &InstanceId, step: &str) {
+    output.progress(&format!("{id}: {step}"));
+}
+
+/// Brings a provisioned instance up without reprovisioning: VM, SSH, guest service, proxy,
+/// health.
+pub fn bring_up(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    wait: &WaitArgs,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
+    let (ssh_timeout, health_timeout) = waits(wait);
+    let vm = loaded.units.vm.as_str();
+    services.reset_failed(&[vm])?;
+    progress(output, &loaded.id, "starting the VM");
+    services.enable_now(&[vm])?;
+    progress(output, &loaded.id, "waiting for SSH");
+    wait_for_ssh(loaded, services, ssh_timeout)?;
+    progress(output, &loaded.id, "starting the gateway service");
+    let guest_unit = loaded.guest_unit();
+    loaded.ssh.run(
+        &sudo_command(&["systemctl", "enable", "--now", &guest_unit]),
+        b"",
+    )?;
+    progress(output, &loaded.id, "starting the proxy");
+    services.enable_now(&[loaded.units.proxy.as_str()])?;
+    progress(output, &loaded.id, "waiting for health");
+    health_gate(loaded, health_timeout)
+}
+
+pub fn start(
+    settings: &Settings,
+    id: &InstanceId,
+    wait: &WaitArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let _lock = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    if let Some(state) = &loaded.state
+        && state.phase < Phase::Provisioned
+    {
+        bail!(
+            "instance '{id}' was never provisioned (phase {}); finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force",
+            state.phase.as_str()
+        );
+    }
+    let health = bring_up(&loaded, services, wait, output)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+/// proxy → guest service (over SSH when reachable) → VM (clean shutdown) → disable both units.
+pub fn stop_locked(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let proxy = loaded.units.proxy.as_str();
+    let vm = loaded.units.vm.as_str();
+    progress(output, &loaded.id, "stopping the proxy");
+    services.stop(&[proxy])?;
+    let vm_running = unit_state(services, vm)?.is_active();
+    if vm_running {
+        progress(output, &loaded.id, "stopping the gateway service");
+        let mut quick = loaded.ssh.clone();
+        quick.connect_timeout = Duration::from_secs(3);
+        let guest_unit = loaded.guest_unit();
+        if let Err(error) = quick.run(&sudo_command(&["systemctl", "stop", &guest_unit]), b"") {
+            output.warn(&format!(
+                "could not stop {guest_unit} in the guest ({error}); the VM shutdown stops it"
+            ));
+        }
+    }
+    progress(output, &loaded.id, "shutting the VM down");
+    services.stop(&[vm])?;
+    services.disable(&[vm, proxy])?;
+    services.reset_failed(&[vm, proxy])?;
+    Ok(())
+}
+
+pub fn stop(
+    settings: &Settings,
+    id: &InstanceId,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let _lock = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    stop_locked(&loaded, services, output)?;
+    output.line(&format!(
+        "Instance {id} is stopped and stays stopped across reboots; start it with: fireclaw start {id}"
+    ));
+    Ok(())
+}
+
+pub fn restart(
+    settings: &Settings,
+    id: &InstanceId,
+    wait: &WaitArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let _lock = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    stop_locked(&loaded, services, output)?;
+    let health = bring_up(&loaded, services, wait, output)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+/// Updates the saved config and reruns guest provisioning on the existing VM.
+pub fn provision(
+    settings: &Settings,
+    args: &ProvisionArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let id = &args.id;
+    let _lock = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    let vars_text = std::fs::read_to_string(&loaded.paths.vars)
+        .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
+    let vars = VarsFile::parse(&vars_text)
+        .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
+    // Everything is validated before anything is written: a rejected run changes nothing.
+    let update = settings.resolve_provision(args, &loaded.env, &vars)?;
+    write_atomic(&loaded.paths.env, update.env.render().as_bytes(), 0o600)?;
+    write_atomic(&loaded.paths.vars, update.vars.render().as_bytes(), 0o600)?;
+
+    let (ssh_timeout, health_timeout) = waits(&args.waits);
+    let vm = loaded.units.vm.as_str();
+    if !unit_state(services, vm)?.is_active() {
+        progress(output, id, "starting the VM");
+        services.reset_failed(&[vm])?;
+        services.enable_now(&[vm])?;
+    }
+    progress(output, id, "waiting for SSH");
+    wait_for_ssh(&loaded, services, ssh_timeout)?;
+    progress(output, id, "provisioning the guest");
+    provision_guest(&loaded.ssh, &update.vars.render())?;
+    if loaded.state.is_some() {
+        set_phase(&loaded.paths, Phase::Provisioned)?;
+    }
+    progress(output, id, "starting the proxy");
+    services.enable_now(&[loaded.units.proxy.as_str()])?;
+    progress(output, id, "waiting for health");
+    let health = health_gate(&loaded, health_timeout)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+fn confirmed(id: &InstanceId, output: &mut Output<'_>) -> Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("destroy '{id}' needs confirmation on a terminal, or --force");
+    }
+    output.prompt(&format!("Destroy '{id}' and remove VM assets? [y/N] "));
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
+}
+
+/// The tap an instance uses, from `.env` or, when that is unreadable, its Firecracker config.
+fn tap_from_config(settings: &Settings, id: &InstanceId) -> Option<String> {
+    let config = AssetPaths::new(&settings.paths.fc_root, id).vm_config;
+    let text = std::fs::read_to_string(config).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json.get("network-interfaces")?
+        .get(0)?
+        .get("host_dev_name")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+pub fn destroy(
+    settings: &Settings,
+    args: &DestroyArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let id = &args.id;
+    let state_dir = StatePaths::new(&settings.paths.state_root, id).dir;
+    let assets_dir = AssetPaths::new(&settings.paths.fc_root, id).dir;
+    let units = UnitNames::new(id);
+    let anything = [
+        state_dir.clone(),
+        assets_dir.clone(),
+        units.vm_path(&settings.paths.unit_dir),
+        units.proxy_path(&settings.paths.unit_dir),
+    ]
+    .iter()
+    .any(|p| p.symlink_metadata().is_ok());
+    if !anything {
+        bail!("no instance '{id}': no state, assets or units exist");
+    }
+    if !args.force && !confirmed(id, output)? {
+        bail!("destroy of '{id}' cancelled; nothing was changed");
+    }
+    let _lock = lock(settings, id)?;
+    let readable = read_env(&StatePaths::new(&settings.paths.state_root, id)).is_ok();
+    if !readable && !args.force {
+        bail!(
+            "the state of instance '{id}' cannot be read; remove what is left with: fireclaw destroy {id} --force"
+        );
+    }
+    let tap = tap_from_config(settings, id);
+    teardown_instance(settings, id, None, services)?;
+    // An instance whose .env was unreadable: its tap is still known from the VM config.
+    if !readable && let Some(tap) = tap {
+        let mut netlink = crate::host::netlink::Netlink::open()?;
+        if let Some(link) = netlink.link(&tap)?
+            && link.is_tap
+        {
+            netlink.delete_link(&link)?;
+        }
+    }
+    output.line(&format!("Instance {id} is destroyed."));
+    Ok(())
+}
+
+/// `shell <id>`: an interactive login, or one command whose output and exit status pass
+/// through, exactly as with ssh (the process becomes ssh).
+pub fn shell(settings: &Settings, args: &ShellArgs) -> Result<()> {
+    let loaded = load(settings, &args.id)?;
+    let remote = (!args.command.is_empty()).then(|| args.command.join(" "));
+    let error = loaded.ssh.interactive(remote.as_deref()).exec();
+    Err(anyhow!(error).context("run ssh"))
+}
