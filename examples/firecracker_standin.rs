@@ -2,9 +2,14 @@
 //! `--config-file`, reads the same config file, and fails the way Firecracker 1.16 does when the
 //! API socket path exists, the tap named in the config is missing, or the logger's directory is
 //! missing. It opens the tap, relays its frames to and from the interface named in
-//! `/run/fireclaw-standin/<tap>.peer` (what a test put behind the tap), serves `GET /` and
+//! `/run/fireclaw-standin/<tap>.peer` once it exists (what a test put behind the tap), serves `GET /` and
 //! `PUT /actions`, and records every API call in `/run/fireclaw-standin/<tap>.calls`. On
 //! `SendCtrlAltDel` it exits 0, as Firecracker does once a `reboot=k` guest has gone down.
+//!
+//! Guest mode, when `/run/fireclaw-guests/` exists (a dir the test shares with its guest
+//! supervisor), in `/run/fireclaw-guests/<tap>/`: the stand-in holds `vmm.lock` while alive, starts a new boot generation with the
+//! seed image's path, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
+//! supervisor reports the generation `gone` (also when the guest rebooted by itself).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +23,62 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 const STATE_DIR: &str = "/run/fireclaw-standin";
+const GUESTS_DIR: &str = "/run/fireclaw-guests";
+
+/// The handshake with the test's guest supervisor.
+struct GuestLink {
+    dir: PathBuf,
+    generation: u64,
+    _lock: File,
+}
+
+impl GuestLink {
+    fn start(tap: &str, seed: &Path) -> Option<Self> {
+        if !Path::new(GUESTS_DIR).is_dir() {
+            return None;
+        }
+        let dir = Path::new(GUESTS_DIR).join(tap);
+        std::fs::create_dir_all(&dir).ok()?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("vmm.lock"))
+            .ok()?;
+        lock.lock().ok()?;
+        let generation = std::fs::read_to_string(dir.join("generation"))
+            .ok()
+            .and_then(|g| g.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        let _ = std::fs::remove_file(dir.join("shutdown"));
+        std::fs::write(dir.join("seed"), seed.to_string_lossy().as_bytes()).ok()?;
+        std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
+        Some(Self {
+            dir,
+            generation,
+            _lock: lock,
+        })
+    }
+
+    fn gone(&self) -> bool {
+        self.dir.join(format!("gone-{}", self.generation)).exists()
+    }
+
+    /// Exits 0 once the guest of this generation has gone, as Firecracker does.
+    fn exit_when_gone(self: Arc<Self>) {
+        std::thread::spawn(move || {
+            loop {
+                if self.gone() {
+                    println!("reboot: Restarting system");
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+    }
+}
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -125,10 +186,31 @@ fn main() -> ExitCode {
     };
     let _ = std::fs::create_dir_all(STATE_DIR);
     let calls = Path::new(STATE_DIR).join(format!("{tap_name}.calls"));
-    if let Ok(peer) = std::fs::read_to_string(Path::new(STATE_DIR).join(format!("{tap_name}.peer")))
-        && let Err(e) = start_relay(tap.clone(), peer.trim())
-    {
-        return fail(&format!("relay to {}: {e}", peer.trim()));
+    // The peer may be wired up by the test only after the VMM announced itself: wait for it.
+    let peer_file = Path::new(STATE_DIR).join(format!("{tap_name}.peer"));
+    let relay_tap = tap.clone();
+    std::thread::spawn(move || {
+        for _ in 0..600 {
+            if let Ok(peer) = std::fs::read_to_string(&peer_file)
+                && Path::new("/sys/class/net").join(peer.trim()).exists()
+            {
+                if let Err(e) = start_relay(relay_tap, peer.trim()) {
+                    eprintln!("Error: relay to {}: {e}", peer.trim());
+                }
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let seed = config
+        .drives
+        .iter()
+        .map(|d| d.path_on_host.clone())
+        .find(|p| p.ends_with("seed.img"))
+        .unwrap_or_default();
+    let guest = GuestLink::start(&tap_name, &seed).map(Arc::new);
+    if let Some(guest) = &guest {
+        guest.clone().exit_when_gone();
     }
     let listener = match UnixListener::bind(&api_sock) {
         Ok(l) => l,
@@ -140,9 +222,18 @@ fn main() -> ExitCode {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         if serve(stream, &calls) {
-            println!("reboot: Restarting system");
-            let _ = std::io::stdout().flush();
-            return ExitCode::SUCCESS;
+            match &guest {
+                // The guest shuts down; the watcher exits once it has gone.
+                Some(guest) => {
+                    let _ =
+                        std::fs::write(guest.dir.join("shutdown"), guest.generation.to_string());
+                }
+                None => {
+                    println!("reboot: Restarting system");
+                    let _ = std::io::stdout().flush();
+                    return ExitCode::SUCCESS;
+                }
+            }
         }
     }
     ExitCode::SUCCESS

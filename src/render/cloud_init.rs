@@ -61,6 +61,8 @@ pub fn user_data(config: &UserDataConfig) -> String {
         "  ed25519_public: {}",
         quoted(config.host_key.public_openssh.trim())
     );
+    // `sudo` resolves the hostname on every call; without an /etc/hosts entry it waits for DNS.
+    out.push_str("manage_etc_hosts: localhost\n");
     out.push_str("packages:\n  - jq\n  - curl\n");
     out
 }

@@ -19,8 +19,18 @@ pub struct Sandbox {
     base: PathBuf,
     nspawn: Option<Child>,
     leader: u32,
+    /// Network and bind arguments for systemd-nspawn.
+    nspawn_args: Vec<String>,
     /// Seconds the last boot took, for the closing notes.
     pub boot_secs: f64,
+}
+
+/// How a sandbox is connected.
+pub enum Network {
+    /// Its own empty network namespace (a host sandbox).
+    Private,
+    /// An existing network namespace, by path (a guest joining a namespace of a host sandbox).
+    Join(PathBuf),
 }
 
 fn cgroup_mounts() -> Vec<PathBuf> {
@@ -56,16 +66,43 @@ fn build_dir() -> PathBuf {
 }
 
 impl Sandbox {
-    /// Boots a new sandbox; `tag` names it in `machinectl`-free listings and dirs.
+    /// Boots a new host sandbox: private network and the binaries under test.
     pub fn boot(tag: &str) -> Self {
-        assert!(
-            is_root(),
-            "sandbox tests need root: run them through scripts/test"
-        );
+        sweep_dead_sandboxes();
+        let name = format!("fc-{tag}-{}", std::process::id());
+        let _ = std::fs::remove_dir_all(Path::new(ROOT_DIR).join(&name));
+        Self::boot_with(&name, Network::Private, Vec::new(), |_| {})
+    }
+
+    /// A host sandbox whose VMs get guest stand-ins: `/run/fireclaw-guests` is shared with the
+    /// machine, where the guest supervisor reads it.
+    pub fn boot_for_guests(tag: &str) -> Self {
         sweep_dead_sandboxes();
         let name = format!("fc-{tag}-{}", std::process::id());
         let base = Path::new(ROOT_DIR).join(&name);
         let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(base.join("guests")).unwrap();
+        let binds = vec![format!(
+            "--bind={}:/run/fireclaw-guests",
+            base.join("guests").display()
+        )];
+        Self::boot_with(&name, Network::Private, binds, |_| {})
+    }
+
+    /// Boots a sandbox called `name` with `network`, extra nspawn `binds`, and `prepare` run on
+    /// its upper dir before the first boot.
+    pub fn boot_with(
+        name: &str,
+        network: Network,
+        binds: Vec<String>,
+        prepare: impl FnOnce(&Path),
+    ) -> Self {
+        assert!(
+            is_root(),
+            "sandbox tests need root: run them through scripts/test"
+        );
+        let name = name.to_owned();
+        let base = Path::new(ROOT_DIR).join(&name);
         for dir in ["upper", "work", "root", "bin"] {
             std::fs::create_dir_all(base.join(dir)).unwrap();
         }
@@ -88,11 +125,18 @@ impl Sandbox {
         }
         std::fs::set_permissions(base.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
         mask_machine_services(&base.join("upper"));
+        prepare(&base.join("upper"));
+        let mut nspawn_args = match network {
+            Network::Private => vec!["--private-network".to_owned()],
+            Network::Join(path) => vec![format!("--network-namespace-path={}", path.display())],
+        };
+        nspawn_args.extend(binds);
         let mut sandbox = Self {
             name,
             base,
             nspawn: None,
             leader: 0,
+            nspawn_args,
             boot_secs: 0.0,
         };
         sandbox.start();
@@ -135,13 +179,15 @@ impl Sandbox {
             .append(true)
             .open(base.join("console.log"))
             .unwrap();
+        let extra: Vec<String> = self.nspawn_args.iter().map(|a| format!("'{a}'")).collect();
         let script = format!(
             "{joins}exec systemd-nspawn --register=no --keep-unit --quiet -D '{root}' \
-             --private-network --bind=/dev/kvm --bind=/dev/net/tun --bind-ro='{bin}':{BIN_IN_SANDBOX} \
+             {extra} --bind=/dev/kvm --bind=/dev/net/tun --bind-ro='{bin}':{BIN_IN_SANDBOX} \
              --machine='{name}' -b systemd.unit=multi-user.target",
             root = base.join("root").display(),
             bin = base.join("bin").display(),
             name = self.name,
+            extra = extra.join(" "),
         );
         let child = Command::new("setsid")
             .args(["bash", "-c", &script])
@@ -190,6 +236,50 @@ impl Sandbox {
             self.sh("systemctl --failed --no-pager || true")
         );
         self.boot_secs = started.elapsed().as_secs_f64();
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The container's PID 1 as seen from the machine (0 when not running).
+    pub fn leader(&self) -> u32 {
+        self.leader
+    }
+
+    /// Sends `signal` to the container's PID 1.
+    pub fn signal(&self, signal: i32) {
+        if self.leader != 0 {
+            // SAFETY: kill() with the pid of this sandbox's PID 1.
+            unsafe { libc::kill(self.leader as i32, signal) };
+        }
+    }
+
+    /// Whether the container has ended (halted, rebooted or was killed).
+    pub fn has_exited(&mut self) -> bool {
+        match self.nspawn.as_mut() {
+            None => true,
+            Some(child) => child.try_wait().ok().flatten().is_some(),
+        }
+    }
+
+    /// After the container ended: unmount its root, keeping its disk for `boot_again`.
+    pub fn settle(&mut self) {
+        if let Some(mut child) = self.nspawn.take() {
+            let _ = child.wait();
+        }
+        self.leader = 0;
+        let _ = Command::new("umount").arg(self.base.join("root")).output();
+    }
+
+    /// Boots the same disk again.
+    pub fn boot_again(&mut self) {
+        self.start();
+    }
+
+    /// Kills the container at once, keeping its disk.
+    pub fn kill_keep_disk(&mut self) {
+        self.kill();
     }
 
     pub fn console(&self) -> String {
