@@ -27,6 +27,7 @@ const GUESTS_DIR: &str = "/run/fireclaw-guests";
 
 /// The handshake with the test's guest supervisor.
 struct GuestLink {
+    tap: String,
     dir: PathBuf,
     generation: u64,
     _lock: File,
@@ -55,6 +56,7 @@ impl GuestLink {
         std::fs::write(dir.join("seed"), seed.to_string_lossy().as_bytes()).ok()?;
         std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
         Some(Self {
+            tap: tap.to_owned(),
             dir,
             generation,
             _lock: lock,
@@ -70,6 +72,13 @@ impl GuestLink {
         std::thread::spawn(move || {
             loop {
                 if self.gone() {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    let calls = Path::new(STATE_DIR).join(format!("{}.calls", self.tap));
+                    if let Ok(mut log) = OpenOptions::new().append(true).create(true).open(calls) {
+                        let _ = writeln!(log, "EXIT {}.{:09}", now.as_secs(), now.subsec_nanos());
+                    }
                     println!("reboot: Restarting system");
                     let _ = std::io::stdout().flush();
                     std::process::exit(0);

@@ -145,3 +145,405 @@ fn setup_is_healthy_through_both_gates_and_configures_openclaw_without_secrets_i
     assert!(env_file.contains(&format!("OPENCLAW_GATEWAY_TOKEN={}", token.trim())));
     eprintln!("guest boots: {:?}", fleet.guests.boot_secs());
 }
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn telegram_is_enabled_with_the_allowlist_and_a_token_reference() {
+    let fleet = Fleet::new("telegram");
+    fleet.setup(
+        "a",
+        &format!(
+            "--openai-api-key {OPENAI_KEY} --telegram-token {TELEGRAM_TOKEN} --telegram-users '111, 222'"
+        ),
+    );
+    let sets = config_sets(&fleet.node_calls("a"));
+    for expected in [
+        "channels.telegram.enabled true --json",
+        "channels.telegram.botToken ${TELEGRAM_BOT_TOKEN}",
+        "channels.telegram.dmPolicy allowlist",
+        "channels.telegram.groupPolicy disabled",
+        "channels.telegram.allowFrom [\"111\",\"222\"] --json",
+        "plugins.entries.telegram.enabled true --json",
+    ] {
+        assert!(
+            sets.iter().any(|s| s == expected),
+            "{expected} missing from {sets:#?}"
+        );
+    }
+    assert!(!sets.iter().any(|s| s.contains(TELEGRAM_TOKEN)));
+    let env_file = fleet.guest("a", "cat /home/ubuntu/.openclaw-a/openclaw.env");
+    assert!(env_file.contains(&format!("TELEGRAM_BOT_TOKEN={TELEGRAM_TOKEN}")));
+    assert!(
+        !fleet.env_value("a", "TELEGRAM_TOKEN").contains("AAH"),
+        "the bot token is only in provision.vars"
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn concurrent_setups_get_distinct_allocations_and_one_id_cannot_be_set_up_twice() {
+    let fleet = Fleet::new("concurrent");
+    // Two ids at once, and a third command racing for one of them.
+    let script = format!(
+        "export PATH={BIN_IN_SANDBOX}:$PATH OPENAI_API_KEY={OPENAI_KEY}; \
+         args='--skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30'; \
+         fireclaw setup --instance a $args > /run/a.out 2>&1 & a=$!; \
+         fireclaw setup --instance b $args > /run/b.out 2>&1 & b=$!; \
+         fireclaw setup --instance b $args > /run/b2.out 2>&1 & b2=$!; \
+         wait $a; echo a=$?; wait $b; echo b=$?; wait $b2; echo b2=$?"
+    );
+    let codes = fleet.host.sh(&script);
+    assert!(
+        codes.contains("a=0"),
+        "{codes}: {}",
+        fleet.host.sh("cat /run/a.out")
+    );
+    let b_wins = [codes.contains("b=0"), codes.contains("b2=0")];
+    assert_eq!(b_wins.iter().filter(|w| **w).count(), 1, "{codes}");
+    let loser = if b_wins[0] {
+        "/run/b2.out"
+    } else {
+        "/run/b.out"
+    };
+    let loser_out = fleet.host.sh(&format!("cat {loser}"));
+    assert!(
+        loser_out.contains("instance 'b' already exists"),
+        "{loser_out}"
+    );
+    let a = (
+        fleet.env_value("a", "VM_IP"),
+        fleet.env_value("a", "HOST_PORT"),
+        fleet.tap("a"),
+    );
+    let b = (
+        fleet.env_value("b", "VM_IP"),
+        fleet.env_value("b", "HOST_PORT"),
+        fleet.tap("b"),
+    );
+    assert!(a.0 != b.0 && a.1 != b.1 && a.2 != b.2, "{a:?} {b:?}");
+    for id in ["a", "b"] {
+        let port = fleet.env_value(id, "HOST_PORT");
+        fleet
+            .host
+            .sh(&format!("curl -fsS http://127.0.0.1:{port}/healthz"));
+    }
+    // The loser left nothing of its own and did not harm the winner.
+    assert_eq!(
+        fleet
+            .host
+            .sh("find /etc/systemd/system -maxdepth 1 -type f -name '*vmdemo*' | wc -l")
+            .trim(),
+        "4"
+    );
+}
+
+fn state_files(fleet: &Fleet, id: &str) -> String {
+    fleet.host.sh(&format!(
+        "cd /var/lib/fireclaw/.vm-{id} && sha256sum .env provision.vars .token fireclaw.json known_hosts"
+    ))
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn provision_validates_before_writing_and_then_reconfigures_the_guest() {
+    let fleet = Fleet::new("provision");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let before = state_files(&fleet, "a");
+    let refused = fleet.fireclaw("provision a --model anthropic/claude-opus-4");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("needs an API key: pass --anthropic-api-key or set ANTHROPIC_API_KEY"),
+        "{err}"
+    );
+    assert_eq!(
+        state_files(&fleet, "a"),
+        before,
+        "a refused provision changed state"
+    );
+
+    let ip = fleet.env_value("a", "VM_IP");
+    let port = fleet.env_value("a", "HOST_PORT");
+    let out = fleet.fireclaw_ok(&format!(
+        "provision a --model anthropic/claude-opus-4 --anthropic-api-key {ANTHROPIC_KEY} --ssh-timeout 60 --health-timeout 30"
+    ));
+    assert!(out.contains("Instance a is healthy."), "{out}");
+    assert_eq!(fleet.env_value("a", "MODEL"), "anthropic/claude-opus-4");
+    assert_eq!(
+        (
+            fleet.env_value("a", "VM_IP"),
+            fleet.env_value("a", "HOST_PORT")
+        ),
+        (ip, port)
+    );
+    let sets = config_sets(&fleet.node_calls("a"));
+    assert_eq!(
+        sets.iter()
+            .filter(|s| s.starts_with("agents.defaults.model.primary"))
+            .last()
+            .unwrap(),
+        "agents.defaults.model.primary anthropic/claude-opus-4"
+    );
+    let env_file = fleet.guest("a", "cat /home/ubuntu/.openclaw-a/openclaw.env");
+    assert!(env_file.contains(&format!("ANTHROPIC_API_KEY={ANTHROPIC_KEY}")));
+}
+
+fn unit_states(fleet: &Fleet, id: &str) -> String {
+    fleet.host.sh(&format!(
+        "systemctl show -p ActiveState,UnitFileState firecracker-vmdemo-{id}.service vmdemo-proxy-{id}.service"
+    ))
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn stop_start_restart_and_a_reboot_inside_the_guest_keep_their_promises() {
+    let fleet = Fleet::new("lifecycle");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let tap = fleet.tap("a");
+    let provisioned = config_sets(&fleet.node_calls("a")).len();
+
+    let out = fleet.fireclaw_ok("stop a");
+    assert!(out.contains("stays stopped"), "{out}");
+    let states = unit_states(&fleet, "a");
+    assert_eq!(
+        states.matches("ActiveState=inactive").count(),
+        2,
+        "{states}"
+    );
+    assert_eq!(
+        states.matches("UnitFileState=disabled").count(),
+        2,
+        "{states}"
+    );
+    // The guest service was stopped through the guest's docker before the VMM exited.
+    let docker = fleet.guests.read(&tap, "/var/log/docker-stub.log");
+    let stopped_at: f64 = docker
+        .lines()
+        .rfind(|l| l.ends_with("stop openclaw-a"))
+        .and_then(|l| l.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("docker stop openclaw-a not seen: {docker}"));
+    let calls = fleet
+        .host
+        .sh(&format!("cat /run/fireclaw-standin/{tap}.calls"));
+    assert!(calls.contains("SendCtrlAltDel"), "{calls}");
+    let exited_at: f64 = calls
+        .lines()
+        .rfind(|l| l.starts_with("EXIT "))
+        .and_then(|l| l[5..].parse().ok())
+        .unwrap();
+    assert!(
+        stopped_at < exited_at,
+        "docker stop at {stopped_at}, VMM exit at {exited_at}"
+    );
+    assert!(!fleet.guests.running(&tap));
+
+    let out = fleet.fireclaw_ok("start a --ssh-timeout 60 --health-timeout 30");
+    assert!(out.contains("Instance a is healthy."), "{out}");
+    assert_eq!(
+        config_sets(&fleet.node_calls("a")).len(),
+        provisioned,
+        "start reprovisioned"
+    );
+    assert_eq!(
+        unit_states(&fleet, "a")
+            .matches("UnitFileState=enabled")
+            .count(),
+        2
+    );
+
+    let out = fleet.fireclaw_ok("restart a --ssh-timeout 60 --health-timeout 30");
+    assert!(out.contains("Instance a is healthy."), "{out}");
+
+    // A reboot inside the guest ends the VMM (reboot=k); the unit brings it back by itself.
+    let restarts = |f: &Fleet| -> u32 {
+        f.host
+            .sh("systemctl show -p NRestarts --value firecracker-vmdemo-a.service")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let before = restarts(&fleet);
+    let _ = fleet.fireclaw("shell a 'sudo systemctl reboot'");
+    let port = fleet.env_value("a", "HOST_PORT");
+    fleet.host.sh(&format!(
+        "for i in $(seq 300); do [ \"$(systemctl show -p NRestarts --value firecracker-vmdemo-a.service)\" -gt {before} ] && \
+         curl -fsS http://127.0.0.1:{port}/healthz >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1"
+    ));
+    assert!(restarts(&fleet) > before);
+    assert_eq!(
+        config_sets(&fleet.node_calls("a")).len(),
+        provisioned,
+        "the reboot reprovisioned"
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_failed_provisioning_rolls_back_only_that_instance() {
+    let fleet = Fleet::new("rollback");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let a_state = state_files(&fleet, "a");
+    let a_port = fleet.env_value("a", "HOST_PORT");
+    let before = host_snapshot(&fleet);
+
+    fleet.guests.preset("/etc/docker-stub/fail", "");
+    let failed = fleet.fireclaw(&format!(
+        "setup --instance b --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 10 --openai-api-key {OPENAI_KEY}"
+    ));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(
+        err.contains("setup of 'b' failed and was rolled back"),
+        "{err}"
+    );
+    assert_eq!(host_snapshot(&fleet), before, "b left something behind");
+    assert_eq!(state_files(&fleet, "a"), a_state);
+    fleet
+        .host
+        .sh(&format!("curl -fsS http://127.0.0.1:{a_port}/healthz"));
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_failed_health_gate_keeps_the_instance_and_provision_heals_it() {
+    let fleet = Fleet::new("healthgate");
+    fleet.guests.preset("/etc/docker-stub/no-health", "");
+    let failed = fleet.fireclaw(&format!(
+        "setup --instance a --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 4 --openai-api-key {OPENAI_KEY}"
+    ));
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(err.contains("was provisioned and is kept"), "{err}");
+    assert!(err.contains("fireclaw provision a"), "{err}");
+    assert!(fleet.host.ok("test -f /var/lib/fireclaw/.vm-a/.env"));
+    fleet.guest("a", "rm /etc/docker-stub/no-health");
+    let out = fleet.fireclaw_ok("provision a --ssh-timeout 60 --health-timeout 30");
+    assert!(out.contains("Instance a is healthy."), "{out}");
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_swapped_guest_host_key_is_refused_with_the_pin_named() {
+    let fleet = Fleet::new("hostkey");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    fleet.guest(
+        "a",
+        "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key && systemctl restart ssh",
+    );
+    let refused = fleet.fireclaw("provision a --ssh-timeout 4 --health-timeout 4");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("does not match the pinned key in /var/lib/fireclaw/.vm-a/known_hosts"),
+        "{err}"
+    );
+    assert!(
+        !fleet
+            .host
+            .sh("cat /var/lib/fireclaw/.vm-a/known_hosts")
+            .contains("\n\n")
+    );
+}
+
+/// Units, links, firewall rules and fireclaw's directories, for before/after comparisons. The
+/// test's own plumbing (veths `v*`, namespaces) and the lifecycle lock files, which fireclaw
+/// keeps by design, are left out.
+fn host_snapshot(fleet: &Fleet) -> String {
+    fleet.host.sh(
+        "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --; ip -br link | awk '{print $1}' | grep -v '^v' ; echo --; \
+         iptables -S; iptables -t nat -S; echo --; \
+         find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' | sort",
+    )
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
+    let fleet = Fleet::new("destroy");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let before = host_snapshot(&fleet);
+    fleet.setup("b", &format!("--openai-api-key {OPENAI_KEY}"));
+    assert_ne!(host_snapshot(&fleet), before);
+    // Without a terminal and without --force nothing happens.
+    let refused = fleet.fireclaw("destroy b");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    fleet.fireclaw_ok("destroy b --force");
+    assert_eq!(host_snapshot(&fleet), before);
+    // Shared pieces stay for a: bridge, chains, forwarding.
+    let a_port = fleet.env_value("a", "HOST_PORT");
+    fleet
+        .host
+        .sh(&format!("curl -fsS http://127.0.0.1:{a_port}/healthz"));
+    assert!(fleet.host.ok("ip link show fc-br0"));
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn no_secret_is_on_any_command_line_or_left_in_guest_tmp() {
+    let fleet = Fleet::new("secrets");
+    // sshd in the guest runs under strace from its first start, so every command it spawns for
+    // fireclaw's sessions is recorded.
+    fleet.guests.preset(
+        "/etc/systemd/system/ssh.service.d/strace.conf",
+        "[Service]\nNotifyAccess=all\nExecStart=\nExecStart=/usr/bin/strace -f -e trace=execve -s 4096 -o /var/log/sshd-execve.log /usr/sbin/sshd -D $SSHD_OPTS\n",
+    );
+    let traced = |args: &str, trace: &str| {
+        fleet.host.sh(&format!(
+            "export PATH={BIN_IN_SANDBOX}:$PATH OPENAI_API_KEY={OPENAI_KEY} ANTHROPIC_API_KEY={ANTHROPIC_KEY}; \
+             strace -f -e trace=execve -s 4096 -o {trace} fireclaw {args}"
+        ))
+    };
+    traced(
+        &format!(
+            "setup --instance a --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30 --telegram-token {TELEGRAM_TOKEN} --telegram-users 1"
+        ),
+        "/run/setup.trace",
+    );
+    traced(
+        "provision a --model anthropic/claude-opus-4 --ssh-timeout 60 --health-timeout 30",
+        "/run/provision.trace",
+    );
+    let token = fleet.fireclaw_ok("token a").trim().to_owned();
+    // The one argv that holds the bot token is the user's own command line (the first exec).
+    let host_trace = fleet
+        .host
+        .sh("tail -n +2 /run/setup.trace; cat /run/provision.trace");
+    let guest_trace = fleet.guest("a", "cat /var/log/sshd-execve.log");
+    assert!(
+        guest_trace.contains("fireclaw-provision"),
+        "the guest trace saw no provisioning"
+    );
+    for secret in [
+        OPENAI_KEY,
+        ANTHROPIC_KEY,
+        TELEGRAM_TOKEN,
+        "AAH-lifecycle-bot-secret",
+        token.as_str(),
+    ] {
+        let host_hits: Vec<&str> = host_trace
+            .lines()
+            .filter(|l| l.contains("execve(") && l.contains(secret))
+            .collect();
+        assert!(
+            host_hits.is_empty(),
+            "{secret} on a host command line: {host_hits:?}"
+        );
+        let guest_hits: Vec<&str> = guest_trace
+            .lines()
+            .filter(|l| l.contains("execve(") && l.contains(secret))
+            .collect();
+        assert!(
+            guest_hits.is_empty(),
+            "{secret} on a guest command line: {guest_hits:?}"
+        );
+        let in_tmp = fleet.guest(
+            "a",
+            &format!("grep -rl -- '{secret}' /tmp /var/tmp 2>/dev/null || true"),
+        );
+        assert!(
+            in_tmp.trim().is_empty(),
+            "{secret} left in guest temp files: {in_tmp}"
+        );
+    }
+}

@@ -21,7 +21,9 @@ use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
 use crate::instance::state::{FireclawState, Phase};
-use crate::instance::store::{StatePaths, ensure_private_dir, reserve, write_atomic};
+use crate::instance::store::{
+    StatePaths, ensure_private_dir, lock_allocation, reserve, write_atomic,
+};
 use crate::instance::values::InstanceId;
 use crate::render::artifacts::{Artifact, Body, HostTools, InstancePlan, render_instance};
 use crate::render::seed_image::Timestamp;
@@ -59,11 +61,15 @@ pub fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
     Ok(())
 }
 
-/// The client key (`SSH_KEY_PATH`, `.pub` beside it): read, or generated when missing.
-pub fn client_public_key(key_path: &Path) -> Result<String> {
+/// The client key (`SSH_KEY_PATH`, `.pub` beside it): read, or generated when missing. The
+/// check and the generation happen under the allocation lock: concurrent setups must not each
+/// write a different key (the last writer would win and the others' guests trust a key that
+/// no longer exists).
+pub fn client_public_key(state_root: &Path, key_path: &Path) -> Result<String> {
     let mut public = key_path.as_os_str().to_owned();
     public.push(".pub");
     let public = PathBuf::from(public);
+    let _lock = lock_allocation(state_root)?;
     if let Ok(text) = std::fs::read_to_string(&public) {
         return Ok(text.trim().to_owned());
     }
@@ -125,7 +131,7 @@ pub fn install_instance(
         }
     }
     let with_initrd = spec.base.initrd.is_file();
-    let authorized_key = client_public_key(&spec.ssh_key_path)?;
+    let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
 

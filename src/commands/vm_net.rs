@@ -16,7 +16,7 @@ use crate::host::firewall::{bridge_chains, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
 use crate::host::tap::create_persistent_tap;
 use crate::instance::layout::UnitNames;
-use crate::instance::store::{StatePaths, read_env};
+use crate::instance::store::{HeldLock, StatePaths, lock_file, read_env};
 use crate::instance::values::InstanceId;
 use crate::output::Output;
 use crate::settings::{Settings, default_api_sock};
@@ -29,6 +29,11 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PermanentNetError(pub String);
+
+/// `STATE_ROOT/.net.lock`, held while the shared network pieces are checked and created.
+fn lock_network(state_root: &Path) -> Result<HeldLock> {
+    Ok(lock_file(&state_root.join(".net.lock"))?)
+}
 
 /// What `vm-net-*` need of an instance.
 struct NetTarget {
@@ -157,6 +162,9 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
 
 fn net_up(settings: &Settings, id: &InstanceId) -> Result<()> {
     let target = target(settings, id)?;
+    // VMs starting together (boot, concurrent setups) share the bridge and the chains: check-
+    // then-create on them is only safe one at a time.
+    let _lock = lock_network(&settings.paths.state_root)?;
     let mut netlink = Netlink::open()?;
     let bridge = ensure_bridge(&mut netlink, settings)?;
     ensure_tap(&mut netlink, &target.tap, &bridge)?;

@@ -167,14 +167,22 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         })
 }
 
+/// An exclusive lock on `path` (its dir made 0700 when missing); blocks until free.
+pub fn lock_file(path: &Path) -> Result<HeldLock, StoreError> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir)?;
+    }
+    let file = open_lock_file(path)?;
+    file.lock().map_err(|source| StoreError::Lock {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(HeldLock { _file: file })
+}
+
 /// `STATE_ROOT/.alloc.lock`, the lock 0.2.0 holds while allocating; blocks until free.
 pub fn lock_allocation(state_root: &Path) -> Result<HeldLock, StoreError> {
-    ensure_private_dir(state_root)?;
-    let path = state_root.join(".alloc.lock");
-    let file = open_lock_file(&path)?;
-    file.lock()
-        .map_err(|source| StoreError::Lock { path, source })?;
-    Ok(HeldLock { _file: file })
+    lock_file(&state_root.join(".alloc.lock"))
 }
 
 /// `STATE_ROOT/.locks/<id>.lock`, serialising lifecycle commands on one instance. Waits up to

@@ -40,8 +40,8 @@ fn enable(upper: &Path, unit: &str, target: &str) {
     let _ = std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit));
 }
 
-/// Lays the guest stand-in's own files into a fresh guest disk.
-fn prepare_guest(upper: &Path) {
+/// Lays the guest stand-in's own files, then the test's presets, into a fresh guest disk.
+fn prepare_guest(upper: &Path, presets: &[(String, String)]) {
     // sshd is masked in host sandboxes; a guest needs it.
     let _ = std::fs::remove_file(upper.join("etc/systemd/system/ssh.service"));
     write(
@@ -87,6 +87,9 @@ fn prepare_guest(upper: &Path) {
         0o644,
     );
     std::fs::create_dir_all(upper.join("etc/docker-stub")).unwrap();
+    for (path, text) in presets {
+        write(upper, path, text, 0o644);
+    }
 }
 
 struct Guest {
@@ -97,6 +100,7 @@ struct Guest {
 
 /// Runs the guest supervisor for one host sandbox until dropped.
 pub struct GuestHost {
+    presets: Arc<Mutex<Vec<(String, String)>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     guests: Arc<Mutex<HashMap<String, Guest>>>,
@@ -117,16 +121,27 @@ impl GuestHost {
             .into_owned();
         let stop = Arc::new(AtomicBool::new(false));
         let guests: Arc<Mutex<HashMap<String, Guest>>> = Arc::default();
+        let presets: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let thread = {
             let (stop, guests, shared) = (stop.clone(), guests.clone(), shared.clone());
+            let presets = presets.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    supervise(&shared, &host_root, host_leader, &name_prefix, &guests);
+                    let presets = presets.lock().unwrap().clone();
+                    supervise(
+                        &shared,
+                        &host_root,
+                        host_leader,
+                        &name_prefix,
+                        &guests,
+                        &presets,
+                    );
                     std::thread::sleep(Duration::from_millis(100));
                 }
             })
         };
         Self {
+            presets,
             stop,
             thread: Some(thread),
             guests,
@@ -134,13 +149,34 @@ impl GuestHost {
         }
     }
 
-    /// The guest disk of `tap` as seen from the machine (the overlay's merged dir while running).
-    pub fn root(&self, tap: &str) -> Option<PathBuf> {
+    /// A file every guest created from now on finds on its disk at first boot.
+    pub fn preset(&self, path: &str, text: &str) {
+        self.presets
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), text.to_owned()));
+    }
+
+    /// Reads a file of the guest of `tap`, running or not (from its disk's upper layer, where
+    /// everything the guest wrote lands).
+    pub fn read(&self, tap: &str, path: &str) -> String {
+        let guests = self.guests.lock().unwrap();
+        let guest = guests.get(tap).expect("no guest for that tap");
+        let upper = guest
+            .sandbox
+            .base()
+            .join("upper")
+            .join(path.trim_start_matches('/'));
+        std::fs::read_to_string(upper).unwrap_or_default()
+    }
+
+    /// Whether the guest of `tap` runs.
+    pub fn running(&self, tap: &str) -> bool {
         self.guests
             .lock()
             .unwrap()
             .get(tap)
-            .map(|g| g.sandbox.root())
+            .is_some_and(|g| g.running)
     }
 
     /// Runs a script in the running guest of `tap`.
@@ -219,6 +255,7 @@ fn supervise(
     host_leader: u32,
     prefix: &str,
     guests: &Mutex<HashMap<String, Guest>>,
+    presets: &[(String, String)],
 ) {
     let Ok(entries) = std::fs::read_dir(shared) else {
         return;
@@ -275,7 +312,7 @@ fn supervise(
                     // nspawn grants CAP_NET_ADMIN only with a private network; the guest
                     // configures its own eth0 like a VM does.
                     vec![bind, "--capability=CAP_NET_ADMIN".to_owned()],
-                    prepare_guest,
+                    |upper| prepare_guest(upper, presets),
                 );
                 guests.insert(
                     tap.clone(),

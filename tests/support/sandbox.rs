@@ -130,6 +130,8 @@ impl Sandbox {
             Network::Private => vec!["--private-network".to_owned()],
             Network::Join(path) => vec![format!("--network-namespace-path={}", path.display())],
         };
+        // No sandbox sees the disks of the others (nor its own) under the machine's /var/tmp.
+        nspawn_args.push(format!("--tmpfs={ROOT_DIR}:mode=0700"));
         nspawn_args.extend(binds);
         let mut sandbox = Self {
             name,
