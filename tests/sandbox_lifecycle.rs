@@ -279,8 +279,7 @@ fn provision_validates_before_writing_and_then_reconfigures_the_guest() {
     let sets = config_sets(&fleet.node_calls("a"));
     assert_eq!(
         sets.iter()
-            .filter(|s| s.starts_with("agents.defaults.model.primary"))
-            .last()
+            .rfind(|s| s.starts_with("agents.defaults.model.primary"))
             .unwrap(),
         "agents.defaults.model.primary anthropic/claude-opus-4"
     );
