@@ -53,11 +53,12 @@ fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Vec<u8>), Strin
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send: {e}"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
     let mut response = Vec::new();
     stream
         .take(1 << 20)
@@ -127,8 +128,15 @@ mod tests {
         std::thread::spawn(move || {
             for response in responses {
                 let (mut stream, _) = listener.accept().unwrap();
+                // Read the whole request: closing with unread bytes makes the kernel reset.
+                let mut request = Vec::new();
                 let mut buffer = [0u8; 1024];
-                let _ = stream.read(&mut buffer);
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
                 stream.write_all(response.as_bytes()).unwrap();
             }
         });

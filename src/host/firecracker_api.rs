@@ -92,8 +92,10 @@ impl ApiClient {
             ));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).map_err(io_error)?;
-        stream.write_all(body).map_err(io_error)?;
+        // One write: some servers read a request in one go.
+        let mut request_bytes = head.into_bytes();
+        request_bytes.extend_from_slice(body);
+        stream.write_all(&request_bytes).map_err(io_error)?;
         let malformed = || ApiError::Malformed {
             request: request.clone(),
             socket: self.socket.clone(),
@@ -182,10 +184,28 @@ mod tests {
         let listener = UnixListener::bind(&socket).unwrap();
         let handle = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = vec![0u8; 4096];
-            let n = stream.read(&mut request).unwrap();
+            // The whole request: headers, then Content-Length bytes of body.
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                match stream.read(&mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buffer[..n]),
+                }
+            }
             stream.write_all(reply.as_bytes()).unwrap();
-            String::from_utf8_lossy(&request[..n]).into_owned()
+            String::from_utf8_lossy(&request).into_owned()
         });
         (socket, handle)
     }
