@@ -471,6 +471,41 @@ pub fn destroy(
     Ok(())
 }
 
+/// `logs <id> [guest|host]`: follows the guest service's journal over the pinned SSH, or both
+/// host units' journal. The process becomes ssh or journalctl, so Ctrl-C ends it cleanly.
+pub fn logs(settings: &Settings, args: &crate::cli::LogsArgs) -> Result<()> {
+    let loaded = load(settings, &args.id)?;
+    let error = match args.source {
+        crate::cli::LogSource::Host => std::process::Command::new("journalctl")
+            .args([
+                "-f",
+                "-n",
+                "100",
+                "--no-hostname",
+                "-u",
+                &loaded.units.vm,
+                "-u",
+                &loaded.units.proxy,
+            ])
+            .exec(),
+        crate::cli::LogSource::Guest => {
+            let unit = loaded.guest_unit();
+            loaded
+                .ssh
+                .interactive(Some(&sudo_command(&[
+                    "journalctl",
+                    "-f",
+                    "-n",
+                    "100",
+                    "-u",
+                    &unit,
+                ])))
+                .exec()
+        }
+    };
+    Err(anyhow!(error).context("run the log follower"))
+}
+
 /// `shell <id>`: an interactive login, or one command whose output and exit status pass
 /// through, exactly as with ssh (the process becomes ssh).
 pub fn shell(settings: &Settings, args: &ShellArgs) -> Result<()> {

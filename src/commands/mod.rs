@@ -1,6 +1,8 @@
 //! One module per verb; the only place where the domain meets the host adapters. Each command
 //! is a linear list of steps.
 
+mod doctor;
+mod fleet;
 pub mod install;
 pub mod lifecycle;
 mod setup;
@@ -38,10 +40,12 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     match cli.command {
         Command::Setup(args) => setup::run(&settings, &args, output),
         Command::Token(args) => token::run(&settings, &args.id, output),
-        Command::Doctor(_) => Err(NotImplemented("doctor").into()),
+        Command::Doctor(args) => doctor::run_doctor(&settings, args.json, output),
         Command::Provision(args) => lifecycle::provision(&settings, &args, &Systemctl, output),
-        Command::List(_) => Err(NotImplemented("list").into()),
-        Command::Status(_) => Err(NotImplemented("status").into()),
+        Command::List(args) => fleet::list(&settings, args.json, &Systemctl, output),
+        Command::Status(args) => {
+            fleet::status(&settings, args.id.as_ref(), args.json, &Systemctl, output)
+        }
         Command::Start(args) => {
             lifecycle::start(&settings, &args.id, &args.waits, &Systemctl, output)
         }
@@ -49,7 +53,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Restart(args) => {
             lifecycle::restart(&settings, &args.id, &args.waits, &Systemctl, output)
         }
-        Command::Logs(_) => Err(NotImplemented("logs").into()),
+        Command::Logs(args) => lifecycle::logs(&settings, &args),
         Command::Shell(args) => lifecycle::shell(&settings, &args),
         Command::Destroy(args) => lifecycle::destroy(&settings, &args, &Systemctl, output),
         Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),

@@ -1,0 +1,602 @@
+//! `fireclaw doctor`: every preflight check of 0.2.0 (host commands, /dev/kvm, base images,
+//! bridge, NAT, state root, capacity) plus what 0.2.0 misses: the Firecracker version, a FORWARD
+//! policy of DROP, firewalld, rules split between iptables backends, untrusted or missing paths in
+//! units, orphans and half-made instances, a guest kernel without ISO 9660, and the tools that
+//! units written by 0.2.0 need. Each check is pass, warn or fail; any fail makes the exit non-zero.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::host::netlink::Netlink;
+use crate::host::probe;
+use crate::host::process::run;
+use crate::host::trust::check_trusted;
+use crate::instance::state::Phase;
+use crate::instance::store::{StatePaths, read_fireclaw_state, scan_instances};
+use crate::instance::values::InstanceId;
+use crate::output::Output;
+use crate::settings::Settings;
+
+/// The oldest Firecracker fireclaw was tested with.
+pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Level,
+    pub detail: String,
+}
+
+fn check(name: &str, status: Level, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.to_owned(),
+        status,
+        detail: detail.into(),
+    }
+}
+
+/// Parses `Firecracker v1.16.0` into (1, 16).
+pub fn parse_firecracker_version(text: &str) -> Option<(u32, u32)> {
+    let word = text.split_whitespace().find(|w| w.starts_with('v'))?;
+    let mut parts = word.trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Whether a vmlinux carries the ISO 9660 filesystem (its symbol `iso9660_fs_type`), which the
+/// NoCloud seed needs; `None` when the image has no symbol names to tell by.
+pub fn kernel_has_iso9660(image: &[u8]) -> Option<bool> {
+    let contains = |needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
+    if contains(b"iso9660_fs_type\0") {
+        Some(true)
+    } else if contains(b"ext4_fs_type\0") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn tools(checks: &mut Vec<Check>) {
+    for (tool, required) in [
+        ("firecracker", true),
+        ("systemctl", true),
+        ("iptables", true),
+        ("socat", true),
+        ("ssh", true),
+        ("journalctl", false),
+    ] {
+        checks.push(match probe::which(tool) {
+            Some(path) => check(
+                &format!("command {tool}"),
+                Level::Pass,
+                path.display().to_string(),
+            ),
+            None if required => check(&format!("command {tool}"), Level::Fail, "not found on PATH"),
+            None => check(
+                &format!("command {tool}"),
+                Level::Warn,
+                "not found on PATH (needed by logs host)",
+            ),
+        });
+    }
+    if let Some(firecracker) = probe::which("firecracker") {
+        let version = run(
+            firecracker.to_str().unwrap_or("firecracker"),
+            &["--version"],
+        )
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        checks.push(
+            match version.as_deref().and_then(parse_firecracker_version) {
+                Some(v) if v >= MIN_FIRECRACKER => check(
+                    "firecracker version",
+                    Level::Pass,
+                    format!("{}.{}", v.0, v.1),
+                ),
+                Some(v) => check(
+                    "firecracker version",
+                    Level::Warn,
+                    format!(
+                        "{}.{} is older than the tested minimum {}.{}",
+                        v.0, v.1, MIN_FIRECRACKER.0, MIN_FIRECRACKER.1
+                    ),
+                ),
+                None => check(
+                    "firecracker version",
+                    Level::Warn,
+                    "could not read `firecracker --version`",
+                ),
+            },
+        );
+    }
+}
+
+fn kvm(checks: &mut Vec<Check>) {
+    let path = c"/dev/kvm";
+    // SAFETY: access() reads a NUL-terminated path and touches nothing else.
+    let ok = unsafe { libc::access(path.as_ptr(), libc::R_OK | libc::W_OK) } == 0;
+    checks.push(if ok {
+        check("/dev/kvm", Level::Pass, "present, read-write")
+    } else if Path::new("/dev/kvm").exists() {
+        check(
+            "/dev/kvm",
+            Level::Fail,
+            "present but not read-write for this user",
+        )
+    } else {
+        check(
+            "/dev/kvm",
+            Level::Fail,
+            "missing: enable KVM (or nested virtualisation)",
+        )
+    });
+}
+
+fn images(settings: &Settings, checks: &mut Vec<Check>) {
+    let dir = &settings.base_images_dir;
+    let kernel = dir.join("vmlinux");
+    for (name, path, required) in [
+        ("base kernel", kernel.clone(), true),
+        ("base rootfs", dir.join("rootfs.ext4"), true),
+        ("base initrd", dir.join("initrd.img"), false),
+    ] {
+        checks.push(match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => check(name, Level::Pass, path.display().to_string()),
+            _ if required => check(name, Level::Fail, format!("{} is missing", path.display())),
+            _ => check(
+                name,
+                Level::Pass,
+                format!("{} absent (optional)", path.display()),
+            ),
+        });
+    }
+    if let Ok(image) = std::fs::read(&kernel) {
+        checks.push(match kernel_has_iso9660(&image) {
+            Some(true) => check("guest kernel ISO 9660", Level::Pass, "iso9660 built in"),
+            Some(false) => check(
+                "guest kernel ISO 9660",
+                Level::Fail,
+                "the kernel has no iso9660 filesystem: cloud-init cannot read the seed image (Firecracker's CI kernels lack it)",
+            ),
+            None => check("guest kernel ISO 9660", Level::Warn, "no symbol names in the image; cannot tell"),
+        });
+    }
+}
+
+fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
+    let bridge = settings.network.bridge.as_str();
+    match Netlink::open().and_then(|mut n| n.link(bridge).map(|l| (n, l))) {
+        Ok((mut netlink, Some(link))) if link.is_bridge() => {
+            let has_address = netlink
+                .ipv4_addresses(link.index)
+                .map(|a| {
+                    a.iter()
+                        .any(|(ip, _)| *ip == settings.network.bridge_address.address())
+                })
+                .unwrap_or(false);
+            checks.push(if has_address {
+                check(
+                    "bridge",
+                    Level::Pass,
+                    format!("{bridge} with {}", settings.network.bridge_address),
+                )
+            } else {
+                check(
+                    "bridge",
+                    Level::Warn,
+                    format!(
+                        "{bridge} lacks {}; the next VM start adds it",
+                        settings.network.bridge_address
+                    ),
+                )
+            });
+        }
+        Ok((_, Some(_))) => checks.push(check(
+            "bridge",
+            Level::Fail,
+            format!("{bridge} exists but is not a bridge"),
+        )),
+        Ok((_, None)) => checks.push(check(
+            "bridge",
+            Level::Pass,
+            format!("{bridge} absent; created at the first VM start"),
+        )),
+        Err(e) => checks.push(check("bridge", Level::Warn, e.to_string())),
+    }
+    let hooked = |table: &str, base: &str, chain: &str| {
+        run("iptables", &["-w", "-t", table, "-C", base, "-j", chain])
+            .is_ok_and(|o| o.status.success())
+    };
+    let nat = hooked("nat", "POSTROUTING", &format!("FC-NAT-{bridge}"));
+    let forward = hooked("filter", "FORWARD", &format!("FC-FWD-{bridge}"));
+    checks.push(match (nat && forward, instances) {
+        (true, _) => check(
+            "firewall rules",
+            Level::Pass,
+            "NAT and FORWARD chains hooked",
+        ),
+        (false, 0) => check(
+            "firewall rules",
+            Level::Pass,
+            "not present yet; added at the first VM start",
+        ),
+        (false, _) => check(
+            "firewall rules",
+            Level::Warn,
+            "fireclaw's NAT or FORWARD chain is not hooked; restart a VM to restore them",
+        ),
+    });
+    let policy = run("iptables", &["-w", "-S", "FORWARD"])
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    if policy == "-P FORWARD DROP" {
+        checks.push(if forward {
+            check(
+                "FORWARD policy",
+                Level::Pass,
+                "DROP, with fireclaw's chain accepting guest traffic ahead of it",
+            )
+        } else {
+            check(
+                "FORWARD policy",
+                Level::Warn,
+                "DROP (Docker or UFW?): guest egress is cut until fireclaw's chain is hooked",
+            )
+        });
+    }
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    if forwarding.trim() != "1" && instances > 0 {
+        checks.push(check(
+            "IPv4 forwarding",
+            Level::Warn,
+            "off; the next VM start turns it on",
+        ));
+    }
+    if run("systemctl", &["is-active", "--quiet", "firewalld"]).is_ok_and(|o| o.status.success()) {
+        checks.push(check(
+            "firewalld",
+            Level::Warn,
+            format!("active: its zones reject forwarded bridge traffic; put {bridge} in the trusted zone (firewall-cmd --permanent --zone=trusted --add-interface={bridge})"),
+        ));
+    }
+    let rules = |tool: &str| {
+        run(tool, &["-S"])
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .count()
+            })
+    };
+    if let (Some(legacy), Some(nft)) = (rules("iptables-legacy"), rules("iptables-nft"))
+        && legacy > 0
+        && nft > 0
+    {
+        checks.push(check(
+            "iptables backends",
+            Level::Warn,
+            format!("rules in both legacy ({legacy}) and nft ({nft}): they are evaluated separately and can override each other"),
+        ));
+    }
+}
+
+fn capacity(settings: &Settings, checks: &mut Vec<Check>) {
+    let root = &settings.paths.state_root;
+    checks.push(match std::fs::metadata(root) {
+        Ok(m) if m.uid() == 0 && m.mode() & 0o077 == 0 => check(
+            "state root",
+            Level::Pass,
+            format!("{} (0700, root)", root.display()),
+        ),
+        Ok(m) => check(
+            "state root",
+            Level::Fail,
+            format!(
+                "{} is mode {:04o}, uid {}: it holds secrets and must be root-only 0700",
+                root.display(),
+                m.mode() & 0o7777,
+                m.uid()
+            ),
+        ),
+        Err(_) => check(
+            "state root",
+            Level::Pass,
+            format!("{} absent; created at the first setup", root.display()),
+        ),
+    });
+    if let Some(mib) = probe::mem_available_mib() {
+        checks.push(check(
+            "memory",
+            if mib < 2048 { Level::Warn } else { Level::Pass },
+            format!("{mib} MiB available"),
+        ));
+    }
+    let mut dir = settings.paths.fc_root.clone();
+    while !dir.exists() && dir.pop() {}
+    if let Some(free) = free_bytes(&dir) {
+        let gib = free >> 30;
+        checks.push(check(
+            "disk",
+            if gib < 10 { Level::Warn } else { Level::Pass },
+            format!("{gib} GiB free under {}", dir.display()),
+        ));
+    }
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(stat.f_bavail * stat.f_frsize)
+}
+
+/// The first word of a systemd command line, with its double quotes and escapes undone.
+fn first_word(command: &str) -> String {
+    let mut chars = command.trim_start().chars();
+    let mut word = String::new();
+    match chars.next() {
+        Some('"') => {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => word.extend(chars.next()),
+                    '"' => break,
+                    c => word.push(c),
+                }
+            }
+        }
+        Some(first) => {
+            word.push(first);
+            word.extend(chars.take_while(|c| !c.is_whitespace()));
+        }
+        None => {}
+    }
+    word.replace("%%", "%").replace("$$", "$")
+}
+
+/// Absolute program paths of a unit's Exec lines.
+fn unit_programs(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter(|l| l.starts_with("ExecStart") || l.starts_with("ExecStop"))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(_, v)| v.trim_start_matches(['-', '@', '+', '!']))
+        })
+        .map(first_word)
+        .filter(|p| p.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usize> {
+    let scanned = scan_instances(&settings.paths.state_root)?;
+    let known: Vec<String> = scanned.iter().map(|s| s.name.clone()).collect();
+    let unit_dir = &settings.paths.unit_dir;
+    let mut unit_ids = Vec::new();
+    for entry in std::fs::read_dir(unit_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_prefix("firecracker-vmdemo-")
+            .and_then(|n| n.strip_suffix(".service"))
+        {
+            unit_ids.push(id.to_owned());
+        }
+    }
+    let mut uses_020_scripts = false;
+    for id in &unit_ids {
+        let path = unit_dir.join(format!("firecracker-vmdemo-{id}.service"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.starts_with("ExecStart=") && l.ends_with("/start-vm.sh"))
+        {
+            uses_020_scripts = true;
+        }
+        let mut problems = Vec::new();
+        for program in unit_programs(&text) {
+            if let Err(e) = check_trusted("unit program", &program) {
+                problems.push(e.to_string());
+            }
+        }
+        checks.push(if problems.is_empty() {
+            check(
+                &format!("unit paths {id}"),
+                Level::Pass,
+                "every program is root-owned and not writable by others",
+            )
+        } else {
+            check(
+                &format!("unit paths {id}"),
+                Level::Fail,
+                problems.join("; "),
+            )
+        });
+        if !known.contains(id) {
+            checks.push(check(
+                &format!("orphan {id}"),
+                Level::Warn,
+                format!("units without state; remove them with: fireclaw destroy {id} --force"),
+            ));
+        }
+    }
+    for instance in &scanned {
+        let name = &instance.name;
+        if instance.env.is_err() {
+            checks.push(check(
+                &format!("instance {name}"),
+                Level::Fail,
+                format!(
+                    "state unreadable; remove what is left with: fireclaw destroy {name} --force"
+                ),
+            ));
+            continue;
+        }
+        let Ok(id) = name.parse::<InstanceId>() else {
+            continue;
+        };
+        let phase = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
+            .ok()
+            .flatten()
+            .map(|s| s.phase);
+        if let Some(phase) = phase
+            && phase < Phase::Provisioned
+        {
+            checks.push(check(
+                &format!("instance {name}"),
+                Level::Warn,
+                format!("half-made (phase {}): finish it with fireclaw provision {name}, or remove it with fireclaw destroy {name} --force", phase.as_str()),
+            ));
+        } else if !unit_ids.contains(name) {
+            checks.push(check(
+                &format!("instance {name}"),
+                Level::Warn,
+                format!("state without units; remove it with: fireclaw destroy {name} --force"),
+            ));
+        }
+    }
+    // Taps that look like fireclaw's but belong to no instance.
+    let taps: Vec<String> = scanned
+        .iter()
+        .filter_map(|s| {
+            s.env
+                .as_ref()
+                .ok()
+                .and_then(|e| e.tap().ok().map(str::to_owned))
+        })
+        .collect();
+    if let Ok(mut netlink) = Netlink::open()
+        && let Ok(links) = netlink.links()
+    {
+        for link in links.iter().filter(|l| l.is_tap && l.master.is_some()) {
+            if !taps.contains(&link.name) {
+                checks.push(check(
+                    &format!("orphan tap {}", link.name),
+                    Level::Warn,
+                    format!(
+                        "a bridged tap no instance owns; remove it with: ip link delete {}",
+                        link.name
+                    ),
+                ));
+            }
+        }
+    }
+    if uses_020_scripts {
+        for tool in ["ip", "bridge", "sysctl", "curl"] {
+            if probe::which(tool).is_none() {
+                checks.push(check(
+                    &format!("command {tool}"),
+                    Level::Fail,
+                    "needed by units written by fireclaw 0.2.0 (start-vm.sh/stop-vm.sh)",
+                ));
+            }
+        }
+    }
+    Ok(scanned.len())
+}
+
+#[derive(Serialize)]
+struct DoctorJson<'a> {
+    schema: u32,
+    ok: bool,
+    checks: &'a [Check],
+}
+
+pub fn run_doctor(settings: &Settings, json: bool, output: &mut Output<'_>) -> Result<()> {
+    let mut checks = Vec::new();
+    tools(&mut checks);
+    kvm(&mut checks);
+    images(settings, &mut checks);
+    let instances = units_and_orphans(settings, &mut checks)?;
+    network(settings, instances, &mut checks);
+    capacity(settings, &mut checks);
+    let failed = checks.iter().filter(|c| c.status == Level::Fail).count();
+    if json {
+        output.line(&serde_json::to_string_pretty(&DoctorJson {
+            schema: 1,
+            ok: failed == 0,
+            checks: &checks,
+        })?);
+    } else {
+        let colour = super::fleet::use_colour();
+        for c in &checks {
+            let (label, code) = match c.status {
+                Level::Pass => ("pass", "32"),
+                Level::Warn => ("warn", "33"),
+                Level::Fail => ("FAIL", "31"),
+            };
+            let label = if colour {
+                format!("\x1b[{code}m{label}\x1b[0m")
+            } else {
+                label.to_owned()
+            };
+            output.line(&format!("{label}  {:<24} {}", c.name, c.detail));
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firecracker_versions_are_parsed() {
+        assert_eq!(
+            parse_firecracker_version("Firecracker v1.16.0\n"),
+            Some((1, 16))
+        );
+        assert_eq!(
+            parse_firecracker_version("Firecracker v1.7.0-dev"),
+            Some((1, 7))
+        );
+        assert_eq!(parse_firecracker_version("garbage"), None);
+        assert!((1, 7) < MIN_FIRECRACKER && (1, 16) >= MIN_FIRECRACKER);
+    }
+
+    #[test]
+    fn iso9660_is_found_by_symbol_name() {
+        assert_eq!(
+            kernel_has_iso9660(b"...iso9660_fs_type\0ext4_fs_type\0..."),
+            Some(true)
+        );
+        assert_eq!(kernel_has_iso9660(b"...ext4_fs_type\0..."), Some(false));
+        assert_eq!(kernel_has_iso9660(b"stripped"), None);
+    }
+
+    #[test]
+    fn unit_programs_are_read_from_exec_lines() {
+        let unit = "[Service]\nExecStartPre=/usr/local/bin/fireclaw vm-net-up a\nExecStart=\"/opt/fc %%/firecracker\" --api-sock x\nExecStop=-/usr/bin/docker stop x\nEnvironment=A=/x\n";
+        assert_eq!(
+            unit_programs(unit),
+            [
+                PathBuf::from("/usr/local/bin/fireclaw"),
+                PathBuf::from("/opt/fc %/firecracker"),
+                PathBuf::from("/usr/bin/docker")
+            ]
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Fleet views: `list` and `status`. Unit states come from one batched `systemctl show`; health
+//! probes run concurrently, each with its own short timeout (the proxy on 127.0.0.1, then the
+//! gateway on the VM's address), so a fleet of unreachable guests lists in about one timeout.
+//! "up" means either answered, as 0.2.0 documents for these views. An unreadable instance
+//! becomes an error row with a warning, and every other row still prints. No secret is shown.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::guest::health::{healthy_json, proxy_health};
+use crate::host::systemd::{ServiceManager, UnitState};
+use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
+use crate::instance::store::{StatePaths, read_fireclaw_state, scan_instances};
+use crate::instance::values::InstanceId;
+use crate::output::Output;
+use crate::settings::Settings;
+
+/// Each probe's bound.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
+
+/// One row of `list --json` (and the base of `status --json`). Stable schema, version 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub tap: Option<String>,
+    /// The lifecycle phase from fireclaw.json; `null` for instances made by fireclaw 0.2.0.
+    pub phase: Option<String>,
+    /// ActiveState of the VM unit ("active", "inactive", "failed", ... or "missing").
+    pub vm: String,
+    /// ActiveState of the proxy unit.
+    pub proxy: String,
+    /// "up", "down" or "error".
+    pub health: String,
+    pub proxy_health: Option<String>,
+    pub gateway_health: Option<String>,
+    /// Why the row is an error row.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListJson<'a> {
+    schema: u32,
+    instances: &'a [InstanceView],
+}
+
+fn unit_active(state: Option<&UnitState>) -> String {
+    match state {
+        Some(s) if s.exists() => s.active.clone(),
+        _ => "missing".into(),
+    }
+}
+
+/// `GET /healthz` then `/health` straight at the guest's gateway.
+fn gateway_health(ip: Ipv4Addr) -> bool {
+    use std::io::{Read, Write};
+    ["/healthz", "/health"].iter().any(|path| {
+        let address = SocketAddr::from((ip, GUEST_GATEWAY_PORT));
+        let Ok(mut stream) = TcpStream::connect_timeout(&address, PROBE_TIMEOUT) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(PROBE_TIMEOUT));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut response = Vec::new();
+        let _ = stream.take(1 << 20).read_to_end(&mut response);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Response::new(&mut headers);
+        match parsed.parse(&response) {
+            Ok(httparse::Status::Complete(head)) => {
+                parsed.code.is_some_and(|c| (200..300).contains(&c))
+                    && healthy_json(&response[head..])
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Reads every instance and its unit states; health is filled in by `probe_all`.
+pub fn gather(
+    settings: &Settings,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<Vec<InstanceView>> {
+    let scanned = scan_instances(&settings.paths.state_root)?;
+    let units: Vec<String> = scanned
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("firecracker-vmdemo-{}.service", s.name),
+                format!("vmdemo-proxy-{}.service", s.name),
+            ]
+        })
+        .collect();
+    let names: Vec<&str> = units.iter().map(String::as_str).collect();
+    let states = services.states(&names).unwrap_or_default();
+    let mut views = Vec::new();
+    for (index, instance) in scanned.iter().enumerate() {
+        let vm = unit_active(states.get(index * 2));
+        let proxy = unit_active(states.get(index * 2 + 1));
+        let phase = instance
+            .name
+            .parse::<InstanceId>()
+            .ok()
+            .and_then(|id| {
+                read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
+                    .ok()
+                    .flatten()
+            })
+            .map(|s| s.phase.as_str().to_owned());
+        let view = match &instance.env {
+            Ok(env) => InstanceView {
+                id: instance.name.clone(),
+                ip: env.vm_ip().ok().map(|ip| ip.to_string()),
+                port: env.host_port().ok(),
+                tap: env.tap().ok().map(str::to_owned),
+                phase,
+                vm,
+                proxy,
+                health: "down".into(),
+                proxy_health: None,
+                gateway_health: None,
+                error: None,
+            },
+            Err(error) => {
+                output.warn(&format!("instance '{}': {error}", instance.name));
+                InstanceView {
+                    id: instance.name.clone(),
+                    ip: None,
+                    port: None,
+                    tap: None,
+                    phase,
+                    vm,
+                    proxy,
+                    health: "error".into(),
+                    proxy_health: None,
+                    gateway_health: None,
+                    error: Some(error.to_string()),
+                }
+            }
+        };
+        views.push(view);
+    }
+    Ok(views)
+}
+
+/// Probes every readable instance at once.
+pub fn probe_all(views: &mut [InstanceView]) {
+    std::thread::scope(|scope| {
+        for view in views.iter_mut().filter(|v| v.error.is_none()) {
+            scope.spawn(move || {
+                let proxy = view
+                    .port
+                    .map(|port| proxy_health(port, PROBE_TIMEOUT).is_up());
+                let gateway = match (&view.ip, proxy) {
+                    // The proxy answered: no need to ask the guest directly.
+                    (_, Some(true)) => None,
+                    (Some(ip), _) => ip.parse().ok().map(gateway_health),
+                    _ => None,
+                };
+                let label = |up: bool| if up { "up" } else { "down" }.to_owned();
+                view.proxy_health = proxy.map(label);
+                view.gateway_health = gateway.map(label);
+                let up = proxy == Some(true) || gateway == Some(true);
+                // A half-made instance is never shown as healthy.
+                let made = view
+                    .phase
+                    .as_deref()
+                    .is_none_or(|p| p == "provisioned" || p == "booted");
+                view.health = if up && made { "up" } else { "down" }.into();
+            });
+        }
+    });
+}
+
+fn paint(text: &str, colour: bool) -> String {
+    if !colour {
+        return text.to_owned();
+    }
+    let code = match text {
+        "up" | "active" => "32",
+        "down" | "failed" | "error" => "31",
+        _ => return text.to_owned(),
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+fn table(views: &[InstanceView], colour: bool) -> String {
+    let headers = ["INSTANCE", "IP", "PORT", "VM", "PROXY", "HEALTH", "PHASE"];
+    let rows: Vec<[String; 7]> = views
+        .iter()
+        .map(|v| {
+            [
+                v.id.clone(),
+                v.ip.clone().unwrap_or_else(|| "error".into()),
+                v.port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "error".into()),
+                v.vm.clone(),
+                v.proxy.clone(),
+                v.health.clone(),
+                match (&v.phase, &v.error) {
+                    (Some(phase), _) => phase.clone(),
+                    (None, Some(_)) => "?".into(),
+                    (None, None) => "0.2.0".into(),
+                },
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<String>, raw: &[String], out: &mut String| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(raw[i].chars().count());
+            text.push_str(cell);
+            if i + 1 < cells.len() {
+                text.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    line(header.clone(), &header, &mut out);
+    for row in &rows {
+        let shown: Vec<String> = row.iter().map(|c| paint(c, colour)).collect();
+        line(shown, row, &mut out);
+    }
+    out
+}
+
+pub fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+pub fn list(
+    settings: &Settings,
+    json: bool,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let mut views = gather(settings, services, output)?;
+    probe_all(&mut views);
+    if json {
+        output.line(&serde_json::to_string_pretty(&ListJson {
+            schema: 1,
+            instances: &views,
+        })?);
+    } else if views.is_empty() {
+        output.line("No instances. Create one with: sudo fireclaw setup --instance <id> ...");
+    } else {
+        output.text(&table(&views, use_colour()));
+    }
+    Ok(())
+}
+
+/// `status <id> --json`.
+#[derive(Debug, Serialize)]
+struct StatusJson<'a> {
+    schema: u32,
+    #[serde(flatten)]
+    instance: &'a InstanceView,
+    vm_unit: String,
+    proxy_unit: String,
+    /// `systemctl is-active` of the guest service, over SSH; `null` when the guest does not answer.
+    guest_service: Option<String>,
+}
+
+pub fn status(
+    settings: &Settings,
+    id: Option<&InstanceId>,
+    json: bool,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let Some(id) = id else {
+        return list(settings, json, services, output);
+    };
+    let mut views = gather(settings, services, output)?;
+    views.retain(|v| v.id == id.as_str());
+    let Some(mut view) = views.pop() else {
+        anyhow::bail!("no instance '{id}'");
+    };
+    probe_all(std::slice::from_mut(&mut view));
+    let units = UnitNames::new(id);
+    let guest_service = match super::lifecycle::load(settings, id) {
+        Ok(loaded) if view.vm == "active" => {
+            let mut quick = loaded.ssh.clone();
+            quick.connect_timeout = Duration::from_secs(2);
+            quick
+                .output(&format!("systemctl is-active openclaw-{id}.service"), b"")
+                .ok()
+                .filter(|o| o.status.code() != Some(255))
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        }
+        _ => None,
+    };
+    if json {
+        output.line(&serde_json::to_string_pretty(&StatusJson {
+            schema: 1,
+            instance: &view,
+            vm_unit: units.vm.clone(),
+            proxy_unit: units.proxy.clone(),
+            guest_service,
+        })?);
+        return Ok(());
+    }
+    let colour = use_colour();
+    let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_owned());
+    output.line(&format!("Instance {}", view.id));
+    output.line(&format!("  IP             {}", or(&view.ip, "error")));
+    output.line(&format!(
+        "  proxy port     {}",
+        view.port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "error".into())
+    ));
+    output.line(&format!(
+        "  phase          {}",
+        or(&view.phase, "made by fireclaw 0.2.0")
+    ));
+    output.line(&format!(
+        "  VM unit        {} {}",
+        units.vm,
+        paint(&view.vm, colour)
+    ));
+    output.line(&format!(
+        "  proxy unit     {} {}",
+        units.proxy,
+        paint(&view.proxy, colour)
+    ));
+    output.line(&format!(
+        "  guest service  openclaw-{id}.service {}",
+        guest_service.as_deref().unwrap_or("unreachable")
+    ));
+    output.line(&format!(
+        "  health         {} (proxy {}, guest {})",
+        paint(&view.health, colour),
+        or(&view.proxy_health, "not probed"),
+        or(
+            &view.gateway_health,
+            if view.proxy_health.as_deref() == Some("up") {
+                "not needed"
+            } else {
+                "not probed"
+            }
+        )
+    ));
+    if let Some(error) = &view.error {
+        output.line(&format!("  error          {error}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, health: &str) -> InstanceView {
+        InstanceView {
+            id: id.into(),
+            ip: Some("172.16.0.2".into()),
+            port: Some(18891),
+            tap: Some("ta2".into()),
+            phase: Some("provisioned".into()),
+            vm: "active".into(),
+            proxy: "active".into(),
+            health: health.into(),
+            proxy_health: Some(health.into()),
+            gateway_health: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn table_has_the_020_columns_and_no_colour_off_a_terminal() {
+        let mut broken = view("broken", "error");
+        broken.ip = None;
+        broken.port = None;
+        broken.phase = None;
+        let text = table(&[view("a", "up"), broken], false);
+        insta::assert_snapshot!(text);
+        assert!(!text.contains('\x1b'));
+        assert!(table(&[view("a", "up")], true).contains("\x1b[32mup\x1b[0m"));
+    }
+
+    #[test]
+    fn list_json_schema_is_stable() {
+        let json = serde_json::to_value(ListJson {
+            schema: 1,
+            instances: &[view("a", "up")],
+        })
+        .unwrap();
+        insta::assert_snapshot!(serde_json::to_string_pretty(&json).unwrap());
+    }
+}
