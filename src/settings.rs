@@ -624,3 +624,106 @@ impl Settings {
         Ok(ProvisionUpdate { env, vars })
     }
 }
+
+#[cfg(test)]
+mod provision_tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::instance::state::{EnvFile, VarsFile};
+    use clap::Parser;
+
+    const VARS: &str = "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=a\nTELEGRAM_TOKEN=1:tok\nTELEGRAM_USERS=5\nMODEL=openai/gpt-5.5\nSKILLS=github\nGATEWAY_TOKEN=gw\nOPENCLAW_IMAGE=img:1\nSKIP_BROWSER_INSTALL=true\nDISK_SIZE=40G\nANTHROPIC_API_KEY=\nOPENAI_API_KEY=sk-saved\nMINIMAX_API_KEY=\n";
+    const ENV: &str = "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=a\nHOST_PORT=18891\nVM_IP=172.16.0.2\nVM_TAP=ta2\nMODEL=openai/gpt-5.5\nSKILLS=github\nTELEGRAM_USERS=5\nOPENCLAW_IMAGE=img:1\nSKIP_BROWSER_INSTALL=true\nANTHROPIC_API_KEY=\nOPENAI_API_KEY=sk-saved\nMINIMAX_API_KEY=\n";
+
+    fn resolve(vars_env: &[(&str, &str)], args: &[&str]) -> Result<ProvisionUpdate, SpecError> {
+        let map: std::collections::HashMap<String, String> = vars_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings = Settings::from_lookup(|n| map.get(n).cloned()).unwrap();
+        let mut all = vec!["fireclaw", "provision", "a"];
+        all.extend(args);
+        let Command::Provision(provision) = Cli::try_parse_from(all).unwrap().command else {
+            unreachable!()
+        };
+        settings.resolve_provision(
+            &provision,
+            &EnvFile::parse(ENV).unwrap(),
+            &VarsFile::parse(VARS).unwrap(),
+        )
+    }
+
+    #[test]
+    fn no_flags_change_nothing_byte_for_byte() {
+        let update = resolve(&[], &[]).unwrap();
+        assert_eq!(update.vars.render(), VARS);
+        assert_eq!(update.env.render(), ENV);
+    }
+
+    #[test]
+    fn no_telegram_clears_the_token_and_users() {
+        let update = resolve(&[], &["--no-telegram"]).unwrap();
+        assert_eq!(update.vars.get("TELEGRAM_TOKEN"), "");
+        assert_eq!(update.vars.get("TELEGRAM_USERS"), "");
+        assert_eq!(update.env.get("TELEGRAM_USERS"), "");
+    }
+
+    #[test]
+    fn users_alone_work_when_a_token_is_saved() {
+        let update = resolve(&[], &["--telegram-users", "7,8"]).unwrap();
+        assert_eq!(update.vars.get("TELEGRAM_USERS"), "7,8");
+        assert_eq!(update.vars.get("TELEGRAM_TOKEN"), "1:tok");
+        let cleared = resolve(&[], &["--no-telegram"]).unwrap();
+        let vars = cleared.vars.render();
+        let settings = Settings::from_lookup(|_| None).unwrap();
+        let Command::Provision(args) =
+            Cli::try_parse_from(["fireclaw", "provision", "a", "--telegram-users", "1"])
+                .unwrap()
+                .command
+        else {
+            unreachable!()
+        };
+        let err = settings
+            .resolve_provision(&args, &cleared.env, &VarsFile::parse(&vars).unwrap())
+            .unwrap_err();
+        assert_eq!(err, SpecError::TelegramUsersWithoutToken);
+    }
+
+    #[test]
+    fn browser_install_undoes_skip() {
+        let update = resolve(&[], &["--browser-install"]).unwrap();
+        assert_eq!(update.vars.get("SKIP_BROWSER_INSTALL"), "false");
+        assert_eq!(update.env.get("SKIP_BROWSER_INSTALL"), "false");
+    }
+
+    #[test]
+    fn environment_keys_fill_only_empty_saved_keys() {
+        let update = resolve(
+            &[
+                ("OPENAI_API_KEY", "sk-env"),
+                ("ANTHROPIC_API_KEY", "sk-ant-env"),
+            ],
+            &["--model", "anthropic/claude-opus-4"],
+        )
+        .unwrap();
+        assert_eq!(
+            update.vars.get("OPENAI_API_KEY"),
+            "sk-saved",
+            "a saved key is kept"
+        );
+        assert_eq!(
+            update.vars.get("ANTHROPIC_API_KEY"),
+            "sk-ant-env",
+            "an empty one is filled"
+        );
+        assert_eq!(update.env.get("MODEL"), "anthropic/claude-opus-4");
+    }
+
+    #[test]
+    fn a_model_without_its_key_is_refused() {
+        assert!(matches!(
+            resolve(&[], &["--model", "minimax/MiniMax-M2.1"]),
+            Err(SpecError::MissingProviderKey { .. })
+        ));
+    }
+}

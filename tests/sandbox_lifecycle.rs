@@ -546,3 +546,67 @@ fn no_secret_is_on_any_command_line_or_left_in_guest_tmp() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn the_ssh_wait_gives_up_at_once_when_the_vm_unit_stops() {
+    let fleet = Fleet::new("sshwait");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    // The guest keeps running but SSH never answers again.
+    fleet.guest(
+        "a",
+        "systemctl mask --now ssh.service ssh.socket >/dev/null 2>&1; systemctl stop ssh.service",
+    );
+    let started = std::time::Instant::now();
+    let out = fleet.host.exec(&format!(
+        "export PATH={BIN_IN_SANDBOX}:$PATH; \
+         (sleep 4; systemctl stop firecracker-vmdemo-a.service) & \
+         fireclaw provision a --ssh-timeout 120 --health-timeout 10"
+    ));
+    let elapsed = started.elapsed().as_secs();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(elapsed < 60, "waited {elapsed}s instead of giving up");
+    assert!(err.contains("is not running"), "{err}");
+    assert!(err.contains("start it with: fireclaw start a"), "{err}");
+    assert!(
+        err.contains("firecracker-vmdemo-a.service:"),
+        "no journal lines: {err}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
+    let fleet = Fleet::new("forcedestroy");
+    let before = host_snapshot(&fleet);
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let tap = fleet.tap("a");
+    fleet
+        .host
+        .sh("echo 'garbage without equals' > /var/lib/fireclaw/.vm-a/.env");
+    let refused = fleet.fireclaw("destroy a");
+    assert!(!refused.status.success());
+    let out = fleet.fireclaw_ok("destroy a --force");
+    assert!(out.contains("destroyed"), "{out}");
+    assert!(
+        !fleet.host.ok(&format!("ip link show {tap}")),
+        "tap left behind"
+    );
+    // What this first instance brought into existence for everyone stays: the bridge, the
+    // chains, the two roots and their host-wide lock files.
+    let after = host_snapshot(&fleet);
+    let shared = [
+        "/var/lib/fireclaw",
+        "/var/lib/fireclaw/.alloc.lock",
+        "/var/lib/fireclaw/.net.lock",
+        "/srv/firecracker/vm-demo",
+    ];
+    let keep = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.contains("fc-br0") && !l.contains("FC-") && !shared.contains(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(keep(&after), keep(&before));
+}
