@@ -54,6 +54,10 @@ pub enum Command {
     Token(InstanceArg),
     /// Remove units, tap, API socket, state and assets.
     Destroy(DestroyArgs),
+    /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.
+    Man,
     /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.
     #[command(hide = true, name = "vm-net-up")]
     VmNetUp(InstanceArg),
@@ -63,6 +67,13 @@ pub enum Command {
     /// ExecStopPost of the VM unit: remove the tap and the API socket.
     #[command(hide = true, name = "vm-net-down")]
     VmNetDown(InstanceArg),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -565,3 +565,131 @@ fn keys_from_the_environment_and_020_env_defaults_are_used() {
     assert!(out.contains("HOST_PORT=20001"));
     assert!(out.contains("ANTHROPIC_API_KEY=<redacted>") && !out.contains(SECRET_KEY));
 }
+
+#[test]
+fn completions_and_man_page_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = fireclaw(&["completions", shell], &[]);
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        let script = stdout(&output);
+        for command in ["setup", "provision", "destroy", "telegram-users"] {
+            assert!(
+                script.contains(command),
+                "{shell} completion lacks {command}"
+            );
+        }
+    }
+    assert!(!fireclaw(&["completions", "tcsh"], &[]).status.success());
+    let page = stdout(&fireclaw(&["man"], &[]));
+    assert!(page.contains(".TH fireclaw 1"), "{page}");
+    assert!(page.contains("setup") && page.contains("destroy"));
+}
+
+#[test]
+fn list_and_status_json_have_a_stable_schema_and_an_error_row_for_corrupt_state() {
+    let scratch = Scratch::new("listjson");
+    let state = scratch.join("state");
+    for (id, env) in [
+        (
+            "good",
+            "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=good\nHOST_PORT=18891\nVM_IP=127.0.0.3\nVM_TAP=tgood2\nOPENAI_API_KEY=sk-never-shown\nGATEWAY_TOKEN=never-shown-token\n",
+        ),
+        ("bad", "this is not plain-v1\n"),
+    ] {
+        std::fs::create_dir_all(state.join(format!(".vm-{id}"))).unwrap();
+        std::fs::write(state.join(format!(".vm-{id}/.env")), env).unwrap();
+    }
+    let env = [("STATE_ROOT", state.to_str().unwrap())];
+    let output = fireclaw(&["list", "--json"], &env);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&output)).expect("stdout is only JSON");
+    assert_eq!(json["schema"], 1);
+    let rows = json["instances"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let bad = rows.iter().find(|r| r["id"] == "bad").unwrap();
+    assert_eq!(bad["health"], "error");
+    assert!(bad["error"].as_str().unwrap().contains("line 1"));
+    let good = rows.iter().find(|r| r["id"] == "good").unwrap();
+    for key in [
+        "id",
+        "ip",
+        "port",
+        "tap",
+        "phase",
+        "vm",
+        "proxy",
+        "health",
+        "proxy_health",
+        "gateway_health",
+        "error",
+    ] {
+        assert!(good.get(key).is_some(), "{key} missing from the schema");
+    }
+    assert_eq!(good["ip"], "127.0.0.3");
+    assert_eq!(good["port"], 18891);
+    assert_eq!(good["health"], "down");
+    assert!(
+        stderr(&output).contains("warning: instance 'bad'"),
+        "{}",
+        stderr(&output)
+    );
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains("never-shown"), "a secret was printed");
+
+    let table = fireclaw(&["list"], &env);
+    let text = stdout(&table);
+    assert!(text.starts_with("INSTANCE  "), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("bad ") && l.contains("error")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("good ")), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour off a terminal");
+
+    let status = fireclaw(&["status", "good", "--json"], &env);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(json["id"], "good");
+    assert_eq!(json["vm_unit"], "firecracker-vmdemo-good.service");
+    assert!(json.get("guest_service").is_some());
+    assert!(!fireclaw(&["status", "nope"], &env).status.success());
+}
+
+#[test]
+fn doctor_reports_failures_with_a_nonzero_exit_and_json() {
+    let scratch = Scratch::new("doctor");
+    let env = [
+        (
+            "STATE_ROOT",
+            scratch.join("state").to_str().unwrap().to_owned(),
+        ),
+        (
+            "BASE_IMAGES_DIR",
+            scratch.join("images").to_str().unwrap().to_owned(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let output = fireclaw(&["doctor", "--json"], &env);
+    assert!(!output.status.success(), "missing base images must fail");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&output)).expect("stdout is only JSON");
+    assert_eq!(json["ok"], false);
+    let checks = json["checks"].as_array().unwrap();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    assert_eq!(find("base kernel")["status"], "fail");
+    assert_eq!(find("base rootfs")["status"], "fail");
+    assert_eq!(find("command firecracker")["status"], "fail");
+    let text = fireclaw(&["doctor"], &env);
+    assert!(
+        stdout(&text)
+            .lines()
+            .any(|l| l.starts_with("FAIL  base kernel"))
+    );
+    assert!(stderr(&text).contains("check(s) failed"));
+}

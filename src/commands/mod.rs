@@ -16,12 +16,6 @@ use crate::host::systemd::Systemctl;
 use crate::output::Output;
 use crate::settings::Settings;
 
-/// A command whose implementation has not landed yet: its arguments parse and validate, then it
-/// stops before touching anything.
-#[derive(Debug, thiserror::Error)]
-#[error("'fireclaw {0}' is not implemented in this build yet; nothing was changed")]
-pub struct NotImplemented(pub &'static str);
-
 /// The command already printed its error; `main` only sets the exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("error already reported")]
@@ -41,6 +35,19 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Setup(args) => setup::run(&settings, &args, output),
         Command::Token(args) => token::run(&settings, &args.id, output),
         Command::Doctor(args) => doctor::run_doctor(&settings, args.json, output),
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "fireclaw", &mut script);
+            output.text(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            output.text(&String::from_utf8_lossy(&page));
+            Ok(())
+        }
         Command::Provision(args) => lifecycle::provision(&settings, &args, &Systemctl, output),
         Command::List(args) => fleet::list(&settings, args.json, &Systemctl, output),
         Command::Status(args) => {
