@@ -9,83 +9,12 @@
 
 mod support;
 
-use std::process::Output;
-
-use support::guest::GuestHost;
-use support::sandbox::{BIN_IN_SANDBOX, Sandbox};
+use support::fleet::Fleet;
+use support::sandbox::BIN_IN_SANDBOX;
 
 const OPENAI_KEY: &str = "sk-openai-lifecycle-secret";
 const ANTHROPIC_KEY: &str = "sk-ant-lifecycle-secret";
 const TELEGRAM_TOKEN: &str = "123456:AAH-lifecycle-bot-secret";
-
-/// A host sandbox and its guests. Guests go first: they join the host's namespaces.
-struct Fleet {
-    guests: GuestHost,
-    host: Sandbox,
-}
-
-impl Fleet {
-    fn new(tag: &str) -> Self {
-        let host = Sandbox::boot_for_guests(tag);
-        host.sh(
-            "mkdir -p /srv/firecracker/base/images && cd /srv/firecracker/base/images && \
-             head -c 1048576 /dev/urandom > vmlinux && truncate -s 32M rootfs.ext4",
-        );
-        let guests = GuestHost::start(&host);
-        Self { guests, host }
-    }
-
-    /// Runs fireclaw in the host sandbox as root, with the stand-in as `firecracker` on PATH.
-    fn fireclaw(&self, args: &str) -> Output {
-        self.host.exec(&format!(
-            "export PATH={BIN_IN_SANDBOX}:$PATH; fireclaw {args}"
-        ))
-    }
-
-    fn fireclaw_ok(&self, args: &str) -> String {
-        let output = self.fireclaw(args);
-        assert!(
-            output.status.success(),
-            "fireclaw {args} failed:\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    fn setup(&self, id: &str, extra: &str) -> String {
-        self.fireclaw_ok(&format!(
-            "setup --instance {id} --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30 {extra}"
-        ))
-    }
-
-    fn env_value(&self, id: &str, key: &str) -> String {
-        let env = self
-            .host
-            .sh(&format!("cat /var/lib/fireclaw/.vm-{id}/.env"));
-        env.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    fn tap(&self, id: &str) -> String {
-        self.env_value(id, "VM_TAP")
-    }
-
-    fn guest(&self, id: &str, script: &str) -> String {
-        self.guests.sh(&self.tap(id), script)
-    }
-
-    /// The fake `node`'s log in the guest: one tab-separated argv per line.
-    fn node_calls(&self, id: &str) -> Vec<Vec<String>> {
-        self.guest(id, "cat /var/log/fake-node.log 2>/dev/null || true")
-            .lines()
-            .map(|l| l.split('\t').map(str::to_owned).collect())
-            .collect()
-    }
-}
 
 fn config_sets(calls: &[Vec<String>]) -> Vec<String> {
     calls

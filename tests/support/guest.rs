@@ -204,8 +204,11 @@ impl Drop for GuestHost {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // Dropping each guest's Sandbox kills it and removes its disk.
-        self.guests.lock().unwrap().clear();
+        // Dropping each guest's Sandbox kills it and removes its disk, even after a panic.
+        self.guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 }
 
