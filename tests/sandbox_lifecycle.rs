@@ -539,3 +539,22 @@ fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
     };
     assert_eq!(keep(&after), keep(&before));
 }
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn shell_passes_output_and_exit_status_through() {
+    let fleet = Fleet::new("shell");
+    fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
+    let out = fleet.fireclaw("shell a 'echo to-stdout; echo to-stderr >&2; exit 7'");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"));
+    // A pipeline runs in the guest's shell, as with 0.2.0.
+    let piped = fleet.fireclaw_ok("shell a 'printf \"1\\n2\\n3\\n\" | head -n 2'");
+    assert_eq!(piped, "1\n2\n");
+    let status = fleet.fireclaw_ok("status a --json");
+    let json: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(json["health"], "up");
+    assert_eq!(json["guest_service"], "active");
+    assert_eq!(json["phase"], "provisioned");
+}
