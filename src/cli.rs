@@ -54,6 +54,9 @@ pub enum Command {
     Token(InstanceArg),
     /// Remove units, tap, API socket, state and assets.
     Destroy(DestroyArgs),
+    /// Rewrite the units and scripts of an instance made by fireclaw 0.2.0 in fireclaw's shape,
+    /// keeping the old ones in <FC_ROOT>/<id>/backup-0.2.0/.
+    Adopt(InstanceArg),
     /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.

@@ -514,3 +514,102 @@ pub fn shell(settings: &Settings, args: &ShellArgs) -> Result<()> {
     let error = loaded.ssh.interactive(remote.as_deref()).exec();
     Err(anyhow!(error).context("run ssh"))
 }
+
+/// Whether the unit file at `path` was written by fireclaw 0.2.0 (its ExecStart is start-vm.sh).
+pub fn is_020_unit(path: &std::path::Path) -> bool {
+    std::fs::read_to_string(path)
+        .map(|text| {
+            text.lines()
+                .any(|l| l.starts_with("ExecStart=") && l.trim_end().ends_with("/start-vm.sh"))
+        })
+        .unwrap_or(false)
+}
+
+/// `adopt <id>`: an instance made by 0.2.0 gets fireclaw's units and wrapper scripts, rendered
+/// from its saved state, after the old ones are copied to `<FC_ROOT>/<id>/backup-0.2.0/`. Its
+/// state files stay as they are, so 0.2.0 can still read them. A running VM keeps running; the
+/// new unit applies from its next start.
+pub fn adopt(
+    settings: &Settings,
+    id: &InstanceId,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    use crate::render::artifacts::pinned_environment;
+    use crate::render::units::{
+        ProxyUnitConfig, VmUnitConfig, proxy_unit, start_script, stop_script, vm_unit,
+    };
+    let _lock = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    let unit_dir = &settings.paths.unit_dir;
+    let vm_path = loaded.units.vm_path(unit_dir);
+    let proxy_path = loaded.units.proxy_path(unit_dir);
+    if !is_020_unit(&vm_path) {
+        output.line(&format!(
+            "Instance {id} already runs under fireclaw's units; nothing to do."
+        ));
+        return Ok(());
+    }
+    let fireclaw = std::env::current_exe().context("locate the fireclaw binary")?;
+    let firecracker =
+        crate::host::probe::which("firecracker").context("firecracker is not on PATH")?;
+    let socat = crate::host::probe::which("socat").context("socat is not on PATH")?;
+    for (what, path) in [
+        ("fireclaw binary", &fireclaw),
+        ("firecracker binary", &firecracker),
+        ("socat binary", &socat),
+    ] {
+        crate::host::trust::check_trusted(what, path)?;
+    }
+    let assets = AssetPaths::new(&settings.paths.fc_root, id);
+    let backup = assets.dir.join("backup-0.2.0");
+    crate::instance::store::ensure_private_dir(&backup)?;
+    for file in [
+        &vm_path,
+        &proxy_path,
+        &assets.start_script,
+        &assets.stop_script,
+    ] {
+        if let (Ok(text), Some(name)) = (std::fs::read(file), file.file_name()) {
+            write_atomic(&backup.join(name), &text, 0o600)?;
+        }
+    }
+    let api_sock = loaded
+        .env
+        .api_sock()
+        .unwrap_or_else(|| crate::settings::default_api_sock(&settings.paths.fc_root, id.as_str()));
+    let vm = VmUnitConfig {
+        id: id.to_string(),
+        fireclaw,
+        firecracker,
+        api_sock,
+        vm_config: assets.vm_config.clone(),
+        console_log: assets.console_log.clone(),
+        environment: pinned_environment(&settings.paths, &settings.network),
+    };
+    let proxy = ProxyUnitConfig {
+        id: id.to_string(),
+        vm_unit: loaded.units.vm.clone(),
+        socat,
+        host_port: loaded.port,
+        vm_ip: loaded.ssh.ip,
+    };
+    // Firecracker before 1.14 refuses to start without its log file; 0.2.0 did not create it.
+    if !assets.firecracker_log.exists() {
+        write_atomic(&assets.firecracker_log, b"", 0o600)?;
+    }
+    write_atomic(&assets.start_script, start_script(&vm).as_bytes(), 0o700)?;
+    write_atomic(&assets.stop_script, stop_script(&vm).as_bytes(), 0o700)?;
+    write_atomic(&vm_path, vm_unit(&vm).as_bytes(), 0o644)?;
+    write_atomic(&proxy_path, proxy_unit(&proxy).as_bytes(), 0o644)?;
+    services.daemon_reload()?;
+    let running = unit_state(services, &loaded.units.vm)?.is_active();
+    output.line(&format!(
+        "Instance {id} now runs under fireclaw's units; the old ones are in {}.",
+        backup.display()
+    ));
+    if running {
+        output.line(&format!("Its VM keeps running; the new unit applies from its next start (fireclaw restart {id})."));
+    }
+    Ok(())
+}

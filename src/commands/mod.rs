@@ -63,6 +63,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Logs(args) => lifecycle::logs(&settings, &args),
         Command::Shell(args) => lifecycle::shell(&settings, &args),
         Command::Destroy(args) => lifecycle::destroy(&settings, &args, &Systemctl, output),
+        Command::Adopt(args) => lifecycle::adopt(&settings, &args.id, &Systemctl, output),
         Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),
         Command::VmShutdown(args) => vm_net::shutdown(&settings, &args.id, output),
         Command::VmNetDown(args) => vm_net::down(&settings, &args.id),

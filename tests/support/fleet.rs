@@ -74,7 +74,8 @@ impl Fleet {
 
     /// The fake `node`'s log in the guest: one tab-separated argv per line.
     pub fn node_calls(&self, id: &str) -> Vec<Vec<String>> {
-        self.guest(id, "cat /var/log/fake-node.log 2>/dev/null || true")
+        self.guests
+            .read(&self.tap(id), "/var/log/fake-node.log")
             .lines()
             .map(|l| l.split('\t').map(str::to_owned).collect())
             .collect()

@@ -268,7 +268,9 @@ fn supervise(
         let dir = entry.path();
         let generation = read_u64(&dir.join("generation"));
         let alive = vmm_alive(&dir);
-        let mut guests = guests.lock().unwrap();
+        let mut guests = guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(guest) = guests.get_mut(&tap)
             && guest.running
         {

@@ -4,4 +4,5 @@
 
 pub mod fleet;
 pub mod guest;
+pub mod legacy;
 pub mod sandbox;

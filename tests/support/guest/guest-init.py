@@ -52,7 +52,9 @@ write("/etc/resolv.conf",
 hostname = meta_data["local-hostname"]
 write("/etc/hostname", hostname + "\n", 0o644)
 subprocess.run(["hostname", hostname], check=False)
-if user_data.get("manage_etc_hosts") in ("localhost", True):
+# Ubuntu guests resolve their own name without DNS; so does this stand-in, whatever
+# manage_etc_hosts says (0.2.0's user-data does not set it).
+if True:
     with open("/etc/hosts") as f:
         hosts = f.read()
     if f" {hostname}\n" not in hosts:
@@ -62,6 +64,13 @@ for group in user_data.get("groups", []):
     run("groupadd", "-f", group)
 for user in user_data["users"]:
     name = user["name"]
+    groups = user.get("groups", [])
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    # cloud-init creates the groups a user is put in when they are missing.
+    for group in groups:
+        run("groupadd", "-f", group)
+    user["groups"] = groups
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -80,14 +89,21 @@ for user in user_data["users"]:
     for path in (ssh_dir, os.path.join(ssh_dir, "authorized_keys")):
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
-# Host keys: only the ones fireclaw generated and pinned.
-if user_data.get("ssh_deletekeys"):
+# Host keys: the ones fireclaw generated and pinned; without them (0.2.0), fresh ones once, as
+# cloud-init's default ssh_deletekeys and key generation do on first boot.
+keys = user_data.get("ssh_keys")
+if keys:
     for f in os.listdir("/etc/ssh"):
         if f.startswith("ssh_host_"):
             os.remove(os.path.join("/etc/ssh", f))
-keys = user_data["ssh_keys"]
-write("/etc/ssh/ssh_host_ed25519_key", keys["ed25519_private"], 0o600)
-write("/etc/ssh/ssh_host_ed25519_key.pub", keys["ed25519_public"] + "\n", 0o644)
-os.makedirs("/etc/ssh/sshd_config.d", exist_ok=True)
-write("/etc/ssh/sshd_config.d/fireclaw-guest.conf",
-      "HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n", 0o644)
+    write("/etc/ssh/ssh_host_ed25519_key", keys["ed25519_private"], 0o600)
+    write("/etc/ssh/ssh_host_ed25519_key.pub", keys["ed25519_public"] + "\n", 0o644)
+    os.makedirs("/etc/ssh/sshd_config.d", exist_ok=True)
+    write("/etc/ssh/sshd_config.d/fireclaw-guest.conf",
+          "HostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\n", 0o644)
+elif not os.path.exists("/var/lib/fireclaw-guest-keys-made"):
+    for f in os.listdir("/etc/ssh"):
+        if f.startswith("ssh_host_"):
+            os.remove(os.path.join("/etc/ssh", f))
+    run("ssh-keygen", "-A")
+    write("/var/lib/fireclaw-guest-keys-made", "", 0o644)
