@@ -407,10 +407,7 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
     for id in &unit_ids {
         let path = unit_dir.join(format!("firecracker-vmdemo-{id}.service"));
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if text
-            .lines()
-            .any(|l| l.starts_with("ExecStart=") && l.ends_with("/start-vm.sh"))
-        {
+        if super::lifecycle::is_020_unit(&path) {
             uses_020_scripts = true;
         }
         let mut problems = Vec::new();
