@@ -542,7 +542,7 @@ fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
 
 #[test]
 #[ignore = "needs root: sandbox"]
-fn shell_passes_output_and_exit_status_through() {
+fn shell_and_logs_pass_through_and_status_reads_a_live_instance() {
     let fleet = Fleet::new("shell");
     fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
     let out = fleet.fireclaw("shell a 'echo to-stdout; echo to-stderr >&2; exit 7'");
@@ -552,6 +552,27 @@ fn shell_passes_output_and_exit_status_through() {
     // A pipeline runs in the guest's shell, as with 0.2.0.
     let piped = fleet.fireclaw_ok("shell a 'printf \"1\\n2\\n3\\n\" | head -n 2'");
     assert_eq!(piped, "1\n2\n");
+    // logs follow until interrupted, as Ctrl-C does.
+    let follow = |source: &str| {
+        let out = fleet.host.exec(&format!(
+            "export PATH={BIN_IN_SANDBOX}:$PATH; timeout --preserve-status -s INT 3 fireclaw logs a {source}; echo \"exit=$?\""
+        ));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let host = follow("host");
+    assert!(host.contains("Firecracker VM (a)"), "{host}");
+    assert!(
+        host.contains("vmdemo-proxy-a") || host.contains("Localhost proxy for VM (a)"),
+        "{host}"
+    );
+    let guest = follow("guest");
+    assert!(
+        guest.contains("openclaw-a.service") || guest.contains("OpenClaw gateway (a)"),
+        "{guest}"
+    );
+    for text in [&host, &guest] {
+        assert!(text.contains("exit="), "the follower did not end: {text}");
+    }
     let status = fleet.fireclaw_ok("status a --json");
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(json["health"], "up");
