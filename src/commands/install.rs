@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
@@ -195,10 +194,6 @@ fn install_after_reserve(
             allocation.tap
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let rendered = render_instance(&InstancePlan {
         spec,
         allocation,
@@ -209,7 +204,7 @@ fn install_after_reserve(
         network: &settings.network,
         paths: &settings.paths,
         with_initrd,
-        time: Timestamp(now),
+        time: Timestamp::now(),
     })?;
     for artifact in &rendered.state {
         // `.env` and `fireclaw.json` were written by the reservation.

@@ -280,6 +280,20 @@ pub fn bring_up(
     health_gate(loaded, health_timeout)
 }
 
+/// Refuses to bring up an instance whose setup never got through provisioning.
+fn ensure_provisioned(loaded: &Loaded) -> Result<()> {
+    if let Some(state) = &loaded.state
+        && state.phase < Phase::Provisioned
+    {
+        let id = &loaded.id;
+        bail!(
+            "instance '{id}' was never provisioned (phase {}); finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force",
+            state.phase.as_str()
+        );
+    }
+    Ok(())
+}
+
 pub fn start(
     settings: &Settings,
     id: &InstanceId,
@@ -289,14 +303,7 @@ pub fn start(
 ) -> Result<()> {
     let _lock = lock(settings, id)?;
     let loaded = load(settings, id)?;
-    if let Some(state) = &loaded.state
-        && state.phase < Phase::Provisioned
-    {
-        bail!(
-            "instance '{id}' was never provisioned (phase {}); finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force",
-            state.phase.as_str()
-        );
-    }
+    ensure_provisioned(&loaded)?;
     let health = bring_up(&loaded, services, wait, output)?;
     print_summary(&loaded, services, &health, output);
     Ok(())
@@ -355,6 +362,7 @@ pub fn restart(
 ) -> Result<()> {
     let _lock = lock(settings, id)?;
     let loaded = load(settings, id)?;
+    ensure_provisioned(&loaded)?;
     stop_locked(&loaded, services, output)?;
     let health = bring_up(&loaded, services, wait, output)?;
     print_summary(&loaded, services, &health, output);

@@ -7,7 +7,6 @@
 //! and says its allocation is provisional.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
@@ -238,10 +237,6 @@ fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Re
     };
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let rendered = render_instance(&InstancePlan {
         spec,
         allocation: &allocation,
@@ -252,7 +247,7 @@ fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Re
         network: &settings.network,
         paths: &settings.paths,
         with_initrd,
-        time: Timestamp(now),
+        time: Timestamp::now(),
     })?;
     print_preview(settings, spec, &allocation, &visibility, &rendered, output);
     for warning in &warnings {

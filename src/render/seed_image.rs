@@ -58,6 +58,16 @@ struct Civil {
 }
 
 impl Timestamp {
+    /// The current time (the epoch if the clock is before it).
+    pub fn now() -> Self {
+        Self(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+
     fn civil(self) -> Civil {
         // Days to civil date (proleptic Gregorian), after Howard Hinnant's published algorithm.
         let days = self.0 / 86_400;
