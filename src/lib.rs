@@ -28,7 +28,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Err(error) => return usage_error(&error),
     };
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
-    let mut output = output::Output::new(&mut stdout, &mut stderr);
+    use std::io::IsTerminal;
+    let live = std::io::stderr().is_terminal();
+    let mut output = output::Output::new(&mut stdout, &mut stderr).with_live_progress(live);
     match commands::run(cli, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<commands::AlreadyReported>().is_some() => {

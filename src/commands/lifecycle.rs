@@ -134,6 +134,7 @@ pub fn wait_for_ssh(
     loaded: &Loaded,
     services: &dyn ServiceManager,
     timeout: Duration,
+    output: &mut Output<'_>,
 ) -> Result<()> {
     let unit = &loaded.units.vm;
     let started = Instant::now();
@@ -166,6 +167,12 @@ pub fn wait_for_ssh(
         if started.elapsed() + POLL > timeout {
             break error;
         }
+        output.tick(&format!(
+            "{}: waiting for SSH ({}s of {}s)",
+            loaded.id,
+            started.elapsed().as_secs(),
+            timeout.as_secs()
+        ));
         std::thread::sleep(POLL);
     };
     match last {
@@ -180,7 +187,11 @@ pub fn wait_for_ssh(
 
 /// Both gates: the guest's own health check and the proxy. Returns both results once both
 /// pass; fails with both results at the deadline.
-pub fn health_gate(loaded: &Loaded, timeout: Duration) -> Result<(Health, Health)> {
+pub fn health_gate(
+    loaded: &Loaded,
+    timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
     let started = Instant::now();
     loop {
         let guest = guest_health(&loaded.ssh, loaded.id.as_str())?;
@@ -201,6 +212,12 @@ pub fn health_gate(loaded: &Loaded, timeout: Duration) -> Result<(Health, Health
                 describe(&proxy)
             );
         }
+        output.tick(&format!(
+            "{}: waiting for health ({}s of {}s)",
+            loaded.id,
+            started.elapsed().as_secs(),
+            timeout.as_secs()
+        ));
         std::thread::sleep(POLL);
     }
 }
@@ -267,7 +284,7 @@ pub fn bring_up(
     progress(output, &loaded.id, "starting the VM");
     services.enable_now(&[vm])?;
     progress(output, &loaded.id, "waiting for SSH");
-    wait_for_ssh(loaded, services, ssh_timeout)?;
+    wait_for_ssh(loaded, services, ssh_timeout, output)?;
     progress(output, &loaded.id, "starting the gateway service");
     let guest_unit = loaded.guest_unit();
     loaded.ssh.run(
@@ -277,7 +294,7 @@ pub fn bring_up(
     progress(output, &loaded.id, "starting the proxy");
     services.enable_now(&[loaded.units.proxy.as_str()])?;
     progress(output, &loaded.id, "waiting for health");
-    health_gate(loaded, health_timeout)
+    health_gate(loaded, health_timeout, output)
 }
 
 /// Refuses to bring up an instance whose setup never got through provisioning.
@@ -396,7 +413,7 @@ pub fn provision(
         services.enable_now(&[vm])?;
     }
     progress(output, id, "waiting for SSH");
-    wait_for_ssh(&loaded, services, ssh_timeout)?;
+    wait_for_ssh(&loaded, services, ssh_timeout, output)?;
     progress(output, id, "provisioning the guest");
     provision_guest(&loaded.ssh, &update.vars.render())?;
     if loaded.state.is_some() {
@@ -405,7 +422,7 @@ pub fn provision(
     progress(output, id, "starting the proxy");
     services.enable_now(&[loaded.units.proxy.as_str()])?;
     progress(output, id, "waiting for health");
-    let health = health_gate(&loaded, health_timeout)?;
+    let health = health_gate(&loaded, health_timeout, output)?;
     print_summary(&loaded, services, &health, output);
     Ok(())
 }

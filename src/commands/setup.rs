@@ -80,7 +80,12 @@ fn create(
         output.progress(&format!("{id}: booting the VM"));
         services.enable_now(&[loaded.units.vm.as_str()])?;
         output.progress(&format!("{id}: waiting for SSH"));
-        lifecycle::wait_for_ssh(&loaded, services, Duration::from_secs(waits.ssh_timeout))?;
+        lifecycle::wait_for_ssh(
+            &loaded,
+            services,
+            Duration::from_secs(waits.ssh_timeout),
+            output,
+        )?;
         lifecycle::set_phase(&loaded.paths, Phase::Booted)?;
         output.progress(&format!("{id}: provisioning the guest"));
         let vars = std::fs::read_to_string(&loaded.paths.vars)
@@ -107,7 +112,7 @@ fn create(
         output.progress(&format!("{id}: starting the proxy"));
         services.enable_now(&[loaded.units.proxy.as_str()])?;
         output.progress(&format!("{id}: waiting for health"));
-        lifecycle::health_gate(&loaded, Duration::from_secs(waits.health_timeout))
+        lifecycle::health_gate(&loaded, Duration::from_secs(waits.health_timeout), output)
     })();
     match after {
         Ok(health) => {
