@@ -289,13 +289,8 @@ pub fn teardown_instance(
     // The tap and socket are named in state; fall back to what the caller knows.
     let state_paths = StatePaths::new(&settings.paths.state_root, id);
     let env = crate::instance::store::read_env(&state_paths).ok();
-    if let Some(tap) = env.as_ref().and_then(|e| e.tap().ok().map(str::to_owned)) {
-        let mut netlink = Netlink::open()?;
-        if let Some(link) = netlink.link(&tap)?
-            && link.is_tap
-        {
-            netlink.delete_link(&link)?;
-        }
+    if let Some(tap) = env.as_ref().and_then(|e| e.tap().ok()) {
+        crate::host::tap::remove_tap(tap)?;
     }
     let socket = env
         .as_ref()

@@ -485,12 +485,7 @@ pub fn destroy(
     teardown_instance(settings, id, None, services)?;
     // An instance whose .env was unreadable: its tap is still known from the VM config.
     if !readable && let Some(tap) = tap {
-        let mut netlink = crate::host::netlink::Netlink::open()?;
-        if let Some(link) = netlink.link(&tap)?
-            && link.is_tap
-        {
-            netlink.delete_link(&link)?;
-        }
+        crate::host::tap::remove_tap(&tap)?;
     }
     output.line(&format!("Instance {id} is destroyed."));
     Ok(())

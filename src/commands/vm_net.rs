@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow};
 use crate::host::firecracker_api::ApiClient;
 use crate::host::firewall::{bridge_chains, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
-use crate::host::tap::create_persistent_tap;
+use crate::host::tap::{create_persistent_tap, remove_tap};
 use crate::instance::layout::UnitNames;
 use crate::instance::store::{HeldLock, StatePaths, lock_file, read_env};
 use crate::instance::values::InstanceId;
@@ -200,12 +200,7 @@ pub fn up(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Resu
 /// `fireclaw vm-net-down <id>`: removes the tap and the API socket; absent ones are fine.
 pub fn down(settings: &Settings, id: &InstanceId) -> Result<()> {
     let target = target(settings, id)?;
-    let mut netlink = Netlink::open()?;
-    if let Some(link) = netlink.link(&target.tap)?
-        && link.is_tap
-    {
-        netlink.delete_link(&link)?;
-    }
+    remove_tap(&target.tap)?;
     match std::fs::remove_file(&target.api_sock) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

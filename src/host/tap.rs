@@ -27,6 +27,17 @@ pub enum TapError {
     NameTooLong(String),
 }
 
+/// Removes the tap `name` if there is one; any other kind of link with that name is left alone.
+pub fn remove_tap(name: &str) -> Result<(), super::netlink::NetlinkError> {
+    let mut netlink = super::netlink::Netlink::open()?;
+    if let Some(link) = netlink.link(name)?
+        && link.is_tap
+    {
+        netlink.delete_link(&link)?;
+    }
+    Ok(())
+}
+
 /// Creates (or attaches to) the tap `name` and makes it persistent.
 pub fn create_persistent_tap(name: &str) -> Result<(), TapError> {
     if name.is_empty() || name.len() > 15 {

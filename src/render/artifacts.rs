@@ -417,25 +417,29 @@ mod tests {
         insta::assert_snapshot!(listing(&rendered, true));
     }
 
+    const TELEGRAM: [&str; 4] = [
+        "--telegram-token",
+        "123456:AAEsecret",
+        "--telegram-users",
+        "1",
+    ];
+
+    /// Every secret the fixtures hold: keys, bot token, gateway token, host private key.
+    fn secrets() -> [String; 4] {
+        [
+            "sk-test-openai".into(),
+            "AAEsecret".into(),
+            "4f".repeat(32),
+            "SECRETKEYMATERIAL".into(),
+        ]
+    }
+
     #[test]
     fn display_form_holds_no_secret() {
-        let rendered = render(
-            &[
-                "--telegram-token",
-                "123456:AAEsecret",
-                "--telegram-users",
-                "1",
-            ],
-            false,
-        );
+        let rendered = render(&TELEGRAM, false);
         let shown = listing(&rendered, false);
-        for secret in [
-            "sk-test-openai",
-            "AAEsecret",
-            &"4f".repeat(32),
-            "SECRETKEYMATERIAL",
-        ] {
-            assert!(!shown.contains(secret), "{secret} shown");
+        for secret in secrets() {
+            assert!(!shown.contains(&secret), "{secret} shown");
         }
         // ...while the files themselves carry them where they belong.
         let written = listing(&rendered, true);
@@ -445,15 +449,7 @@ mod tests {
 
     #[test]
     fn secrets_land_only_in_0600_files() {
-        let rendered = render(
-            &[
-                "--telegram-token",
-                "123456:AAEsecret",
-                "--telegram-users",
-                "1",
-            ],
-            false,
-        );
+        let rendered = render(&TELEGRAM, false);
         for artifact in rendered
             .state
             .iter()
@@ -463,14 +459,7 @@ mod tests {
             let Body::Text(text) = &artifact.body else {
                 continue;
             };
-            let secret = [
-                "sk-test-openai",
-                "AAEsecret",
-                &"4f".repeat(32),
-                "SECRETKEYMATERIAL",
-            ]
-            .iter()
-            .any(|s| text.contains(s));
+            let secret = secrets().iter().any(|s| text.contains(s.as_str()));
             if secret {
                 assert_eq!(
                     artifact.mode,
