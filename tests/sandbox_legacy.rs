@@ -68,19 +68,7 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
     );
 
     fleet.fireclaw_ok("stop old");
-    let states = fleet.host.sh(
-        "systemctl show -p ActiveState,UnitFileState firecracker-vmdemo-old.service vmdemo-proxy-old.service",
-    );
-    assert_eq!(
-        states.matches("ActiveState=inactive").count(),
-        2,
-        "{states}"
-    );
-    assert_eq!(
-        states.matches("UnitFileState=disabled").count(),
-        2,
-        "{states}"
-    );
+    fleet.assert_stopped_and_disabled("old");
     let configured = fleet.node_calls("old").len();
     let out = fleet.fireclaw_ok("start old --ssh-timeout 60 --health-timeout 30");
     assert!(out.contains("healthy"), "{out}");

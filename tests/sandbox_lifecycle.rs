@@ -216,12 +216,6 @@ fn provision_validates_before_writing_and_then_reconfigures_the_guest() {
     assert!(env_file.contains(&format!("ANTHROPIC_API_KEY={ANTHROPIC_KEY}")));
 }
 
-fn unit_states(fleet: &Fleet, id: &str) -> String {
-    fleet.host.sh(&format!(
-        "systemctl show -p ActiveState,UnitFileState firecracker-vmdemo-{id}.service vmdemo-proxy-{id}.service"
-    ))
-}
-
 #[test]
 #[ignore = "needs root: sandbox"]
 fn stop_start_restart_and_a_reboot_inside_the_guest_keep_their_promises() {
@@ -232,17 +226,7 @@ fn stop_start_restart_and_a_reboot_inside_the_guest_keep_their_promises() {
 
     let out = fleet.fireclaw_ok("stop a");
     assert!(out.contains("stays stopped"), "{out}");
-    let states = unit_states(&fleet, "a");
-    assert_eq!(
-        states.matches("ActiveState=inactive").count(),
-        2,
-        "{states}"
-    );
-    assert_eq!(
-        states.matches("UnitFileState=disabled").count(),
-        2,
-        "{states}"
-    );
+    fleet.assert_stopped_and_disabled("a");
     // The guest service was stopped through the guest's docker before the VMM exited.
     let docker = fleet.guests.read(&tap, "/var/log/docker-stub.log");
     let stopped_at: f64 = docker
@@ -273,7 +257,8 @@ fn stop_start_restart_and_a_reboot_inside_the_guest_keep_their_promises() {
         "start reprovisioned"
     );
     assert_eq!(
-        unit_states(&fleet, "a")
+        fleet
+            .unit_states("a")
             .matches("UnitFileState=enabled")
             .count(),
         2

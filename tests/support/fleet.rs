@@ -80,4 +80,26 @@ impl Fleet {
             .map(|l| l.split('\t').map(str::to_owned).collect())
             .collect()
     }
+
+    /// ActiveState and UnitFileState of an instance's VM and proxy units.
+    pub fn unit_states(&self, id: &str) -> String {
+        self.host.sh(&format!(
+            "systemctl show -p ActiveState,UnitFileState firecracker-vmdemo-{id}.service vmdemo-proxy-{id}.service"
+        ))
+    }
+
+    /// Both units inactive and disabled, as `stop` leaves them.
+    pub fn assert_stopped_and_disabled(&self, id: &str) {
+        let states = self.unit_states(id);
+        assert_eq!(
+            states.matches("ActiveState=inactive").count(),
+            2,
+            "{states}"
+        );
+        assert_eq!(
+            states.matches("UnitFileState=disabled").count(),
+            2,
+            "{states}"
+        );
+    }
 }
