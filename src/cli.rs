@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::instance::values::{
-    DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, Secret, Skills, TelegramUsers,
-    VcpuCount, parse_absolute_path, parse_telegram_token,
+    DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, PrivateEgress, Secret, Skills,
+    TelegramUsers, VcpuCount, parse_absolute_path, parse_telegram_token,
 };
 
 #[derive(Debug, Parser)]
@@ -57,6 +57,9 @@ pub enum Command {
     /// Rewrite the units and scripts of an instance made by fireclaw 0.2.0 in fireclaw's shape,
     /// keeping the old ones in <FC_ROOT>/<id>/backup-0.2.0/.
     Adopt(InstanceArg),
+    /// Show or re-apply the guest network policy (what guests may reach).
+    #[command(subcommand)]
+    Egress(EgressCommand),
     /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.
@@ -70,6 +73,16 @@ pub enum Command {
     /// ExecStopPost of the VM unit: remove the tap and the API socket.
     #[command(hide = true, name = "vm-net-down")]
     VmNetDown(InstanceArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EgressCommand {
+    /// The host-wide and per-instance private-egress allowlists, and whether the firewall
+    /// matches them.
+    Show(JsonFlag),
+    /// Rebuild fireclaw's firewall chains from the saved allowlists now (also done at every VM
+    /// start).
+    Apply,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +257,10 @@ pub struct SetupArgs {
     /// Skip installing Playwright Chromium in the guest.
     #[arg(long)]
     pub skip_browser_install: bool,
+    /// Private networks this guest may reach, as CIDRs inside 10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16 or 100.64.0.0/10 (comma-separated); the rest of those ranges stays blocked.
+    #[arg(long, value_name = "CIDRS")]
+    pub allow_private_egress: Option<PrivateEgress>,
     /// Print the allocation and every file setup would write, then exit; needs no root and
     /// changes nothing.
     #[arg(long)]
@@ -282,6 +299,10 @@ pub struct ProvisionArgs {
     /// Install Playwright Chromium again (undoes --skip-browser-install).
     #[arg(long)]
     pub browser_install: bool,
+    /// Replace the private networks this guest may reach (comma-separated CIDRs; '' clears).
+    /// Applied to the firewall at once, without a restart.
+    #[arg(long, value_name = "CIDRS")]
+    pub allow_private_egress: Option<PrivateEgress>,
     #[command(flatten)]
     pub waits: WaitArgs,
 }

@@ -265,6 +265,7 @@ impl Settings {
             base,
             keys: self.resolve_keys(&args.keys)?,
             skip_browser_install: args.skip_browser_install,
+            allow_private_egress: args.allow_private_egress.clone().unwrap_or_default(),
             ssh_key_path: self.ssh_key_path.clone(),
             fc_root: self.paths.fc_root.clone(),
             state_root: self.paths.state_root.clone(),

@@ -1,7 +1,7 @@
 //! `fireclaw doctor`: every preflight check of 0.2.0 (host commands, /dev/kvm, base images,
 //! bridge, NAT, state root, capacity) plus what 0.2.0 misses: the Firecracker version, a FORWARD
-//! policy of DROP, firewalld, rules split between iptables backends, untrusted or missing paths in
-//! units, orphans and half-made instances, a guest kernel without ISO 9660, and the tools that
+//! policy of DROP, the guest network policy (see `egress`), firewalld, rules split between
+//! iptables backends, untrusted or missing paths in units, orphans and half-made instances, a guest kernel without ISO 9660, and the tools that
 //! units written by 0.2.0 need. Each check is pass, warn or fail; any fail makes the exit non-zero.
 
 use std::os::unix::fs::MetadataExt;
@@ -18,6 +18,7 @@ use crate::instance::state::Phase;
 use crate::instance::store::{StatePaths, read_fireclaw_state, scan_instances};
 use crate::instance::values::InstanceId;
 use crate::output::Output;
+use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
 
 /// The oldest Firecracker fireclaw was tested with.
@@ -38,7 +39,7 @@ pub struct Check {
     pub detail: String,
 }
 
-fn check(name: &str, status: Level, detail: impl Into<String>) -> Check {
+pub(super) fn check(name: &str, status: Level, detail: impl Into<String>) -> Check {
     Check {
         name: name.to_owned(),
         status,
@@ -213,29 +214,12 @@ fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
         )),
         Err(e) => checks.push(check("bridge", Level::Warn, e.to_string())),
     }
-    let hooked = |table: &str, base: &str, chain: &str| {
-        run("iptables", &["-w", "-t", table, "-C", base, "-j", chain])
-            .is_ok_and(|o| o.status.success())
-    };
-    let nat = hooked("nat", "POSTROUTING", &format!("FC-NAT-{bridge}"));
-    let forward = hooked("filter", "FORWARD", &format!("FC-FWD-{bridge}"));
-    checks.push(match (nat && forward, instances) {
-        (true, _) => check(
-            "firewall rules",
-            Level::Pass,
-            "NAT and FORWARD chains hooked",
-        ),
-        (false, 0) => check(
-            "firewall rules",
-            Level::Pass,
-            "not present yet; added at the first VM start",
-        ),
-        (false, _) => check(
-            "firewall rules",
-            Level::Warn,
-            "fireclaw's NAT or FORWARD chain is not hooked; restart a VM to restore them",
-        ),
-    });
+    super::egress::audit(settings, instances, checks);
+    let forward = run(
+        "iptables",
+        &["-w", "-C", "FORWARD", "-j", &forward_chain_name(bridge)],
+    )
+    .is_ok_and(|o| o.status.success());
     let policy = run("iptables", &["-w", "-S", "FORWARD"])
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)

@@ -19,9 +19,9 @@ use crate::instance::layout::{AssetPaths, UnitNames};
 use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
-use crate::instance::state::{FireclawState, Phase};
+use crate::instance::state::Phase;
 use crate::instance::store::{
-    StatePaths, ensure_private_dir, lock_allocation, reserve, write_atomic,
+    StatePaths, ensure_private_dir, lock_allocation, reserve, set_phase, write_atomic,
 };
 use crate::instance::values::InstanceId;
 use crate::render::artifacts::{Artifact, Body, HostTools, InstancePlan, render_instance};
@@ -98,15 +98,6 @@ fn write_artifact(artifact: &Artifact) -> Result<()> {
         Body::Binary(bytes) => bytes,
     };
     write_atomic(&artifact.path, bytes, artifact.mode).map_err(Into::into)
-}
-
-fn set_phase(paths: &StatePaths, phase: Phase) -> Result<()> {
-    write_atomic(
-        &paths.fireclaw_json,
-        FireclawState::new(phase).render().as_bytes(),
-        0o600,
-    )
-    .map_err(Into::into)
 }
 
 /// Creates the host side of a new instance. On failure everything made for it is removed.
@@ -283,6 +274,7 @@ pub fn teardown_instance(
     for file in &unit_files {
         remove_path(file)?;
     }
+    super::egress::remove_legacy_dropin(settings, &units.vm)?;
     if had_unit_files {
         services.daemon_reload()?;
     }

@@ -20,7 +20,8 @@ use crate::host::systemd::{ServiceManager, UnitState};
 use crate::instance::layout::{AssetPaths, UnitNames};
 use crate::instance::state::{EnvFile, FireclawState, Phase, VarsFile};
 use crate::instance::store::{
-    HeldLock, StatePaths, lock_instance, read_env, read_fireclaw_state, write_atomic,
+    HeldLock, StatePaths, lock_instance, read_env, read_fireclaw_state, set_phase,
+    update_fireclaw_state, write_atomic,
 };
 use crate::instance::values::InstanceId;
 use crate::output::Output;
@@ -92,15 +93,6 @@ pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
 
 pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
     Ok(lock_instance(&settings.paths.state_root, id, LOCK_WAIT)?)
-}
-
-pub fn set_phase(paths: &StatePaths, phase: Phase) -> Result<()> {
-    write_atomic(
-        &paths.fireclaw_json,
-        FireclawState::new(phase).render().as_bytes(),
-        0o600,
-    )?;
-    Ok(())
 }
 
 fn journal_tail(unit: &str) -> String {
@@ -311,6 +303,19 @@ fn ensure_provisioned(loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
+/// A VM unit made by 0.2.0 gets the drop-in that applies the guest network policy before it
+/// starts (fireclaw's own units run `vm-net-up`, which applies it).
+fn cover_if_made_by_020(
+    settings: &Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+) -> Result<()> {
+    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
+        super::egress::cover_legacy_units(settings, services)?;
+    }
+    Ok(())
+}
+
 pub fn start(
     settings: &Settings,
     id: &InstanceId,
@@ -321,6 +326,7 @@ pub fn start(
     let _lock = lock(settings, id)?;
     let loaded = load(settings, id)?;
     ensure_provisioned(&loaded)?;
+    cover_if_made_by_020(settings, &loaded, services)?;
     let health = bring_up(&loaded, services, wait, output)?;
     print_summary(&loaded, services, &health, output);
     Ok(())
@@ -380,6 +386,7 @@ pub fn restart(
     let _lock = lock(settings, id)?;
     let loaded = load(settings, id)?;
     ensure_provisioned(&loaded)?;
+    cover_if_made_by_020(settings, &loaded, services)?;
     stop_locked(&loaded, services, output)?;
     let health = bring_up(&loaded, services, wait, output)?;
     print_summary(&loaded, services, &health, output);
@@ -402,8 +409,20 @@ pub fn provision(
         .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
     // Everything is validated before anything is written: a rejected run changes nothing.
     let update = settings.resolve_provision(args, &loaded.env, &vars)?;
+    if args.allow_private_egress.is_some() && loaded.state.is_none() {
+        bail!(
+            "instance '{id}' was made by fireclaw 0.2.0 and has no fireclaw.json to keep a private-egress allowlist in; its guest gets the default policy (the host-wide allowlist still applies)"
+        );
+    }
     write_atomic(&loaded.paths.env, update.env.render().as_bytes(), 0o600)?;
     write_atomic(&loaded.paths.vars, update.vars.render().as_bytes(), 0o600)?;
+    if let Some(allow) = &args.allow_private_egress {
+        update_fireclaw_state(&loaded.paths, |state| {
+            state.allow_private_egress = allow.networks().to_vec();
+        })?;
+        // A running VM gets the new allowlist now; a stopped one at its start below.
+        super::egress::reapply_if_present(settings, output)?;
+    }
 
     let (ssh_timeout, health_timeout) = waits(&args.waits);
     let vm = loaded.units.vm.as_str();
@@ -487,6 +506,8 @@ pub fn destroy(
     if !readable && let Some(tap) = tap {
         crate::host::tap::remove_tap(&tap)?;
     }
+    // Its allow rules go with it: the next instance on its address must not inherit them.
+    super::egress::reapply_if_present(settings, output)?;
     output.line(&format!("Instance {id} is destroyed."));
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! is a linear list of steps.
 
 mod doctor;
+mod egress;
 mod fleet;
 pub mod install;
 pub mod lifecycle;
@@ -63,6 +64,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Logs(args) => lifecycle::logs(&settings, &args),
         Command::Shell(args) => lifecycle::shell(&settings, &args),
         Command::Destroy(args) => lifecycle::destroy(&settings, &args, &Systemctl, output),
+        Command::Egress(command) => egress::run(&settings, &command, &Systemctl, output),
         Command::Adopt(args) => lifecycle::adopt(&settings, &args.id, &Systemctl, output),
         Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),
         Command::VmShutdown(args) => vm_net::shutdown(&settings, &args.id, output),

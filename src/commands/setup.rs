@@ -22,7 +22,7 @@ use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
 use crate::instance::state::Phase;
-use crate::instance::store::{scan_instances, taken_by};
+use crate::instance::store::{scan_instances, set_phase, taken_by};
 use crate::output::Output;
 use crate::render::artifacts::{
     Artifact, HostTools, InstancePlan, RenderedInstance, render_instance,
@@ -86,12 +86,12 @@ fn create(
             Duration::from_secs(waits.ssh_timeout),
             output,
         )?;
-        lifecycle::set_phase(&loaded.paths, Phase::Booted)?;
+        set_phase(&loaded.paths, Phase::Booted)?;
         output.progress(&format!("{id}: provisioning the guest"));
         let vars = std::fs::read_to_string(&loaded.paths.vars)
             .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
         provision_guest(&loaded.ssh, &vars)?;
-        lifecycle::set_phase(&loaded.paths, Phase::Provisioned)?;
+        set_phase(&loaded.paths, Phase::Provisioned)?;
         Ok(loaded)
     })();
     let loaded = match before_provisioned {

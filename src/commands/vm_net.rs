@@ -1,7 +1,7 @@
 //! The VM unit's helpers. `vm-net-up` (ExecStartPre) builds everything the VM needs on the host
 //! before every start: bridge with its address, the instance's persistent tap as an isolated
-//! bridge port (read back), IPv4 forwarding, fireclaw's firewall chains, and no stale API
-//! socket. Each step checks before it changes, so a second run changes nothing.
+//! bridge port (read back), IPv4 forwarding, IPv6 off, the guest network policy (see
+//! `egress`), and no stale API socket. Each step checks before it changes, so a second run changes nothing.
 //! `vm-shutdown` (ExecStop) asks the guest to shut down through the API socket and waits a
 //! bounded time for the VMM to go. `vm-net-down` (ExecStopPost, also after crashes and failed
 //! starts) removes the tap and the socket.
@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
+use super::egress;
 use crate::host::firecracker_api::ApiClient;
-use crate::host::firewall::{bridge_chains, ensure_chain};
+use crate::host::firewall::ensure_chain;
 use crate::host::netlink::{Link, Netlink};
 use crate::host::tap::{create_persistent_tap, remove_tap};
 use crate::instance::layout::UnitNames;
@@ -160,30 +161,68 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
-fn net_up(settings: &Settings, id: &InstanceId) -> Result<()> {
+/// Turns IPv6 off on an interface, so a guest cannot reach the host (or route anywhere) around
+/// the IPv4 policy. A kernel without IPv6 has nothing to turn off.
+fn disable_ipv6(name: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
+    match std::fs::read_to_string(&path) {
+        Ok(value) if value.trim() == "1" => Ok(()),
+        Ok(_) => std::fs::write(&path, "1\n").with_context(|| format!("turn IPv6 off ({path})")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("read {path}")),
+    }
+}
+
+/// What every VM on the bridge shares: the bridge (address, up, IPv6 off), forwarding, and the
+/// policy chains built from the saved allowlists. The caller holds `.net.lock`. Returns notes
+/// on allowlists left out (see `egress::gather`).
+fn shared_locked(
+    settings: &Settings,
+    netlink: &mut Netlink,
+    strict: bool,
+) -> Result<(Link, Vec<String>)> {
+    let bridge = ensure_bridge(netlink, settings)?;
+    disable_ipv6(settings.network.bridge.as_str())?;
+    enable_ip_forward()?;
+    let inputs = egress::gather(settings, strict)?;
+    for chain in egress::policy_chains(settings, &inputs) {
+        ensure_chain(&chain).with_context(|| format!("apply firewall chain {}", chain.name))?;
+    }
+    Ok((bridge, inputs.skipped))
+}
+
+/// `shared_locked` under `.net.lock`, for `egress apply` and allowlist changes.
+pub(super) fn apply_shared(settings: &Settings, strict: bool) -> Result<Vec<String>> {
+    let _lock = lock_network(&settings.paths.state_root)?;
+    let mut netlink = Netlink::open()?;
+    Ok(shared_locked(settings, &mut netlink, strict)?.1)
+}
+
+fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     let target = target(settings, id)?;
     // VMs starting together (boot, concurrent setups) share the bridge and the chains: check-
     // then-create on them is only safe one at a time.
     let _lock = lock_network(&settings.paths.state_root)?;
     let mut netlink = Netlink::open()?;
-    let bridge = ensure_bridge(&mut netlink, settings)?;
+    // The policy is in place before the tap joins the bridge.
+    let (bridge, notes) = shared_locked(settings, &mut netlink, false)?;
     ensure_tap(&mut netlink, &target.tap, &bridge)?;
-    enable_ip_forward()?;
-    for chain in bridge_chains(
-        settings.network.bridge.as_str(),
-        &settings.network.subnet.to_string(),
-    ) {
-        ensure_chain(&chain).with_context(|| format!("apply firewall chain {}", chain.name))?;
-    }
-    remove_stale_socket(&target.api_sock)
+    disable_ipv6(&target.tap)?;
+    remove_stale_socket(&target.api_sock)?;
+    Ok(notes)
 }
 
 /// `fireclaw vm-net-up <id>`. On a permanent error while running as the unit's ExecStartPre,
 /// it also queues a stop of its own unit: `Restart=always` would otherwise retry a start that
 /// cannot succeed until the start limit, while `systemctl start` already reported the failure.
 pub fn up(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
-    let result =
-        net_up(settings, id).with_context(|| format!("bring up the network of instance '{id}'"));
+    let result = net_up(settings, id)
+        .with_context(|| format!("bring up the network of instance '{id}'"))
+        .map(|notes| {
+            for note in notes {
+                output.warn(&note);
+            }
+        });
     if let Err(error) = &result
         && error.downcast_ref::<PermanentNetError>().is_some()
         && std::env::var_os("INVOCATION_ID").is_some()

@@ -1,66 +1,13 @@
-//! fireclaw's iptables rules, in its own chains hooked from the base chains, through the host's
-//! `iptables` (whichever backend it selects). Docker and UFW set FORWARD policy DROP and a drop
-//! in any base chain is final, so guest traffic must be accepted in the host's own ruleset.
-//! Every change is check-then-apply: a chain whose rules are all present and nothing more is
-//! left alone, so `vm-net-up` on a configured host changes nothing.
+//! fireclaw's iptables chains on the host, through the host's `iptables` (whichever backend it
+//! selects): reading one back and comparing it with its spec (content *and* order, by each
+//! rule's unique comment), replacing it in one `iptables-restore` commit when it differs, and
+//! keeping the jump to it first in its base chain. Docker and UFW set FORWARD policy DROP, and
+//! a drop or accept in a base chain ahead of ours is final, so ours must come first.
 
-use super::process::{ProcessError, run, run_checked};
+use super::process::{ProcessError, run, run_checked, run_checked_with_input};
+pub use crate::render::egress::{ChainSpec, Rule};
 
 pub const IPTABLES: &str = "iptables";
-
-/// One rule of a chain, as iptables arguments after `-A <chain>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule(pub Vec<String>);
-
-/// A fireclaw chain: its table, the base chain that jumps to it, and its rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainSpec {
-    pub table: &'static str,
-    pub base: &'static str,
-    pub name: String,
-    pub rules: Vec<Rule>,
-}
-
-fn rule(words: &[&str]) -> Rule {
-    Rule(words.iter().map(|w| (*w).to_owned()).collect())
-}
-
-/// The chains for one bridge. Rules in a chain never overlap, so their order does not matter.
-pub fn bridge_chains(bridge: &str, subnet: &str) -> Vec<ChainSpec> {
-    vec![
-        ChainSpec {
-            table: "filter",
-            base: "FORWARD",
-            name: format!("FC-FWD-{bridge}"),
-            rules: vec![
-                // Defence in depth behind isolated ports, where br_netfilter is active.
-                rule(&["-i", bridge, "-o", bridge, "-j", "DROP"]),
-                // Guest egress, even under a FORWARD policy of DROP.
-                rule(&["-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]),
-                // Replies to guests.
-                rule(&[
-                    "!",
-                    "-i",
-                    bridge,
-                    "-o",
-                    bridge,
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "RELATED,ESTABLISHED",
-                    "-j",
-                    "ACCEPT",
-                ]),
-            ],
-        },
-        ChainSpec {
-            table: "nat",
-            base: "POSTROUTING",
-            name: format!("FC-NAT-{bridge}"),
-            rules: vec![rule(&["-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"])],
-        },
-    ]
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -68,49 +15,134 @@ pub enum Change {
     Applied,
 }
 
+/// Where the jump to a fireclaw chain sits in its base chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Missing,
+    First,
+    /// Present, behind these rules (as `iptables -S` prints them).
+    Behind(Vec<String>),
+}
+
+/// A chain as found, compared with its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainAudit {
+    pub exists: bool,
+    /// Comments of expected rules that are absent or altered.
+    pub missing: Vec<String>,
+    /// Rules in the chain that the spec does not have (as `iptables -S` prints them).
+    pub unexpected: Vec<String>,
+    /// All rules are there, but not in the spec's order.
+    pub out_of_order: bool,
+    pub hook: Hook,
+}
+
+impl ChainAudit {
+    pub fn rules_match(&self) -> bool {
+        self.exists && self.missing.is_empty() && self.unexpected.is_empty() && !self.out_of_order
+    }
+}
+
+/// The comment of a rule as `iptables -S` prints it (quoted when it holds spaces).
+pub fn comment_of(line: &str) -> Option<String> {
+    let rest = &line[line.find("--comment ")? + "--comment ".len()..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.find('"').map(|end| quoted[..end].to_owned()),
+        None => rest.split_whitespace().next().map(str::to_owned),
+    }
+}
+
 fn iptables_ok(args: &[&str]) -> Result<bool, ProcessError> {
     Ok(run(IPTABLES, args)?.status.success())
 }
 
-/// Makes `chain` exist, hold exactly its rules, and be jumped to from its base chain.
-pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, ProcessError> {
+fn appended_rules(table: &str, chain: &str) -> Result<Vec<String>, ProcessError> {
+    let listed = run_checked(IPTABLES, &["-w", "-t", table, "-S", chain])?;
+    let prefix = format!("-A {chain} ");
+    Ok(listed
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn hook_of(chain: &ChainSpec) -> Result<Hook, ProcessError> {
+    let jump = format!("-A {} -j {}", chain.base, chain.name);
+    let rules = appended_rules(chain.table, chain.base)?;
+    Ok(match rules.iter().position(|r| *r == jump) {
+        None => Hook::Missing,
+        Some(0) => Hook::First,
+        Some(n) => Hook::Behind(rules[..n].to_vec()),
+    })
+}
+
+/// Reads `chain` back and compares it with its spec; changes nothing.
+pub fn audit_chain(chain: &ChainSpec) -> Result<ChainAudit, ProcessError> {
     let table = chain.table;
     let name = chain.name.as_str();
-    let mut change = Change::Unchanged;
+    let hook = hook_of(chain)?;
     if !iptables_ok(&["-w", "-t", table, "-n", "-L", name])? {
-        run_checked(IPTABLES, &["-w", "-t", table, "-N", name])?;
-        change = Change::Applied;
+        return Ok(ChainAudit {
+            exists: false,
+            missing: chain.rules.iter().map(|r| r.comment.clone()).collect(),
+            unexpected: Vec::new(),
+            out_of_order: false,
+            hook,
+        });
     }
-    let listed = run_checked(IPTABLES, &["-w", "-t", table, "-S", name])?;
-    let present = listed
-        .lines()
-        .filter(|line| line.starts_with(&format!("-A {name} ")))
-        .count();
-    let mut all_found = present == chain.rules.len();
-    if all_found {
-        for rule in &chain.rules {
-            let mut args = vec!["-w", "-t", table, "-C", name];
-            args.extend(rule.0.iter().map(String::as_str));
-            if !iptables_ok(&args)? {
-                all_found = false;
-                break;
+    let listed = appended_rules(table, name)?;
+    let mut present = Vec::new();
+    let mut missing = Vec::new();
+    for rule in &chain.rules {
+        let args = rule.args();
+        let mut check = vec!["-w", "-t", table, "-C", name];
+        check.extend(args.iter().map(String::as_str));
+        if iptables_ok(&check)? {
+            present.push(rule.comment.as_str());
+        } else {
+            missing.push(rule.comment.clone());
+        }
+    }
+    let mut seen = Vec::new();
+    let mut unexpected = Vec::new();
+    for line in &listed {
+        match comment_of(line) {
+            Some(comment) if present.contains(&comment.as_str()) && !seen.contains(&comment) => {
+                seen.push(comment);
             }
+            _ => unexpected.push(line.clone()),
         }
     }
-    if !all_found {
-        run_checked(IPTABLES, &["-w", "-t", table, "-F", name])?;
-        for rule in &chain.rules {
-            let mut args = vec!["-w", "-t", table, "-A", name];
-            args.extend(rule.0.iter().map(String::as_str));
-            run_checked(IPTABLES, &args)?;
-        }
+    let out_of_order = missing.is_empty() && unexpected.is_empty() && seen != present;
+    Ok(ChainAudit {
+        exists: true,
+        missing,
+        unexpected,
+        out_of_order,
+        hook,
+    })
+}
+
+/// Makes `chain` hold exactly its spec's rules in order, and its jump the first rule of its base
+/// chain. A chain that already matches is left alone, so a second run changes nothing.
+pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, ProcessError> {
+    let audit = audit_chain(chain)?;
+    let mut change = Change::Unchanged;
+    if !audit.rules_match() {
+        run_checked_with_input(
+            "iptables-restore",
+            &["-w", "--noflush"],
+            &chain.restore_text(),
+        )?;
         change = Change::Applied;
     }
-    if !iptables_ok(&["-w", "-t", table, "-C", chain.base, "-j", name])? {
-        run_checked(
-            IPTABLES,
-            &["-w", "-t", table, "-I", chain.base, "1", "-j", name],
-        )?;
+    if audit.hook != Hook::First {
+        let table = chain.table;
+        let jump = ["-j", chain.name.as_str()];
+        let delete = [&["-w", "-t", table, "-D", chain.base][..], &jump].concat();
+        while iptables_ok(&delete)? {}
+        let insert = [&["-w", "-t", table, "-I", chain.base, "1"][..], &jump].concat();
+        run_checked(IPTABLES, &insert)?;
         change = Change::Applied;
     }
     Ok(change)
@@ -121,26 +153,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bridge_chains_cover_isolation_egress_replies_and_nat() {
-        let chains = bridge_chains("fc-br0", "172.16.0.0/24");
-        let text: Vec<String> = chains
-            .iter()
-            .flat_map(|c| {
-                c.rules
-                    .iter()
-                    .map(move |r| format!("{} {} -A {} {}", c.table, c.base, c.name, r.0.join(" ")))
-            })
-            .collect();
+    fn comments_are_read_quoted_or_bare() {
         assert_eq!(
-            text,
-            [
-                "filter FORWARD -A FC-FWD-fc-br0 -i fc-br0 -o fc-br0 -j DROP",
-                "filter FORWARD -A FC-FWD-fc-br0 -i fc-br0 ! -o fc-br0 -j ACCEPT",
-                "filter FORWARD -A FC-FWD-fc-br0 ! -i fc-br0 -o fc-br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                "nat POSTROUTING -A FC-NAT-fc-br0 -s 172.16.0.0/24 ! -o fc-br0 -j MASQUERADE",
-            ]
+            comment_of(r#"-A FC-FWD-fc-br0 -i fc-br0 -m comment --comment "fireclaw: guest egress" -j ACCEPT"#)
+                .as_deref(),
+            Some("fireclaw: guest egress")
         );
-        // iptables limits chain names to 28 characters; bridge names are at most 15.
-        assert!(chains.iter().all(|c| c.name.len() <= 7 + 15));
+        assert_eq!(
+            comment_of("-A X -m comment --comment bare -j ACCEPT").as_deref(),
+            Some("bare")
+        );
+        assert_eq!(comment_of("-A X -i fc-br0 -o fc-br0 -j DROP"), None);
     }
 }

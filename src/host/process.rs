@@ -68,6 +68,37 @@ pub fn run_checked(program: &str, args: &[&str]) -> Result<String, ProcessError>
     Err(failed(program, args, &output, &[]))
 }
 
+/// Runs `program` with `input` on stdin and fails unless it exits 0.
+pub fn run_checked_with_input(
+    program: &str,
+    args: &[&str],
+    input: &str,
+) -> Result<(), ProcessError> {
+    use std::io::Write;
+    let spawn_error = |source| ProcessError::Spawn {
+        program: program.to_owned(),
+        source,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(input.as_bytes()))
+        .unwrap_or(Ok(()));
+    let output = child.wait_with_output().map_err(spawn_error)?;
+    if output.status.success() {
+        written.map_err(spawn_error)
+    } else {
+        Err(failed(program, args, &output, &[]))
+    }
+}
+
 pub fn failed(program: &str, args: &[&str], output: &Output, secrets: &[&str]) -> ProcessError {
     let mut stderr = stderr_tail(&output.stderr);
     for secret in secrets.iter().filter(|s| !s.is_empty()) {

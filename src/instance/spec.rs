@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use super::values::{
-    DiskSize, HostPort, ImageRef, InstanceId, InvalidValue, MemoryMib, Model, Provider, Secret,
-    Skills, TelegramUsers, VcpuCount,
+    DiskSize, HostPort, ImageRef, InstanceId, InvalidValue, MemoryMib, Model, PrivateEgress,
+    Provider, Secret, Skills, TelegramUsers, VcpuCount,
 };
 
 /// The kernel's limit for a unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -89,6 +89,8 @@ pub struct SetupSpec {
     pub base: BaseImages,
     pub keys: ProviderKeys,
     pub skip_browser_install: bool,
+    /// Private networks the guest may reach beyond the default policy.
+    pub allow_private_egress: PrivateEgress,
     /// The SSH client key this instance is created with (`SSH_KEY_PATH`).
     pub ssh_key_path: PathBuf,
     /// `FC_ROOT` and `STATE_ROOT` in effect, for the path-length rules.

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::plain::{PlainDoc, PlainError};
+use super::values::PrivateCidr;
 
 /// `.env` keys, in the order 0.2.0 writes them (after the format line).
 pub const ENV_KEYS: [&str; 19] = [
@@ -283,6 +284,9 @@ pub struct FireclawState {
     pub phase: Phase,
     /// The fireclaw version that created the instance.
     pub created_by: String,
+    /// Private networks this instance's guest may reach (`--allow-private-egress`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_private_egress: Vec<PrivateCidr>,
 }
 
 impl FireclawState {
@@ -293,6 +297,7 @@ impl FireclawState {
             format: Self::FORMAT,
             phase,
             created_by: format!("fireclaw {}", env!("CARGO_PKG_VERSION")),
+            allow_private_egress: Vec::new(),
         }
     }
 

@@ -146,6 +146,24 @@ pub fn read_fireclaw_state(paths: &StatePaths) -> Result<Option<FireclawState>, 
     }
 }
 
+/// Rewrites `fireclaw.json` (atomically) with `change` applied to the saved state, or to a new
+/// state when there is none yet, so a phase change keeps every other field.
+pub fn update_fireclaw_state(
+    paths: &StatePaths,
+    change: impl FnOnce(&mut FireclawState),
+) -> Result<FireclawState, StoreError> {
+    let mut state = read_fireclaw_state(paths)?
+        .unwrap_or_else(|| FireclawState::new(super::state::Phase::Allocated));
+    change(&mut state);
+    write_atomic(&paths.fireclaw_json, state.render().as_bytes(), 0o600)?;
+    Ok(state)
+}
+
+/// Records the lifecycle phase an instance has reached.
+pub fn set_phase(paths: &StatePaths, phase: super::state::Phase) -> Result<(), StoreError> {
+    update_fireclaw_state(paths, |state| state.phase = phase).map(|_| ())
+}
+
 /// An exclusive `flock`-style lock, released when dropped.
 #[derive(Debug)]
 pub struct HeldLock {

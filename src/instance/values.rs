@@ -629,6 +629,130 @@ impl fmt::Display for BridgeAddress {
     }
 }
 
+/// The ranges a guest may not reach unless an allowlist names a part of them: RFC 1918 and the
+/// carrier-grade NAT range (RFC 6598), where operators keep their private services.
+pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 4] = [
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+];
+
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// A network inside one of the private ranges that a guest is allowed to reach, e.g. a private
+/// registry or a VPC resolver. Anything outside those ranges (metadata, public) is refused:
+/// public addresses are reachable anyway and link-local never is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrivateCidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl PrivateCidr {
+    pub fn network(self) -> Ipv4Addr {
+        self.network
+    }
+    pub fn prefix(self) -> u8 {
+        self.prefix
+    }
+    pub fn contains(self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & prefix_mask(self.prefix) == u32::from(self.network)
+    }
+}
+
+impl FromStr for PrivateCidr {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim();
+        let (addr, prefix) = if value.contains('/') {
+            parse_cidr("private egress network", value)?
+        } else {
+            let addr = value.parse::<Ipv4Addr>().map_err(|_| {
+                invalid(format!(
+                    "private egress network '{}' must be an IPv4 address or network, like 10.20.0.0/16",
+                    value.escape_default()
+                ))
+            })?;
+            (addr, 32)
+        };
+        let network = Ipv4Addr::from(u32::from(addr) & prefix_mask(prefix));
+        if network != addr {
+            return Err(invalid(format!(
+                "private egress network '{value}' has host bits set; did you mean {network}/{prefix}?"
+            )));
+        }
+        let inside = PRIVATE_RANGES.iter().any(|(range, range_prefix)| {
+            prefix >= *range_prefix
+                && u32::from(network) & prefix_mask(*range_prefix) == u32::from(*range)
+        });
+        if !inside {
+            return Err(invalid(format!(
+                "private egress network '{value}' is not inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 or 100.64.0.0/10; only those ranges are blocked, so only they can be allowed"
+            )));
+        }
+        Ok(Self { network, prefix })
+    }
+}
+
+impl fmt::Display for PrivateCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl serde::Serialize for PrivateCidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PrivateCidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A comma-separated list of private networks (`--allow-private-egress`), sorted and without
+/// duplicates. The empty string is the empty list, so `--allow-private-egress ''` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivateEgress(Vec<PrivateCidr>);
+
+impl PrivateEgress {
+    pub fn networks(&self) -> &[PrivateCidr] {
+        &self.0
+    }
+    pub fn from_networks(mut networks: Vec<PrivateCidr>) -> Self {
+        networks.sort();
+        networks.dedup();
+        Self(networks)
+    }
+}
+
+impl FromStr for PrivateEgress {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        reject_line_breaks("--allow-private-egress", value)?;
+        let networks = value
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<PrivateCidr>, _>>()?;
+        Ok(Self::from_networks(networks))
+    }
+}
+
+impl fmt::Display for PrivateEgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 fn parse_cidr(what: &str, value: &str) -> Result<(Ipv4Addr, u8), InvalidValue> {
     let refuse = || {
         invalid(format!(
@@ -658,6 +782,34 @@ pub fn parse_base_port(value: &str) -> Result<u16, InvalidValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_egress_accepts_only_networks_inside_the_private_ranges() {
+        let list: PrivateEgress = "192.168.5.0/24, 10.0.0.7,10.0.0.7/32,100.64.0.0/10"
+            .parse()
+            .unwrap();
+        assert_eq!(list.to_string(), "10.0.0.7/32,100.64.0.0/10,192.168.5.0/24");
+        assert!(list.networks()[2].contains(Ipv4Addr::new(192, 168, 5, 9)));
+        assert!(!list.networks()[2].contains(Ipv4Addr::new(192, 168, 6, 9)));
+        assert_eq!(
+            "".parse::<PrivateEgress>().unwrap(),
+            PrivateEgress::default()
+        );
+        for (bad, says) in [
+            ("169.254.169.254/32", "not inside"),
+            ("8.8.8.8", "not inside"),
+            ("10.0.0.0/7", "not inside"),
+            ("172.32.0.0/16", "not inside"),
+            ("10.1.2.3/16", "did you mean 10.1.0.0/16"),
+            ("10.0.0.0/33", "must be an IPv4"),
+            ("fd00::/8", "must be an IPv4"),
+            ("10.0.0.0/8\n", "newline"),
+        ] {
+            let error = bad.parse::<PrivateEgress>().unwrap_err().to_string();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        assert!("10.0.0.0/8\n1.1.1.1/32".parse::<PrivateEgress>().is_err());
+    }
 
     #[test]
     fn instance_id_accepts_the_spec_alphabet() {

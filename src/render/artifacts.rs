@@ -176,7 +176,11 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         text(
             state_paths.fireclaw_json.clone(),
             0o600,
-            FireclawState::new(Phase::Allocated).render(),
+            FireclawState {
+                allow_private_egress: spec.allow_private_egress.networks().to_vec(),
+                ..FireclawState::new(Phase::Allocated)
+            }
+            .render(),
         ),
     ];
 

@@ -137,6 +137,25 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     out
 }
 
+/// The drop-in fireclaw adds to a VM unit made by 0.2.0 (`<unit>.d/fireclaw-egress.conf`), so
+/// the guest network policy is in place before that VM starts too. 0.2.0's own start script
+/// runs after it unchanged; its bridge and NAT steps are idempotent.
+pub fn legacy_egress_dropin(fireclaw: &std::path::Path, environment: &PinnedEnvironment) -> String {
+    let mut out = String::from(
+        "# Written by fireclaw: applies the guest network policy before this VM, made by\n\
+         # fireclaw 0.2.0, starts. Removed by fireclaw destroy.\n[Service]\n",
+    );
+    for (name, value) in &environment.0 {
+        let _ = writeln!(
+            out,
+            "Environment={}",
+            systemd_assignment(&format!("{name}={value}"))
+        );
+    }
+    let _ = writeln!(out, "ExecStartPre={} egress apply", path_word(fireclaw));
+    out
+}
+
 pub fn proxy_unit(config: &ProxyUnitConfig) -> String {
     let vm_unit = systemd_word(&config.vm_unit);
     let mut out = String::new();
@@ -238,6 +257,12 @@ mod tests {
                 ("SUBNET_CIDR", "172.16.0.0/24".into()),
             ]),
         }
+    }
+
+    #[test]
+    fn legacy_egress_dropin_snapshot() {
+        let config = vm("/srv/firecracker/vm-demo");
+        insta::assert_snapshot!(legacy_egress_dropin(&config.fireclaw, &config.environment));
     }
 
     #[test]
