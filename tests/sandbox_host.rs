@@ -245,7 +245,7 @@ fn guest_to_guest(sandbox: &Sandbox, from: &Instance, to: &Instance) -> (bool, b
 
 #[test]
 #[ignore = "needs root: sandbox"]
-fn guests_cannot_reach_each_other_but_reach_and_are_reached_by_the_host() {
+fn guests_cannot_reach_each_other_and_are_reached_by_the_host() {
     let sandbox = Sandbox::boot("isolation");
     let a = install(&sandbox, "a");
     let b = install(&sandbox, "b");

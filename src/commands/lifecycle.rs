@@ -426,6 +426,7 @@ pub fn provision(
 
     let (ssh_timeout, health_timeout) = waits(&args.waits);
     let vm = loaded.units.vm.as_str();
+    cover_if_made_by_020(settings, &loaded, services)?;
     if !unit_state(services, vm)?.is_active() {
         progress(output, id, "starting the VM");
         services.reset_failed(&[vm])?;

@@ -1,0 +1,266 @@
+//! The guest network policy with real packets: an "uplink" namespace in the host sandbox plays
+//! the outside world (a public documentation address, the cloud metadata address and a private
+//! address), and guest stand-ins try to reach it, the host and each other. Also: the secrets
+//! audit over every file fireclaw writes, the journal and every command's output. Root only:
+//! run through `scripts/test`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::fleet::Fleet;
+use support::legacy::make_020_instance;
+
+const PUBLIC: &str = "198.51.100.2";
+const METADATA: &str = "169.254.169.254";
+const PRIVATE: &str = "10.99.0.1";
+/// The host sandbox's own address on the uplink: "another host address".
+const HOST_UPLINK: &str = "198.51.100.1";
+const BRIDGE: &str = "172.16.0.1";
+
+/// The uplink namespace with a server on port 8080 on each of its addresses, routes to it from
+/// the host, and a server on the host itself (every host address, port 8081).
+fn add_uplink(fleet: &Fleet) {
+    fleet.host.sh(&format!(
+        "ip netns add uplink && ip link add vup0 type veth peer name vup1 netns uplink && \
+         ip addr add {HOST_UPLINK}/24 dev vup0 && ip link set vup0 up && \
+         ip -n uplink link set lo up && ip -n uplink addr add {PUBLIC}/24 dev vup1 && \
+         ip -n uplink addr add {METADATA}/32 dev vup1 && ip -n uplink addr add {PRIVATE}/32 dev vup1 && \
+         ip -n uplink link set vup1 up && \
+         ip route add {METADATA}/32 via {PUBLIC} && ip route add 10.99.0.0/24 via {PUBLIC} && \
+         systemd-run --unit=uplink-server ip netns exec uplink socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'echo uplink-answer' && \
+         systemd-run --unit=host-server socat TCP-LISTEN:8081,reuseaddr,fork SYSTEM:'echo host-answer' && \
+         for i in $(seq 50); do ip netns exec uplink ss -ltn | grep -q :8080 && ss -ltn | grep -q :8081 && exit 0; sleep 0.1; done; exit 1"
+    ));
+    // The host itself reaches all three, so a failure from a guest is the policy's doing.
+    for address in [PUBLIC, METADATA, PRIVATE] {
+        assert!(
+            fleet
+                .host
+                .sh(&format!("curl -sS --http0.9 --max-time 5 http://{address}:8080/"))
+                .contains("uplink-answer")
+        );
+    }
+}
+
+/// What happened when the guest of `id` connected to `address:port`.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Answered,
+    /// Refused at once: curl's "couldn't connect" (the REJECT's ICMP reaches the guest), not a
+    /// timeout (rc 28); every server here listens, so only the policy refuses.
+    RefusedFast,
+    /// Anything else: a timeout, an unanswered ARP.
+    Failed(String),
+}
+
+fn connect(fleet: &Fleet, id: &str, address: &str, port: u16) -> Outcome {
+    let out = fleet.guest(
+        id,
+        &format!("curl -sS --http0.9 --max-time 4 http://{address}:{port}/ 2>&1; echo \" rc=$?\""),
+    );
+    if out.contains("-answer") && out.contains("rc=0") {
+        Outcome::Answered
+    } else if out.contains("rc=7") {
+        Outcome::RefusedFast
+    } else {
+        Outcome::Failed(out)
+    }
+}
+
+fn doctor_egress(fleet: &Fleet) -> (bool, Vec<serde_json::Value>) {
+    let output = fleet.fireclaw("doctor --json");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let checks = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"].as_str().unwrap().starts_with("egress"))
+        .cloned()
+        .collect();
+    (output.status.success(), checks)
+}
+
+fn failing(checks: &[serde_json::Value]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c["status"] != "pass")
+        .map(|c| format!("{}: {}", c["name"], c["detail"]))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_other() {
+    let fleet = Fleet::new("egress");
+    add_uplink(&fleet);
+    fleet.healthy("a");
+    fleet.healthy("b");
+    make_020_instance(&fleet, "old", 9, 18899, "sk-legacy-egress");
+    fleet.fireclaw_ok("provision old --ssh-timeout 60 --health-timeout 30");
+    let b_ip = fleet.env_value("b", "VM_IP");
+
+    for id in ["a", "b", "old"] {
+        assert_eq!(connect(&fleet, id, PUBLIC, 8080), Outcome::Answered, "{id}");
+        for (address, port) in [
+            (BRIDGE, 8081),
+            (HOST_UPLINK, 8081),
+            (METADATA, 8080),
+            (PRIVATE, 8080),
+        ] {
+            assert_eq!(
+                connect(&fleet, id, address, port),
+                Outcome::RefusedFast,
+                "{id} -> {address}:{port}"
+            );
+        }
+        // ICMP echo to the gateway still answers (guests use it to check their network).
+        fleet.guest(id, &format!("ping -c 1 -W 2 {BRIDGE}"));
+    }
+
+    // Neighbours: not with br_netfilter off (port isolation), nor on (isolation and FORWARD),
+    // nor when a guest routes to its neighbour through the gateway.
+    for netfilter in ["0", "1"] {
+        fleet.host.sh(&format!(
+            "sysctl -qw net.bridge.bridge-nf-call-iptables={netfilter}"
+        ));
+        assert_ne!(connect(&fleet, "a", &b_ip, 18789), Outcome::Answered);
+        fleet.guest(
+            "a",
+            &format!("ip route replace {b_ip}/32 via {BRIDGE} dev eth0"),
+        );
+        assert_ne!(
+            connect(&fleet, "a", &b_ip, 18789),
+            Outcome::Answered,
+            "through the gateway, br_netfilter={netfilter}"
+        );
+        fleet.guest("a", &format!("ip route del {b_ip}/32"));
+    }
+
+    // No IPv6 for guests to go around the IPv4 policy: none on the bridge and the taps.
+    for link in ["fc-br0".to_owned(), fleet.tap("a"), fleet.tap("b")] {
+        assert_eq!(
+            fleet
+                .host
+                .sh(&format!("cat /proc/sys/net/ipv6/conf/{link}/disable_ipv6"))
+                .trim(),
+            "1",
+            "{link}"
+        );
+    }
+    assert_eq!(fleet.host.sh("ip -6 addr show dev fc-br0").trim(), "");
+
+    // The host still reaches every guest: SSH and the proxy.
+    for id in ["a", "b", "old"] {
+        assert_eq!(
+            fleet
+                .fireclaw_ok(&format!("shell {id} echo over-ssh"))
+                .trim(),
+            "over-ssh"
+        );
+        let port = fleet.env_value(id, "HOST_PORT");
+        fleet.host.sh(&format!(
+            "curl -fsS --max-time 5 http://127.0.0.1:{port}/healthz"
+        ));
+    }
+
+    // 0.2.0's unit got the drop-in that applies the policy before it starts.
+    assert!(fleet.host.ok(
+        "grep -q 'egress apply' /etc/systemd/system/firecracker-vmdemo-old.service.d/fireclaw-egress.conf"
+    ));
+    let (ok, checks) = doctor_egress(&fleet);
+    assert!(failing(&checks).is_empty(), "{:?}", failing(&checks));
+    assert!(checks.len() >= 7, "{checks:?}");
+    let _ = ok;
+
+    // Per instance: a, and only a, reaches the private network once it is allowed.
+    let out = fleet.fireclaw_ok(
+        "provision a --allow-private-egress 10.99.0.0/24 --ssh-timeout 60 --health-timeout 30",
+    );
+    assert!(out.contains("healthy"), "{out}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh("cat /var/lib/fireclaw/.vm-a/fireclaw.json")).unwrap();
+    assert_eq!(
+        saved["allow_private_egress"],
+        serde_json::json!(["10.99.0.0/24"])
+    );
+    assert_eq!(connect(&fleet, "a", PRIVATE, 8080), Outcome::Answered);
+    assert_eq!(connect(&fleet, "b", PRIVATE, 8080), Outcome::RefusedFast);
+    assert_eq!(connect(&fleet, "a", METADATA, 8080), Outcome::RefusedFast);
+    // Outside the private ranges nothing can be allowed, and a refused provision changes nothing.
+    let refused = fleet.fireclaw("provision a --allow-private-egress 169.254.169.254/32");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not inside"));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(
+            &fleet.host.sh("cat /var/lib/fireclaw/.vm-a/fireclaw.json")
+        )
+        .unwrap(),
+        saved
+    );
+
+    // doctor notices a per-instance rule that no longer matches the saved state.
+    fleet.host.sh(&format!(
+        "iptables -D FC-FWD-fc-br0 -i fc-br0 -s {}/32 -d 10.99.0.0/24 -m comment --comment 'fireclaw: instance a may reach 10.99.0.0/24' -j ACCEPT",
+        fleet.env_value("a", "VM_IP")
+    ));
+    let (ok, checks) = doctor_egress(&fleet);
+    assert!(!ok);
+    assert!(
+        failing(&checks)
+            .iter()
+            .any(|f| f.contains("instance a may reach 10.99.0.0/24")),
+        "{checks:?}"
+    );
+    // ... and a rule ahead of fireclaw's jump that accepts guest traffic.
+    fleet.host.sh("iptables -I FORWARD 1 -i fc-br0 -j ACCEPT");
+    let (_, checks) = doctor_egress(&fleet);
+    assert!(
+        failing(&checks)
+            .iter()
+            .any(|f| f.contains("egress hook filter FORWARD") && f.contains("-i fc-br0 -j ACCEPT")),
+        "{checks:?}"
+    );
+    fleet.fireclaw_ok("egress apply");
+    let (_, checks) = doctor_egress(&fleet);
+    assert!(failing(&checks).is_empty(), "{:?}", failing(&checks));
+    assert_eq!(connect(&fleet, "a", PRIVATE, 8080), Outcome::Answered);
+    fleet.host.sh("iptables -D FORWARD -i fc-br0 -j ACCEPT");
+
+    // Host-wide: every guest, the 0.2.0 one included, once the allowlist names it.
+    fleet.host.sh(&format!(
+        "echo '{PRIVATE}  # a private registry' > /var/lib/fireclaw/private-egress.allow"
+    ));
+    fleet.fireclaw_ok("egress apply");
+    for id in ["a", "b", "old"] {
+        assert_eq!(
+            connect(&fleet, id, PRIVATE, 8080),
+            Outcome::Answered,
+            "{id}"
+        );
+        assert_eq!(
+            connect(&fleet, id, METADATA, 8080),
+            Outcome::RefusedFast,
+            "{id}"
+        );
+    }
+    let shown: serde_json::Value =
+        serde_json::from_str(&fleet.fireclaw_ok("egress show --json")).unwrap();
+    assert_eq!(shown["host_allow"], serde_json::json!(["10.99.0.1/32"]));
+    assert_eq!(shown["applied"], serde_json::json!(true));
+
+    // Destroying a takes its allow rule with it; the drop-in goes with the 0.2.0 instance.
+    fleet.fireclaw_ok("destroy a --force");
+    assert!(
+        !fleet
+            .host
+            .sh("iptables -S FC-FWD-fc-br0")
+            .contains("instance a")
+    );
+    fleet.fireclaw_ok("destroy old --force");
+    assert!(
+        !fleet
+            .host
+            .ok("test -e /etc/systemd/system/firecracker-vmdemo-old.service.d")
+    );
+}
