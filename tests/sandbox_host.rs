@@ -97,6 +97,9 @@ fn isolated(sandbox: &Sandbox, tap: &str) -> bool {
         .contains("isolated on")
 }
 
+/// fireclaw's guest-to-guest rule as `iptables -S` prints it.
+const NEIGHBOUR_DROP: &str = r#"-A FC-FWD-fc-br0 -i fc-br0 -o fc-br0 -m comment --comment "fireclaw: guests may not reach each other" -j DROP"#;
+
 fn rules(sandbox: &Sandbox) -> String {
     sandbox.sh("iptables -S; iptables -t nat -S")
 }
@@ -152,11 +155,13 @@ fn vm_unit_builds_the_network_runs_the_vmm_as_main_pid_and_answers_on_the_api() 
     assert_eq!(sandbox.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
     let rules = rules(&sandbox);
     for rule in [
+        "-A INPUT -j FC-IN-fc-br0",
         "-A FORWARD -j FC-FWD-fc-br0",
-        "-A FC-FWD-fc-br0 -i fc-br0 -o fc-br0 -j DROP",
-        "-A FC-FWD-fc-br0 -i fc-br0 ! -o fc-br0 -j ACCEPT",
+        NEIGHBOUR_DROP,
+        r#"-A FC-FWD-fc-br0 -i fc-br0 ! -o fc-br0 -m comment --comment "fireclaw: guest egress" -j ACCEPT"#,
+        r#"-A FC-IN-fc-br0 -i fc-br0 -m comment --comment "fireclaw: guests may not connect to the host" -j REJECT --reject-with icmp-admin-prohibited"#,
         "-A POSTROUTING -j FC-NAT-fc-br0",
-        "-A FC-NAT-fc-br0 -s 172.16.0.0/24 ! -o fc-br0 -j MASQUERADE",
+        r#"-A FC-NAT-fc-br0 -s 172.16.0.0/24 ! -o fc-br0 -m comment --comment "fireclaw: guest egress through NAT" -j MASQUERADE"#,
     ] {
         assert!(rules.contains(rule), "{rule} missing from\n{rules}");
     }
@@ -408,7 +413,7 @@ fn stop_reboot_and_power_cut_keep_their_promises() {
         isolated(&sandbox, &b.tap),
         "b's network was not rebuilt after the reboot"
     );
-    assert!(rules(&sandbox).contains("-A FC-FWD-fc-br0 -i fc-br0 -o fc-br0 -j DROP"));
+    assert!(rules(&sandbox).contains(NEIGHBOUR_DROP));
     eprintln!("sandbox reboot: {:.1}s", sandbox.boot_secs);
 
     // a is started by hand (not enabled) and running when the power goes: after boot it stays
