@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod faults;
 pub mod guest;
 pub mod host;
 pub mod instance;

@@ -72,6 +72,9 @@ pub struct Settings {
     pub paths: HostPaths,
     /// `BASE_PORT`: auto-allocated host ports start one above it.
     pub base_port: u16,
+    /// `FIRECLAW_LOCK_WAIT` (seconds, default 30): how long a command waits for another one on
+    /// the same instance before it reports the instance busy.
+    pub lock_wait: std::time::Duration,
     pub network: NetworkSettings,
     /// `SSH_KEY_PATH`: the client key new instances are created with.
     pub ssh_key_path: PathBuf,
@@ -103,6 +106,21 @@ impl Settings {
                 name: "BASE_PORT",
                 problem,
             })?;
+        let lock_wait = {
+            let raw = parsed("FIRECLAW_LOCK_WAIT", "30")?;
+            let secs = raw
+                .parse::<u16>()
+                .ok()
+                .filter(|s| *s <= 3600)
+                .ok_or_else(|| SettingsError {
+                    name: "FIRECLAW_LOCK_WAIT",
+                    problem: InvalidValue(format!(
+                        "'{}' must be a number of seconds from 0 to 3600",
+                        raw.escape_default()
+                    )),
+                })?;
+            std::time::Duration::from_secs(u64::from(secs))
+        };
         let bridge = parse_env::<InterfaceName>("BRIDGE_NAME", &parsed("BRIDGE_NAME", "fc-br0")?)?;
         let bridge_address =
             parse_env::<BridgeAddress>("BRIDGE_ADDR", &parsed("BRIDGE_ADDR", "172.16.0.1/24")?)?;
@@ -124,6 +142,7 @@ impl Settings {
                 unit_dir: PathBuf::from(SYSTEMD_UNIT_DIR),
             },
             base_port,
+            lock_wait,
             network: NetworkSettings {
                 bridge,
                 bridge_address,

@@ -316,6 +316,101 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             "kernel",
         ),
         (vec!["destroy".into()], vec![], "ID"),
+        // Ids that would escape or confuse paths, names and hostnames.
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "a/b".into(),
+                key.clone(),
+            ],
+            vec![],
+            "instance id",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "..".into(),
+                key.clone(),
+            ],
+            vec![],
+            "instance id",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "bøt".into(),
+                key.clone(),
+            ],
+            vec![],
+            "instance id",
+        ),
+        (
+            vec![
+                "setup".into(),
+                "--instance".into(),
+                "x".repeat(500),
+                key.clone(),
+            ],
+            vec![],
+            "limit is 63",
+        ),
+        (
+            vec!["setup".into(), "--instance".into(), "".into(), key.clone()],
+            vec![],
+            "instance id",
+        ),
+        // Line breaks and absurd numbers.
+        (
+            with(&["--telegram-token", "123:abc", "--telegram-users", "1\r2"]),
+            vec![],
+            "telegram",
+        ),
+        (with(&["--openclaw-image", "img\nX=1"]), vec![], "image"),
+        (with(&["--vm-vcpu", "99999999999999999999"]), vec![], "vCPU"),
+        (with(&["--vm-mem-mib=-5"]), vec![], "memory"),
+        (with(&["--disk-size", "99999999999T"]), vec![], "disk size"),
+        (
+            with(&["--allow-private-egress", "169.254.169.254/32"]),
+            vec![],
+            "not inside",
+        ),
+        (
+            with(&["--allow-private-egress", "10.0.0.0/8,8.8.8.8"]),
+            vec![],
+            "not inside",
+        ),
+        (
+            with(&["--allow-private-egress", "10.1.2.3/8"]),
+            vec![],
+            "host bits",
+        ),
+        // Nonsense in environment overrides.
+        (with(&[]), vec![("VM_VCPU", "-1".into())], "VM_VCPU"),
+        (with(&[]), vec![("SKILLS", "a b".into())], "SKILLS"),
+        (
+            with(&[]),
+            vec![("STATE_ROOT", "relative/state".into())],
+            "STATE_ROOT",
+        ),
+        (
+            with(&[]),
+            vec![("SSH_KEY_PATH", "key".into())],
+            "SSH_KEY_PATH",
+        ),
+        (
+            with(&[]),
+            vec![("FIRECLAW_LOCK_WAIT", "forever".into())],
+            "FIRECLAW_LOCK_WAIT",
+        ),
+        (with(&[]), vec![("BASE_PORT", "99999".into())], "BASE_PORT"),
+        (
+            with(&[]),
+            vec![("SUBNET_CIDR", "172.16.0.0/16".into())],
+            "SUBNET_CIDR",
+        ),
     ];
     for (args, extra_env, needle) in cases {
         let mut env: Vec<(&str, &str)> = vec![("STATE_ROOT", state_s), ("FC_ROOT", fc_s)];

@@ -297,7 +297,7 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
     fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
     let a_state = state_files(&fleet, "a");
     let a_port = fleet.env_value("a", "HOST_PORT");
-    let before = host_snapshot(&fleet);
+    let before = fleet.host_snapshot();
 
     fleet.guests.preset("/etc/docker-stub/fail", "");
     let failed = fleet.fireclaw(&format!(
@@ -309,7 +309,7 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
         err.contains("setup of 'b' failed and was rolled back"),
         "{err}"
     );
-    assert_eq!(host_snapshot(&fleet), before, "b left something behind");
+    assert_eq!(fleet.host_snapshot(), before, "b left something behind");
     assert_eq!(state_files(&fleet, "a"), a_state);
     fleet
         .host
@@ -358,31 +358,20 @@ fn a_swapped_guest_host_key_is_refused_with_the_pin_named() {
     );
 }
 
-/// Units, links, firewall rules and fireclaw's directories, for before/after comparisons. The
-/// test's own plumbing (veths `v*`, namespaces) and the lifecycle lock files, which fireclaw
-/// keeps by design, are left out.
-fn host_snapshot(fleet: &Fleet) -> String {
-    fleet.host.sh(
-        "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --; ip -br link | awk '{print $1}' | grep -v '^v' ; echo --; \
-         iptables -S; iptables -t nat -S; echo --; \
-         find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' | sort",
-    )
-}
-
 #[test]
 #[ignore = "needs root: sandbox"]
 fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     let fleet = Fleet::new("destroy");
     fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
-    let before = host_snapshot(&fleet);
+    let before = fleet.host_snapshot();
     fleet.setup("b", &format!("--openai-api-key {OPENAI_KEY}"));
-    assert_ne!(host_snapshot(&fleet), before);
+    assert_ne!(fleet.host_snapshot(), before);
     // Without a terminal and without --force nothing happens.
     let refused = fleet.fireclaw("destroy b");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
     fleet.fireclaw_ok("destroy b --force");
-    assert_eq!(host_snapshot(&fleet), before);
+    assert_eq!(fleet.host_snapshot(), before);
     // Shared pieces stay for a: bridge, chains, forwarding.
     let a_port = fleet.env_value("a", "HOST_PORT");
     fleet
@@ -493,7 +482,7 @@ fn the_ssh_wait_gives_up_at_once_when_the_vm_unit_stops() {
 #[ignore = "needs root: sandbox"]
 fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
     let fleet = Fleet::new("forcedestroy");
-    let before = host_snapshot(&fleet);
+    let before = fleet.host_snapshot();
     fleet.setup("a", &format!("--openai-api-key {OPENAI_KEY}"));
     let tap = fleet.tap("a");
     fleet
@@ -509,7 +498,7 @@ fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
     );
     // What this first instance brought into existence for everyone stays: the bridge, the
     // chains, the two roots and their host-wide lock files.
-    let after = host_snapshot(&fleet);
+    let after = fleet.host_snapshot();
     let shared = [
         "/var/lib/fireclaw",
         "/var/lib/fireclaw/.alloc.lock",

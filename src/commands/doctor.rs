@@ -443,10 +443,23 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
         if let Some(phase) = phase
             && phase < Phase::Provisioned
         {
+            let next = if phase >= Phase::Units {
+                format!(
+                    "finish it with fireclaw provision {name}, or remove it with fireclaw destroy {name} --force"
+                )
+            } else {
+                format!(
+                    "setup stopped before its units were written; remove it with fireclaw destroy {name} --force and run setup again"
+                )
+            };
             checks.push(check(
                 &format!("instance {name}"),
                 Level::Warn,
-                format!("half-made (phase {}): finish it with fireclaw provision {name}, or remove it with fireclaw destroy {name} --force", phase.as_str()),
+                format!(
+                    "half-made (phase {}), left on the host: {}; {next}",
+                    phase.as_str(),
+                    leftovers(settings, &id, instance.env.as_ref().ok()).join(", ")
+                ),
             ));
         } else if !unit_ids.contains(name) {
             checks.push(check(
@@ -494,6 +507,38 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
         }
     }
     Ok(scanned.len())
+}
+
+/// What an instance has on the host, for naming the leftovers of an interrupted setup.
+fn leftovers(
+    settings: &Settings,
+    id: &InstanceId,
+    env: Option<&crate::instance::state::EnvFile>,
+) -> Vec<String> {
+    let mut found = vec![format!(
+        "state {}",
+        StatePaths::new(&settings.paths.state_root, id)
+            .dir
+            .display()
+    )];
+    let assets = crate::instance::layout::AssetPaths::new(&settings.paths.fc_root, id).dir;
+    if assets.exists() {
+        found.push(format!("assets {}", assets.display()));
+    }
+    let units = crate::instance::layout::UnitNames::new(id);
+    for unit in [&units.vm, &units.proxy] {
+        if settings.paths.unit_dir.join(unit).exists() {
+            found.push(format!("unit {unit}"));
+        }
+    }
+    if let Some(tap) = env.and_then(|e| e.tap().ok())
+        && Netlink::open()
+            .and_then(|mut n| n.link(tap))
+            .is_ok_and(|l| l.is_some())
+    {
+        found.push(format!("tap {tap}"));
+    }
+    found
 }
 
 #[derive(Serialize)]

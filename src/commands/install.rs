@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::faults::crash_point;
 use crate::host::assets::copy_image;
 use crate::host::netlink::Netlink;
 use crate::host::probe;
@@ -134,6 +135,7 @@ pub fn install_instance(
         let env = instance_env(spec, &allocation, &token)?;
         Ok::<_, anyhow::Error>(env)
     })??;
+    crash_point("setup:reserved");
     let allocation = Allocation {
         host_port: crate::instance::values::HostPort::new(env.host_port()?)?,
         ip: env.vm_ip()?,
@@ -207,6 +209,7 @@ fn install_after_reserve(
     for dir in ["config", "workspace"] {
         ensure_private_dir(&state_paths.dir.join(dir))?;
     }
+    crash_point("setup:state");
 
     let assets = AssetPaths::new(&settings.paths.fc_root, &spec.id);
     ensure_private_dir(&settings.paths.fc_root)?;
@@ -220,17 +223,21 @@ fn install_after_reserve(
     }
     for copy in &rendered.copies {
         copy_image(&copy.from, &copy.to, copy.grow_to)?;
+        crash_point("setup:copying");
     }
     for artifact in &rendered.assets {
         write_artifact(artifact)?;
     }
     set_phase(&state_paths, Phase::Assets)?;
+    crash_point("setup:assets");
 
     for artifact in &rendered.units {
         write_artifact(artifact)?;
     }
+    crash_point("setup:unit-files");
     services.daemon_reload()?;
     set_phase(&state_paths, Phase::Units)?;
+    crash_point("setup:units");
     Ok(())
 }
 
@@ -278,6 +285,7 @@ pub fn teardown_instance(
     if had_unit_files {
         services.daemon_reload()?;
     }
+    crash_point("destroy:units-removed");
     // The tap and socket are named in state; fall back to what the caller knows.
     let state_paths = StatePaths::new(&settings.paths.state_root, id);
     let env = crate::instance::store::read_env(&state_paths).ok();

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::install::teardown_instance;
 use crate::cli::{DestroyArgs, ProvisionArgs, ShellArgs, WaitArgs};
+use crate::faults::crash_point;
 use crate::guest::health::{Health, guest_health, proxy_health};
 use crate::guest::provision::provision_guest;
 use crate::guest::ssh::{HostKeyPolicy, SshError, SshTarget, sudo_command};
@@ -27,8 +28,6 @@ use crate::instance::values::InstanceId;
 use crate::output::Output;
 use crate::settings::Settings;
 
-/// How long a lifecycle command waits for another one on the same instance.
-pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Pause between tries of the SSH and health waits.
 const POLL: Duration = Duration::from_secs(2);
 
@@ -92,7 +91,11 @@ pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
 }
 
 pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
-    Ok(lock_instance(&settings.paths.state_root, id, LOCK_WAIT)?)
+    Ok(lock_instance(
+        &settings.paths.state_root,
+        id,
+        settings.lock_wait,
+    )?)
 }
 
 fn journal_tail(unit: &str) -> String {
@@ -356,6 +359,7 @@ pub fn stop_locked(
     }
     progress(output, &loaded.id, "shutting the VM down");
     services.stop(&[vm])?;
+    crash_point("stop:vm-stopped");
     services.disable(&[vm, proxy])?;
     services.reset_failed(&[vm, proxy])?;
     Ok(())
@@ -416,6 +420,7 @@ pub fn provision(
     }
     write_atomic(&loaded.paths.env, update.env.render().as_bytes(), 0o600)?;
     write_atomic(&loaded.paths.vars, update.vars.render().as_bytes(), 0o600)?;
+    crash_point("provision:saved");
     if let Some(allow) = &args.allow_private_egress {
         update_fireclaw_state(&loaded.paths, |state| {
             state.allow_private_egress = allow.networks().to_vec();
@@ -436,6 +441,7 @@ pub fn provision(
     wait_for_ssh(&loaded, services, ssh_timeout, output)?;
     progress(output, id, "provisioning the guest");
     provision_guest(&loaded.ssh, &update.vars.render())?;
+    crash_point("provision:guest-done");
     if loaded.state.is_some() {
         set_phase(&loaded.paths, Phase::Provisioned)?;
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::install::{check_not_existing, install_instance, teardown_instance};
 use super::{NeedsRoot, lifecycle};
 use crate::cli::{SetupArgs, WaitArgs};
+use crate::faults::crash_point;
 use crate::guest::provision::provision_guest;
 use crate::host::probe;
 use crate::host::systemd::{ServiceManager, Systemctl};
@@ -79,6 +80,7 @@ fn create(
         let loaded = lifecycle::load(settings, id)?;
         output.progress(&format!("{id}: booting the VM"));
         services.enable_now(&[loaded.units.vm.as_str()])?;
+        crash_point("setup:vm-started");
         output.progress(&format!("{id}: waiting for SSH"));
         lifecycle::wait_for_ssh(
             &loaded,
@@ -87,11 +89,13 @@ fn create(
             output,
         )?;
         set_phase(&loaded.paths, Phase::Booted)?;
+        crash_point("setup:booted");
         output.progress(&format!("{id}: provisioning the guest"));
         let vars = std::fs::read_to_string(&loaded.paths.vars)
             .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
         provision_guest(&loaded.ssh, &vars)?;
         set_phase(&loaded.paths, Phase::Provisioned)?;
+        crash_point("setup:provisioned");
         Ok(loaded)
     })();
     let loaded = match before_provisioned {
@@ -111,6 +115,7 @@ fn create(
     let after = (|| -> Result<_> {
         output.progress(&format!("{id}: starting the proxy"));
         services.enable_now(&[loaded.units.proxy.as_str()])?;
+        crash_point("setup:proxy-started");
         output.progress(&format!("{id}: waiting for health"));
         lifecycle::health_gate(&loaded, Duration::from_secs(waits.health_timeout), output)
     })();

@@ -31,6 +31,28 @@ impl Fleet {
         ))
     }
 
+    /// Runs fireclaw with extra environment (`NAME=value ...`); stdout ends with `rc=<status>`,
+    /// 137 when fireclaw was killed by SIGKILL.
+    pub fn fireclaw_env(&self, env: &str, args: &str) -> String {
+        let output = self.host.exec(&format!(
+            "export PATH={BIN_IN_SANDBOX}:$PATH; {env} fireclaw {args}; echo rc=$?"
+        ));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    }
+
+    /// Units (files and what systemd has loaded), links, firewall rules and fireclaw's
+    /// directories, for before/after comparisons. The test's own plumbing (veths `v*`,
+    /// namespaces) and the lifecycle lock files, which fireclaw keeps by design, are left out.
+    pub fn host_snapshot(&self) -> String {
+        self.host.sh(
+            "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --;              systemctl list-units --all --no-legend --plain 'firecracker-vmdemo-*' 'vmdemo-proxy-*' | awk '{print $1, $2, $3}'; echo --;              ip -br link | awk '{print $1}' | grep -v '^v' ; echo --;              iptables -S; iptables -t nat -S; echo --;              find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' | sort",
+        )
+    }
+
     pub fn fireclaw_ok(&self, args: &str) -> String {
         let output = self.fireclaw(args);
         assert!(

@@ -227,7 +227,9 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_secs(60);
         let state = loop {
             let state = self.sh("systemctl is-system-running --wait 2>/dev/null || true");
-            if !state.trim().is_empty() || Instant::now() > deadline {
+            // "offline": systemctl reached no manager yet (a busy host boots slowly).
+            let answered = !matches!(state.trim(), "" | "offline");
+            if answered || Instant::now() > deadline {
                 break state;
             }
             std::thread::sleep(Duration::from_millis(100));
