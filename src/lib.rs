@@ -39,11 +39,28 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Err(error) => {
             // stderr's lock is reentrant, so printing while `output` holds it is fine.
-            // `{:#}` joins the error chain on one line: what failed, then why.
-            eprintln!("fireclaw: {error:#}");
+            eprintln!("fireclaw: {}", error_line(&error));
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// The error chain on one line: what failed, then why. Typed errors already end with their
+/// cause's text (`copy A to B: <io error>`), so a cause the line already ends with is not
+/// repeated.
+pub fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Help and version print in full; a refused command line prints clap's first line only
@@ -89,4 +106,29 @@ fn one_line(error: &clap::Error) -> String {
         .collect();
     let text = joined.join(" ");
     text.strip_prefix("error: ").unwrap_or(&text).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("copy a to b: {source}")]
+    struct Typed {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn the_error_line_names_each_cause_once() {
+        let typed = Typed {
+            source: std::io::Error::other("disk on fire"),
+        };
+        let error = anyhow::Error::from(typed).context("setup of 'x' failed");
+        assert_eq!(
+            error_line(&error),
+            "setup of 'x' failed: copy a to b: disk on fire"
+        );
+        let plain = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(error_line(&plain), "outer: root cause");
+    }
 }

@@ -276,6 +276,7 @@ fn a_full_disk_an_exhausted_pool_or_port_range_fails_setup_cleanly() {
     let failed = fleet.fireclaw(&setup_args("c"));
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
+    eprintln!("exhausted pool: {err}");
     assert!(err.contains("no free VM IP in 172.16.0.0/24"), "{err}");
     assert_eq!(fleet.host_snapshot(), before, "{err}");
     fleet.host.sh("rm -rf /var/lib/fireclaw/.vm-f*");
@@ -289,6 +290,7 @@ fn a_full_disk_an_exhausted_pool_or_port_range_fails_setup_cleanly() {
     let before = fleet.host_snapshot();
     let out = fleet.fireclaw_env("BASE_PORT=65533", &setup_args("c"));
     assert!(out.contains("rc=1"), "{out}");
+    eprintln!("exhausted ports: {out}");
     assert!(out.contains("no free host port above 65533"), "{out}");
     assert_eq!(fleet.host_snapshot(), before, "{out}");
 
@@ -306,8 +308,13 @@ fn a_full_disk_an_exhausted_pool_or_port_range_fails_setup_cleanly() {
         ),
     );
     assert!(out.contains("rc=1"), "{out}");
-    assert!(out.contains("No space left on device"), "{out}");
-    assert!(out.contains("/srv/fc-small/c"), "{out}");
+    eprintln!("full disk: {out}");
+    assert!(
+        out.contains(
+            "no space left on device: the filesystem holding /srv/fc-small/c/images is full"
+        ),
+        "{out}"
+    );
     assert_eq!(fleet.host_snapshot(), before, "{out}");
     assert_eq!(fleet.host.sh("ls -A /srv/fc-small").trim(), "", "{out}");
     assert_healthy(&fleet, "keep");

@@ -228,7 +228,7 @@ pub fn up(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Resu
         && std::env::var_os("INVOCATION_ID").is_some()
     {
         // The stop below kills this process, so the reason goes to the journal first.
-        output.error(&format!("{error:#}"));
+        output.error(&crate::error_line(error));
         let unit = UnitNames::new(id).vm;
         let _ = crate::host::process::run("systemctl", &["--no-block", "stop", &unit]);
         return Err(super::AlreadyReported.into());

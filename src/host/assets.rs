@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +17,15 @@ pub enum AssetError {
     NotAFile { path: PathBuf },
     #[error("create {path}: {source}")]
     CreateTarget { path: PathBuf, source: io::Error },
+    #[error(
+        "copy {from} to {to}: no space left on device: the filesystem holding {} is full (the base image has {} MiB of data to copy)",
+        to.parent().unwrap_or(to).display(), size_mib
+    )]
+    DiskFull {
+        from: PathBuf,
+        to: PathBuf,
+        size_mib: u64,
+    },
     #[error("copy {from} to {to}: {source}")]
     Copy {
         from: PathBuf,
@@ -100,10 +109,23 @@ fn fill(
     from: &Path,
     to: &Path,
 ) -> Result<CopyMethod, AssetError> {
-    let fail = |source| AssetError::Copy {
-        from: from.to_owned(),
-        to: to.to_owned(),
-        source,
+    let fail = |error: io::Error| {
+        if error.raw_os_error() == Some(libc::ENOSPC) {
+            AssetError::DiskFull {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                size_mib: source
+                    .metadata()
+                    .map(|m| (m.blocks() * 512).div_ceil(1 << 20))
+                    .unwrap_or(0),
+            }
+        } else {
+            AssetError::Copy {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                source: error,
+            }
+        }
     };
     // Mode set explicitly: open()'s mode is filtered by the umask.
     target
