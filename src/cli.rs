@@ -20,7 +20,8 @@ use crate::instance::values::{
 with its own kernel, disk, network and Docker daemon, supervised by systemd.\n\n\
 Most commands need root. Host-wide settings come from the environment: STATE_ROOT, FC_ROOT, \
 BASE_PORT, BRIDGE_NAME, BRIDGE_ADDR, SUBNET_CIDR, SSH_KEY_PATH, BASE_IMAGES_DIR, DISK_SIZE, \
-API_SOCK, OPENCLAW_IMAGE_DEFAULT.",
+API_SOCK, OPENCLAW_IMAGE_DEFAULT, FIRECLAW_LOCK_WAIT. Private networks every guest may reach are \
+listed in STATE_ROOT/private-egress.allow.",
     propagate_version = true
 )]
 pub struct Cli {

@@ -9,6 +9,14 @@ pub use crate::render::egress::{ChainSpec, Rule};
 
 pub const IPTABLES: &str = "iptables";
 
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("iptables chain {chain} does not hold the policy after it was applied: {found}")]
+    NotApplied { chain: String, found: String },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Unchanged,
@@ -125,7 +133,7 @@ pub fn audit_chain(chain: &ChainSpec) -> Result<ChainAudit, ProcessError> {
 
 /// Makes `chain` hold exactly its spec's rules in order, and its jump the first rule of its base
 /// chain. A chain that already matches is left alone, so a second run changes nothing.
-pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, ProcessError> {
+pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, FirewallError> {
     let audit = audit_chain(chain)?;
     let mut change = Change::Unchanged;
     if !audit.rules_match() {
@@ -144,6 +152,16 @@ pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, ProcessError> {
         let insert = [&["-w", "-t", table, "-I", chain.base, "1"][..], &jump].concat();
         run_checked(IPTABLES, &insert)?;
         change = Change::Applied;
+    }
+    if change == Change::Applied {
+        // Read back: a policy that did not take must fail the start, not pass silently.
+        let after = audit_chain(chain)?;
+        if !after.rules_match() || after.hook != Hook::First {
+            return Err(FirewallError::NotApplied {
+                chain: chain.name.clone(),
+                found: format!("{after:?}"),
+            });
+        }
     }
     Ok(change)
 }
