@@ -166,10 +166,16 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
         ));
     }
 
-    // 0.2.0's unit got the drop-in that applies the policy before it starts.
+    // 0.2.0's unit got the drop-in that applies the policy before it starts, and its start ran it.
     assert!(fleet.host.ok(
         "grep -q 'egress apply' /etc/systemd/system/firecracker-vmdemo-old.service.d/fireclaw-egress.conf"
     ));
+    assert!(
+        fleet
+            .host
+            .sh("journalctl --no-pager -o cat -u firecracker-vmdemo-old.service")
+            .contains("egress policy applied on fc-br0")
+    );
     let (ok, checks) = doctor_egress(&fleet);
     assert!(failing(&checks).is_empty(), "{:?}", failing(&checks));
     assert!(checks.len() >= 7, "{checks:?}");

@@ -217,11 +217,19 @@ pub fn run(
                 }
                 .into());
             }
-            let notes = vm_net::apply_shared(settings, true)?;
+            // As the ExecStartPre of a 0.2.0 unit's drop-in, it behaves like vm-net-up: an
+            // unreadable allowlist is left out with a warning rather than failing the VM's
+            // start, and it does not reload systemd from inside a start job.
+            let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+            let notes = vm_net::apply_shared(settings, !under_systemd)?;
             for note in notes {
                 output.warn(&note);
             }
-            let covered = cover_legacy_units(settings, services)?;
+            let covered = if under_systemd {
+                Vec::new()
+            } else {
+                cover_legacy_units(settings, services)?
+            };
             for unit in &covered {
                 output.line(&format!(
                     "{unit}: made by fireclaw 0.2.0; now applies the policy before it starts ({})",
