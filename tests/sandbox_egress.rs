@@ -97,10 +97,21 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
     let fleet = Fleet::new("egress");
     add_uplink(&fleet);
     fleet.healthy("a");
-    fleet.healthy("b");
+    // setup takes an allowlist too (a network the uplink does not serve: it only has to show up).
+    fleet.setup(
+        "b",
+        "--openai-api-key sk-egress-b --allow-private-egress 192.168.77.0/24",
+    );
     make_020_instance(&fleet, "old", 9, 18899, "sk-legacy-egress");
     fleet.fireclaw_ok("provision old --ssh-timeout 60 --health-timeout 30");
     let b_ip = fleet.env_value("b", "VM_IP");
+    assert!(
+        fleet
+            .host
+            .sh("iptables -S FC-FWD-fc-br0")
+            .contains(&format!("-s {b_ip}/32 -d 192.168.77.0/24")),
+        "b's allowlist is not in the chain"
+    );
 
     for id in ["a", "b", "old"] {
         assert_eq!(connect(&fleet, id, PUBLIC, 8080), Outcome::Answered, "{id}");

@@ -200,8 +200,9 @@ fn install_after_reserve(
         time: Timestamp::now(),
     })?;
     for artifact in &rendered.state {
-        // `.env` and `fireclaw.json` were written by the reservation.
-        if artifact.path != state_paths.env && artifact.path != state_paths.fireclaw_json {
+        // `.env` was written by the reservation; `fireclaw.json` is written again, now with
+        // what the reservation does not know (the private-egress allowlist).
+        if artifact.path != state_paths.env {
             write_artifact(artifact)?;
         }
     }
