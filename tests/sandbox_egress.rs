@@ -162,6 +162,23 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
         );
     }
     assert_eq!(fleet.host.sh("ip -6 addr show dev fc-br0").trim(), "");
+    // And with packets: an all-nodes ping from a guest is answered by no one but itself.
+    let own = fleet.guest(
+        "a",
+        "ip -6 -o addr show dev eth0 scope link | awk '{print $4}' | cut -d/ -f1",
+    );
+    let own = own.trim();
+    assert!(
+        own.starts_with("fe80:"),
+        "guest a has no IPv6 link-local address: {own}"
+    );
+    let pings = fleet.guest("a", "ping -6 -c 3 -i 0.3 -W 1 -I eth0 ff02::1 2>&1 || true");
+    assert!(pings.contains("ff02::1"), "the ping did not run: {pings}");
+    let others: Vec<&str> = pings
+        .lines()
+        .filter(|l| l.contains("bytes from") && !l.contains(own))
+        .collect();
+    assert!(others.is_empty(), "answered over IPv6: {others:?}");
 
     // The host still reaches every guest: SSH and the proxy.
     for id in ["a", "b", "old"] {

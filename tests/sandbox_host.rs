@@ -53,10 +53,10 @@ fn install(sandbox: &Sandbox, id: &'static str) -> Instance {
     };
     let mac = fields[3];
     // The guest side: a namespace whose eth0 carries the VM's MAC and IP, reached only through
-    // the tap that the stand-in relays to the veth `v<tap>`.
+    // the tap that the stand-in relays to the veth `v<tap>` (a bare wire: no ARP, no IPv6).
     sandbox.sh(&format!(
         "ip netns add {ns} && ip link add v{tap} type veth peer name eth0 netns {ns} && \
-         ip link set v{tap} up && \
+         sysctl -qw net.ipv6.conf.v{tap}.disable_ipv6=1 && ip link set v{tap} arp off up && \
          ip -n {ns} link set lo up && ip -n {ns} link set eth0 address {mac} && \
          ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up && \
          ip -n {ns} route add default via 172.16.0.1 && \

@@ -214,10 +214,13 @@ impl Drop for GuestHost {
 
 /// In the host sandbox: the guest's namespace `g<tap>`, a veth from `v<tap>` to its `eth0`, and
 /// the stand-in's relay pointed at `v<tap>`. The guest configures `eth0` itself from its seed.
+/// `v<tap>` is only a wire for the relay: without ARP and IPv6 the host's own stack never answers
+/// on it, so every guest packet reaches the host through the tap and the bridge, as from a VM.
 fn wire_namespace(host_leader: u32, tap: &str) {
     let script = format!(
         "ip netns list | grep -qw g{tap} || {{ ip netns add g{tap} && \
-         ip link add v{tap} type veth peer name eth0 netns g{tap} && ip link set v{tap} up && \
+         ip link add v{tap} type veth peer name eth0 netns g{tap} && \
+         sysctl -qw net.ipv6.conf.v{tap}.disable_ipv6=1 && ip link set v{tap} arp off up && \
          ip -n g{tap} link set lo up; }}; \
          mkdir -p /run/fireclaw-standin && echo v{tap} > /run/fireclaw-standin/{tap}.peer"
     );
