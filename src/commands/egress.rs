@@ -186,7 +186,7 @@ pub fn remove_legacy_dropin(settings: &Settings, unit: &str) -> Result<()> {
 
 /// Re-applies the policy when fireclaw's chains are already on this host (an allowlist changed,
 /// or an instance went away); a host with no VM started yet gets them at its first start.
-pub fn reapply_if_present(settings: &Settings, output: &mut Output<'_>) -> Result<()> {
+pub fn reapply_if_present(settings: &Settings) -> Result<Vec<String>> {
     let forward = crate::render::egress::forward_chain_name(settings.network.bridge.as_str());
     let present = crate::host::process::run(
         crate::host::firewall::IPTABLES,
@@ -194,12 +194,9 @@ pub fn reapply_if_present(settings: &Settings, output: &mut Output<'_>) -> Resul
     )
     .is_ok_and(|o| o.status.success());
     if !present {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    for note in vm_net::apply_shared(settings, false)? {
-        output.warn(&note);
-    }
-    Ok(())
+    vm_net::apply_shared(settings, false)
 }
 
 pub fn run(

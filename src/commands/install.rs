@@ -301,5 +301,8 @@ pub fn teardown_instance(
     remove_path(&socket)?;
     remove_path(&AssetPaths::new(&settings.paths.fc_root, id).dir)?;
     remove_path(&state_paths.dir)?;
+    // Its allow rules go with it: an instance given its address later must not inherit them.
+    // Notes about other instances' allowlists are doctor's to report.
+    super::egress::reapply_if_present(settings)?;
     Ok(())
 }

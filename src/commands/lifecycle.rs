@@ -426,7 +426,9 @@ pub fn provision(
             state.allow_private_egress = allow.networks().to_vec();
         })?;
         // A running VM gets the new allowlist now; a stopped one at its start below.
-        super::egress::reapply_if_present(settings, output)?;
+        for note in super::egress::reapply_if_present(settings)? {
+            output.warn(&note);
+        }
     }
 
     let (ssh_timeout, health_timeout) = waits(&args.waits);
@@ -513,8 +515,6 @@ pub fn destroy(
     if !readable && let Some(tap) = tap {
         crate::host::tap::remove_tap(&tap)?;
     }
-    // Its allow rules go with it: the next instance on its address must not inherit them.
-    super::egress::reapply_if_present(settings, output)?;
     output.line(&format!("Instance {id} is destroyed."));
     Ok(())
 }
