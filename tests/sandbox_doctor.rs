@@ -1,8 +1,8 @@
 //! `doctor` against a host where each problem it knows has been provoked, in a sandbox:
 //! untrusted program paths in units, orphan units and taps, state without units, a half-made
 //! instance, a root-only state dir made readable, a bridge name taken by another kind of link,
-//! a FORWARD policy of DROP, an active firewalld, rules in both iptables backends, an old
-//! Firecracker and a guest kernel without ISO 9660. Root only: run through `scripts/test`.
+//! a FORWARD policy of DROP, a missing guest network policy, an active firewalld, rules in both
+//! iptables backends, an old Firecracker and a guest kernel without ISO 9660. Root only: run through `scripts/test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +74,12 @@ fn doctor_names_every_provoked_problem() {
         ("firewalld", "warn active"),
         ("iptables backends", "warn rules in both legacy"),
         ("state root", "fail /var/lib/fireclaw is mode 0755"),
+        // Instances exist but no VM start has applied the guest network policy.
+        (
+            "egress chain FC-FWD-fc-br0",
+            "fail missing: guests are not filtered",
+        ),
+        ("egress chain FC-IN-fc-br0", "fail missing"),
     ] {
         let got = status_of(&checks, name);
         assert!(got.starts_with(expected), "{name}: {got}");

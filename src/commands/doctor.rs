@@ -72,6 +72,7 @@ fn tools(checks: &mut Vec<Check>) {
         ("firecracker", true),
         ("systemctl", true),
         ("iptables", true),
+        ("iptables-restore", true),
         ("socat", true),
         ("ssh", true),
         ("journalctl", false),
