@@ -220,6 +220,19 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
         saved["allow_private_egress"],
         serde_json::json!(["10.99.0.0/24"])
     );
+    let status = |id: &str| -> serde_json::Value {
+        serde_json::from_str(&fleet.fireclaw_ok(&format!("status {id} --json"))).unwrap()
+    };
+    assert_eq!(
+        status("a")["allow_private_egress"],
+        serde_json::json!(["10.99.0.0/24"])
+    );
+    assert!(status("old")["allow_private_egress"].is_null());
+    assert!(
+        fleet
+            .fireclaw_ok("status a")
+            .contains("private egress 10.99.0.0/24")
+    );
     assert_eq!(connect(&fleet, "a", PRIVATE, 8080), Outcome::Answered);
     assert_eq!(connect(&fleet, "b", PRIVATE, 8080), Outcome::RefusedFast);
     assert_eq!(connect(&fleet, "a", METADATA, 8080), Outcome::RefusedFast);

@@ -282,6 +282,9 @@ struct StatusJson<'a> {
     proxy_unit: String,
     /// `systemctl is-active` of the guest service, over SSH; `null` when the guest does not answer.
     guest_service: Option<String>,
+    /// Private networks this guest may reach besides the host-wide allowlist; `null` for an
+    /// instance made by 0.2.0 (it has no fireclaw.json to hold one).
+    allow_private_egress: Option<Vec<String>>,
 }
 
 pub fn status(
@@ -313,6 +316,17 @@ pub fn status(
         }
         _ => None,
     };
+    let allow_private_egress =
+        read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
+            .ok()
+            .flatten()
+            .map(|state| {
+                state
+                    .allow_private_egress
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            });
     if json {
         output.line(&serde_json::to_string_pretty(&StatusJson {
             schema: 1,
@@ -320,6 +334,7 @@ pub fn status(
             vm_unit: units.vm.clone(),
             proxy_unit: units.proxy.clone(),
             guest_service,
+            allow_private_egress,
         })?);
         return Ok(());
     }
@@ -363,6 +378,13 @@ pub fn status(
                 "not probed"
             }
         )
+    ));
+    output.line(&format!(
+        "  private egress {}",
+        match &allow_private_egress {
+            Some(list) if !list.is_empty() => list.join(", "),
+            _ => "none beyond the host-wide allowlist (fireclaw egress show)".to_owned(),
+        }
     ));
     if let Some(error) = &view.error {
         output.line(&format!("  error          {error}"));
