@@ -5,7 +5,7 @@
 //! a drop or accept in a base chain ahead of ours is final, so ours must come first.
 
 use super::process::{ProcessError, run, run_checked, run_checked_with_input};
-pub use crate::render::egress::{ChainSpec, Rule};
+pub use crate::render::egress::ChainSpec;
 
 pub const IPTABLES: &str = "iptables";
 

@@ -652,12 +652,6 @@ pub struct PrivateCidr {
 }
 
 impl PrivateCidr {
-    pub fn network(self) -> Ipv4Addr {
-        self.network
-    }
-    pub fn prefix(self) -> u8 {
-        self.prefix
-    }
     pub fn contains(self, addr: Ipv4Addr) -> bool {
         u32::from(addr) & prefix_mask(self.prefix) == u32::from(self.network)
     }

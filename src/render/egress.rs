@@ -88,7 +88,7 @@ pub struct EgressPolicy<'a> {
     pub instances: &'a [InstanceEgress],
 }
 
-pub const REJECT: [&str; 3] = ["REJECT", "--reject-with", "icmp-admin-prohibited"];
+const REJECT: [&str; 3] = ["REJECT", "--reject-with", "icmp-admin-prohibited"];
 
 /// The comment of an instance's allow rule; `doctor` matches rules to instances by it.
 pub fn instance_rule_comment(id: &str, network: PrivateCidr) -> String {
