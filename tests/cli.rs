@@ -412,6 +412,8 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             "SUBNET_CIDR",
         ),
     ];
+    // Every message, as a golden record: a refactor that changes any wording shows up here.
+    let mut golden = String::new();
     for (args, extra_env, needle) in cases {
         let mut env: Vec<(&str, &str)> = vec![("STATE_ROOT", state_s), ("FC_ROOT", fc_s)];
         env.extend(extra_env.iter().map(|(k, v)| (*k, v.as_str())));
@@ -432,8 +434,23 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             );
             assert!(!err.contains(SECRET_KEY), "{args:?} echoed the key");
             assert!(stdout(&output).is_empty(), "{args:?} printed to stdout");
+            let shown_args = args.join(" ").replace(SECRET_KEY, "[KEY]");
+            let shown_env: Vec<String> =
+                extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            golden.push_str(&format!(
+                "{}$ fireclaw {}\n  exit {}: {}",
+                if shown_env.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", shown_env.join(" "))
+                },
+                shown_args.escape_debug(),
+                output.status.code().unwrap_or(-1),
+                err.replace(state_s, "[STATE]").replace(fc_s, "[FC]")
+            ));
         }
     }
+    insta::assert_snapshot!(golden);
     assert!(
         tree(&state).is_empty(),
         "STATE_ROOT changed: {:?}",

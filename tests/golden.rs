@@ -1,0 +1,228 @@
+//! Golden outputs of the command line: help for every command, `setup --dry-run`, `list` and
+//! `status` (table and JSON) over a fixed fleet, and the failures a person meets first. Each
+//! case records the exit code, stdout and stderr exactly, with only the scratch directory's
+//! path and the values that are random by design (the guest host key) replaced.
+//! A refactor that changes any output shows up here as a snapshot diff; an intended change is
+//! accepted with `cargo insta review` (or `INSTA_UPDATE=always`) and named in the commit.
+//!
+//! Every run starts from an empty environment, `PATH` pointing at an empty directory (so no
+//! host tool found or missing changes the text) and a high `BASE_PORT`, so the output is the
+//! same as root or as a user, on any machine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fireclaw-golden-")
+            .tempdir()
+            .unwrap();
+        for sub in ["state", "fc", "images", "bin", "home"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+
+    /// A 0.2.0-style instance with loopback addresses (no probe leaves the machine).
+    fn instance(&self, id: &str, env: &str) {
+        let dir = Path::new(&self.path("state")).join(format!(".vm-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".env"), env).unwrap();
+    }
+
+    fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> String {
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("PATH", self.path("bin"))
+            .env("STATE_ROOT", self.path("state"))
+            .env("FC_ROOT", self.path("fc"))
+            .env("BASE_IMAGES_DIR", self.path("images"))
+            .env(
+                "SSH_KEY_PATH",
+                format!("{}/.ssh/vmdemo_vm", self.path("home")),
+            )
+            .env("BASE_PORT", "47310")
+            .args(args);
+        for (name, value) in extra_env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let text = format!(
+            "$ fireclaw {}\nexit: {}\n--- stdout\n{}--- stderr\n{}",
+            args.join(" "),
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.normalise(&text)
+    }
+
+    fn normalise(&self, text: &str) -> String {
+        let scratch = self.dir.path().to_str().unwrap();
+        let text = text
+            .replace(scratch, "[SCRATCH]")
+            .replace(BIN, "[FIRECLAW]");
+        // The guest host key is random by design; every other value is fixed by the inputs.
+        let marker = "AAAAC3NzaC1lZDI1NTE5";
+        let mut rest = text.as_str();
+        let mut out = String::new();
+        while let Some(at) = rest.find(marker) {
+            out.push_str(&rest[..at]);
+            out.push_str("[HOST KEY]");
+            rest = rest[at..].trim_start_matches(|c: char| {
+                c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '='
+            });
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+const SUBCOMMANDS: [&str; 18] = [
+    "doctor",
+    "setup",
+    "provision",
+    "list",
+    "status",
+    "start",
+    "stop",
+    "restart",
+    "logs",
+    "shell",
+    "token",
+    "destroy",
+    "adopt",
+    "egress",
+    "egress show",
+    "egress apply",
+    "completions",
+    "man",
+];
+
+#[test]
+fn help_of_every_command_is_unchanged() {
+    let fixture = Fixture::new();
+    let mut all = fixture.run(&["--help"], &[]);
+    for command in SUBCOMMANDS {
+        let mut args: Vec<&str> = command.split(' ').collect();
+        args.push("--help");
+        all.push_str(&fixture.run(&args, &[]));
+    }
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn dry_run_preview_is_unchanged() {
+    let fixture = Fixture::new();
+    let mut all = fixture.run(
+        &[
+            "setup",
+            "--instance",
+            "golden",
+            "--openai-api-key",
+            "sk-golden-secret",
+            "--vm-mem-mib",
+            "512",
+            "--dry-run",
+        ],
+        &[],
+    );
+    all.push_str(&fixture.run(
+        &[
+            "setup",
+            "--instance",
+            "tg",
+            "--model",
+            "anthropic/claude-opus-4-6",
+            "--telegram-token",
+            "123456:AAHgolden",
+            "--telegram-users",
+            "5,6",
+            "--skip-browser-install",
+            "--allow-private-egress",
+            "10.20.0.0/16",
+            "--vm-mem-mib",
+            "512",
+            "--dry-run",
+        ],
+        &[("ANTHROPIC_API_KEY", "sk-ant-golden")],
+    ));
+    let printed: String = all
+        .lines()
+        .filter(|l| !l.starts_with("$ fireclaw"))
+        .collect();
+    assert!(!printed.contains("sk-golden-secret") && !printed.contains("AAHgolden"));
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn fleet_views_are_unchanged() {
+    let fixture = Fixture::new();
+    fixture.instance(
+        "good",
+        "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=good\nHOST_PORT=47311\nVM_IP=127.0.0.3\nVM_TAP=tgood2\nOPENAI_API_KEY=sk-never-shown\nGATEWAY_TOKEN=never-shown-token\n",
+    );
+    fixture.instance("bad", "this is not plain-v1\n");
+    let mut all = String::new();
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["status"],
+        &["status", "good"],
+        &["status", "good", "--json"],
+        &["status", "nope"],
+    ] {
+        all.push_str(&fixture.run(args, &[]));
+    }
+    assert!(!all.contains("never-shown"));
+    insta::assert_snapshot!(all);
+}
+
+#[test]
+fn first_failures_are_unchanged() {
+    let fixture = Fixture::new();
+    fixture.instance(
+        "good",
+        "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=good\nHOST_PORT=47311\nVM_IP=127.0.0.3\nVM_TAP=tgood2\n",
+    );
+    let mut all = String::new();
+    for (args, env) in [
+        (&["frobnicate"][..], &[][..]),
+        (&["token", "nobody"], &[]),
+        (&["start", "nobody"], &[]),
+        (&["stop", "nobody"], &[]),
+        (&["provision", "nobody"], &[]),
+        (&["shell", "nobody"], &[]),
+        (&["logs", "nobody"], &[]),
+        (&["destroy", "nobody", "--force"], &[]),
+        (&["destroy", "good"], &[]),
+        (&["adopt", "nobody"], &[]),
+        (
+            &["setup", "--instance", "x", "--openai-api-key", "k"],
+            &[("FIRECLAW_LOCK_WAIT", "abc")],
+        ),
+        (&["man"], &[("FIRECLAW_LOCK_WAIT", "abc")]),
+        (&["completions", "bash"], &[("BASE_PORT", "http")]),
+        (&["list"], &[("STATE_ROOT", "relative")]),
+    ] {
+        let text = fixture.run(args, env);
+        // The man page and completion script are long; their first lines say enough.
+        let text: String = text.lines().take(12).collect::<Vec<_>>().join("\n") + "\n";
+        all.push_str(&text);
+    }
+    insta::assert_snapshot!(all);
+}
