@@ -4,12 +4,11 @@
 //! step costs one environment lookup. Units never carry the variable, so a VM's helpers never
 //! crash. The steps are listed in docs/RELIABILITY.md.
 
-/// The environment variable naming the step to crash at.
-pub const CRASH_AT: &str = "FIRECLAW_TEST_CRASH_AT";
-
 /// Kills this process with SIGKILL if `step` is the one named in `FIRECLAW_TEST_CRASH_AT`.
 pub fn crash_point(step: &str) {
-    if std::env::var_os(CRASH_AT).is_some_and(|wanted| wanted == step) {
+    if std::env::var_os(crate::env_vars::FIRECLAW_TEST_CRASH_AT)
+        .is_some_and(|wanted| wanted == step)
+    {
         // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);

@@ -4,13 +4,16 @@
 
 pub mod cli;
 pub mod commands;
+pub mod env_vars;
 pub mod faults;
 pub mod guest;
 pub mod host;
 pub mod instance;
+pub mod ops;
 pub mod output;
 pub mod render;
 pub mod settings;
+pub mod store;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -34,7 +37,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let mut output = output::Output::new(&mut stdout, &mut stderr).with_live_progress(live);
     match commands::run(cli, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.downcast_ref::<commands::AlreadyReported>().is_some() => {
+        Err(error) if error.downcast_ref::<output::AlreadyReported>().is_some() => {
             ExitCode::from(EXIT_FAILURE)
         }
         Err(error) => {
@@ -45,22 +48,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-/// The error chain on one line: what failed, then why. Typed errors already end with their
-/// cause's text (`copy A to B: <io error>`), so a cause the line already ends with is not
-/// repeated.
+/// The error chain on one line: what failed, then why, each cause once (see
+/// [`output::error_chain`]).
 pub fn error_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if text.is_empty() || line.ends_with(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
+    output::error_chain(error.as_ref())
 }
 
 /// Help and version print in full; a refused command line prints clap's first line only
@@ -113,22 +104,76 @@ mod tests {
     use super::*;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("copy a to b: {source}")]
-    struct Typed {
+    #[error("copy a to b")]
+    struct Copy {
+        #[source]
         source: std::io::Error,
     }
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("write the assets of 'x'")]
+    struct Assets {
+        #[source]
+        source: Copy,
+    }
+
     #[test]
-    fn the_error_line_names_each_cause_once() {
-        let typed = Typed {
-            source: std::io::Error::other("disk on fire"),
+    fn the_error_line_names_each_cause_exactly_once() {
+        let nested = Assets {
+            source: Copy {
+                source: std::io::Error::other("disk on fire"),
+            },
         };
-        let error = anyhow::Error::from(typed).context("setup of 'x' failed");
+        let error = anyhow::Error::from(nested).context("setup of 'x' failed");
+        let line = error_line(&error);
         assert_eq!(
-            error_line(&error),
-            "setup of 'x' failed: copy a to b: disk on fire"
+            line,
+            "setup of 'x' failed: write the assets of 'x': copy a to b: disk on fire"
         );
+        for cause in [
+            "setup of 'x' failed",
+            "write the assets",
+            "copy a to b",
+            "disk on fire",
+        ] {
+            assert_eq!(line.matches(cause).count(), 1, "{cause} in {line}");
+        }
         let plain = anyhow::anyhow!("root cause").context("outer");
         assert_eq!(error_line(&plain), "outer: root cause");
+    }
+
+    #[test]
+    fn typed_errors_of_every_layer_carry_their_cause_only_as_source() {
+        // One error of each layer's typed enums, wrapped as the operations wrap them: if any
+        // message embedded its source, the cause would show twice.
+        let io = || std::io::Error::other("EIO");
+        let errors: Vec<anyhow::Error> = vec![
+            crate::store::StoreError::WriteFile {
+                path: "/s/.env".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::process::ProcessError::Spawn {
+                program: "iptables".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::tap::TapError::Create {
+                name: "tx".into(),
+                source: io(),
+            }
+            .into(),
+            crate::guest::ssh::SshError::Spawn(io()).into(),
+            crate::settings::SettingsError {
+                name: "BASE_PORT",
+                problem: crate::instance::values::InvalidValue("EIO".into()),
+            }
+            .into(),
+        ];
+        for error in errors {
+            let line = error_line(&error.context("outer step"));
+            assert_eq!(line.matches("EIO").count(), 1, "{line}");
+            assert!(line.starts_with("outer step: "), "{line}");
+        }
     }
 }

@@ -5,6 +5,11 @@
 
 use std::io::Write;
 
+/// The command already printed its error; `main` only sets the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("error already reported")]
+pub struct AlreadyReported;
+
 const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
 
 pub struct Output<'a> {
@@ -87,6 +92,32 @@ impl<'a> Output<'a> {
         self.end_tick();
         let _ = writeln!(self.stderr, "warning: {text}");
     }
+}
+
+/// An error and its causes on one line, outermost first, each cause once: `what failed: why:
+/// why that`. This is the only place causes are joined. A message names its own operation and
+/// subject and never embeds its source (the source travels through `source()`), so walking
+/// the chain prints every cause exactly once.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}
+
+/// Whether stdout gets colour: only on a terminal, and never with `NO_COLOR` set.
+pub fn use_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os(crate::env_vars::NO_COLOR).is_none()
 }
 
 impl Drop for Output<'_> {

@@ -5,14 +5,17 @@
 //! when a command needs them and the flag was not given, because names like `MODEL` may be set
 //! for unrelated programs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::cli::{KeyArgs, SetupArgs};
+use crate::env_vars;
+pub use crate::instance::host::{HostPaths, NetworkSettings};
+use crate::instance::layout::default_api_sock;
 use crate::instance::spec::{BaseImages, ProviderKeys, SetupSpec, SpecError, TelegramSpec};
 use crate::instance::values::{
     BridgeAddress, DiskSize, ImageRef, InterfaceName, InvalidValue, MemoryMib, Model, Secret,
-    Skills, Subnet24, VcpuCount, parse_absolute_path, parse_base_port,
+    Skills, Subnet24, VcpuCount, escaped, parse_absolute_path, parse_base_port,
 };
 
 pub const DEFAULT_MODEL: &str = "openai/gpt-5.5";
@@ -25,28 +28,11 @@ pub const DEFAULT_DISK_SIZE: &str = "40G";
 pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("environment variable {name}: {problem}")]
+#[error("environment variable {name}")]
 pub struct SettingsError {
     pub name: &'static str,
+    #[source]
     pub problem: InvalidValue,
-}
-
-/// Directories fireclaw owns on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPaths {
-    /// `STATE_ROOT`: per-instance state dirs `.vm-<id>`, the allocation lock, lifecycle locks.
-    pub state_root: PathBuf,
-    /// `FC_ROOT`: per-instance VM assets.
-    pub fc_root: PathBuf,
-    pub unit_dir: PathBuf,
-}
-
-/// The bridge all VMs share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkSettings {
-    pub bridge: InterfaceName,
-    pub bridge_address: BridgeAddress,
-    pub subnet: Subnet24,
 }
 
 /// Environment values that only default a flag; kept raw until a command needs them.
@@ -102,33 +88,42 @@ impl Settings {
         };
 
         let base_port =
-            parse_base_port(&parsed("BASE_PORT", "18890")?).map_err(|problem| SettingsError {
-                name: "BASE_PORT",
-                problem,
+            parse_base_port(&parsed(env_vars::BASE_PORT, "18890")?).map_err(|problem| {
+                SettingsError {
+                    name: env_vars::BASE_PORT,
+                    problem,
+                }
             })?;
         let lock_wait = {
-            let raw = parsed("FIRECLAW_LOCK_WAIT", "30")?;
+            let raw = parsed(env_vars::FIRECLAW_LOCK_WAIT, "30")?;
             let secs = raw
                 .parse::<u16>()
                 .ok()
                 .filter(|s| *s <= 3600)
                 .ok_or_else(|| SettingsError {
-                    name: "FIRECLAW_LOCK_WAIT",
+                    name: env_vars::FIRECLAW_LOCK_WAIT,
                     problem: InvalidValue(format!(
                         "'{}' must be a number of seconds from 0 to 3600",
-                        raw.escape_default()
+                        escaped(&raw)
                     )),
                 })?;
             std::time::Duration::from_secs(u64::from(secs))
         };
-        let bridge = parse_env::<InterfaceName>("BRIDGE_NAME", &parsed("BRIDGE_NAME", "fc-br0")?)?;
-        let bridge_address =
-            parse_env::<BridgeAddress>("BRIDGE_ADDR", &parsed("BRIDGE_ADDR", "172.16.0.1/24")?)?;
-        let subnet =
-            parse_env::<Subnet24>("SUBNET_CIDR", &parsed("SUBNET_CIDR", "172.16.0.0/24")?)?;
+        let bridge = parse_env::<InterfaceName>(
+            env_vars::BRIDGE_NAME,
+            &parsed(env_vars::BRIDGE_NAME, "fc-br0")?,
+        )?;
+        let bridge_address = parse_env::<BridgeAddress>(
+            env_vars::BRIDGE_ADDR,
+            &parsed(env_vars::BRIDGE_ADDR, "172.16.0.1/24")?,
+        )?;
+        let subnet = parse_env::<Subnet24>(
+            env_vars::SUBNET_CIDR,
+            &parsed(env_vars::SUBNET_CIDR, "172.16.0.0/24")?,
+        )?;
         if !subnet.contains(bridge_address.address()) {
             return Err(SettingsError {
-                name: "BRIDGE_ADDR",
+                name: env_vars::BRIDGE_ADDR,
                 problem: InvalidValue(format!(
                     "{bridge_address} is not inside SUBNET_CIDR {subnet}"
                 )),
@@ -137,8 +132,8 @@ impl Settings {
 
         Ok(Self {
             paths: HostPaths {
-                state_root: path("STATE_ROOT", "/var/lib/fireclaw")?,
-                fc_root: path("FC_ROOT", "/srv/firecracker/vm-demo")?,
+                state_root: path(env_vars::STATE_ROOT, "/var/lib/fireclaw")?,
+                fc_root: path(env_vars::FC_ROOT, "/srv/firecracker/vm-demo")?,
                 unit_dir: PathBuf::from(SYSTEMD_UNIT_DIR),
             },
             base_port,
@@ -148,22 +143,22 @@ impl Settings {
                 bridge_address,
                 subnet,
             },
-            ssh_key_path: path("SSH_KEY_PATH", "/home/ubuntu/.ssh/vmdemo_vm")?,
-            base_images_dir: path("BASE_IMAGES_DIR", "/srv/firecracker/base/images")?,
+            ssh_key_path: path(env_vars::SSH_KEY_PATH, "/home/ubuntu/.ssh/vmdemo_vm")?,
+            base_images_dir: path(env_vars::BASE_IMAGES_DIR, "/srv/firecracker/base/images")?,
             flag_defaults: FlagDefaults {
-                model: get("MODEL"),
-                skills: get("SKILLS"),
-                vm_vcpu: get("VM_VCPU"),
-                vm_mem_mib: get("VM_MEM_MIB"),
-                disk_size: get("DISK_SIZE"),
-                api_sock: get("API_SOCK"),
-                image: get("OPENCLAW_IMAGE_DEFAULT"),
-                base_kernel: get("BASE_KERNEL"),
-                base_rootfs: get("BASE_ROOTFS"),
-                base_initrd: get("BASE_INITRD"),
-                anthropic_api_key: get("ANTHROPIC_API_KEY"),
-                openai_api_key: get("OPENAI_API_KEY"),
-                minimax_api_key: get("MINIMAX_API_KEY"),
+                model: get(env_vars::MODEL),
+                skills: get(env_vars::SKILLS),
+                vm_vcpu: get(env_vars::VM_VCPU),
+                vm_mem_mib: get(env_vars::VM_MEM_MIB),
+                disk_size: get(env_vars::DISK_SIZE),
+                api_sock: get(env_vars::API_SOCK),
+                image: get(env_vars::OPENCLAW_IMAGE_DEFAULT),
+                base_kernel: get(env_vars::BASE_KERNEL),
+                base_rootfs: get(env_vars::BASE_ROOTFS),
+                base_initrd: get(env_vars::BASE_INITRD),
+                anthropic_api_key: get(env_vars::ANTHROPIC_API_KEY),
+                openai_api_key: get(env_vars::OPENAI_API_KEY),
+                minimax_api_key: get(env_vars::MINIMAX_API_KEY),
             },
         })
     }
@@ -183,13 +178,17 @@ impl Settings {
         Ok(ProviderKeys {
             anthropic: pick(
                 &flags.anthropic_api_key,
-                "ANTHROPIC_API_KEY",
+                env_vars::ANTHROPIC_API_KEY,
                 &env.anthropic_api_key,
             )?,
-            openai: pick(&flags.openai_api_key, "OPENAI_API_KEY", &env.openai_api_key)?,
+            openai: pick(
+                &flags.openai_api_key,
+                env_vars::OPENAI_API_KEY,
+                &env.openai_api_key,
+            )?,
             minimax: pick(
                 &flags.minimax_api_key,
-                "MINIMAX_API_KEY",
+                env_vars::MINIMAX_API_KEY,
                 &env.minimax_api_key,
             )?,
         })
@@ -198,25 +197,27 @@ impl Settings {
     /// The full setup spec: flag, else environment, else default, then the cross-field rules.
     pub fn resolve_setup(&self, args: &SetupArgs) -> Result<SetupSpec, SpecError> {
         let env = &self.flag_defaults;
-        let model: Model = flag_env_default(&args.model, "MODEL", &env.model, DEFAULT_MODEL)?;
-        let skills: Skills = flag_env_default(&args.skills, "SKILLS", &env.skills, DEFAULT_SKILLS)?;
+        let model: Model =
+            flag_env_default(&args.model, env_vars::MODEL, &env.model, DEFAULT_MODEL)?;
+        let skills: Skills =
+            flag_env_default(&args.skills, env_vars::SKILLS, &env.skills, DEFAULT_SKILLS)?;
         let image: ImageRef = flag_env_default(
             &args.openclaw_image,
-            "OPENCLAW_IMAGE_DEFAULT",
+            env_vars::OPENCLAW_IMAGE_DEFAULT,
             &env.image,
             DEFAULT_IMAGE,
         )?;
         let vcpu: VcpuCount =
-            flag_env_default(&args.vm_vcpu, "VM_VCPU", &env.vm_vcpu, DEFAULT_VCPU)?;
+            flag_env_default(&args.vm_vcpu, env_vars::VM_VCPU, &env.vm_vcpu, DEFAULT_VCPU)?;
         let memory: MemoryMib = flag_env_default(
             &args.vm_mem_mib,
-            "VM_MEM_MIB",
+            env_vars::VM_MEM_MIB,
             &env.vm_mem_mib,
             DEFAULT_MEM_MIB,
         )?;
         let disk_size: DiskSize = flag_env_default(
             &args.disk_size,
-            "DISK_SIZE",
+            env_vars::DISK_SIZE,
             &env.disk_size,
             DEFAULT_DISK_SIZE,
         )?;
@@ -234,31 +235,33 @@ impl Settings {
         let base = BaseImages {
             kernel: image_path(
                 &args.base_kernel,
-                "BASE_KERNEL",
+                env_vars::BASE_KERNEL,
                 &env.base_kernel,
                 "vmlinux",
             )?,
             rootfs: image_path(
                 &args.base_rootfs,
-                "BASE_ROOTFS",
+                env_vars::BASE_ROOTFS,
                 &env.base_rootfs,
                 "rootfs.ext4",
             )?,
             initrd: image_path(
                 &args.base_initrd,
-                "BASE_INITRD",
+                env_vars::BASE_INITRD,
                 &env.base_initrd,
                 "initrd.img",
             )?,
         };
         let api_sock = match (&args.api_sock, &env.api_sock) {
             (Some(path), _) => path.clone(),
-            (None, Some(value)) => parse_absolute_path("API_SOCK", value).map_err(|problem| {
-                SpecError::Environment {
-                    name: "API_SOCK",
-                    problem,
-                }
-            })?,
+            (None, Some(value)) => {
+                parse_absolute_path(env_vars::API_SOCK, value).map_err(|problem| {
+                    SpecError::Environment {
+                        name: env_vars::API_SOCK,
+                        problem,
+                    }
+                })?
+            }
             (None, None) => default_api_sock(&self.paths.fc_root, args.instance.as_str()),
         };
         let telegram = match (&args.telegram_token, &args.telegram_users) {
@@ -290,11 +293,6 @@ impl Settings {
             state_root: self.paths.state_root.clone(),
         })
     }
-}
-
-/// `FC_ROOT/<id>/firecracker.socket`.
-pub fn default_api_sock(fc_root: &Path, id: &str) -> PathBuf {
-    fc_root.join(id).join("firecracker.socket")
 }
 
 fn parse_env<T: FromStr<Err = InvalidValue>>(
@@ -329,6 +327,7 @@ fn flag_env_default<T: FromStr<Err = InvalidValue> + Clone>(
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::path::Path;
 
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let map: HashMap<String, String> = vars
@@ -389,7 +388,7 @@ mod tests {
     fn bridge_address_must_be_inside_the_subnet() {
         let err = settings(&[("BRIDGE_ADDR", "10.0.0.1/24")]).unwrap_err();
         assert_eq!(
-            err.to_string(),
+            crate::output::error_chain(&err),
             "environment variable BRIDGE_ADDR: 10.0.0.1/24 is not inside SUBNET_CIDR 172.16.0.0/24"
         );
     }
@@ -407,6 +406,7 @@ mod spec_tests {
     use crate::cli::{Cli, Command};
     use clap::Parser;
     use std::collections::HashMap;
+    use std::path::Path;
 
     fn resolve(vars: &[(&str, &str)], args: &[&str]) -> Result<SetupSpec, SpecError> {
         let map: HashMap<String, String> = vars
@@ -596,13 +596,17 @@ impl Settings {
         let d = &self.flag_defaults;
         let anthropic = fill(
             &flags.anthropic_api_key,
-            "ANTHROPIC_API_KEY",
+            env_vars::ANTHROPIC_API_KEY,
             &d.anthropic_api_key,
         )?;
-        let openai = fill(&flags.openai_api_key, "OPENAI_API_KEY", &d.openai_api_key)?;
+        let openai = fill(
+            &flags.openai_api_key,
+            env_vars::OPENAI_API_KEY,
+            &d.openai_api_key,
+        )?;
         let minimax = fill(
             &flags.minimax_api_key,
-            "MINIMAX_API_KEY",
+            env_vars::MINIMAX_API_KEY,
             &d.minimax_api_key,
         )?;
         let provider = model.provider();

@@ -11,8 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use fireclaw::instance::secrets::HostKeyPair;
 use fireclaw::render::cloud_init::{
-    HostKeyPair, NetworkConfig, UserDataConfig, meta_data, network_config, user_data,
+    NetworkConfig, UserDataConfig, meta_data, network_config, user_data,
 };
 use fireclaw::render::seed_image::{SeedFile, Timestamp, seed_image};
 

@@ -12,11 +12,15 @@ use serde::Serialize;
 
 use crate::guest::health::{healthy_json, proxy_health};
 use crate::host::systemd::{ServiceManager, UnitState};
+use crate::instance::layout::StatePaths;
 use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
-use crate::instance::store::{StatePaths, read_fireclaw_state, scan_instances};
+use crate::instance::state::Phase;
 use crate::instance::values::InstanceId;
-use crate::output::Output;
+use crate::ops::instance::load;
+use crate::output::{Output, error_chain, use_colour};
+use crate::render::units::shell_word;
 use crate::settings::Settings;
+use crate::store::{read_fireclaw_state, scan_instances};
 
 /// Each probe's bound.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
@@ -29,7 +33,7 @@ pub struct InstanceView {
     pub port: Option<u16>,
     pub tap: Option<String>,
     /// The lifecycle phase from fireclaw.json; `null` for instances made by fireclaw 0.2.0.
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// ActiveState of the VM unit ("active", "inactive", "failed", ... or "missing").
     pub vm: String,
     /// ActiveState of the proxy unit.
@@ -97,10 +101,8 @@ pub fn gather(
     let units: Vec<String> = scanned
         .iter()
         .flat_map(|s| {
-            [
-                format!("firecracker-vmdemo-{}.service", s.name),
-                format!("vmdemo-proxy-{}.service", s.name),
-            ]
+            let names = UnitNames::for_name(&s.name);
+            [names.vm, names.proxy]
         })
         .collect();
     let names: Vec<&str> = units.iter().map(String::as_str).collect();
@@ -118,7 +120,7 @@ pub fn gather(
                     .ok()
                     .flatten()
             })
-            .map(|s| s.phase.as_str().to_owned());
+            .map(|s| s.phase);
         let view = match &instance.env {
             Ok(env) => InstanceView {
                 id: instance.name.clone(),
@@ -134,7 +136,11 @@ pub fn gather(
                 error: None,
             },
             Err(error) => {
-                output.warn(&format!("instance '{}': {error}", instance.name));
+                output.warn(&format!(
+                    "instance '{}': {}",
+                    instance.name,
+                    error_chain(error)
+                ));
                 InstanceView {
                     id: instance.name.clone(),
                     ip: None,
@@ -146,7 +152,7 @@ pub fn gather(
                     health: "error".into(),
                     proxy_health: None,
                     gateway_health: None,
-                    error: Some(error.to_string()),
+                    error: Some(error_chain(error)),
                 }
             }
         };
@@ -174,10 +180,7 @@ pub fn probe_all(views: &mut [InstanceView]) {
                 view.gateway_health = gateway.map(label);
                 let up = proxy == Some(true) || gateway == Some(true);
                 // A half-made instance is never shown as healthy.
-                let made = view
-                    .phase
-                    .as_deref()
-                    .is_none_or(|p| p == "provisioned" || p == "booted");
+                let made = view.phase.is_none_or(|p| p >= Phase::Booted);
                 view.health = if up && made { "up" } else { "down" }.into();
             });
         }
@@ -211,7 +214,7 @@ fn table(views: &[InstanceView], colour: bool) -> String {
                 v.proxy.clone(),
                 v.health.clone(),
                 match (&v.phase, &v.error) {
-                    (Some(phase), _) => phase.clone(),
+                    (Some(phase), _) => phase.to_string(),
                     (None, Some(_)) => "?".into(),
                     (None, None) => "0.2.0".into(),
                 },
@@ -244,11 +247,6 @@ fn table(views: &[InstanceView], colour: bool) -> String {
         line(shown, row, &mut out);
     }
     out
-}
-
-pub fn use_colour() -> bool {
-    use std::io::IsTerminal;
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 pub fn list(
@@ -304,12 +302,15 @@ pub fn status(
     };
     probe_all(std::slice::from_mut(&mut view));
     let units = UnitNames::new(id);
-    let guest_service = match super::lifecycle::load(settings, id) {
+    let guest_service = match load(settings, id) {
         Ok(loaded) if view.vm == "active" => {
             let mut quick = loaded.ssh.clone();
             quick.connect_timeout = Duration::from_secs(2);
             quick
-                .output(&format!("systemctl is-active openclaw-{id}.service"), b"")
+                .output(
+                    &format!("systemctl is-active {}", shell_word(&units.guest)),
+                    b"",
+                )
                 .ok()
                 .filter(|o| o.status.code() != Some(255))
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -350,7 +351,8 @@ pub fn status(
     ));
     output.line(&format!(
         "  phase          {}",
-        or(&view.phase, "made by fireclaw 0.2.0")
+        view.phase
+            .map_or_else(|| "made by fireclaw 0.2.0".to_owned(), |p| p.to_string())
     ));
     output.line(&format!(
         "  VM unit        {} {}",
@@ -363,7 +365,8 @@ pub fn status(
         paint(&view.proxy, colour)
     ));
     output.line(&format!(
-        "  guest service  openclaw-{id}.service {}",
+        "  guest service  {} {}",
+        units.guest,
         guest_service.as_deref().unwrap_or("unreachable")
     ));
     output.line(&format!(
@@ -402,7 +405,7 @@ mod tests {
             ip: Some("172.16.0.2".into()),
             port: Some(18891),
             tap: Some("ta2".into()),
-            phase: Some("provisioned".into()),
+            phase: Some(Phase::Provisioned),
             vm: "active".into(),
             proxy: "active".into(),
             health: health.into(),

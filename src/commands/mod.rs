@@ -1,14 +1,19 @@
-//! One module per verb; the only place where the domain meets the host adapters. Each command
-//! is a linear list of steps.
+//! One module per verb: each parses what it was given, calls operations (`crate::ops`) and
+//! prints through `Output`. No command imports another; what two verbs share lives in `ops`.
 
+mod adopt;
+mod destroy;
 mod doctor;
 mod egress;
 mod fleet;
-pub mod install;
-pub mod lifecycle;
+mod logs;
+mod provision;
 mod setup;
+mod shell;
+mod start;
+mod stop;
 mod token;
-mod vm_net;
+mod vm_helpers;
 
 use anyhow::Result;
 
@@ -17,57 +22,51 @@ use crate::host::systemd::Systemctl;
 use crate::output::Output;
 use crate::settings::Settings;
 
-/// The command already printed its error; `main` only sets the exit code.
-#[derive(Debug, thiserror::Error)]
-#[error("error already reported")]
-pub struct AlreadyReported;
-
-/// A command that needs root was run without it.
-#[derive(Debug, thiserror::Error)]
-#[error("'fireclaw {command}' needs root: {why}")]
-pub struct NeedsRoot {
-    pub command: &'static str,
-    pub why: &'static str,
-}
-
 pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
-    let settings = Settings::from_process_env()?;
-    match cli.command {
-        Command::Setup(args) => setup::run(&settings, &args, output),
-        Command::Token(args) => token::run(&settings, &args.id, output),
-        Command::Doctor(args) => doctor::run_doctor(&settings, args.json, output),
+    // The man page and completions describe the command line only: a bad setting in the
+    // environment must not keep a person from reading how to fix it.
+    match &cli.command {
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut command, "fireclaw", &mut script);
             output.text(&String::from_utf8_lossy(&script));
-            Ok(())
+            return Ok(());
         }
         Command::Man => {
             let mut page = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
             output.text(&String::from_utf8_lossy(&page));
-            Ok(())
+            return Ok(());
         }
-        Command::Provision(args) => lifecycle::provision(&settings, &args, &Systemctl, output),
-        Command::List(args) => fleet::list(&settings, args.json, &Systemctl, output),
+        _ => {}
+    }
+    let settings = Settings::from_process_env()?;
+    let services = Systemctl;
+    match cli.command {
+        Command::Setup(args) => setup::run(&settings, &args, &services, output),
+        Command::Token(args) => token::run(&settings, &args.id, output),
+        Command::Doctor(args) => doctor::run(&settings, args.json, &services, output),
+        Command::Provision(args) => provision::run(&settings, &args, &services, output),
+        Command::List(args) => fleet::list(&settings, args.json, &services, output),
         Command::Status(args) => {
-            fleet::status(&settings, args.id.as_ref(), args.json, &Systemctl, output)
+            fleet::status(&settings, args.id.as_ref(), args.json, &services, output)
         }
-        Command::Start(args) => {
-            lifecycle::start(&settings, &args.id, &args.waits, &Systemctl, output)
-        }
-        Command::Stop(args) => lifecycle::stop(&settings, &args.id, &Systemctl, output),
+        Command::Start(args) => start::start(&settings, &args.id, &args.waits, &services, output),
+        Command::Stop(args) => stop::run(&settings, &args.id, &services, output),
         Command::Restart(args) => {
-            lifecycle::restart(&settings, &args.id, &args.waits, &Systemctl, output)
+            start::restart(&settings, &args.id, &args.waits, &services, output)
         }
-        Command::Logs(args) => lifecycle::logs(&settings, &args),
-        Command::Shell(args) => lifecycle::shell(&settings, &args),
-        Command::Destroy(args) => lifecycle::destroy(&settings, &args, &Systemctl, output),
-        Command::Egress(command) => egress::run(&settings, &command, &Systemctl, output),
-        Command::Adopt(args) => lifecycle::adopt(&settings, &args.id, &Systemctl, output),
-        Command::VmNetUp(args) => vm_net::up(&settings, &args.id, output),
-        Command::VmShutdown(args) => vm_net::shutdown(&settings, &args.id, output),
-        Command::VmNetDown(args) => vm_net::down(&settings, &args.id),
+        Command::Logs(args) => logs::run(&settings, &args),
+        Command::Shell(args) => shell::run(&settings, &args),
+        Command::Destroy(args) => destroy::run(&settings, &args, &services, output),
+        Command::Egress(command) => egress::run(&settings, &command, &services, output),
+        Command::Adopt(args) => adopt::run(&settings, &args.id, &services, output),
+        Command::VmNetUp(args) => {
+            vm_helpers::net_up_command(&settings, &args.id, &services, output)
+        }
+        Command::VmShutdown(args) => vm_helpers::shutdown(&settings, &args.id, output),
+        Command::VmNetDown(args) => vm_helpers::net_down_command(&settings, &args.id),
+        Command::Completions(_) | Command::Man => Ok(()),
     }
 }

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 
+use crate::instance::layout::StatePaths;
 use crate::instance::state::GatewayToken;
-use crate::instance::store::StatePaths;
 use crate::instance::values::InstanceId;
 use crate::output::Output;
 use crate::settings::Settings;

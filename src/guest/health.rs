@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use super::ssh::{SshError, SshTarget};
+use super::ssh::{GuestShell, SshError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
@@ -90,13 +90,13 @@ pub fn proxy_health(port: u16, timeout: Duration) -> Health {
 }
 
 /// The guest gate: the health script over SSH. A host key mismatch is an error, not "down".
-pub fn guest_health(target: &SshTarget, id: &str) -> Result<Health, SshError> {
+pub fn guest_health(target: &dyn GuestShell, id: &str) -> Result<Health, SshError> {
     let script = format!("/usr/local/bin/openclaw-health-{id}.sh");
     match target.run(&format!("sudo {script}"), b"") {
         Ok(out) if out.trim() == "legacy" => Ok(Health::Legacy),
         Ok(_) => Ok(Health::Up),
         Err(error @ SshError::HostKeyMismatch { .. }) => Err(error),
-        Err(error) => Ok(Health::Down(error.to_string())),
+        Err(error) => Ok(Health::Down(crate::output::error_chain(&error))),
     }
 }
 

@@ -3,7 +3,7 @@
 //! secrets are never on a command line, host or guest, and never in a guest file but the 0600
 //! env file the script writes.
 
-use super::ssh::{SshError, SshTarget};
+use super::ssh::{GuestShell, SshError};
 
 /// The provisioning script, embedded so no install path has to be found at run time.
 pub const PROVISION_SCRIPT: &str = include_str!("../../assets/provision-guest.sh");
@@ -11,7 +11,7 @@ pub const PROVISION_SCRIPT: &str = include_str!("../../assets/provision-guest.sh
 pub const GUEST_SCRIPT_PATH: &str = "/usr/local/sbin/fireclaw-provision";
 
 /// Installs the script (atomically, mode 0755) and runs it with `vars` on stdin.
-pub fn provision_guest(target: &SshTarget, vars: &str) -> Result<(), SshError> {
+pub fn provision_guest(target: &dyn GuestShell, vars: &str) -> Result<(), SshError> {
     let install = format!(
         "sudo sh -c 'umask 022 && cat > {path}.new && chmod 0755 {path}.new && mv -f {path}.new {path}'",
         path = GUEST_SCRIPT_PATH

@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::instance::layout::GUEST_USER;
+use crate::instance::layout::{GUEST_USER, host_key_alias};
 use crate::render::units::shell_word;
 
 pub const SSH: &str = "ssh";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
-    #[error("run ssh: {0}")]
-    Spawn(std::io::Error),
+    #[error("run ssh")]
+    Spawn(#[source] std::io::Error),
     #[error(
         "the SSH host key of instance '{id}' does not match the pinned key in {known_hosts}; if the change is expected, remove that file and retry"
     )]
@@ -37,6 +37,24 @@ pub enum SshError {
         status: String,
         stderr: String,
     },
+}
+
+/// What the lifecycle needs of a guest's shell: a login probe and a command run. `SshTarget`
+/// is the real one; unit tests supply a recording fake so no packet leaves the machine.
+pub trait GuestShell {
+    /// One no-op login: distinguishes a host key mismatch from plain unreachability.
+    fn probe(&self) -> Result<(), SshError>;
+    /// Runs `remote` with `stdin` fed to it; returns stdout on success.
+    fn run(&self, remote: &str, stdin: &[u8]) -> Result<String, SshError>;
+}
+
+impl GuestShell for SshTarget {
+    fn probe(&self) -> Result<(), SshError> {
+        SshTarget::probe(self)
+    }
+    fn run(&self, remote: &str, stdin: &[u8]) -> Result<String, SshError> {
+        SshTarget::run(self, remote, stdin)
+    }
 }
 
 /// How the guest's host key is checked.
@@ -80,7 +98,7 @@ impl SshTarget {
         match self.policy {
             HostKeyPolicy::Pinned => {
                 option("StrictHostKeyChecking=yes".into());
-                option(format!("HostKeyAlias=fireclaw-{}", self.id));
+                option(format!("HostKeyAlias={}", host_key_alias(&self.id)));
             }
             HostKeyPolicy::TrustOnFirstUse => option("StrictHostKeyChecking=accept-new".into()),
         }

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AssetError {
-    #[error("open base image {path}: {source}")]
+    #[error("open base image {path}")]
     OpenSource { path: PathBuf, source: io::Error },
     #[error("base image {path} is not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("create {path}: {source}")]
+    #[error("create {path}")]
     CreateTarget { path: PathBuf, source: io::Error },
     #[error(
         "copy {from} to {to}: no space left on device: the filesystem holding {} is full (the base image has {} MiB of data to copy)",
@@ -26,7 +26,7 @@ pub enum AssetError {
         to: PathBuf,
         size_mib: u64,
     },
-    #[error("copy {from} to {to}: {source}")]
+    #[error("copy {from} to {to}")]
     Copy {
         from: PathBuf,
         to: PathBuf,
@@ -40,7 +40,7 @@ pub enum AssetError {
         current: u64,
         requested: u64,
     },
-    #[error("grow {path} to {size} bytes: {source}")]
+    #[error("grow {path} to {size} bytes")]
     Grow {
         path: PathBuf,
         size: u64,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("connect to the Firecracker API at {socket}: {source}")]
+    #[error("connect to the Firecracker API at {socket}")]
     Connect { socket: PathBuf, source: io::Error },
-    #[error("{request} on {socket}: {source}")]
+    #[error("{request} on {socket}")]
     Io {
         request: String,
         socket: PathBuf,

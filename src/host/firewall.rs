@@ -49,6 +49,24 @@ impl ChainAudit {
     pub fn rules_match(&self) -> bool {
         self.exists && self.missing.is_empty() && self.unexpected.is_empty() && !self.out_of_order
     }
+
+    /// What differs from the spec, one phrase each (empty when the rules match).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.exists {
+            problems.push("chain missing".to_owned());
+        }
+        for comment in &self.missing {
+            problems.push(format!("missing or altered: \"{comment}\""));
+        }
+        for line in &self.unexpected {
+            problems.push(format!("not in the policy: {line}"));
+        }
+        if self.out_of_order {
+            problems.push("rules out of order".to_owned());
+        }
+        problems
+    }
 }
 
 /// The comment of a rule as `iptables -S` prints it (quoted when it holds spaces).
@@ -159,7 +177,17 @@ pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, FirewallError> {
         if !after.rules_match() || after.hook != Hook::First {
             return Err(FirewallError::NotApplied {
                 chain: chain.name.clone(),
-                found: format!("{after:?}"),
+                found: {
+                    let mut found = after.problems();
+                    match &after.hook {
+                        Hook::First => {}
+                        Hook::Missing => found.push("jump missing".to_owned()),
+                        Hook::Behind(rules) => {
+                            found.push(format!("jump behind {} rule(s)", rules.len()))
+                        }
+                    }
+                    found.join("; ")
+                },
             });
         }
     }

@@ -47,9 +47,9 @@ const IFADDR_LEN: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("open a netlink socket: {0}")]
-    Open(io::Error),
-    #[error("{operation}: {source}")]
+    #[error("open a netlink socket")]
+    Open(#[source] io::Error),
+    #[error("{operation}")]
     Request {
         operation: String,
         source: io::Error,

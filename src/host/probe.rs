@@ -10,6 +10,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A command that needs root was run without it.
+#[derive(Debug, thiserror::Error)]
+#[error("'fireclaw {command}' needs root: {why}")]
+pub struct NeedsRoot {
+    pub command: &'static str,
+    pub why: &'static str,
+}
+
+/// Refuses to go on without root, saying which command needs it and why.
+pub fn require_root(command: &'static str, why: &'static str) -> Result<(), NeedsRoot> {
+    if is_root() {
+        Ok(())
+    } else {
+        Err(NeedsRoot { command, why })
+    }
+}
+
 /// Ports in LISTEN state in a `/proc/net/tcp` or `/proc/net/tcp6` table.
 pub fn parse_listening_ports(table: &str) -> BTreeSet<u16> {
     const LISTEN: &str = "0A";
@@ -54,7 +71,10 @@ pub fn find_on_path(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
 
 /// `program` on this process's `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
-    find_on_path(program, std::env::var("PATH").ok().as_deref())
+    find_on_path(
+        program,
+        std::env::var(crate::env_vars::PATH).ok().as_deref(),
+    )
 }
 
 /// `MemAvailable` from `/proc/meminfo`, in MiB.

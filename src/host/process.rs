@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    #[error("run {program}: {source}")]
+    #[error("run {program}")]
     Spawn { program: String, source: io::Error },
     #[error("{program} {args} failed ({status}){stderr}")]
     CommandFailed {
@@ -131,10 +131,10 @@ mod tests {
     fn success_returns_stdout_and_spawn_errors_name_the_program() {
         assert_eq!(run_checked("sh", &["-c", "echo hi"]).unwrap(), "hi\n");
         let err = run_checked("/nonexistent/fireclaw-no-such", &[]).unwrap_err();
+        let line = crate::output::error_chain(&err);
         assert!(
-            err.to_string()
-                .starts_with("run /nonexistent/fireclaw-no-such:"),
-            "{err}"
+            line.starts_with("run /nonexistent/fireclaw-no-such: No such file"),
+            "{line}"
         );
     }
 }

@@ -1,10 +1,11 @@
-//! systemd, behind the small `ServiceManager` trait that commands use (tests can supply another
-//! implementation). `Systemctl` drives the real one through `systemctl`; unit states for many
+//! systemd, behind the small `ServiceManager` trait through which every host `systemctl` and
+//! `journalctl` call goes (unit tests supply a recording fake). `Systemctl` drives the real one through `systemctl`; unit states for many
 //! units come from one batched `systemctl show`.
 
 use super::process::{ProcessError, run_checked};
 
 pub const SYSTEMCTL: &str = "systemctl";
+pub const JOURNALCTL: &str = "journalctl";
 
 /// What fireclaw reads about a unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,6 +41,10 @@ pub trait ServiceManager {
     fn reset_failed(&self, units: &[&str]) -> Result<(), ProcessError>;
     /// States of `units`, in the same order, from one query.
     fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, ProcessError>;
+    /// Queues a stop without waiting for it: how a unit's own helper stops that unit.
+    fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError>;
+    /// The unit's last `lines` journal lines, joined with " / "; empty when none can be read.
+    fn journal_tail(&self, unit: &str, lines: u32) -> String;
 }
 
 /// The host's systemd through `systemctl`.
@@ -120,6 +125,22 @@ impl ServiceManager for Systemctl {
             }
         }
         Ok(states)
+    }
+    fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError> {
+        systemctl(&["--no-block", "stop"], units)
+    }
+    fn journal_tail(&self, unit: &str, lines: u32) -> String {
+        let lines = lines.to_string();
+        let args = ["-u", unit, "-n", lines.as_str(), "--no-pager", "-o", "cat"];
+        match super::process::run(JOURNALCTL, &args) {
+            Ok(output) => String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" / "),
+            Err(_) => String::new(),
+        }
     }
 }
 

@@ -17,13 +17,13 @@ const IFREQ_LEN: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("open /dev/net/tun: {0}")]
-    OpenTun(io::Error),
-    #[error("create tap {name}: {source}")]
+    #[error("open /dev/net/tun")]
+    OpenTun(#[source] io::Error),
+    #[error("create tap {name}")]
     Create { name: String, source: io::Error },
-    #[error("make tap {name} persistent: {source}")]
+    #[error("make tap {name} persistent")]
     Persist { name: String, source: io::Error },
-    #[error("tap name {0:?} is too long for an interface name")]
+    #[error("tap name '{}' is too long for an interface name", crate::instance::values::escaped(.0))]
     NameTooLong(String),
 }
 

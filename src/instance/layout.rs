@@ -1,9 +1,40 @@
-//! Names and paths derived from an instance id that are not state: the VM asset tree under
-//! `FC_ROOT/<id>/` and the two systemd unit names, exactly as 0.2.0 lays them out.
+//! Names and paths derived from an instance id, exactly as 0.2.0 lays them out: the state files
+//! under `STATE_ROOT/.vm-<id>/`, the lock files, the VM asset tree under `FC_ROOT/<id>/`, the
+//! systemd unit names and the SSH host-key alias. Pure: nothing here touches the disk.
 
 use std::path::{Path, PathBuf};
 
 use super::values::InstanceId;
+
+/// Where one instance's state files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePaths {
+    pub dir: PathBuf,
+    pub env: PathBuf,
+    pub token: PathBuf,
+    pub vars: PathBuf,
+    pub known_hosts: PathBuf,
+    pub fireclaw_json: PathBuf,
+}
+
+impl StatePaths {
+    pub fn new(state_root: &Path, id: &InstanceId) -> Self {
+        let dir = state_root.join(format!(".vm-{id}"));
+        Self {
+            env: dir.join(".env"),
+            token: dir.join(".token"),
+            vars: dir.join("provision.vars"),
+            known_hosts: dir.join("known_hosts"),
+            fireclaw_json: dir.join("fireclaw.json"),
+            dir,
+        }
+    }
+}
+
+/// `FC_ROOT/<id>/firecracker.socket`.
+pub fn default_api_sock(fc_root: &Path, id: &str) -> PathBuf {
+    fc_root.join(id).join("firecracker.socket")
+}
 
 /// `FC_ROOT/<id>/` and everything in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,19 +84,41 @@ impl AssetPaths {
     }
 }
 
-/// The systemd unit names of an instance (the historical `vmdemo` names).
+/// Prefix and suffix of the VM unit's name (`firecracker-vmdemo-<id>.service`, 0.2.0's name).
+const VM_UNIT_PREFIX: &str = "firecracker-vmdemo-";
+const PROXY_UNIT_PREFIX: &str = "vmdemo-proxy-";
+const GUEST_UNIT_PREFIX: &str = "openclaw-";
+const SERVICE_SUFFIX: &str = ".service";
+
+/// The systemd unit names of an instance (the historical `vmdemo` names): the two host units and
+/// the gateway service inside the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitNames {
     pub vm: String,
     pub proxy: String,
+    /// The guest's gateway service (inside the VM, driven over SSH).
+    pub guest: String,
 }
 
 impl UnitNames {
     pub fn new(id: &InstanceId) -> Self {
+        Self::for_name(id.as_str())
+    }
+
+    /// The names for a directory name that may not be a valid id (a scanned `.vm-<name>`).
+    pub fn for_name(name: &str) -> Self {
         Self {
-            vm: format!("firecracker-vmdemo-{id}.service"),
-            proxy: format!("vmdemo-proxy-{id}.service"),
+            vm: format!("{VM_UNIT_PREFIX}{name}{SERVICE_SUFFIX}"),
+            proxy: format!("{PROXY_UNIT_PREFIX}{name}{SERVICE_SUFFIX}"),
+            guest: format!("{GUEST_UNIT_PREFIX}{name}{SERVICE_SUFFIX}"),
         }
+    }
+
+    /// The instance name a VM unit file name belongs to, if it is one.
+    pub fn instance_of_vm_unit(file_name: &str) -> Option<&str> {
+        file_name
+            .strip_prefix(VM_UNIT_PREFIX)?
+            .strip_suffix(SERVICE_SUFFIX)
     }
 
     pub fn vm_path(&self, unit_dir: &Path) -> PathBuf {
@@ -74,6 +127,38 @@ impl UnitNames {
 
     pub fn proxy_path(&self, unit_dir: &Path) -> PathBuf {
         unit_dir.join(&self.proxy)
+    }
+}
+
+/// The alias fireclaw pins an instance's SSH host key under in its `known_hosts`; the renderer
+/// writes it and the SSH client asks for it, so both must come from here.
+pub fn host_key_alias(id: &str) -> String {
+    format!("fireclaw-{id}")
+}
+
+/// The lock files under `STATE_ROOT`. They are never deleted, so a lock can never be held on
+/// a file another command has already replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockPaths {
+    /// `.alloc.lock`: held while allocating (the same file 0.2.0 uses).
+    pub allocation: PathBuf,
+    /// `.net.lock`: held while the shared network pieces are checked and created.
+    pub network: PathBuf,
+    /// `.locks/`: one `<id>.lock` per instance, serialising lifecycle commands on it.
+    pub instances: PathBuf,
+}
+
+impl LockPaths {
+    pub fn new(state_root: &Path) -> Self {
+        Self {
+            allocation: state_root.join(".alloc.lock"),
+            network: state_root.join(".net.lock"),
+            instances: state_root.join(".locks"),
+        }
+    }
+
+    pub fn instance(&self, id: &InstanceId) -> PathBuf {
+        self.instances.join(format!("{id}.lock"))
     }
 }
 

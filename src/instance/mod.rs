@@ -1,13 +1,14 @@
 //! The pure domain of an instance: validated values, the setup spec, 0.2.0's state files and
-//! `fireclaw.json`, allocation, and the state store with its locks. Nothing here touches the
-//! host's network, systemd or processes.
+//! `fireclaw.json`, allocation, and every name and path derived from an instance id. Nothing
+//! here does I/O except drawing fresh secrets from the system's random source (`secrets`); the
+//! state store that reads and writes these files is `crate::store`.
 
 pub mod alloc;
+pub mod host;
 pub mod layout;
 pub mod plain;
 pub mod plan;
 pub mod secrets;
 pub mod spec;
 pub mod state;
-pub mod store;
 pub mod values;

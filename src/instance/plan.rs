@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 use super::alloc::{
     AllocError, Taken, check_port, first_free_ip, first_free_port, mac_address, tap_name,
 };
+use super::host::NetworkSettings;
 use super::spec::SetupSpec;
 use super::state::{EnvFile, GatewayToken, StateError, VarsFile};
 use super::values::{HostPort, InterfaceName};
-use crate::settings::NetworkSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {

@@ -5,11 +5,27 @@ use ssh_key::rand_core::{OsRng, RngCore};
 use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
 use super::state::GatewayToken;
-use crate::render::cloud_init::HostKeyPair;
+
+/// The guest's own SSH host key, in OpenSSH formats.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HostKeyPair {
+    /// `-----BEGIN OPENSSH PRIVATE KEY-----` ... (a secret).
+    pub private_openssh: String,
+    /// `ssh-ed25519 AAAA...`.
+    pub public_openssh: String,
+}
+
+impl std::fmt::Debug for HostKeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeyPair")
+            .field("public_openssh", &self.public_openssh)
+            .finish_non_exhaustive()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    #[error("generate the guest SSH host key: {0}")]
+    #[error("generate the guest SSH host key")]
     HostKey(#[from] ssh_key::Error),
     #[error("read the system random source: {0}")]
     Random(String),

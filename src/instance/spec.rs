@@ -14,9 +14,10 @@ pub const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("{name} (from the environment): {problem}")]
+    #[error("{name} (from the environment)")]
     Environment {
         name: &'static str,
+        #[source]
         problem: InvalidValue,
     },
     #[error("--telegram-users is required with --telegram-token")]
@@ -33,9 +34,10 @@ pub enum SpecError {
         "API socket path {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id, FC_ROOT or --api-sock)"
     )]
     SocketPathTooLong { path: String, length: usize },
-    #[error("saved {key} cannot be used: {problem}")]
+    #[error("saved {key} cannot be used")]
     Saved {
         key: &'static str,
+        #[source]
         problem: InvalidValue,
     },
     #[error("{what} path contains a newline, carriage return or NUL")]

@@ -69,7 +69,7 @@ pub enum StateError {
         value: String,
         expected: &'static str,
     },
-    #[error("fireclaw.json is not valid: {0}")]
+    #[error("fireclaw.json is not valid")]
     Json(#[from] serde_json::Error),
 }
 
@@ -273,6 +273,12 @@ impl Phase {
             Self::Booted => "booted",
             Self::Provisioned => "provisioned",
         }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

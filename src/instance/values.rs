@@ -16,6 +16,13 @@ fn invalid(message: impl Into<String>) -> InvalidValue {
     InvalidValue(message.into())
 }
 
+/// A value a person typed or a file held, safe inside a one-line message: control characters,
+/// quotes and anything outside printable ASCII are escaped (`\n`, `\u{1b}`). Every message
+/// that shows a user's value goes through here, never through a type's `Debug`.
+pub fn escaped(value: &str) -> String {
+    value.escape_default().to_string()
+}
+
 /// Refuses characters that would break a plain-v1 line or a unit file when saved.
 pub fn reject_line_breaks(what: &str, value: &str) -> Result<(), InvalidValue> {
     if value.contains(['\n', '\r', '\0']) {
@@ -52,9 +59,9 @@ impl FromStr for InstanceId {
             .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
         {
             return Err(invalid(format!(
-                "instance id '{}' contains {:?}; use only a-z, 0-9, '_' and '-'",
-                value.escape_default(),
-                bad
+                "instance id '{}' contains '{}'; use only a-z, 0-9, '_' and '-'",
+                escaped(value),
+                escaped(&bad.to_string())
             )));
         }
         if value.len() > MAX_INSTANCE_ID_LEN {
@@ -213,7 +220,7 @@ impl FromStr for DiskSize {
         let refuse = || {
             invalid(format!(
                 "disk size '{}' must be a number with an optional K, M, G or T suffix (e.g. 40G), from 1M to 64T",
-                value.escape_default()
+                escaped(value)
             ))
         };
         let (digits, shift) = match value.char_indices().last() {
@@ -288,7 +295,7 @@ impl FromStr for Model {
         let Some((provider, name)) = value.split_once('/') else {
             return Err(invalid(format!(
                 "model '{}' must look like <provider>/<model>, e.g. openai/gpt-5.5",
-                value.escape_default()
+                escaped(value)
             )));
         };
         let name_ok = !name.is_empty()
@@ -298,7 +305,7 @@ impl FromStr for Model {
         if !name_ok {
             return Err(invalid(format!(
                 "model name '{}' must be non-empty and use only letters, digits and . _ : / -",
-                name.escape_default()
+                escaped(name)
             )));
         }
         let provider = match provider {
@@ -308,7 +315,7 @@ impl FromStr for Model {
             other => {
                 return Err(invalid(format!(
                     "model provider '{}' is not supported; use openai/*, anthropic/* or minimax/*",
-                    other.escape_default()
+                    escaped(other)
                 )));
             }
         };
@@ -351,7 +358,7 @@ impl FromStr for Skills {
         }) {
             return Err(invalid(format!(
                 "skill '{}' must use only letters, digits, '.', '_' and '-'",
-                bad.escape_default()
+                escaped(bad)
             )));
         }
         Ok(Self(names))
@@ -395,7 +402,7 @@ impl FromStr for TelegramUsers {
         {
             return Err(invalid(format!(
                 "Telegram user id '{}' must be a number",
-                bad.escape_default()
+                escaped(bad)
             )));
         }
         Ok(Self(ids))
@@ -468,7 +475,7 @@ impl FromStr for ImageRef {
         if !ok {
             return Err(invalid(format!(
                 "image '{}' is not a container image reference (e.g. ghcr.io/openclaw/openclaw:latest)",
-                value.escape_default()
+                escaped(value)
             )));
         }
         Ok(Self(value.to_owned()))
@@ -488,7 +495,7 @@ pub fn parse_absolute_path(what: &str, value: &str) -> Result<PathBuf, InvalidVa
     if !path.is_absolute() {
         return Err(invalid(format!(
             "{what} '{}' must be an absolute path",
-            value.escape_default()
+            escaped(value)
         )));
     }
     if path
@@ -497,7 +504,7 @@ pub fn parse_absolute_path(what: &str, value: &str) -> Result<PathBuf, InvalidVa
     {
         return Err(invalid(format!(
             "{what} '{}' must not contain '..'",
-            value.escape_default()
+            escaped(value)
         )));
     }
     Ok(path.to_path_buf())
@@ -535,7 +542,7 @@ impl FromStr for InterfaceName {
         if !ok {
             return Err(invalid(format!(
                 "interface name '{}' must be 1–15 characters of a-z, A-Z, 0-9, '_', '-' and '.'",
-                value.escape_default()
+                escaped(value)
             )));
         }
         Ok(Self(value.to_owned()))
@@ -667,7 +674,7 @@ impl FromStr for PrivateCidr {
             let addr = value.parse::<Ipv4Addr>().map_err(|_| {
                 invalid(format!(
                     "private egress network '{}' must be an IPv4 address or network, like 10.20.0.0/16",
-                    value.escape_default()
+                    escaped(value)
                 ))
             })?;
             (addr, 32)
@@ -751,7 +758,7 @@ fn parse_cidr(what: &str, value: &str) -> Result<(Ipv4Addr, u8), InvalidValue> {
     let refuse = || {
         invalid(format!(
             "{what} '{}' must be an IPv4 address with a prefix, like 172.16.0.0/24",
-            value.escape_default()
+            escaped(value)
         ))
     };
     let (addr, prefix) = value.split_once('/').ok_or_else(refuse)?;
@@ -768,7 +775,7 @@ pub fn parse_base_port(value: &str) -> Result<u16, InvalidValue> {
         Some(n) if (u64::from(HostPort::MIN - 1)..65535).contains(&n) => Ok(n as u16),
         _ => Err(invalid(format!(
             "BASE_PORT '{}' must be a number from 1023 to 65534",
-            value.escape_default()
+            escaped(value)
         ))),
     }
 }

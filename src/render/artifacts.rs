@@ -3,33 +3,35 @@
 //! units, each with its path, mode and a display form in which secrets are redacted. The base
 //! images are copied, not rendered; they are listed as `AssetCopy` steps.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::instance::layout::{AssetPaths, UnitNames};
+use crate::env_vars;
+use crate::instance::host::{HostPaths, NetworkSettings};
+use crate::instance::layout::StatePaths;
+use crate::instance::layout::{AssetPaths, UnitNames, host_key_alias};
 use crate::instance::plan::{Allocation, instance_env, provision_vars};
 use crate::instance::spec::SetupSpec;
 use crate::instance::state::{FireclawState, GatewayToken, Phase, StateError};
-use crate::instance::store::StatePaths;
-use crate::settings::{HostPaths, NetworkSettings};
+use crate::instance::values::InstanceId;
 
-use super::cloud_init::{
-    HostKeyPair, NetworkConfig, UserDataConfig, meta_data, network_config, user_data,
-};
+use super::cloud_init::{NetworkConfig, UserDataConfig, meta_data, network_config, user_data};
 use super::firecracker::{VmConfigInput, vm_config};
 use super::seed_image::{SeedFile, SeedImageError, Timestamp, seed_image};
 use super::units::{
     PinnedEnvironment, ProxyUnitConfig, VmUnitConfig, proxy_unit, start_script, stop_script,
     vm_unit,
 };
+use crate::instance::secrets::HostKeyPair;
 
 /// Label cloud-init's NoCloud source looks for.
 pub const SEED_LABEL: &str = "cidata";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("render state files: {0}")]
+    #[error("render state files")]
     State(#[from] StateError),
-    #[error("render seed image: {0}")]
+    #[error("render seed image")]
     Seed(#[from] SeedImageError),
 }
 
@@ -124,19 +126,73 @@ pub fn redact_private_key(user_data: &str, host_key: &HostKeyPair) -> String {
 pub fn pinned_environment(paths: &HostPaths, network: &NetworkSettings) -> PinnedEnvironment {
     PinnedEnvironment(vec![
         (
-            "STATE_ROOT",
+            env_vars::STATE_ROOT,
             paths.state_root.to_string_lossy().into_owned(),
         ),
-        ("FC_ROOT", paths.fc_root.to_string_lossy().into_owned()),
-        ("BRIDGE_NAME", network.bridge.to_string()),
-        ("BRIDGE_ADDR", network.bridge_address.to_string()),
-        ("SUBNET_CIDR", network.subnet.to_string()),
+        (
+            env_vars::FC_ROOT,
+            paths.fc_root.to_string_lossy().into_owned(),
+        ),
+        (env_vars::BRIDGE_NAME, network.bridge.to_string()),
+        (env_vars::BRIDGE_ADDR, network.bridge_address.to_string()),
+        (env_vars::SUBNET_CIDR, network.subnet.to_string()),
     ])
 }
 
-/// The `known_hosts` alias fireclaw pins an instance's host key under.
-pub fn host_key_alias(id: &str) -> String {
-    format!("fireclaw-{id}")
+/// What the two units and the wrapper scripts are rendered from: `setup` fills it from a new
+/// allocation, `adopt` from a 0.2.0 instance's saved state.
+#[derive(Debug, Clone)]
+pub struct UnitsPlan<'a> {
+    pub id: &'a InstanceId,
+    pub tools: &'a HostTools,
+    pub api_sock: PathBuf,
+    pub host_port: u16,
+    pub vm_ip: Ipv4Addr,
+    pub network: &'a NetworkSettings,
+    pub paths: &'a HostPaths,
+}
+
+/// The wrapper scripts (`start-vm.sh`, `stop-vm.sh`) and the two unit files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFiles {
+    pub scripts: Vec<Artifact>,
+    pub units: Vec<Artifact>,
+}
+
+pub fn unit_files(plan: &UnitsPlan<'_>) -> UnitFiles {
+    let id = plan.id.as_str();
+    let assets = AssetPaths::new(&plan.paths.fc_root, plan.id);
+    let units = UnitNames::new(plan.id);
+    let vm = VmUnitConfig {
+        id: id.to_owned(),
+        fireclaw: plan.tools.fireclaw.clone(),
+        firecracker: plan.tools.firecracker.clone(),
+        api_sock: plan.api_sock.clone(),
+        vm_config: assets.vm_config.clone(),
+        console_log: assets.console_log.clone(),
+        environment: pinned_environment(plan.paths, plan.network),
+    };
+    let proxy = ProxyUnitConfig {
+        id: id.to_owned(),
+        vm_unit: units.vm.clone(),
+        socat: plan.tools.socat.clone(),
+        host_port: plan.host_port,
+        vm_ip: plan.vm_ip,
+    };
+    UnitFiles {
+        scripts: vec![
+            text(assets.start_script, 0o700, start_script(&vm)),
+            text(assets.stop_script, 0o700, stop_script(&vm)),
+        ],
+        units: vec![
+            text(units.vm_path(&plan.paths.unit_dir), 0o644, vm_unit(&vm)),
+            text(
+                units.proxy_path(&plan.paths.unit_dir),
+                0o644,
+                proxy_unit(&proxy),
+            ),
+        ],
+    }
 }
 
 pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, RenderError> {
@@ -144,7 +200,6 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
     let id = spec.id.as_str();
     let state_paths = StatePaths::new(&plan.paths.state_root, &spec.id);
     let asset_paths = AssetPaths::new(&plan.paths.fc_root, &spec.id);
-    let units = UnitNames::new(&spec.id);
 
     let env = instance_env(spec, plan.allocation, plan.token)?;
     let vars = provision_vars(spec, plan.token)?;
@@ -212,15 +267,15 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         ],
         plan.time,
     )?;
-    let vm_unit_config = VmUnitConfig {
-        id: id.to_owned(),
-        fireclaw: plan.tools.fireclaw.clone(),
-        firecracker: plan.tools.firecracker.clone(),
+    let unit_files = unit_files(&UnitsPlan {
+        id: &spec.id,
+        tools: plan.tools,
         api_sock: spec.api_sock.clone(),
-        vm_config: asset_paths.vm_config.clone(),
-        console_log: asset_paths.console_log.clone(),
-        environment: pinned_environment(plan.paths, plan.network),
-    };
+        host_port: plan.allocation.host_port.get(),
+        vm_ip: plan.allocation.ip,
+        network: plan.network,
+        paths: plan.paths,
+    });
     let seed_display = format!(
         "ISO 9660 image, label '{SEED_LABEL}', {} bytes: user-data, meta-data, network-config (Rock Ridge and Joliet names)\n",
         seed.len()
@@ -257,17 +312,9 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         ),
         // Firecracker before 1.14 refuses to start unless its log file exists.
         text(asset_paths.firecracker_log.clone(), 0o600, String::new()),
-        text(
-            asset_paths.start_script.clone(),
-            0o700,
-            start_script(&vm_unit_config),
-        ),
-        text(
-            asset_paths.stop_script.clone(),
-            0o700,
-            stop_script(&vm_unit_config),
-        ),
     ];
+    let mut assets = assets;
+    assets.extend(unit_files.scripts);
     let mut copies = vec![
         AssetCopy {
             from: spec.base.rootfs.clone(),
@@ -287,29 +334,11 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
             grow_to: None,
         });
     }
-    let unit_files = vec![
-        text(
-            units.vm_path(&plan.paths.unit_dir),
-            0o644,
-            vm_unit(&vm_unit_config),
-        ),
-        text(
-            units.proxy_path(&plan.paths.unit_dir),
-            0o644,
-            proxy_unit(&ProxyUnitConfig {
-                id: id.to_owned(),
-                vm_unit: units.vm.clone(),
-                socat: plan.tools.socat.clone(),
-                host_port: plan.allocation.host_port.get(),
-                vm_ip: plan.allocation.ip,
-            }),
-        ),
-    ];
     Ok(RenderedInstance {
         state,
         copies,
         assets,
-        units: unit_files,
+        units: unit_files.units,
     })
 }
 

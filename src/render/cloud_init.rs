@@ -7,23 +7,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use crate::instance::layout::{GUEST_NAMESERVERS, GUEST_USER};
-
-/// The guest's own SSH host key, in OpenSSH formats.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HostKeyPair {
-    /// `-----BEGIN OPENSSH PRIVATE KEY-----` ... (a secret).
-    pub private_openssh: String,
-    /// `ssh-ed25519 AAAA...`.
-    pub public_openssh: String,
-}
-
-impl std::fmt::Debug for HostKeyPair {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostKeyPair")
-            .field("public_openssh", &self.public_openssh)
-            .finish_non_exhaustive()
-    }
-}
+use crate::instance::secrets::HostKeyPair;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserDataConfig {

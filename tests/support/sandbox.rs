@@ -111,11 +111,14 @@ impl Sandbox {
         let build = build_dir();
         for (from, to) in [
             (build.join("fireclaw"), "fireclaw"),
-            (build.join("examples/firecracker_standin"), "firecracker"),
-            (build.join("examples/sandbox_install"), "sandbox_install"),
+            (build.join("firecracker_standin"), "firecracker"),
+            (build.join("sandbox_install"), "sandbox_install"),
         ] {
             std::fs::copy(&from, base.join("bin").join(to)).unwrap_or_else(|e| {
-                panic!("copy {}: {e} (build with --all-targets)", from.display())
+                panic!(
+                    "copy {}: {e} (build with cargo build --workspace)",
+                    from.display()
+                )
             });
             std::fs::set_permissions(
                 base.join("bin").join(to),

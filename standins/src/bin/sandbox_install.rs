@@ -1,5 +1,5 @@
 //! Test tool (not shipped): creates the host side of an instance inside a sandbox through the
-//! same library steps `setup` uses (`install_instance`), with the binaries the sandbox binds at
+//! same library operation `setup` uses (`ops::install::install_instance`), with the binaries the sandbox binds at
 //! /opt/fireclaw-test/bin recorded in the units (`FIRECLAW_TEST_FIRECRACKER` names another
 //! firecracker binary). Arguments are `setup`'s, e.g.
 //! `sandbox_install --instance a --openai-api-key k --disk-size 64M`.
@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fireclaw::cli::{Cli, Command};
-use fireclaw::commands::install::install_instance;
 use fireclaw::host::systemd::Systemctl;
+use fireclaw::ops::install::install_instance;
+use fireclaw::ops::network::HostNetwork;
 use fireclaw::render::artifacts::HostTools;
 use fireclaw::settings::Settings;
 
@@ -43,7 +44,15 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| bin.join("firecracker")),
                 socat: PathBuf::from("/usr/bin/socat"),
             };
-            install_instance(&settings, &spec, &tools, &Systemctl)
+            install_instance(
+                &settings,
+                &spec,
+                &tools,
+                &Systemctl,
+                &HostNetwork {
+                    settings: &settings,
+                },
+            )
         });
     match result {
         Ok(installed) => {
@@ -57,7 +66,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("sandbox_install: {e:#}");
+            eprintln!("sandbox_install: {}", fireclaw::error_line(&e));
             ExitCode::from(1)
         }
     }

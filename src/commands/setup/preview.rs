@@ -1,134 +1,24 @@
-//! `fireclaw setup`: validate → warn about memory → lock → allocate and write state → assets →
-//! units → boot → wait for SSH → provision → proxy → health gate → summary. A failure before
-//! provisioning completes removes exactly this instance; after it, the instance is kept and the
-//! error says how to inspect and retry. `--dry-run` reads what it can (other instances' state, listening ports, base images, tools on PATH),
-//! renders every artifact exactly as setup would, and prints them with secrets redacted. It
-//! writes nothing, so it needs no root; without root it cannot read the instances' 0700 state
-//! and says its allocation is provisional.
+//! `setup --dry-run`: reads what it can (other instances' state, listening ports, base images,
+//! tools on PATH), renders every artifact exactly as setup would, and prints them with secrets
+//! redacted. It writes nothing, so it needs no root; without root it cannot read the instances'
+//! 0700 state and says its allocation is provisional.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use std::time::Duration;
-
-use super::install::{check_not_existing, install_instance, teardown_instance};
-use super::{NeedsRoot, lifecycle};
-use crate::cli::{SetupArgs, WaitArgs};
-use crate::faults::crash_point;
-use crate::guest::provision::provision_guest;
 use crate::host::probe;
-use crate::host::systemd::{ServiceManager, Systemctl};
 use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
-use crate::instance::state::Phase;
-use crate::instance::store::{scan_instances, set_phase, taken_by};
+use crate::ops::install::check_not_existing;
 use crate::output::Output;
 use crate::render::artifacts::{
     Artifact, HostTools, InstancePlan, RenderedInstance, render_instance,
 };
 use crate::render::seed_image::Timestamp;
 use crate::settings::Settings;
-
-pub fn run(settings: &Settings, args: &SetupArgs, output: &mut Output<'_>) -> Result<()> {
-    let spec = settings.resolve_setup(args)?;
-    if args.dry_run {
-        return dry_run(settings, &spec, output);
-    }
-    if !probe::is_root() {
-        return Err(NeedsRoot {
-            command: "setup",
-            why: "it writes under STATE_ROOT, FC_ROOT and /etc/systemd/system (preview with --dry-run)",
-        }
-        .into());
-    }
-    create(settings, &spec, &args.waits, &Systemctl, output)
-}
-
-fn create(
-    settings: &Settings,
-    spec: &SetupSpec,
-    waits: &WaitArgs,
-    services: &dyn ServiceManager,
-    output: &mut Output<'_>,
-) -> Result<()> {
-    let id = &spec.id;
-    if let Some(available) = probe::mem_available_mib()
-        && u64::from(spec.memory.get()) > available
-    {
-        output.warn(&format!(
-            "the VM asks for {} MiB but the host has only {available} MiB available",
-            spec.memory
-        ));
-    }
-    let tools = HostTools {
-        fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
-        firecracker: probe::which("firecracker")
-            .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
-        socat: probe::which("socat").context("socat is not on PATH; install it")?,
-    };
-    // The lock serialises this setup with any other lifecycle command on the same id.
-    let _lock = lifecycle::lock(settings, id)?;
-    output.progress(&format!(
-        "{id}: allocating and writing state, assets and units"
-    ));
-    install_instance(settings, spec, &tools, services)?;
-
-    // Until provisioning completes, any failure removes this instance entirely.
-    let before_provisioned = (|| -> Result<lifecycle::Loaded> {
-        let loaded = lifecycle::load(settings, id)?;
-        output.progress(&format!("{id}: booting the VM"));
-        services.enable_now(&[loaded.units.vm.as_str()])?;
-        crash_point("setup:vm-started");
-        output.progress(&format!("{id}: waiting for SSH"));
-        lifecycle::wait_for_ssh(
-            &loaded,
-            services,
-            Duration::from_secs(waits.ssh_timeout),
-            output,
-        )?;
-        set_phase(&loaded.paths, Phase::Booted)?;
-        crash_point("setup:booted");
-        output.progress(&format!("{id}: provisioning the guest"));
-        let vars = std::fs::read_to_string(&loaded.paths.vars)
-            .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
-        provision_guest(&loaded.ssh, &vars)?;
-        set_phase(&loaded.paths, Phase::Provisioned)?;
-        crash_point("setup:provisioned");
-        Ok(loaded)
-    })();
-    let loaded = match before_provisioned {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            output.progress(&format!("{id}: setup failed; removing the instance"));
-            if let Err(cleanup) = teardown_instance(settings, id, Some(&spec.api_sock), services) {
-                return Err(error.context(format!(
-                    "removing the half-made instance failed too ({cleanup:#}); clean up with: fireclaw destroy {id} --force"
-                )));
-            }
-            return Err(error.context(format!("setup of '{id}' failed and was rolled back")));
-        }
-    };
-
-    // From here on the instance is kept: it is provisioned and can be inspected and retried.
-    let after = (|| -> Result<_> {
-        output.progress(&format!("{id}: starting the proxy"));
-        services.enable_now(&[loaded.units.proxy.as_str()])?;
-        crash_point("setup:proxy-started");
-        output.progress(&format!("{id}: waiting for health"));
-        lifecycle::health_gate(&loaded, Duration::from_secs(waits.health_timeout), output)
-    })();
-    match after {
-        Ok(health) => {
-            lifecycle::print_summary(&loaded, services, &health, output);
-            Ok(())
-        }
-        Err(error) => Err(error.context(format!(
-            "instance '{id}' was provisioned and is kept; inspect it with: fireclaw status {id}, retry with: fireclaw provision {id}"
-        ))),
-    }
-}
+use crate::store::{scan_instances, taken_by};
 
 /// Whether the existing instances could all be read, which decides if an allocation is final.
 enum Visibility {
@@ -206,7 +96,7 @@ fn check_base_image(what: &str, path: &Path, required: bool, warnings: &mut Vec<
     }
 }
 
-fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Result<()> {
+pub fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Result<()> {
     check_not_existing(settings, spec)?;
     let (allocation, visibility) = gather_allocation(settings, spec)?;
     let mut warnings = Vec::new();

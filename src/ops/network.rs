@@ -1,26 +1,67 @@
-//! The VM unit's helpers. `vm-net-up` (ExecStartPre) builds everything the VM needs on the host
-//! before every start: bridge with its address, the instance's persistent tap as an isolated
-//! bridge port (read back), IPv4 forwarding, IPv6 off, the guest network policy (see
-//! `egress`), and no stale API socket. Each step checks before it changes, so a second run changes nothing.
-//! `vm-shutdown` (ExecStop) asks the guest to shut down through the API socket and waits a
-//! bounded time for the VMM to go. `vm-net-down` (ExecStopPost, also after crashes and failed
-//! starts) removes the tap and the socket.
+//! The host network of the VMs: the pieces every VM shares (bridge with its address, IPv4
+//! forwarding, IPv6 off, the guest network policy's chains) and each VM's own (its persistent
+//! tap as an isolated bridge port, read back; no stale API socket). `net_up` is what the VM
+//! unit's `vm-net-up` runs before every start, `net_down` what `vm-net-down` runs after every
+//! stop, `shutdown` the clean stop `vm-shutdown` asks for. Each step checks before it changes,
+//! so a second run changes nothing. `NetworkSteps` is the seam the install and teardown
+//! operations use, so unit tests can record them instead of touching the kernel.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use super::egress;
 use crate::host::firecracker_api::ApiClient;
-use crate::host::firewall::ensure_chain;
+use crate::host::firewall::{IPTABLES, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
 use crate::host::tap::{create_persistent_tap, remove_tap};
-use crate::instance::layout::UnitNames;
-use crate::instance::store::{HeldLock, StatePaths, lock_file, read_env};
+use crate::instance::layout::{StatePaths, default_api_sock};
 use crate::instance::values::InstanceId;
-use crate::output::Output;
-use crate::settings::{Settings, default_api_sock};
+use crate::output::{Output, error_chain};
+use crate::render::egress::forward_chain_name;
+use crate::settings::Settings;
+use crate::store::{lock_network, read_env};
+
+/// The network steps of installing and removing an instance, as a seam: `HostNetwork` does
+/// them on this host; unit tests record them.
+pub trait NetworkSteps {
+    /// Whether an interface with this name exists (a leftover tap would be taken over).
+    fn interface_exists(&self, name: &str) -> Result<bool>;
+    /// Removes the tap `name`; absent is fine, another kind of link is left alone.
+    fn remove_tap(&self, name: &str) -> Result<()>;
+    /// Re-applies the guest network policy when fireclaw's chains are on this host; returns
+    /// notes on allowlists left out.
+    fn reapply_policy_if_present(&self) -> Result<Vec<String>>;
+}
+
+/// The real network of this host.
+pub struct HostNetwork<'a> {
+    pub settings: &'a Settings,
+}
+
+impl NetworkSteps for HostNetwork<'_> {
+    fn interface_exists(&self, name: &str) -> Result<bool> {
+        Ok(Netlink::open()?.link(name)?.is_some())
+    }
+    fn remove_tap(&self, name: &str) -> Result<()> {
+        Ok(remove_tap(name)?)
+    }
+    fn reapply_policy_if_present(&self) -> Result<Vec<String>> {
+        reapply_if_present(self.settings)
+    }
+}
+
+/// Re-applies the policy when fireclaw's chains are already on this host (an allowlist changed,
+/// or an instance went away); a host with no VM started yet gets them at its first start.
+pub fn reapply_if_present(settings: &Settings) -> Result<Vec<String>> {
+    let forward = forward_chain_name(settings.network.bridge.as_str());
+    let present = crate::host::process::run(IPTABLES, &["-w", "-n", "-L", &forward])
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        return Ok(Vec::new());
+    }
+    apply_shared(settings, false)
+}
 
 /// How long `vm-shutdown` waits for the VMM to exit after Ctrl-Alt-Del; the unit's
 /// TimeoutStopSec (45 s) leaves room for systemd's own SIGTERM after it.
@@ -31,11 +72,6 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 #[error("{0}")]
 pub struct PermanentNetError(pub String);
 
-/// `STATE_ROOT/.net.lock`, held while the shared network pieces are checked and created.
-fn lock_network(state_root: &Path) -> Result<HeldLock> {
-    Ok(lock_file(&state_root.join(".net.lock"))?)
-}
-
 /// What `vm-net-*` need of an instance.
 struct NetTarget {
     tap: String,
@@ -44,10 +80,11 @@ struct NetTarget {
 
 fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
     let paths = StatePaths::new(&settings.paths.state_root, id);
-    let env = read_env(&paths).map_err(|e| PermanentNetError(format!("instance '{id}': {e}")))?;
+    let env = read_env(&paths)
+        .map_err(|e| PermanentNetError(format!("instance '{id}': {}", error_chain(&e))))?;
     let tap = env
         .tap()
-        .map_err(|e| PermanentNetError(format!("instance '{id}': {e}")))?
+        .map_err(|e| PermanentNetError(format!("instance '{id}': {}", error_chain(&e))))?
         .to_owned();
     let api_sock = env
         .api_sock()
@@ -117,9 +154,13 @@ fn ensure_tap(netlink: &mut Netlink, name: &str, bridge: &Link) -> Result<()> {
         .link(name)?
         .ok_or_else(|| anyhow!("tap {name} vanished while it was being configured"))?;
     if after.isolated != Some(true) {
+        let reported = match after.isolated {
+            Some(false) => "off",
+            Some(true) => "on",
+            None => "nothing",
+        };
         return Err(anyhow!(
-            "bridge port {name} did not become isolated (the kernel reports isolated={:?})",
-            after.isolated
+            "bridge port {name} did not become isolated (the kernel reports {reported})"
         ));
     }
     if !after.up {
@@ -184,21 +225,23 @@ fn shared_locked(
     let bridge = ensure_bridge(netlink, settings)?;
     disable_ipv6(settings.network.bridge.as_str())?;
     enable_ip_forward()?;
-    let inputs = egress::gather(settings, strict)?;
-    for chain in egress::policy_chains(settings, &inputs) {
+    let inputs = super::egress::gather(settings, strict)?;
+    for chain in super::egress::policy_chains(settings, &inputs) {
         ensure_chain(&chain).with_context(|| format!("apply firewall chain {}", chain.name))?;
     }
     Ok((bridge, inputs.skipped))
 }
 
 /// `shared_locked` under `.net.lock`, for `egress apply` and allowlist changes.
-pub(super) fn apply_shared(settings: &Settings, strict: bool) -> Result<Vec<String>> {
+pub fn apply_shared(settings: &Settings, strict: bool) -> Result<Vec<String>> {
     let _lock = lock_network(&settings.paths.state_root)?;
     let mut netlink = Netlink::open()?;
     Ok(shared_locked(settings, &mut netlink, strict)?.1)
 }
 
-fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
+/// What `vm-net-up` does: the shared pieces, then this instance's tap, IPv6 off on it, and no
+/// stale API socket. Returns notes on allowlists left out of the policy.
+pub fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     let target = target(settings, id)?;
     // VMs starting together (boot, concurrent setups) share the bridge and the chains: check-
     // then-create on them is only safe one at a time.
@@ -212,32 +255,8 @@ fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     Ok(notes)
 }
 
-/// `fireclaw vm-net-up <id>`. On a permanent error while running as the unit's ExecStartPre,
-/// it also queues a stop of its own unit: `Restart=always` would otherwise retry a start that
-/// cannot succeed until the start limit, while `systemctl start` already reported the failure.
-pub fn up(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
-    let result = net_up(settings, id)
-        .with_context(|| format!("bring up the network of instance '{id}'"))
-        .map(|notes| {
-            for note in notes {
-                output.warn(&note);
-            }
-        });
-    if let Err(error) = &result
-        && error.downcast_ref::<PermanentNetError>().is_some()
-        && std::env::var_os("INVOCATION_ID").is_some()
-    {
-        // The stop below kills this process, so the reason goes to the journal first.
-        output.error(&crate::error_line(error));
-        let unit = UnitNames::new(id).vm;
-        let _ = crate::host::process::run("systemctl", &["--no-block", "stop", &unit]);
-        return Err(super::AlreadyReported.into());
-    }
-    result
-}
-
-/// `fireclaw vm-net-down <id>`: removes the tap and the API socket; absent ones are fine.
-pub fn down(settings: &Settings, id: &InstanceId) -> Result<()> {
+/// What `vm-net-down` does: removes the tap and the API socket; absent ones are fine.
+pub fn net_down(settings: &Settings, id: &InstanceId) -> Result<()> {
     let target = target(settings, id)?;
     remove_tap(&target.tap)?;
     match std::fs::remove_file(&target.api_sock) {
@@ -247,7 +266,7 @@ pub fn down(settings: &Settings, id: &InstanceId) -> Result<()> {
     }
 }
 
-/// `fireclaw vm-shutdown <id>`: Ctrl-Alt-Del through the API, then wait until the API stops
+/// What `vm-shutdown` does: Ctrl-Alt-Del through the API, then wait until the API stops
 /// answering (the VMM exits once the guest has gone down), at most `SHUTDOWN_WAIT`.
 pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
     let target = target(settings, id)?;
@@ -258,7 +277,8 @@ pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -
     if let Err(error) = api.send_ctrl_alt_del() {
         // No API means no VMM to stop; systemd's SIGTERM covers a hung one.
         output.warn(&format!(
-            "instance '{id}': {error}; leaving the stop to systemd"
+            "instance '{id}': {}; leaving the stop to systemd",
+            error_chain(&error)
         ));
         return Ok(());
     }

@@ -10,42 +10,28 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+mod checks;
+mod egress;
+
+use checks::{Check, Level, check};
+
 use crate::host::netlink::Netlink;
 use crate::host::probe;
-use crate::host::process::run;
+use crate::host::process::run as run_program;
+use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
+use crate::instance::layout::{StatePaths, UnitNames};
 use crate::instance::state::Phase;
-use crate::instance::store::{StatePaths, read_fireclaw_state, scan_instances};
 use crate::instance::values::InstanceId;
+use crate::ops::legacy::is_020_unit;
 use crate::output::Output;
+use crate::output::{error_chain, use_colour};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
+use crate::store::{read_fireclaw_state, scan_instances};
 
 /// The oldest Firecracker fireclaw was tested with.
 pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Pass,
-    Warn,
-    Fail,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub status: Level,
-    pub detail: String,
-}
-
-pub(super) fn check(name: &str, status: Level, detail: impl Into<String>) -> Check {
-    Check {
-        name: name.to_owned(),
-        status,
-        detail: detail.into(),
-    }
-}
 
 /// Parses `Firecracker v1.16.0` into (1, 16).
 pub fn parse_firecracker_version(text: &str) -> Option<(u32, u32)> {
@@ -92,7 +78,7 @@ fn tools(checks: &mut Vec<Check>) {
         });
     }
     if let Some(firecracker) = probe::which("firecracker") {
-        let version = run(
+        let version = run_program(
             firecracker.to_str().unwrap_or("firecracker"),
             &["--version"],
         )
@@ -175,7 +161,12 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
     }
 }
 
-fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
+fn network(
+    settings: &Settings,
+    instances: usize,
+    services: &dyn ServiceManager,
+    checks: &mut Vec<Check>,
+) {
     let bridge = settings.network.bridge.as_str();
     match Netlink::open().and_then(|mut n| n.link(bridge).map(|l| (n, l))) {
         Ok((mut netlink, Some(link))) if link.is_bridge() => {
@@ -213,15 +204,15 @@ fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
             Level::Pass,
             format!("{bridge} absent; created at the first VM start"),
         )),
-        Err(e) => checks.push(check("bridge", Level::Warn, e.to_string())),
+        Err(e) => checks.push(check("bridge", Level::Warn, error_chain(&e))),
     }
-    super::egress::audit(settings, instances, checks);
-    let forward = run(
+    egress::audit(settings, instances, checks);
+    let forward = run_program(
         "iptables",
         &["-w", "-C", "FORWARD", "-j", &forward_chain_name(bridge)],
     )
     .is_ok_and(|o| o.status.success());
-    let policy = run("iptables", &["-w", "-S", "FORWARD"])
+    let policy = run_program("iptables", &["-w", "-S", "FORWARD"])
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
@@ -253,7 +244,8 @@ fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
             "off; the next VM start turns it on",
         ));
     }
-    if run("systemctl", &["is-active", "--quiet", "firewalld"]).is_ok_and(|o| o.status.success()) {
+    let firewalld = services.states(&["firewalld.service"]).unwrap_or_default();
+    if firewalld.first().is_some_and(|state| state.is_active()) {
         checks.push(check(
             "firewalld",
             Level::Warn,
@@ -261,7 +253,7 @@ fn network(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
         ));
     }
     let rules = |tool: &str| {
-        run(tool, &["-S"])
+        run_program(tool, &["-S"])
             .ok()
             .filter(|o| o.status.success())
             .map(|o| {
@@ -381,24 +373,21 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
     let mut unit_ids = Vec::new();
     for entry in std::fs::read_dir(unit_dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name
-            .strip_prefix("firecracker-vmdemo-")
-            .and_then(|n| n.strip_suffix(".service"))
-        {
+        if let Some(id) = UnitNames::instance_of_vm_unit(&name) {
             unit_ids.push(id.to_owned());
         }
     }
     let mut uses_020_scripts = false;
     for id in &unit_ids {
-        let path = unit_dir.join(format!("firecracker-vmdemo-{id}.service"));
+        let path = UnitNames::for_name(id).vm_path(unit_dir);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        if super::lifecycle::is_020_unit(&path) {
+        if is_020_unit(&path) {
             uses_020_scripts = true;
         }
         let mut problems = Vec::new();
         for program in unit_programs(&text) {
             if let Err(e) = check_trusted("unit program", &program) {
-                problems.push(e.to_string());
+                problems.push(error_chain(&e));
             }
         }
         checks.push(if problems.is_empty() {
@@ -526,7 +515,7 @@ fn leftovers(
     if assets.exists() {
         found.push(format!("assets {}", assets.display()));
     }
-    let units = crate::instance::layout::UnitNames::new(id);
+    let units = UnitNames::new(id);
     for unit in [&units.vm, &units.proxy] {
         if settings.paths.unit_dir.join(unit).exists() {
             found.push(format!("unit {unit}"));
@@ -549,13 +538,18 @@ struct DoctorJson<'a> {
     checks: &'a [Check],
 }
 
-pub fn run_doctor(settings: &Settings, json: bool, output: &mut Output<'_>) -> Result<()> {
+pub fn run(
+    settings: &Settings,
+    json: bool,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
     let mut checks = Vec::new();
     tools(&mut checks);
     kvm(&mut checks);
     images(settings, &mut checks);
     let instances = units_and_orphans(settings, &mut checks)?;
-    network(settings, instances, &mut checks);
+    network(settings, instances, services, &mut checks);
     capacity(settings, &mut checks);
     let failed = checks.iter().filter(|c| c.status == Level::Fail).count();
     if json {
@@ -565,7 +559,7 @@ pub fn run_doctor(settings: &Settings, json: bool, output: &mut Output<'_>) -> R
             checks: &checks,
         })?);
     } else {
-        let colour = super::fleet::use_colour();
+        let colour = use_colour();
         for c in &checks {
             let (label, code) = match c.status {
                 Level::Pass => ("pass", "32"),

@@ -9,21 +9,22 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::alloc::Taken;
-use super::state::{EnvFile, FireclawState, StateError};
-use super::values::InstanceId;
+use crate::instance::alloc::Taken;
+use crate::instance::layout::{LockPaths, StatePaths};
+use crate::instance::state::{EnvFile, FireclawState, StateError};
+use crate::instance::values::InstanceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("create directory {path}: {source}")]
+    #[error("create directory {path}")]
     CreateDir { path: PathBuf, source: io::Error },
-    #[error("write {path}: {source}")]
+    #[error("write {path}")]
     WriteFile { path: PathBuf, source: io::Error },
-    #[error("read {path}: {source}")]
+    #[error("read {path}")]
     ReadFile { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse { path: PathBuf, source: StateError },
-    #[error("lock {path}: {source}")]
+    #[error("lock {path}")]
     Lock { path: PathBuf, source: io::Error },
     #[error(
         "instance '{id}' is busy: another fireclaw command holds {path} (waited {waited_secs}s)"
@@ -35,33 +36,8 @@ pub enum StoreError {
     },
     #[error("instance '{id}' already exists ({path})")]
     AlreadyExists { id: String, path: PathBuf },
-    #[error("list {path}: {source}")]
+    #[error("list {path}")]
     ListDir { path: PathBuf, source: io::Error },
-}
-
-/// Where one instance's state files live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatePaths {
-    pub dir: PathBuf,
-    pub env: PathBuf,
-    pub token: PathBuf,
-    pub vars: PathBuf,
-    pub known_hosts: PathBuf,
-    pub fireclaw_json: PathBuf,
-}
-
-impl StatePaths {
-    pub fn new(state_root: &Path, id: &InstanceId) -> Self {
-        let dir = state_root.join(format!(".vm-{id}"));
-        Self {
-            env: dir.join(".env"),
-            token: dir.join(".token"),
-            vars: dir.join("provision.vars"),
-            known_hosts: dir.join("known_hosts"),
-            fireclaw_json: dir.join("fireclaw.json"),
-            dir,
-        }
-    }
 }
 
 /// Creates `path` with mode 0700 if it does not exist, parents included.
@@ -153,14 +129,17 @@ pub fn update_fireclaw_state(
     change: impl FnOnce(&mut FireclawState),
 ) -> Result<FireclawState, StoreError> {
     let mut state = read_fireclaw_state(paths)?
-        .unwrap_or_else(|| FireclawState::new(super::state::Phase::Allocated));
+        .unwrap_or_else(|| FireclawState::new(crate::instance::state::Phase::Allocated));
     change(&mut state);
     write_atomic(&paths.fireclaw_json, state.render().as_bytes(), 0o600)?;
     Ok(state)
 }
 
 /// Records the lifecycle phase an instance has reached.
-pub fn set_phase(paths: &StatePaths, phase: super::state::Phase) -> Result<(), StoreError> {
+pub fn set_phase(
+    paths: &StatePaths,
+    phase: crate::instance::state::Phase,
+) -> Result<(), StoreError> {
     update_fireclaw_state(paths, |state| state.phase = phase).map(|_| ())
 }
 
@@ -185,6 +164,12 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         })
 }
 
+/// `STATE_ROOT/.net.lock`, held while the network pieces every VM shares are checked and
+/// created; blocks until free.
+pub fn lock_network(state_root: &Path) -> Result<HeldLock, StoreError> {
+    lock_file(&LockPaths::new(state_root).network)
+}
+
 /// An exclusive lock on `path` (its dir made 0700 when missing); blocks until free.
 pub fn lock_file(path: &Path) -> Result<HeldLock, StoreError> {
     if let Some(dir) = path.parent() {
@@ -200,7 +185,7 @@ pub fn lock_file(path: &Path) -> Result<HeldLock, StoreError> {
 
 /// `STATE_ROOT/.alloc.lock`, the lock 0.2.0 holds while allocating; blocks until free.
 pub fn lock_allocation(state_root: &Path) -> Result<HeldLock, StoreError> {
-    lock_file(&state_root.join(".alloc.lock"))
+    lock_file(&LockPaths::new(state_root).allocation)
 }
 
 /// `STATE_ROOT/.locks/<id>.lock`, serialising lifecycle commands on one instance. Waits up to
@@ -211,9 +196,9 @@ pub fn lock_instance(
     id: &InstanceId,
     wait: Duration,
 ) -> Result<HeldLock, StoreError> {
-    let dir = state_root.join(".locks");
-    ensure_private_dir(&dir)?;
-    let path = dir.join(format!("{id}.lock"));
+    let locks = LockPaths::new(state_root);
+    ensure_private_dir(&locks.instances)?;
+    let path = locks.instance(id);
     let file = open_lock_file(&path)?;
     let started = Instant::now();
     loop {
@@ -346,7 +331,7 @@ pub fn reserve<E>(
         write_atomic(&paths.env, env.render().as_bytes(), 0o600)?;
         write_atomic(
             &paths.fireclaw_json,
-            FireclawState::new(super::state::Phase::Allocated)
+            FireclawState::new(crate::instance::state::Phase::Allocated)
                 .render()
                 .as_bytes(),
             0o600,
@@ -433,7 +418,7 @@ mod tests {
         assert_eq!(read_env(&paths).unwrap(), env);
         assert_eq!(
             read_fireclaw_state(&paths).unwrap().unwrap().phase,
-            super::super::state::Phase::Allocated
+            crate::instance::state::Phase::Allocated
         );
         assert!(root.path().join(".alloc.lock").exists());
     }

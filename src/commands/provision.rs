@@ -1,0 +1,90 @@
+//! `fireclaw provision <id> [flags]`: validate the effective config (saved values, then flags,
+//! then API keys from the environment for keys saved empty) before writing anything, save it,
+//! apply a changed private-egress allowlist at once, then rerun guest provisioning on the same
+//! VM (same IP, port and disk) and gate on health.
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::ProvisionArgs;
+use crate::faults::crash_point;
+use crate::host::systemd::ServiceManager;
+use crate::instance::state::{Phase, VarsFile};
+use crate::ops::egress::cover_legacy_units;
+use crate::ops::instance::{Loaded, lock_and_load};
+use crate::ops::legacy::is_020_unit;
+use crate::ops::lifecycle::{
+    Waits, await_health, await_ssh, ensure_vm_running, print_summary, provision, start_proxy,
+};
+use crate::ops::network::reapply_if_present;
+use crate::output::Output;
+use crate::settings::{ProvisionUpdate, Settings};
+use crate::store::{set_phase, update_fireclaw_state, write_atomic};
+
+pub fn run(
+    settings: &Settings,
+    args: &ProvisionArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let (_lock, loaded) = lock_and_load(settings, &args.id)?;
+    let update = validated_update(settings, args, &loaded)?;
+    save(settings, args, &loaded, &update, output)?;
+
+    let waits = Waits::from(&args.waits);
+    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
+        cover_legacy_units(settings, services)?;
+    }
+    ensure_vm_running(&loaded, services, output)?;
+    await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
+    provision(&loaded, &loaded.ssh, &update.vars.render(), output)?;
+    crash_point("provision:guest-done");
+    if loaded.state.is_some() {
+        set_phase(&loaded.paths, Phase::Provisioned)?;
+    }
+    start_proxy(&loaded, services, output)?;
+    let health = await_health(&loaded, &loaded.ssh, waits.health, output)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+/// Everything is validated before anything is written: a rejected run changes nothing.
+fn validated_update(
+    settings: &Settings,
+    args: &ProvisionArgs,
+    loaded: &Loaded,
+) -> Result<ProvisionUpdate> {
+    let path = &loaded.paths.vars;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let vars = VarsFile::parse(&text).with_context(|| format!("read {}", path.display()))?;
+    let update = settings.resolve_provision(args, &loaded.env, &vars)?;
+    if args.allow_private_egress.is_some() && loaded.state.is_none() {
+        bail!(
+            "instance '{}' was made by fireclaw 0.2.0 and has no fireclaw.json to keep a private-egress allowlist in; its guest gets the default policy (the host-wide allowlist still applies)",
+            loaded.id
+        );
+    }
+    Ok(update)
+}
+
+/// Saves the new config, and applies a changed allowlist to a running VM at once (a stopped
+/// one gets it at its next start).
+fn save(
+    settings: &Settings,
+    args: &ProvisionArgs,
+    loaded: &Loaded,
+    update: &ProvisionUpdate,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    write_atomic(&loaded.paths.env, update.env.render().as_bytes(), 0o600)?;
+    write_atomic(&loaded.paths.vars, update.vars.render().as_bytes(), 0o600)?;
+    crash_point("provision:saved");
+    if let Some(allow) = &args.allow_private_egress {
+        update_fireclaw_state(&loaded.paths, |state| {
+            state.allow_private_egress = allow.networks().to_vec();
+        })?;
+        for note in reapply_if_present(settings)? {
+            output.warn(&note);
+        }
+    }
+    Ok(())
+}

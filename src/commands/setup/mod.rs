@@ -1,0 +1,128 @@
+//! `fireclaw setup`: validate → warn about memory → lock → allocate and write state, assets and
+//! units → boot → wait for SSH → provision → proxy → health gate → summary. A failure before
+//! provisioning completes removes exactly this instance; after it, the instance is kept and the
+//! error says how to inspect and retry. `--dry-run` is `preview`.
+
+mod preview;
+
+use anyhow::{Context, Result};
+
+use crate::cli::SetupArgs;
+use crate::faults::crash_point;
+use crate::host::probe;
+use crate::host::probe::require_root;
+use crate::host::systemd::ServiceManager;
+use crate::instance::spec::SetupSpec;
+use crate::instance::state::Phase;
+use crate::ops::install::install_instance;
+use crate::ops::instance::{Loaded, load, lock};
+use crate::ops::lifecycle::{
+    Waits, await_health, await_ssh, print_summary, provision, start_proxy,
+};
+use crate::ops::network::HostNetwork;
+use crate::ops::teardown::teardown_instance;
+use crate::output::{Output, error_chain};
+use crate::render::artifacts::HostTools;
+use crate::settings::Settings;
+use crate::store::set_phase;
+
+pub fn run(
+    settings: &Settings,
+    args: &SetupArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let spec = settings.resolve_setup(args)?;
+    if args.dry_run {
+        return preview::dry_run(settings, &spec, output);
+    }
+    require_root(
+        "setup",
+        "it writes under STATE_ROOT, FC_ROOT and /etc/systemd/system (preview with --dry-run)",
+    )?;
+    create(settings, &spec, Waits::from(&args.waits), services, output)
+}
+
+fn create(
+    settings: &Settings,
+    spec: &SetupSpec,
+    waits: Waits,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let id = &spec.id;
+    if let Some(available) = probe::mem_available_mib()
+        && u64::from(spec.memory.get()) > available
+    {
+        output.warn(&format!(
+            "the VM asks for {} MiB but the host has only {available} MiB available",
+            spec.memory
+        ));
+    }
+    let tools = HostTools {
+        fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
+        firecracker: probe::which("firecracker")
+            .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
+        socat: probe::which("socat").context("socat is not on PATH; install it")?,
+    };
+    let network = HostNetwork { settings };
+    // The lock serialises this setup with any other lifecycle command on the same id.
+    let _lock = lock(settings, id)?;
+    output.progress(&format!(
+        "{id}: allocating and writing state, assets and units"
+    ));
+    install_instance(settings, spec, &tools, services, &network)?;
+
+    // Until provisioning completes, any failure removes this instance entirely.
+    let loaded = match boot_and_provision(settings, spec, waits, services, output) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            output.progress(&format!("{id}: setup failed; removing the instance"));
+            if let Err(cleanup) =
+                teardown_instance(settings, id, Some(&spec.api_sock), services, &network)
+            {
+                return Err(error.context(format!(
+                    "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force",
+                    error_chain(cleanup.as_ref())
+                )));
+            }
+            return Err(error.context(format!("setup of '{id}' failed and was rolled back")));
+        }
+    };
+
+    // From here on the instance is kept: it is provisioned and can be inspected and retried.
+    let health = start_proxy(&loaded, services, output)
+        .and_then(|()| {
+            crash_point("setup:proxy-started");
+            await_health(&loaded, &loaded.ssh, waits.health, output)
+        })
+        .with_context(|| format!(
+            "instance '{id}' was provisioned and is kept; inspect it with: fireclaw status {id}, retry with: fireclaw provision {id}"
+        ))?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+/// Boot, SSH, provisioning: the steps whose failure rolls the whole setup back.
+fn boot_and_provision(
+    settings: &Settings,
+    spec: &SetupSpec,
+    waits: Waits,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<Loaded> {
+    let id = &spec.id;
+    let loaded = load(settings, id)?;
+    output.progress(&format!("{id}: booting the VM"));
+    services.enable_now(&[loaded.units.vm.as_str()])?;
+    crash_point("setup:vm-started");
+    await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
+    set_phase(&loaded.paths, Phase::Booted)?;
+    crash_point("setup:booted");
+    let vars = std::fs::read_to_string(&loaded.paths.vars)
+        .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
+    provision(&loaded, &loaded.ssh, &vars, output)?;
+    set_phase(&loaded.paths, Phase::Provisioned)?;
+    crash_point("setup:provisioned");
+    Ok(loaded)
+}

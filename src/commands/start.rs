@@ -1,0 +1,59 @@
+//! `fireclaw start <id>` and `fireclaw restart <id>`: bring a provisioned instance up without
+//! reprovisioning it (VM, SSH, guest service, proxy, both health gates); restart stops it first.
+//! A VM unit written by 0.2.0 gets the guest network policy's drop-in before it starts.
+
+use anyhow::Result;
+
+use crate::cli::WaitArgs;
+use crate::host::systemd::ServiceManager;
+use crate::instance::values::InstanceId;
+use crate::ops::egress::cover_legacy_units;
+use crate::ops::instance::{Loaded, lock_and_load};
+use crate::ops::legacy::is_020_unit;
+use crate::ops::lifecycle::{bring_up, print_summary, stop, stop_shell};
+use crate::output::Output;
+use crate::settings::Settings;
+
+/// A VM unit made by 0.2.0 gets the drop-in that applies the guest network policy before it
+/// starts (fireclaw's own units run `vm-net-up`, which applies it).
+fn cover_if_made_by_020(
+    settings: &Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+) -> Result<()> {
+    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
+        cover_legacy_units(settings, services)?;
+    }
+    Ok(())
+}
+
+pub fn start(
+    settings: &Settings,
+    id: &InstanceId,
+    waits: &WaitArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let (_lock, loaded) = lock_and_load(settings, id)?;
+    loaded.ensure_provisioned()?;
+    cover_if_made_by_020(settings, &loaded, services)?;
+    let health = bring_up(&loaded, services, &loaded.ssh, waits.into(), output)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}
+
+pub fn restart(
+    settings: &Settings,
+    id: &InstanceId,
+    waits: &WaitArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let (_lock, loaded) = lock_and_load(settings, id)?;
+    loaded.ensure_provisioned()?;
+    cover_if_made_by_020(settings, &loaded, services)?;
+    stop(&loaded, services, &stop_shell(&loaded), output)?;
+    let health = bring_up(&loaded, services, &loaded.ssh, waits.into(), output)?;
+    print_summary(&loaded, services, &health, output);
+    Ok(())
+}

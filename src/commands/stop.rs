@@ -1,0 +1,25 @@
+//! `fireclaw stop <id>`: proxy, guest service, VM, then both units disabled, so the instance
+//! stays stopped across host reboots.
+
+use anyhow::Result;
+
+use crate::host::systemd::ServiceManager;
+use crate::instance::values::InstanceId;
+use crate::ops::instance::lock_and_load;
+use crate::ops::lifecycle::{stop, stop_shell};
+use crate::output::Output;
+use crate::settings::Settings;
+
+pub fn run(
+    settings: &Settings,
+    id: &InstanceId,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let (_lock, loaded) = lock_and_load(settings, id)?;
+    stop(&loaded, services, &stop_shell(&loaded), output)?;
+    output.line(&format!(
+        "Instance {id} is stopped and stays stopped across reboots; start it with: fireclaw start {id}"
+    ));
+    Ok(())
+}

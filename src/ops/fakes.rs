@@ -1,0 +1,254 @@
+//! Recording fakes of the host adapters the operations drive, for unit tests without root:
+//! a service manager whose unit states the test sets and which fails a chosen call, a guest
+//! shell that answers or refuses, and network steps that only record. Each records every call
+//! in one shared log, so a test asserts the order across adapters.
+
+#![allow(clippy::unwrap_used)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::network::NetworkSteps;
+use crate::guest::ssh::{GuestShell, SshError};
+use crate::host::process::ProcessError;
+use crate::host::systemd::{ServiceManager, UnitState};
+
+/// Every call any fake received, in order, as `adapter verb args`.
+#[derive(Default)]
+pub struct CallLog(RefCell<Vec<String>>);
+
+impl CallLog {
+    fn push(&self, call: String) {
+        self.0.borrow_mut().push(call);
+    }
+    pub fn calls(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
+}
+
+/// A service manager whose unit states the test sets; the first call of the verb named in
+/// `fail_once` fails (a transient failure: the rollback's own call of that verb succeeds).
+pub struct FakeServices<'a> {
+    pub log: &'a CallLog,
+    pub states: RefCell<HashMap<String, UnitState>>,
+    pub fail_once: Cell<Option<&'static str>>,
+    pub journal: String,
+}
+
+impl<'a> FakeServices<'a> {
+    pub fn new(log: &'a CallLog) -> Self {
+        Self {
+            log,
+            states: RefCell::new(HashMap::new()),
+            fail_once: Cell::new(None),
+            journal: String::new(),
+        }
+    }
+
+    /// Sets a unit's state: loaded, with this ActiveState and SubState.
+    pub fn set(&self, unit: &str, active: &str, sub: &str, restarts: u32) {
+        self.states.borrow_mut().insert(
+            unit.to_owned(),
+            UnitState {
+                name: unit.to_owned(),
+                load: "loaded".into(),
+                active: active.into(),
+                sub: sub.into(),
+                file: "enabled".into(),
+                main_pid: 0,
+                restarts,
+            },
+        );
+    }
+
+    fn call(&self, verb: &'static str, units: &[&str]) -> Result<(), ProcessError> {
+        self.log.push(
+            format!("systemctl {verb} {}", units.join(" "))
+                .trim_end()
+                .to_owned(),
+        );
+        if self.fail_once.get() == Some(verb) {
+            self.fail_once.set(None);
+            return Err(ProcessError::CommandFailed {
+                program: "systemctl".into(),
+                args: verb.into(),
+                status: "exit status: 1".into(),
+                stderr: format!(": {verb} refused by the test"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ServiceManager for FakeServices<'_> {
+    fn daemon_reload(&self) -> Result<(), ProcessError> {
+        self.call("daemon-reload", &[])
+    }
+    fn enable_now(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("enable-now", units)?;
+        for unit in units {
+            self.set(unit, "active", "running", 0);
+        }
+        Ok(())
+    }
+    fn start(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("start", units)
+    }
+    fn stop(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("stop", units)?;
+        for unit in units {
+            if let Some(state) = self.states.borrow_mut().get_mut(*unit) {
+                state.active = "inactive".into();
+                state.sub = "dead".into();
+            }
+        }
+        Ok(())
+    }
+    fn disable(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("disable", units)
+    }
+    fn reset_failed(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("reset-failed", units)
+    }
+    fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, ProcessError> {
+        let states = self.states.borrow();
+        Ok(units
+            .iter()
+            .map(|unit| {
+                states.get(*unit).cloned().unwrap_or_else(|| UnitState {
+                    name: (*unit).to_owned(),
+                    load: "not-found".into(),
+                    active: "inactive".into(),
+                    sub: "dead".into(),
+                    ..UnitState::default()
+                })
+            })
+            .collect())
+    }
+    fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError> {
+        self.call("queue-stop", units)
+    }
+    fn journal_tail(&self, unit: &str, _lines: u32) -> String {
+        self.log.push(format!("journal {unit}"));
+        self.journal.clone()
+    }
+}
+
+/// A guest that either answers every command or is unreachable.
+pub struct FakeGuest<'a> {
+    pub log: &'a CallLog,
+    pub reachable: bool,
+}
+
+impl FakeGuest<'_> {
+    fn unreachable() -> SshError {
+        SshError::Unreachable {
+            id: "t".into(),
+            ip: Ipv4Addr::new(127, 0, 0, 9),
+            detail: "Connection refused".into(),
+        }
+    }
+}
+
+impl GuestShell for FakeGuest<'_> {
+    fn probe(&self) -> Result<(), SshError> {
+        self.log.push("ssh probe".into());
+        if self.reachable {
+            Ok(())
+        } else {
+            Err(Self::unreachable())
+        }
+    }
+    fn run(&self, remote: &str, _stdin: &[u8]) -> Result<String, SshError> {
+        self.log.push(format!("ssh {remote}"));
+        if self.reachable {
+            Ok(String::new())
+        } else {
+            Err(Self::unreachable())
+        }
+    }
+}
+
+/// Network steps that only record; `existing` names interfaces that already exist.
+pub struct FakeNetwork<'a> {
+    pub log: &'a CallLog,
+    pub existing: Vec<String>,
+}
+
+impl NetworkSteps for FakeNetwork<'_> {
+    fn interface_exists(&self, name: &str) -> Result<bool> {
+        self.log.push(format!("net exists {name}"));
+        Ok(self.existing.iter().any(|e| e == name))
+    }
+    fn remove_tap(&self, name: &str) -> Result<()> {
+        self.log.push(format!("net remove-tap {name}"));
+        Ok(())
+    }
+    fn reapply_policy_if_present(&self) -> Result<Vec<String>> {
+        self.log.push("net reapply-policy".into());
+        Ok(Vec::new())
+    }
+}
+
+/// A scratch host: every root fireclaw writes under lives in one temporary directory.
+pub struct ScratchHost {
+    pub dir: tempfile::TempDir,
+    pub settings: crate::settings::Settings,
+}
+
+impl ScratchHost {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let path = |name: &str| root.join(name).to_string_lossy().into_owned();
+        let vars: HashMap<&str, String> = HashMap::from([
+            ("STATE_ROOT", path("state")),
+            ("FC_ROOT", path("fc")),
+            ("BASE_IMAGES_DIR", path("images")),
+            ("SSH_KEY_PATH", path("keys/client")),
+            ("BASE_PORT", "47400".to_owned()),
+        ]);
+        let mut settings =
+            crate::settings::Settings::from_lookup(|name| vars.get(name).cloned()).unwrap();
+        settings.paths.unit_dir = root.join("units");
+        for sub in ["state", "fc", "units", "images", "keys"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        std::fs::write(root.join("images/vmlinux"), b"kernel").unwrap();
+        std::fs::write(root.join("images/rootfs.ext4"), vec![0u8; 4096]).unwrap();
+        // FC_ROOT and STATE_ROOT are shared roots: setup makes them once and teardown leaves them.
+        // A client key already there: generating one would put the key dir under the
+        // trusted-path rule, which a temporary directory cannot pass.
+        std::fs::write(
+            root.join("keys/client.pub"),
+            "ssh-ed25519 AAAAtest client\n",
+        )
+        .unwrap();
+        Self { dir, settings }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Every file and directory under the scratch root, relative to it.
+    pub fn tree(&self) -> Vec<String> {
+        fn walk(base: &std::path::Path, dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                found.push(path.strip_prefix(base).unwrap().display().to_string());
+                if path.is_dir() && !path.is_symlink() {
+                    walk(base, &path, found);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(self.dir.path(), self.dir.path(), &mut found);
+        found.sort();
+        found
+    }
+}

@@ -1,0 +1,440 @@
+//! Creating the host side of a new instance: refuse leftovers, check the binaries the units
+//! will run, reserve the allocation, write state, copy and render the VM assets, write both
+//! units and reload systemd, advancing the phase in `fireclaw.json` after each. Any failure
+//! removes exactly what was made for this instance (see `teardown`).
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::network::NetworkSteps;
+use super::teardown::teardown_instance;
+use crate::faults::crash_point;
+use crate::host::assets::copy_image;
+use crate::host::probe;
+use crate::host::systemd::ServiceManager;
+use crate::host::trust::check_trusted;
+use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
+use crate::instance::plan::{Allocation, allocate, instance_env};
+use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
+use crate::instance::spec::SetupSpec;
+use crate::instance::state::{GatewayToken, Phase};
+use crate::instance::values::InstanceId;
+use crate::output::error_chain;
+use crate::render::artifacts::{
+    Artifact, Body, HostTools, InstancePlan, RenderedInstance, render_instance,
+};
+use crate::render::seed_image::Timestamp;
+use crate::settings::Settings;
+use crate::store::{ensure_private_dir, lock_allocation, reserve, set_phase, write_atomic};
+
+/// A new instance whose host side is in place (phase `units`).
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub allocation: Allocation,
+    pub units: UnitNames,
+}
+
+/// Refuses an id whose files already exist, as 0.2.0 does before creating anything.
+pub fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
+    let state = StatePaths::new(&settings.paths.state_root, &spec.id);
+    let assets = AssetPaths::new(&settings.paths.fc_root, &spec.id);
+    let units = UnitNames::new(&spec.id);
+    let candidates: [(&str, PathBuf); 5] = [
+        ("instance state", state.dir),
+        ("VM asset dir", assets.dir),
+        ("API socket", spec.api_sock.clone()),
+        ("VM unit", units.vm_path(&settings.paths.unit_dir)),
+        ("proxy unit", units.proxy_path(&settings.paths.unit_dir)),
+    ];
+    for (what, path) in candidates {
+        if path.symlink_metadata().is_ok() {
+            bail!(
+                "instance '{}' already exists: {what} {} is present (remove it with: fireclaw destroy {} --force)",
+                spec.id,
+                path.display(),
+                spec.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The client key (`SSH_KEY_PATH`, `.pub` beside it): read, or generated when missing. The
+/// check and the generation happen under the allocation lock: concurrent setups must not each
+/// write a different key (the last writer would win and the others' guests trust a key that
+/// no longer exists).
+pub fn client_public_key(state_root: &Path, key_path: &Path) -> Result<String> {
+    let mut public = key_path.as_os_str().to_owned();
+    public.push(".pub");
+    let public = PathBuf::from(public);
+    let _lock = lock_allocation(state_root)?;
+    if let Ok(text) = std::fs::read_to_string(&public) {
+        return Ok(text.trim().to_owned());
+    }
+    let dir = key_path
+        .parent()
+        .context("SSH_KEY_PATH has no parent directory")?;
+    ensure_private_dir(dir)?;
+    check_trusted("SSH key directory", dir)?;
+    let key =
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .context("generate the SSH client key")?;
+    let private = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .context("encode the SSH client key")?;
+    let public_text = key
+        .public_key()
+        .to_openssh()
+        .context("encode the SSH client key")?;
+    write_atomic(key_path, private.as_bytes(), 0o600)?;
+    write_atomic(&public, format!("{public_text}\n").as_bytes(), 0o644)?;
+    Ok(public_text)
+}
+
+fn write_artifact(artifact: &Artifact) -> Result<()> {
+    let bytes: &[u8] = match &artifact.body {
+        Body::Text(text) => text.as_bytes(),
+        Body::Binary(bytes) => bytes,
+    };
+    write_atomic(&artifact.path, bytes, artifact.mode).map_err(Into::into)
+}
+
+/// Creates the host side of a new instance. On failure everything made for it is removed.
+pub fn install_instance(
+    settings: &Settings,
+    spec: &SetupSpec,
+    tools: &HostTools,
+    services: &dyn ServiceManager,
+    network: &dyn NetworkSteps,
+) -> Result<Installed> {
+    check_not_existing(settings, spec)?;
+    // Units record these paths; root runs them at every VM start.
+    check_trusted("fireclaw binary", &tools.fireclaw)?;
+    check_trusted("firecracker binary", &tools.firecracker)?;
+    check_trusted("socat binary", &tools.socat)?;
+    for (what, path) in [
+        ("base kernel", &spec.base.kernel),
+        ("base rootfs", &spec.base.rootfs),
+    ] {
+        if !path.is_file() {
+            bail!("{what} {} is missing", path.display());
+        }
+    }
+    let with_initrd = spec.base.initrd.is_file();
+    let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
+    let token = generate_token()?;
+    let host_key = generate_host_key(spec.id.as_str())?;
+
+    // Allocation and `.env` happen under the allocation lock, with `.vm-<id>` made by mkdir.
+    let listening = probe::listening_tcp_ports();
+    let env = reserve(&settings.paths.state_root, &spec.id, |taken| {
+        let mut taken = taken.clone();
+        taken.listening = listening.clone();
+        let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
+        let env = instance_env(spec, &allocation, &token)?;
+        Ok::<_, anyhow::Error>(env)
+    })??;
+    crash_point("setup:reserved");
+    let allocation = Allocation {
+        host_port: crate::instance::values::HostPort::new(env.host_port()?)?,
+        ip: env.vm_ip()?,
+        tap: env.tap()?.parse()?,
+        mac: env.get("VM_MAC").to_owned(),
+    };
+    let secrets = NewSecrets {
+        token: &token,
+        host_key: &host_key,
+        authorized_key: &authorized_key,
+    };
+    let result = install_after_reserve(
+        settings,
+        spec,
+        tools,
+        services,
+        network,
+        &allocation,
+        &secrets,
+        with_initrd,
+    );
+    if let Err(error) = result {
+        if let Err(cleanup) =
+            teardown_instance(settings, &spec.id, Some(&spec.api_sock), services, network)
+        {
+            return Err(error.context(format!(
+                "and cleaning up failed too ({}); clean up with: fireclaw destroy {} --force",
+                error_chain(cleanup.as_ref()),
+                spec.id
+            )));
+        }
+        return Err(error);
+    }
+    Ok(Installed {
+        allocation,
+        units: UnitNames::new(&spec.id),
+    })
+}
+
+/// The secrets a new instance is created with.
+struct NewSecrets<'a> {
+    token: &'a GatewayToken,
+    host_key: &'a HostKeyPair,
+    /// The client public key line the guest trusts.
+    authorized_key: &'a str,
+}
+
+/// Everything after the reservation, in order: refuse a leftover tap, render, write the state
+/// files, copy and write the assets, write the units. The phase advances after each group, so
+/// an interrupted setup leaves a phase that says how far it got.
+#[allow(clippy::too_many_arguments)]
+fn install_after_reserve(
+    settings: &Settings,
+    spec: &SetupSpec,
+    tools: &HostTools,
+    services: &dyn ServiceManager,
+    network: &dyn NetworkSteps,
+    allocation: &Allocation,
+    secrets: &NewSecrets<'_>,
+    with_initrd: bool,
+) -> Result<()> {
+    let state_paths = StatePaths::new(&settings.paths.state_root, &spec.id);
+    // A leftover interface with the derived tap name would be taken over or refused later.
+    if network.interface_exists(allocation.tap.as_str())? {
+        bail!(
+            "interface {} already exists (a leftover of an earlier instance?); remove it with: ip link delete {}",
+            allocation.tap,
+            allocation.tap
+        );
+    }
+    let rendered = render_instance(&InstancePlan {
+        spec,
+        allocation,
+        token: secrets.token,
+        host_key: secrets.host_key,
+        authorized_key: secrets.authorized_key,
+        tools,
+        network: &settings.network,
+        paths: &settings.paths,
+        with_initrd,
+        time: Timestamp::now(),
+    })?;
+    write_state_files(&state_paths, &rendered)?;
+    crash_point("setup:state");
+    write_assets(settings, &spec.id, &rendered)?;
+    set_phase(&state_paths, Phase::Assets)?;
+    crash_point("setup:assets");
+    for artifact in &rendered.units {
+        write_artifact(artifact)?;
+    }
+    crash_point("setup:unit-files");
+    services.daemon_reload()?;
+    set_phase(&state_paths, Phase::Units)?;
+    crash_point("setup:units");
+    Ok(())
+}
+
+fn write_state_files(state_paths: &StatePaths, rendered: &RenderedInstance) -> Result<()> {
+    for artifact in &rendered.state {
+        // `.env` was written by the reservation; `fireclaw.json` is written again, now with
+        // what the reservation does not know (the private-egress allowlist).
+        if artifact.path != state_paths.env {
+            write_artifact(artifact)?;
+        }
+    }
+    // 0.2.0 makes these empty dirs too.
+    for dir in ["config", "workspace"] {
+        ensure_private_dir(&state_paths.dir.join(dir))?;
+    }
+    Ok(())
+}
+
+fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstance) -> Result<()> {
+    let assets = AssetPaths::new(&settings.paths.fc_root, id);
+    ensure_private_dir(&settings.paths.fc_root)?;
+    // create_dir, not create_dir_all: an asset dir that appeared since the check is an error.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&assets.dir)
+        .with_context(|| format!("create {}", assets.dir.display()))?;
+    for dir in [&assets.images, &assets.config, &assets.logs] {
+        ensure_private_dir(dir)?;
+    }
+    for copy in &rendered.copies {
+        copy_image(&copy.from, &copy.to, copy.grow_to)?;
+        crash_point("setup:copying");
+    }
+    for artifact in &rendered.assets {
+        write_artifact(artifact)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::ops::fakes::{CallLog, FakeNetwork, FakeServices, ScratchHost};
+    use clap::Parser;
+
+    fn spec(host: &ScratchHost, id: &str) -> SetupSpec {
+        let cli = Cli::try_parse_from([
+            "fireclaw",
+            "setup",
+            "--instance",
+            id,
+            "--openai-api-key",
+            "sk-test",
+            "--disk-size",
+            "64M",
+        ])
+        .unwrap();
+        let Command::Setup(args) = cli.command else {
+            unreachable!()
+        };
+        host.settings.resolve_setup(&args).unwrap()
+    }
+
+    /// Root-owned programs, so the trusted-path rule passes for them as for real binaries.
+    fn tools() -> HostTools {
+        HostTools {
+            fireclaw: "/bin/true".into(),
+            firecracker: "/bin/true".into(),
+            socat: "/bin/true".into(),
+        }
+    }
+
+    /// What is on disk after a setup that made nothing: the scratch tree plus the allocation
+    /// lock and the dirs the reservation needs.
+    fn without_locks(tree: Vec<String>) -> Vec<String> {
+        tree.into_iter()
+            .filter(|p| !p.starts_with("state/.alloc.lock"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_daemon_reload_rolls_the_whole_instance_back() {
+        let host = ScratchHost::new();
+        let before = host.tree();
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        services.fail_once.set(Some("daemon-reload"));
+        let network = FakeNetwork {
+            log: &log,
+            existing: Vec::new(),
+        };
+        let error = install_instance(
+            &host.settings,
+            &spec(&host, "t"),
+            &tools(),
+            &services,
+            &network,
+        )
+        .unwrap_err();
+        assert!(
+            error_chain(error.as_ref()).contains("daemon-reload refused by the test"),
+            "{error:?}"
+        );
+        assert_eq!(
+            without_locks(host.tree()),
+            before,
+            "something was left behind"
+        );
+        // The units were written, so the rollback reloads systemd once they are gone; the
+        // tap named in .env is removed and the policy re-applied without the instance.
+        assert_eq!(
+            log.calls(),
+            [
+                "net exists tt2",
+                "systemctl daemon-reload",
+                "systemctl daemon-reload",
+                "net remove-tap tt2",
+                "net reapply-policy",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leftover_interface_is_refused_and_nothing_stays() {
+        let host = ScratchHost::new();
+        let before = host.tree();
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let network = FakeNetwork {
+            log: &log,
+            existing: vec!["tt2".into()],
+        };
+        let error = install_instance(
+            &host.settings,
+            &spec(&host, "t"),
+            &tools(),
+            &services,
+            &network,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("interface tt2 already exists"),
+            "{error}"
+        );
+        assert_eq!(without_locks(host.tree()), before);
+        assert!(!log.calls().contains(&"systemctl daemon-reload".to_owned()));
+    }
+
+    #[test]
+    fn install_then_teardown_leaves_the_host_as_it_was() {
+        let host = ScratchHost::new();
+        let before = host.tree();
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let network = FakeNetwork {
+            log: &log,
+            existing: Vec::new(),
+        };
+        let spec = spec(&host, "t");
+        let installed =
+            install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
+        assert_eq!(installed.allocation.tap.as_str(), "tt2");
+        for made in [
+            "state/.vm-t/.env",
+            "state/.vm-t/fireclaw.json",
+            "fc/t/images/seed.img",
+            "fc/t/images/rootfs.ext4",
+            "units/firecracker-vmdemo-t.service",
+            "units/vmdemo-proxy-t.service",
+        ] {
+            assert!(host.path(made).exists(), "{made} missing");
+        }
+        let state = crate::store::read_fireclaw_state(&StatePaths::new(
+            &host.settings.paths.state_root,
+            &spec.id,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(state.phase, Phase::Units);
+
+        // A running instance: teardown stops and disables both units before removing files.
+        services.set("firecracker-vmdemo-t.service", "active", "running", 0);
+        services.set("vmdemo-proxy-t.service", "active", "running", 0);
+        let mark = log.calls().len();
+        teardown_instance(
+            &host.settings,
+            &spec.id,
+            Some(&spec.api_sock),
+            &services,
+            &network,
+        )
+        .unwrap();
+        assert_eq!(
+            log.calls()[mark..],
+            [
+                "systemctl stop vmdemo-proxy-t.service firecracker-vmdemo-t.service",
+                "systemctl disable vmdemo-proxy-t.service firecracker-vmdemo-t.service",
+                "systemctl reset-failed vmdemo-proxy-t.service firecracker-vmdemo-t.service",
+                "systemctl daemon-reload",
+                "net remove-tap tt2",
+                "net reapply-policy",
+            ]
+        );
+        assert_eq!(without_locks(host.tree()), before);
+    }
+}

@@ -1,0 +1,128 @@
+//! Finding an existing instance and holding it: its lock, its state as found on disk, the SSH
+//! target its guest answers on, and the refusal to bring up an instance that never finished
+//! provisioning. Every verb on one instance starts here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::guest::ssh::{HostKeyPolicy, SshTarget};
+use crate::instance::layout::{StatePaths, UnitNames};
+use crate::instance::state::{EnvFile, FireclawState, Phase};
+use crate::instance::values::InstanceId;
+use crate::settings::Settings;
+use crate::store::{HeldLock, lock_instance, read_env, read_fireclaw_state};
+
+/// How long one SSH connection attempt may take in the lifecycle waits.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// There is no instance by this name (no `.vm-<id>` under `STATE_ROOT`).
+#[derive(Debug, thiserror::Error)]
+#[error("no instance '{id}' ({dir} does not exist)")]
+pub struct NoInstance {
+    pub id: InstanceId,
+    pub dir: PathBuf,
+}
+
+/// The instance's setup stopped before provisioning completed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "instance '{id}' was never provisioned (phase {phase}); finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force"
+)]
+pub struct NeverProvisioned {
+    pub id: InstanceId,
+    pub phase: Phase,
+}
+
+/// An instance as found on disk.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub id: InstanceId,
+    pub paths: StatePaths,
+    pub env: EnvFile,
+    /// `None` for an instance made by fireclaw 0.2.0 (it has no `fireclaw.json`).
+    pub state: Option<FireclawState>,
+    pub units: UnitNames,
+    pub port: u16,
+    pub ssh: SshTarget,
+}
+
+impl Loaded {
+    /// The SSH target with a shorter connection bound, for steps that only try the guest.
+    pub fn quick_ssh(&self, timeout: Duration) -> SshTarget {
+        let mut quick = self.ssh.clone();
+        quick.connect_timeout = timeout;
+        quick
+    }
+
+    /// Refuses to bring up an instance whose setup never got through provisioning.
+    pub fn ensure_provisioned(&self) -> Result<(), NeverProvisioned> {
+        match &self.state {
+            Some(state) if state.phase < Phase::Provisioned => Err(NeverProvisioned {
+                id: self.id.clone(),
+                phase: state.phase,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Reads an instance's state; a missing one is [`NoInstance`].
+pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
+    let paths = StatePaths::new(&settings.paths.state_root, id);
+    if !paths.dir.exists() {
+        return Err(NoInstance {
+            id: id.clone(),
+            dir: paths.dir,
+        }
+        .into());
+    }
+    let env = read_env(&paths)?;
+    let state = read_fireclaw_state(&paths)?;
+    let ip = env.vm_ip()?;
+    let port = env.host_port()?;
+    let key = match env.get("SSH_KEY_PATH").trim() {
+        "" => settings.ssh_key_path.clone(),
+        saved => PathBuf::from(saved),
+    };
+    // fireclaw pinned its own instances' keys before first boot; 0.2.0 pinned on first use.
+    let policy = if state.is_some() {
+        HostKeyPolicy::Pinned
+    } else {
+        HostKeyPolicy::TrustOnFirstUse
+    };
+    let ssh = SshTarget {
+        id: id.to_string(),
+        ip,
+        key,
+        known_hosts: paths.known_hosts.clone(),
+        policy,
+        connect_timeout: CONNECT_TIMEOUT,
+    };
+    Ok(Loaded {
+        id: id.clone(),
+        units: UnitNames::new(id),
+        paths,
+        env,
+        state,
+        port,
+        ssh,
+    })
+}
+
+/// The instance's lifecycle lock, waiting up to `FIRECLAW_LOCK_WAIT` for another command.
+pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
+    Ok(lock_instance(
+        &settings.paths.state_root,
+        id,
+        settings.lock_wait,
+    )?)
+}
+
+/// The lock, then the state: what every verb on an existing instance does first.
+pub fn lock_and_load(settings: &Settings, id: &InstanceId) -> Result<(HeldLock, Loaded)> {
+    let held = lock(settings, id)?;
+    let loaded = load(settings, id)?;
+    Ok((held, loaded))
+}

@@ -1,0 +1,600 @@
+//! Bringing an instance up and down, the steps `setup`, `start`, `restart`, `provision` and
+//! `stop` share: start the VM unit, wait for SSH (giving up at once when the VM unit fails),
+//! provision the guest, start the gateway service and the proxy, gate on both health checks;
+//! and the stop order proxy → guest service → VM → disable. Each step reports progress through
+//! `Output` and drives the host only through `ServiceManager` and the guest only through
+//! `GuestShell`, so unit tests run them against recording fakes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+
+use super::instance::Loaded;
+use crate::cli::WaitArgs;
+use crate::faults::crash_point;
+use crate::guest::health::{Health, guest_health, proxy_health};
+use crate::guest::provision::provision_guest;
+use crate::guest::ssh::{GuestShell, SshError, sudo_command};
+use crate::host::systemd::{ServiceManager, UnitState};
+use crate::instance::layout::UnitNames;
+use crate::instance::values::InstanceId;
+use crate::output::Output;
+
+/// Pause between tries of the SSH and health waits.
+pub const POLL: Duration = Duration::from_secs(2);
+/// How long `stop` tries the guest before leaving its service to the VM shutdown.
+const GUEST_STOP_CONNECT: Duration = Duration::from_secs(3);
+/// Journal lines quoted when the VM unit dies during the SSH wait.
+const JOURNAL_LINES: u32 = 5;
+
+/// The bounds of the two waits, from `--ssh-timeout` and `--health-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waits {
+    pub ssh: Duration,
+    pub health: Duration,
+}
+
+impl From<&WaitArgs> for Waits {
+    fn from(args: &WaitArgs) -> Self {
+        Self {
+            ssh: Duration::from_secs(args.ssh_timeout),
+            health: Duration::from_secs(args.health_timeout),
+        }
+    }
+}
+
+/// The VM unit stopped, failed or restarted while SSH was awaited.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the VM of instance '{id}' is not running ({active} {sub}, {restarts} restarts) while waiting for SSH; start it with: fireclaw start {id}{journal}"
+)]
+pub struct VmGone {
+    pub id: InstanceId,
+    pub active: String,
+    pub sub: String,
+    pub restarts: u32,
+    /// `; <unit>: <last journal lines>`, or empty.
+    pub journal: String,
+}
+
+/// SSH did not answer before the deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("SSH to instance '{id}' did not answer within {secs}s")]
+pub struct SshTimeout {
+    pub id: InstanceId,
+    pub secs: u64,
+    #[source]
+    pub last: SshError,
+}
+
+/// The health gate's deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("instance '{id}' is not healthy after {secs}s: guest {guest}, proxy {proxy}")]
+pub struct Unhealthy {
+    pub id: InstanceId,
+    pub secs: u64,
+    pub guest: String,
+    pub proxy: String,
+}
+
+/// One unit's state, or an error when systemd reports nothing for it.
+pub fn unit_state(services: &dyn ServiceManager, unit: &str) -> Result<UnitState> {
+    services
+        .states(&[unit])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("systemd reported nothing for {unit}"))
+}
+
+fn progress(output: &mut Output<'_>, id: &InstanceId, step: &str) {
+    output.progress(&format!("{id}: {step}"));
+}
+
+/// Waits until SSH answers. Gives up at once, with the unit's last journal lines, when the VM
+/// unit is failed or inactive or restarts. A host key mismatch is retried until the deadline
+/// (the base image may show its own keys before cloud-init installs the pinned one) and
+/// reported only if it persists.
+pub fn wait_for_ssh(
+    id: &InstanceId,
+    units: &UnitNames,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let unit = units.vm.as_str();
+    let started = Instant::now();
+    let restarts = unit_state(services, unit)?.restarts;
+    let last = loop {
+        let error = match guest.probe() {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let state = unit_state(services, unit)?;
+        let gone = matches!(state.active.as_str(), "failed" | "inactive")
+            || state.sub == "auto-restart"
+            || state.restarts > restarts;
+        if gone {
+            let journal = services.journal_tail(unit, JOURNAL_LINES);
+            return Err(VmGone {
+                id: id.clone(),
+                active: state.active,
+                sub: state.sub,
+                restarts: state.restarts,
+                journal: if journal.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {unit}: {journal}")
+                },
+            }
+            .into());
+        }
+        if started.elapsed() + POLL > timeout {
+            break error;
+        }
+        output.tick(&format!(
+            "{id}: waiting for SSH ({}s of {}s)",
+            started.elapsed().as_secs(),
+            timeout.as_secs()
+        ));
+        std::thread::sleep(POLL);
+    };
+    match last {
+        error @ SshError::HostKeyMismatch { .. } => Err(error.into()),
+        last => Err(SshTimeout {
+            id: id.clone(),
+            secs: timeout.as_secs(),
+            last,
+        }
+        .into()),
+    }
+}
+
+/// Both gates: the guest's own health check and the proxy. Returns both results once both
+/// pass; fails with both results at the deadline.
+pub fn health_gate(
+    loaded: &Loaded,
+    guest: &dyn GuestShell,
+    timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
+    let started = Instant::now();
+    loop {
+        let guest_result = guest_health(guest, loaded.id.as_str())?;
+        let proxy = proxy_health(loaded.port, Duration::from_secs(5));
+        if guest_result.is_up() && proxy.is_up() {
+            return Ok((guest_result, proxy));
+        }
+        if started.elapsed() + POLL > timeout {
+            let describe = |h: &Health| match h {
+                Health::Down(why) => format!("down ({why})"),
+                other => other.label().to_owned(),
+            };
+            return Err(Unhealthy {
+                id: loaded.id.clone(),
+                secs: timeout.as_secs(),
+                guest: describe(&guest_result),
+                proxy: describe(&proxy),
+            }
+            .into());
+        }
+        output.tick(&format!(
+            "{}: waiting for health ({}s of {}s)",
+            loaded.id,
+            started.elapsed().as_secs(),
+            timeout.as_secs()
+        ));
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The summary printed after a successful setup, provision or start.
+pub fn print_summary(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    health: &(Health, Health),
+    output: &mut Output<'_>,
+) {
+    let states = services
+        .states(&[loaded.units.vm.as_str(), loaded.units.proxy.as_str()])
+        .unwrap_or_default();
+    let state_of = |i: usize| {
+        states
+            .get(i)
+            .map(|s| format!("{} ({})", s.active, s.file))
+            .unwrap_or_else(|| "unknown".into())
+    };
+    output.line(&format!("Instance {} is healthy.", loaded.id));
+    output.line(&format!("  VM IP       {}", loaded.ssh.ip));
+    output.line(&format!("  proxy       http://127.0.0.1:{}/", loaded.port));
+    output.line(&format!(
+        "  health      guest {}, proxy {}",
+        health.0.label(),
+        health.1.label()
+    ));
+    output.line(&format!(
+        "  VM unit     {} {}",
+        loaded.units.vm,
+        state_of(0)
+    ));
+    output.line(&format!(
+        "  proxy unit  {} {}",
+        loaded.units.proxy,
+        state_of(1)
+    ));
+    output.line(&format!("  token       sudo fireclaw token {}", loaded.id));
+}
+
+/// Starts the VM unit from a clean slate (a failed unit's state is reset first).
+pub fn start_vm(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let vm = loaded.units.vm.as_str();
+    services.reset_failed(&[vm])?;
+    progress(output, &loaded.id, "starting the VM");
+    services.enable_now(&[vm])?;
+    Ok(())
+}
+
+/// Starts the VM unit unless it is already active.
+pub fn ensure_vm_running(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    if unit_state(services, &loaded.units.vm)?.is_active() {
+        return Ok(());
+    }
+    start_vm(loaded, services, output)
+}
+
+/// The SSH wait with its progress line.
+pub fn await_ssh(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    progress(output, &loaded.id, "waiting for SSH");
+    wait_for_ssh(&loaded.id, &loaded.units, services, guest, timeout, output)
+}
+
+/// Runs guest provisioning with the instance's `provision.vars`.
+pub fn provision(
+    loaded: &Loaded,
+    guest: &dyn GuestShell,
+    vars: &str,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    progress(output, &loaded.id, "provisioning the guest");
+    provision_guest(guest, vars)?;
+    Ok(())
+}
+
+/// Starts the localhost proxy unit.
+pub fn start_proxy(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    progress(output, &loaded.id, "starting the proxy");
+    services.enable_now(&[loaded.units.proxy.as_str()])?;
+    Ok(())
+}
+
+/// The health gate with its progress line.
+pub fn await_health(
+    loaded: &Loaded,
+    guest: &dyn GuestShell,
+    timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
+    progress(output, &loaded.id, "waiting for health");
+    health_gate(loaded, guest, timeout, output)
+}
+
+/// Brings a provisioned instance up without reprovisioning: VM, SSH, guest service, proxy,
+/// health.
+pub fn bring_up(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    waits: Waits,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
+    start_vm(loaded, services, output)?;
+    await_ssh(loaded, services, guest, waits.ssh, output)?;
+    progress(output, &loaded.id, "starting the gateway service");
+    guest.run(
+        &sudo_command(&["systemctl", "enable", "--now", &loaded.units.guest]),
+        b"",
+    )?;
+    start_proxy(loaded, services, output)?;
+    await_health(loaded, guest, waits.health, output)
+}
+
+/// The guest shell `stop` uses: a short connection bound, since a guest that does not answer
+/// quickly is shut down anyway.
+pub fn stop_shell(loaded: &Loaded) -> crate::guest::ssh::SshTarget {
+    loaded.quick_ssh(GUEST_STOP_CONNECT)
+}
+
+/// proxy → guest service (over SSH when the VM runs) → VM (clean shutdown) → disable both
+/// units, so a stopped instance stays stopped across reboots. The proxy goes first so nobody
+/// reaches a gateway that is going away; the guest service before the VM so the gateway
+/// container stops cleanly even when the guest's shutdown would not wait for it.
+pub fn stop(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let proxy = loaded.units.proxy.as_str();
+    let vm = loaded.units.vm.as_str();
+    progress(output, &loaded.id, "stopping the proxy");
+    services.stop(&[proxy])?;
+    if unit_state(services, vm)?.is_active() {
+        progress(output, &loaded.id, "stopping the gateway service");
+        let guest_unit = &loaded.units.guest;
+        if let Err(error) = guest.run(&sudo_command(&["systemctl", "stop", guest_unit]), b"") {
+            output.warn(&format!(
+                "could not stop {guest_unit} in the guest ({}); the VM shutdown stops it",
+                crate::output::error_chain(&error)
+            ));
+        }
+    }
+    progress(output, &loaded.id, "shutting the VM down");
+    services.stop(&[vm])?;
+    crash_point("stop:vm-stopped");
+    services.disable(&[vm, proxy])?;
+    services.reset_failed(&[vm, proxy])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::ssh::{HostKeyPolicy, SshTarget};
+    use crate::instance::layout::StatePaths;
+    use crate::instance::state::EnvFile;
+    use crate::ops::fakes::{CallLog, FakeGuest, FakeServices};
+    use crate::output::error_chain;
+
+    fn loaded(port: u16) -> Loaded {
+        let id: InstanceId = "t".parse().unwrap();
+        let paths = StatePaths::new(std::path::Path::new("/nonexistent"), &id);
+        Loaded {
+            units: UnitNames::new(&id),
+            env: EnvFile::parse("INSTANCE_ID=t\n").unwrap(),
+            state: None,
+            port,
+            ssh: SshTarget {
+                id: "t".into(),
+                ip: std::net::Ipv4Addr::LOCALHOST,
+                key: "/nonexistent/key".into(),
+                known_hosts: paths.known_hosts.clone(),
+                policy: HostKeyPolicy::Pinned,
+                connect_timeout: Duration::from_secs(1),
+            },
+            paths,
+            id,
+        }
+    }
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn quiet<T>(run: impl FnOnce(&mut Output<'_>) -> T) -> (T, String) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let result = {
+            let mut output = Output::new(&mut out, &mut err);
+            run(&mut output)
+        };
+        (result, String::from_utf8(err).unwrap())
+    }
+
+    #[test]
+    fn stop_goes_proxy_then_guest_service_then_vm_then_disables_both() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        services.set(&instance.units.vm, "active", "running", 0);
+        services.set(&instance.units.proxy, "active", "running", 0);
+        let guest = FakeGuest {
+            log: &log,
+            reachable: true,
+        };
+        let (result, _) = quiet(|output| stop(&instance, &services, &guest, output));
+        result.unwrap();
+        assert_eq!(
+            log.calls(),
+            [
+                "systemctl stop vmdemo-proxy-t.service",
+                "ssh sudo systemctl stop openclaw-t.service",
+                "systemctl stop firecracker-vmdemo-t.service",
+                "systemctl disable firecracker-vmdemo-t.service vmdemo-proxy-t.service",
+                "systemctl reset-failed firecracker-vmdemo-t.service vmdemo-proxy-t.service",
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_of_a_silent_guest_warns_and_still_shuts_the_vm_down() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        services.set(&instance.units.vm, "active", "running", 0);
+        let guest = FakeGuest {
+            log: &log,
+            reachable: false,
+        };
+        let (result, stderr) = quiet(|output| stop(&instance, &services, &guest, output));
+        result.unwrap();
+        assert!(
+            stderr.contains("warning: could not stop openclaw-t.service in the guest"),
+            "{stderr}"
+        );
+        assert!(
+            log.calls()
+                .contains(&"systemctl stop firecracker-vmdemo-t.service".to_owned())
+        );
+        assert!(
+            log.calls()
+                .last()
+                .unwrap()
+                .starts_with("systemctl reset-failed")
+        );
+    }
+
+    #[test]
+    fn stop_of_a_stopped_vm_does_not_try_the_guest() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        let guest = FakeGuest {
+            log: &log,
+            reachable: true,
+        };
+        let (result, _) = quiet(|output| stop(&instance, &services, &guest, output));
+        result.unwrap();
+        assert!(log.calls().iter().all(|call| !call.starts_with("ssh")));
+    }
+
+    #[test]
+    fn the_ssh_wait_gives_up_at_once_with_the_journal_when_the_vm_unit_fails() {
+        let log = CallLog::default();
+        let mut services = FakeServices::new(&log);
+        services.journal = "tap tt2 is busy".into();
+        let instance = loaded(closed_port());
+        services.set(&instance.units.vm, "failed", "failed", 0);
+        let guest = FakeGuest {
+            log: &log,
+            reachable: false,
+        };
+        let (result, _) = quiet(|output| {
+            wait_for_ssh(
+                &instance.id,
+                &instance.units,
+                &services,
+                &guest,
+                Duration::from_secs(600),
+                output,
+            )
+        });
+        let error = result.unwrap_err();
+        let gone = error.downcast_ref::<VmGone>().expect("VmGone");
+        assert_eq!(gone.active, "failed");
+        assert!(
+            error_chain(error.as_ref())
+                .ends_with("; firecracker-vmdemo-t.service: tap tt2 is busy")
+        );
+        // One probe, then the unit's state: no second try of a VM that is gone.
+        assert_eq!(
+            log.calls(),
+            ["ssh probe", "journal firecracker-vmdemo-t.service"]
+        );
+    }
+
+    #[test]
+    fn the_ssh_wait_gives_up_when_the_vm_unit_restarted() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        services.set(&instance.units.vm, "active", "running", 1);
+        struct RestartingGuest<'a>(&'a FakeServices<'a>, String);
+        impl GuestShell for RestartingGuest<'_> {
+            fn probe(&self) -> Result<(), SshError> {
+                // The VMM crashed and systemd restarted it while we waited.
+                self.0.set(&self.1, "active", "running", 2);
+                Err(SshError::Unreachable {
+                    id: "t".into(),
+                    ip: std::net::Ipv4Addr::LOCALHOST,
+                    detail: "No route to host".into(),
+                })
+            }
+            fn run(&self, _: &str, _: &[u8]) -> Result<String, SshError> {
+                unreachable!("the wait only probes")
+            }
+        }
+        let guest = RestartingGuest(&services, instance.units.vm.clone());
+        let (result, _) = quiet(|output| {
+            wait_for_ssh(
+                &instance.id,
+                &instance.units,
+                &services,
+                &guest,
+                Duration::from_secs(600),
+                output,
+            )
+        });
+        assert_eq!(
+            result.unwrap_err().downcast::<VmGone>().unwrap().restarts,
+            2
+        );
+    }
+
+    #[test]
+    fn the_ssh_wait_reports_the_last_ssh_error_once_at_the_deadline() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        services.set(&instance.units.vm, "active", "running", 0);
+        let guest = FakeGuest {
+            log: &log,
+            reachable: false,
+        };
+        let (result, _) = quiet(|output| {
+            wait_for_ssh(
+                &instance.id,
+                &instance.units,
+                &services,
+                &guest,
+                Duration::ZERO,
+                output,
+            )
+        });
+        let line = error_chain(result.unwrap_err().as_ref());
+        assert_eq!(
+            line,
+            "SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused"
+        );
+    }
+
+    #[test]
+    fn bring_up_starts_vm_then_guest_service_then_proxy_and_gates_on_health() {
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let instance = loaded(closed_port());
+        let guest = FakeGuest {
+            log: &log,
+            reachable: true,
+        };
+        let waits = Waits {
+            ssh: Duration::from_secs(60),
+            health: Duration::ZERO,
+        };
+        let (result, _) = quiet(|output| bring_up(&instance, &services, &guest, waits, output));
+        // Nothing listens on the proxy port, so the gate fails, naming both results.
+        let error = result.unwrap_err();
+        let unhealthy = error.downcast_ref::<Unhealthy>().expect("Unhealthy");
+        assert_eq!(unhealthy.guest, "up");
+        assert!(unhealthy.proxy.starts_with("down ("), "{}", unhealthy.proxy);
+        assert_eq!(
+            log.calls(),
+            [
+                "systemctl reset-failed firecracker-vmdemo-t.service",
+                "systemctl enable-now firecracker-vmdemo-t.service",
+                "ssh probe",
+                "ssh sudo systemctl enable --now openclaw-t.service",
+                "systemctl enable-now vmdemo-proxy-t.service",
+                "ssh sudo /usr/local/bin/openclaw-health-t.sh",
+            ]
+        );
+    }
+}
