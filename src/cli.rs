@@ -205,8 +205,8 @@ fn parse_token(value: &str) -> Result<Secret, String> {
     parse_telegram_token(value).map_err(|e| e.0)
 }
 
-fn parse_path_for(what: &'static str) -> impl Fn(&str) -> Result<PathBuf, String> + Clone {
-    move |value| parse_absolute_path(what, value).map_err(|e| e.0)
+fn parse_path(value: &str) -> Result<PathBuf, String> {
+    parse_absolute_path(value).map_err(|e| e.0)
 }
 
 #[derive(Debug, Args)]
@@ -242,16 +242,16 @@ pub struct SetupArgs {
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<DiskSize>,
     /// Firecracker API socket [env: API_SOCK] [default: <FC_ROOT>/<id>/firecracker.socket].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--api-sock"))]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub api_sock: Option<PathBuf>,
     /// Guest kernel [env: BASE_KERNEL] [default: <BASE_IMAGES_DIR>/vmlinux].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-kernel"))]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub base_kernel: Option<PathBuf>,
     /// Base rootfs [env: BASE_ROOTFS] [default: <BASE_IMAGES_DIR>/rootfs.ext4].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-rootfs"))]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub base_rootfs: Option<PathBuf>,
     /// Initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
-    #[arg(long, value_name = "PATH", value_parser = parse_path_for("--base-initrd"))]
+    #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub base_initrd: Option<PathBuf>,
     #[command(flatten)]
     pub keys: KeyArgs,

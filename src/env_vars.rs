@@ -1,7 +1,7 @@
 //! The name of every environment variable fireclaw reads, defined once. Host-wide settings and
 //! flag defaults are 0.2.0's names and are resolved in `settings`; the rest are read where they
 //! apply: test fault injection (`faults`), systemd's marker of a unit's process, the colour
-//! switch and `PATH`.
+//! switch and `PATH`; last, the few the test harness reads.
 
 /// Per-instance state dirs, the allocation lock and the lifecycle locks.
 pub const STATE_ROOT: &str = "STATE_ROOT";
@@ -41,3 +41,12 @@ pub const INVOCATION_ID: &str = "INVOCATION_ID";
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Where host tools are looked up.
 pub const PATH: &str = "PATH";
+
+// Read by the test harness and the stand-ins, never by fireclaw itself.
+/// Where the sandbox binds the binaries under test (default `/opt/fireclaw-test/bin`).
+pub const FIRECLAW_TEST_BIN: &str = "FIRECLAW_TEST_BIN";
+/// A Firecracker binary to record in the units instead of the stand-in.
+pub const FIRECLAW_TEST_FIRECRACKER: &str = "FIRECLAW_TEST_FIRECRACKER";
+/// A guest kernel and rootfs for the opt-in real-Firecracker test.
+pub const FIRECLAW_TEST_KERNEL: &str = "FIRECLAW_TEST_KERNEL";
+pub const FIRECLAW_TEST_ROOTFS: &str = "FIRECLAW_TEST_ROOTFS";

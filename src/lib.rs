@@ -169,6 +169,47 @@ mod tests {
                 problem: crate::instance::values::InvalidValue("EIO".into()),
             }
             .into(),
+            crate::instance::spec::SpecError::Environment {
+                name: "MODEL",
+                problem: crate::instance::values::InvalidValue("EIO".into()),
+            }
+            .into(),
+            crate::store::StoreError::Lock {
+                path: "/s/.locks/a.lock".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::assets::AssetError::OpenSource {
+                path: "/base/rootfs.ext4".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::firecracker_api::ApiError::Io {
+                request: "PUT /actions".into(),
+                socket: "/fc/a/firecracker.socket".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::netlink::NetlinkError::Request {
+                operation: "create bridge fc-br0".into(),
+                source: io(),
+            }
+            .into(),
+            crate::host::netlink::NetlinkError::Open(io()).into(),
+            crate::host::tap::TapError::OpenTun(io()).into(),
+            crate::host::trust::UntrustedPath::Unreadable {
+                what: "firecracker".into(),
+                path: "/usr/bin/firecracker".into(),
+                checked: "/usr/bin/firecracker".into(),
+                problem: io(),
+            }
+            .into(),
+            crate::ops::lifecycle::SshTimeout {
+                id: "a".parse().unwrap(),
+                secs: 5,
+                last: crate::guest::ssh::SshError::Spawn(io()),
+            }
+            .into(),
         ];
         for error in errors {
             let line = error_line(&error.context("outer step"));

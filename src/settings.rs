@@ -11,7 +11,7 @@ use std::str::FromStr;
 use crate::cli::{KeyArgs, SetupArgs};
 use crate::env_vars;
 pub use crate::instance::host::{HostPaths, NetworkSettings};
-use crate::instance::layout::default_api_sock;
+use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, default_api_sock};
 use crate::instance::spec::{BaseImages, ProviderKeys, SetupSpec, SpecError, TelegramSpec};
 use crate::instance::values::{
     BridgeAddress, DiskSize, ImageRef, InterfaceName, InvalidValue, MemoryMib, Model, Secret,
@@ -81,7 +81,7 @@ impl Settings {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
         let path = |name: &'static str, default: &str| -> Result<PathBuf, SettingsError> {
             let value = get(name).unwrap_or_else(|| default.to_owned());
-            parse_absolute_path(name, &value).map_err(|problem| SettingsError { name, problem })
+            parse_absolute_path(&value).map_err(|problem| SettingsError { name, problem })
         };
         let parsed = |name: &'static str, default: &str| -> Result<String, SettingsError> {
             Ok(get(name).unwrap_or_else(|| default.to_owned()))
@@ -170,7 +170,7 @@ impl Settings {
             |flag: &Option<Secret>, name: &'static str, value: &Option<String>| match (flag, value)
             {
                 (Some(secret), _) => Ok(Some(secret.clone())),
-                (None, Some(value)) => Secret::parse(name, value)
+                (None, Some(value)) => Secret::parse("the value", value)
                     .map(Some)
                     .map_err(|problem| SpecError::Environment { name, problem }),
                 (None, None) => Ok(None),
@@ -227,7 +227,7 @@ impl Settings {
                           file: &str| {
             match (flag, value) {
                 (Some(path), _) => Ok(path.clone()),
-                (None, Some(value)) => parse_absolute_path(name, value)
+                (None, Some(value)) => parse_absolute_path(value)
                     .map_err(|problem| SpecError::Environment { name, problem }),
                 (None, None) => Ok(self.base_images_dir.join(file)),
             }
@@ -237,29 +237,27 @@ impl Settings {
                 &args.base_kernel,
                 env_vars::BASE_KERNEL,
                 &env.base_kernel,
-                "vmlinux",
+                KERNEL_FILE,
             )?,
             rootfs: image_path(
                 &args.base_rootfs,
                 env_vars::BASE_ROOTFS,
                 &env.base_rootfs,
-                "rootfs.ext4",
+                ROOTFS_FILE,
             )?,
             initrd: image_path(
                 &args.base_initrd,
                 env_vars::BASE_INITRD,
                 &env.base_initrd,
-                "initrd.img",
+                INITRD_FILE,
             )?,
         };
         let api_sock = match (&args.api_sock, &env.api_sock) {
             (Some(path), _) => path.clone(),
             (None, Some(value)) => {
-                parse_absolute_path(env_vars::API_SOCK, value).map_err(|problem| {
-                    SpecError::Environment {
-                        name: env_vars::API_SOCK,
-                        problem,
-                    }
+                parse_absolute_path(value).map_err(|problem| SpecError::Environment {
+                    name: env_vars::API_SOCK,
+                    problem,
                 })?
             }
             (None, None) => default_api_sock(&self.paths.fc_root, args.instance.as_str()),
@@ -321,6 +319,157 @@ fn flag_env_default<T: FromStr<Err = InvalidValue> + Clone>(
             .parse()
             .map_err(|problem| SpecError::Environment { name, problem }),
     }
+}
+
+/// The state files after `provision <id> [flags]`, computed in memory and validated before
+/// anything is written: saved values, then flags; environment keys fill only empty saved keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionUpdate {
+    pub env: crate::instance::state::EnvFile,
+    pub vars: crate::instance::state::VarsFile,
+}
+
+impl Settings {
+    pub fn resolve_provision(
+        &self,
+        args: &crate::cli::ProvisionArgs,
+        env: &crate::instance::state::EnvFile,
+        vars: &crate::instance::state::VarsFile,
+    ) -> Result<ProvisionUpdate, SpecError> {
+        use crate::instance::state::parse_flag;
+        let saved =
+            |what: &'static str, problem: InvalidValue| SpecError::Saved { key: what, problem };
+        let model: Model = match &args.model {
+            Some(model) => model.clone(),
+            None => vars
+                .get("MODEL")
+                .parse()
+                .map_err(|problem| saved("MODEL", problem))?,
+        };
+        let skills = match &args.skills {
+            Some(skills) => skills.to_csv(),
+            None => vars.get("SKILLS").to_owned(),
+        };
+        let image = match &args.openclaw_image {
+            Some(image) => image.to_string(),
+            None => vars.get("OPENCLAW_IMAGE").to_owned(),
+        };
+        let (token, users) = provision_telegram(args, vars)?;
+        let skip_browser = if args.skip_browser_install {
+            true
+        } else if args.browser_install {
+            false
+        } else {
+            parse_flag(vars.get("SKIP_BROWSER_INSTALL"))
+        };
+        let [anthropic, openai, minimax] = self.provision_keys(args, vars, &model)?;
+        let mut env = env.clone();
+        let mut vars = vars.clone();
+        let skip = skip_browser.to_string();
+        let shared: [(&'static str, &str); 8] = [
+            ("MODEL", model.as_str()),
+            ("SKILLS", &skills),
+            ("TELEGRAM_USERS", &users),
+            ("OPENCLAW_IMAGE", &image),
+            ("SKIP_BROWSER_INSTALL", &skip),
+            ("ANTHROPIC_API_KEY", &anthropic),
+            ("OPENAI_API_KEY", &openai),
+            ("MINIMAX_API_KEY", &minimax),
+        ];
+        let write_error = |key: &'static str| SpecError::Saved {
+            key,
+            problem: InvalidValue("contains a line break".into()),
+        };
+        for (key, value) in shared {
+            env.set(key, value).map_err(|_| write_error(key))?;
+            vars.set(key, value).map_err(|_| write_error(key))?;
+        }
+        vars.set("TELEGRAM_TOKEN", &token)
+            .map_err(|_| write_error("TELEGRAM_TOKEN"))?;
+        Ok(ProvisionUpdate { env, vars })
+    }
+
+    /// Provider keys for `provision`: a flag replaces the saved key; the environment only
+    /// fills a key saved empty. The model's provider must end up with a key.
+    fn provision_keys(
+        &self,
+        args: &crate::cli::ProvisionArgs,
+        vars: &crate::instance::state::VarsFile,
+        model: &Model,
+    ) -> Result<[String; 3], SpecError> {
+        let flags = &args.keys;
+        let fill = |flag: &Option<Secret>, key: &'static str, from_env: &Option<String>| {
+            if let Some(secret) = flag {
+                return Ok(secret.expose().to_owned());
+            }
+            let current = vars.get(key);
+            if !current.is_empty() {
+                return Ok(current.to_owned());
+            }
+            match from_env {
+                Some(value) => Secret::parse("the value", value)
+                    .map(|s| s.expose().to_owned())
+                    .map_err(|problem| SpecError::Environment { name: key, problem }),
+                None => Ok(String::new()),
+            }
+        };
+        let d = &self.flag_defaults;
+        let anthropic = fill(
+            &flags.anthropic_api_key,
+            env_vars::ANTHROPIC_API_KEY,
+            &d.anthropic_api_key,
+        )?;
+        let openai = fill(
+            &flags.openai_api_key,
+            env_vars::OPENAI_API_KEY,
+            &d.openai_api_key,
+        )?;
+        let minimax = fill(
+            &flags.minimax_api_key,
+            env_vars::MINIMAX_API_KEY,
+            &d.minimax_api_key,
+        )?;
+        let provider = model.provider();
+        let key_for_model = match provider {
+            crate::instance::values::Provider::OpenAi => &openai,
+            crate::instance::values::Provider::Anthropic => &anthropic,
+            crate::instance::values::Provider::MiniMax => &minimax,
+        };
+        if key_for_model.is_empty() {
+            return Err(SpecError::MissingProviderKey {
+                model: model.to_string(),
+                flag: provider.key_flag(),
+                env: provider.key_env(),
+            });
+        }
+        Ok([anthropic, openai, minimax])
+    }
+}
+
+/// Telegram for `provision`: `--no-telegram` clears it; otherwise each flag replaces its saved
+/// value, and a token needs users (and users a token).
+fn provision_telegram(
+    args: &crate::cli::ProvisionArgs,
+    vars: &crate::instance::state::VarsFile,
+) -> Result<(String, String), SpecError> {
+    if args.no_telegram {
+        return Ok((String::new(), String::new()));
+    }
+    let token = match &args.telegram_token {
+        Some(token) => token.expose().to_owned(),
+        None => vars.get("TELEGRAM_TOKEN").to_owned(),
+    };
+    let users = match &args.telegram_users {
+        Some(users) => users.to_csv(),
+        None => vars.get("TELEGRAM_USERS").to_owned(),
+    };
+    if args.telegram_users.is_some() && token.is_empty() {
+        return Err(SpecError::TelegramUsersWithoutToken);
+    }
+    if !token.is_empty() && users.trim().is_empty() {
+        return Err(SpecError::TelegramUsersRequired);
+    }
+    Ok((token, users))
 }
 
 #[cfg(test)]
@@ -514,138 +663,6 @@ mod spec_tests {
             err.to_string(),
             "model minimax/MiniMax-M2.1 needs an API key: pass --minimax-api-key or set MINIMAX_API_KEY"
         );
-    }
-}
-
-/// The state files after `provision <id> [flags]`, computed in memory and validated before
-/// anything is written: saved values, then flags; environment keys fill only empty saved keys.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProvisionUpdate {
-    pub env: crate::instance::state::EnvFile,
-    pub vars: crate::instance::state::VarsFile,
-}
-
-impl Settings {
-    pub fn resolve_provision(
-        &self,
-        args: &crate::cli::ProvisionArgs,
-        env: &crate::instance::state::EnvFile,
-        vars: &crate::instance::state::VarsFile,
-    ) -> Result<ProvisionUpdate, SpecError> {
-        use crate::instance::state::parse_flag;
-        let saved =
-            |what: &'static str, problem: InvalidValue| SpecError::Saved { key: what, problem };
-        let model: Model = match &args.model {
-            Some(model) => model.clone(),
-            None => vars
-                .get("MODEL")
-                .parse()
-                .map_err(|problem| saved("MODEL", problem))?,
-        };
-        let skills = match &args.skills {
-            Some(skills) => skills.to_csv(),
-            None => vars.get("SKILLS").to_owned(),
-        };
-        let image = match &args.openclaw_image {
-            Some(image) => image.to_string(),
-            None => vars.get("OPENCLAW_IMAGE").to_owned(),
-        };
-        let (token, users) = if args.no_telegram {
-            (String::new(), String::new())
-        } else {
-            let token = match &args.telegram_token {
-                Some(token) => token.expose().to_owned(),
-                None => vars.get("TELEGRAM_TOKEN").to_owned(),
-            };
-            let users = match &args.telegram_users {
-                Some(users) => users.to_csv(),
-                None => vars.get("TELEGRAM_USERS").to_owned(),
-            };
-            if args.telegram_users.is_some() && token.is_empty() {
-                return Err(SpecError::TelegramUsersWithoutToken);
-            }
-            if !token.is_empty() && users.trim().is_empty() {
-                return Err(SpecError::TelegramUsersRequired);
-            }
-            (token, users)
-        };
-        let skip_browser = if args.skip_browser_install {
-            true
-        } else if args.browser_install {
-            false
-        } else {
-            parse_flag(vars.get("SKIP_BROWSER_INSTALL"))
-        };
-        // Keys: a flag replaces; the environment only fills a key that is saved empty.
-        let flags = &args.keys;
-        let fill = |flag: &Option<Secret>, key: &'static str, from_env: &Option<String>| {
-            if let Some(secret) = flag {
-                return Ok(secret.expose().to_owned());
-            }
-            let current = vars.get(key);
-            if !current.is_empty() {
-                return Ok(current.to_owned());
-            }
-            match from_env {
-                Some(value) => Secret::parse(key, value)
-                    .map(|s| s.expose().to_owned())
-                    .map_err(|problem| SpecError::Environment { name: key, problem }),
-                None => Ok(String::new()),
-            }
-        };
-        let d = &self.flag_defaults;
-        let anthropic = fill(
-            &flags.anthropic_api_key,
-            env_vars::ANTHROPIC_API_KEY,
-            &d.anthropic_api_key,
-        )?;
-        let openai = fill(
-            &flags.openai_api_key,
-            env_vars::OPENAI_API_KEY,
-            &d.openai_api_key,
-        )?;
-        let minimax = fill(
-            &flags.minimax_api_key,
-            env_vars::MINIMAX_API_KEY,
-            &d.minimax_api_key,
-        )?;
-        let provider = model.provider();
-        let key_for_model = match provider {
-            crate::instance::values::Provider::OpenAi => &openai,
-            crate::instance::values::Provider::Anthropic => &anthropic,
-            crate::instance::values::Provider::MiniMax => &minimax,
-        };
-        if key_for_model.is_empty() {
-            return Err(SpecError::MissingProviderKey {
-                model: model.to_string(),
-                flag: provider.key_flag(),
-                env: provider.key_env(),
-            });
-        }
-        let mut env = env.clone();
-        let mut vars = vars.clone();
-        let skip = skip_browser.to_string();
-        let shared: [(&'static str, &str); 8] = [
-            ("MODEL", model.as_str()),
-            ("SKILLS", &skills),
-            ("TELEGRAM_USERS", &users),
-            ("OPENCLAW_IMAGE", &image),
-            ("SKIP_BROWSER_INSTALL", &skip),
-            ("ANTHROPIC_API_KEY", &anthropic),
-            ("OPENAI_API_KEY", &openai),
-            ("MINIMAX_API_KEY", &minimax),
-        ];
-        let write_error = |key: &'static str| SpecError::Saved {
-            key,
-            problem: InvalidValue("contains a line break".into()),
-        };
-        for (key, value) in shared {
-            env.set(key, value).map_err(|_| write_error(key))?;
-            vars.set(key, value).map_err(|_| write_error(key))?;
-        }
-        vars.set("TELEGRAM_TOKEN", &token)
-            .map_err(|_| write_error("TELEGRAM_TOKEN"))?;
-        Ok(ProvisionUpdate { env, vars })
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::instance::alloc::Taken;
-use crate::instance::layout::{LockPaths, StatePaths};
+use crate::instance::layout::{ENV_FILE, LockPaths, StatePaths, instance_of_state_dir};
 use crate::instance::state::{EnvFile, FireclawState, StateError};
 use crate::instance::values::InstanceId;
 
@@ -244,13 +244,13 @@ pub fn scan_instances(state_root: &Path) -> Result<Vec<ScannedInstance>, StoreEr
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(name) = file_name.to_str().and_then(|n| n.strip_prefix(".vm-")) else {
+        let Some(name) = file_name.to_str().and_then(instance_of_state_dir) else {
             continue;
         };
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let env_path = entry.path().join(".env");
+        let env_path = entry.path().join(ENV_FILE);
         let env = read_text(&env_path).and_then(|text| {
             EnvFile::parse(&text).map_err(|source| StoreError::Parse {
                 path: env_path.clone(),
@@ -351,27 +351,9 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::sync::{Arc, Barrier};
 
-    /// A fresh directory under the target dir, removed when dropped.
-    pub struct TempDir(PathBuf);
-    impl TempDir {
-        pub fn new(tag: &str) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "fireclaw-test-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    /// A fresh temporary directory, removed when dropped (also when the test panics).
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     fn id(s: &str) -> InstanceId {
@@ -391,7 +373,7 @@ mod tests {
 
     #[test]
     fn atomic_write_sets_mode_despite_umask_and_replaces() {
-        let dir = TempDir::new("atomic");
+        let dir = temp_dir();
         let path = dir.path().join("secret");
         write_atomic(&path, b"one", 0o600).unwrap();
         write_atomic(&path, b"two", 0o600).unwrap();
@@ -403,7 +385,7 @@ mod tests {
 
     #[test]
     fn reserve_creates_a_private_dir_with_env_and_phase() {
-        let root = TempDir::new("reserve");
+        let root = temp_dir();
         let env = reserve(root.path(), &id("a"), |taken| {
             Ok::<_, String>(env_with_port(
                 "a",
@@ -425,7 +407,7 @@ mod tests {
 
     #[test]
     fn reserve_sees_other_instances_and_refuses_an_existing_id() {
-        let root = TempDir::new("reserve-taken");
+        let root = temp_dir();
         reserve(root.path(), &id("a"), |_| {
             Ok::<_, String>(env_with_port("a", 18891, 2))
         })
@@ -450,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_failed_allocation_leaves_nothing_behind() {
-        let root = TempDir::new("reserve-fail");
+        let root = temp_dir();
         let result = reserve(root.path(), &id("a"), |_| Err::<EnvFile, _>("pool empty"));
         assert_eq!(result.unwrap().unwrap_err(), "pool empty");
         assert!(!root.path().join(".vm-a").exists());
@@ -458,7 +440,7 @@ mod tests {
 
     #[test]
     fn concurrent_reservations_of_one_id_let_exactly_one_through() {
-        let root = Arc::new(TempDir::new("reserve-race"));
+        let root = Arc::new(temp_dir());
         let barrier = Arc::new(Barrier::new(8));
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -482,7 +464,7 @@ mod tests {
 
     #[test]
     fn concurrent_reservations_of_different_ids_get_distinct_ports() {
-        let root = Arc::new(TempDir::new("reserve-many"));
+        let root = Arc::new(temp_dir());
         let handles: Vec<_> = (0..8u8)
             .map(|n| {
                 let root = root.clone();
@@ -507,7 +489,7 @@ mod tests {
 
     #[test]
     fn instance_lock_reports_busy_after_the_bound() {
-        let root = TempDir::new("busy");
+        let root = temp_dir();
         let _held = lock_instance(root.path(), &id("a"), Duration::ZERO).unwrap();
         let err = lock_instance(root.path(), &id("a"), Duration::from_millis(200)).unwrap_err();
         assert!(err.to_string().starts_with("instance 'a' is busy"), "{err}");
@@ -517,7 +499,7 @@ mod tests {
 
     #[test]
     fn scan_reports_unreadable_env_without_hiding_others() {
-        let root = TempDir::new("scan");
+        let root = temp_dir();
         for (name, text) in [
             (
                 "good",

@@ -14,19 +14,19 @@ use std::path::{Path, PathBuf};
 /// of a strictly lower layer, nothing else.
 const LAYERS: [(&str, u8); 14] = [
     ("env_vars", 0),
-    ("instance", 0),
-    ("faults", 1),
-    ("output", 1),
-    ("cli", 1),
-    ("render", 1),
-    ("store", 1),
-    ("settings", 2),
-    ("host", 2),
-    ("guest", 3),
-    ("ops", 4),
-    ("commands", 5),
-    ("lib", 6),
-    ("main", 6),
+    ("instance", 1),
+    ("faults", 2),
+    ("output", 2),
+    ("cli", 2),
+    ("render", 2),
+    ("store", 2),
+    ("settings", 3),
+    ("host", 3),
+    ("guest", 4),
+    ("ops", 5),
+    ("commands", 6),
+    ("lib", 7),
+    ("main", 7),
 ];
 
 /// Files that are compiled only for tests.
@@ -55,17 +55,52 @@ fn files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// The file's code without its test module and without comment lines.
+/// The file's code without its test-only items (each `#[cfg(test)]` item, to its closing
+/// brace) and without comment lines.
 fn production_code(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
-    let text = match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => &text[..at],
-        None => text.as_str(),
-    };
-    text.lines()
+    let mut kept = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        kept.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = &rest[end_of_item(rest)..];
+    }
+    kept.push_str(rest);
+    kept.lines()
         .filter(|line| !line.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Where the item starting at the beginning of `text` ends: after its matching closing brace
+/// (strings and char literals skipped), or after its `;` when it has no body.
+fn end_of_item(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'"' => {
+                index += 1;
+                while index < bytes.len() && bytes[index] != b'"' {
+                    index += if bytes[index] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if index + 2 < bytes.len() && bytes[index + 2] == b'\'' => index += 2,
+            b';' if depth == 0 => return index + 1,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return index + 1;
+                }
+            }
+            _ => {}
+        }
+        index += 1;
+    }
+    text.len()
 }
 
 /// Every module a path names, given the module the path is relative to.

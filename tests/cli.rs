@@ -12,27 +12,27 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use fireclaw::host::probe::is_root;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
 const SECRET_KEY: &str = "sk-cli-test-do-not-print";
 const SECRET_TELEGRAM: &str = "987654:AAHcli-test-bot-secret";
 
-struct Scratch(PathBuf);
+/// A fresh temporary directory, removed when dropped (also when the test panics).
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("fireclaw-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fireclaw-cli-{tag}-"))
+            .tempdir()
+            .unwrap();
+        // Readable by the unprivileged user some tests run fireclaw as.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(dir)
     }
     fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join(name)
     }
 }
 
@@ -55,11 +55,6 @@ fn stderr(output: &Output) -> String {
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }
 
 fn tree(path: &Path) -> Vec<PathBuf> {
@@ -517,7 +512,7 @@ fn world_runnable_binary(scratch: &Scratch) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fireclaw");
     std::fs::copy(BIN, &path).unwrap();
-    for p in [&scratch.0, &dir, &path] {
+    for p in [scratch.0.path(), &dir, &path] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     path
@@ -573,7 +568,7 @@ fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional
         "42",
         "--dry-run",
     ];
-    let before = tree(&scratch.0);
+    let before = tree(scratch.0.path());
     let output = dry_run_unprivileged(&binary, &args, &env);
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(output.status.success(), "{err}");
@@ -611,7 +606,11 @@ fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional
         !out.contains("BEGIN OPENSSH PRIVATE KEY-----\n    b3Blbn"),
         "private key body shown"
     );
-    assert_eq!(tree(&scratch.0), before, "the dry run changed the disk");
+    assert_eq!(
+        tree(scratch.0.path()),
+        before,
+        "the dry run changed the disk"
+    );
     assert!(!fc.exists());
 
     if is_root() {
@@ -622,7 +621,11 @@ fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional
         assert!(!out.contains("provisional"), "{out}");
         assert!(out.contains("VM IP       172.16.0.3"), "{out}");
         assert!(out.contains("host port   18892"), "{out}");
-        assert_eq!(tree(&scratch.0), before, "the dry run changed the disk");
+        assert_eq!(
+            tree(scratch.0.path()),
+            before,
+            "the dry run changed the disk"
+        );
     }
 }
 

@@ -193,6 +193,46 @@ fn fleet_views_are_unchanged() {
 }
 
 #[test]
+fn egress_show_is_unchanged() {
+    let fixture = Fixture::new();
+    fixture.instance(
+        "good",
+        "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=good\nHOST_PORT=47311\nVM_IP=127.0.0.3\nVM_TAP=tgood2\n",
+    );
+    std::fs::write(
+        Path::new(&fixture.path("state")).join(".vm-good/fireclaw.json"),
+        r#"{"format":1,"phase":"provisioned","created_by":"fireclaw 0.3.0","allow_private_egress":["10.20.0.0/16"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        Path::new(&fixture.path("state")).join("private-egress.allow"),
+        "# registry\n192.168.7.0/24\n",
+    )
+    .unwrap();
+    let mut all = String::new();
+    // As root, show reads this machine's firewall (read only), so iptables must be found.
+    let path = [("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")];
+    for args in [&["egress", "show"][..], &["egress", "show", "--json"]] {
+        all.push_str(&fixture.run(args, &path));
+    }
+    // Whether the firewall matches depends on this machine (and on root); the rest does not.
+    let all: String = all
+        .lines()
+        .map(|line| {
+            if line.starts_with("Firewall: ") {
+                "Firewall: [AS FOUND]".to_owned()
+            } else if line.trim_start().starts_with("\"applied\": ") {
+                "  \"applied\": [AS FOUND]".to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    insta::assert_snapshot!(all);
+}
+
+#[test]
 fn first_failures_are_unchanged() {
     let fixture = Fixture::new();
     fixture.instance(

@@ -131,7 +131,7 @@ fn saved_forms(text: &str) -> Vec<String> {
     keep(Subnet24::from_str(text).ok().map(|v| v.to_string()));
     keep(BridgeAddress::from_str(text).ok().map(|v| v.to_string()));
     keep(
-        parse_absolute_path("p", text)
+        parse_absolute_path(text)
             .ok()
             .map(|v| v.to_string_lossy().into_owned()),
     );

@@ -19,6 +19,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
+use fireclaw::env_vars;
 use support::sandbox::{BIN_IN_SANDBOX, Sandbox};
 
 fn required(name: &str) -> PathBuf {
@@ -37,9 +38,9 @@ fn copy_into(sandbox: &Sandbox, from: &PathBuf, inside: &str, mode: u32) {
 #[test]
 #[ignore = "needs root: sandbox"]
 fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
-    let firecracker = required("FIRECLAW_TEST_FIRECRACKER");
-    let kernel = required("FIRECLAW_TEST_KERNEL");
-    let rootfs = required("FIRECLAW_TEST_ROOTFS");
+    let firecracker = required(env_vars::FIRECLAW_TEST_FIRECRACKER);
+    let kernel = required(env_vars::FIRECLAW_TEST_KERNEL);
+    let rootfs = required(env_vars::FIRECLAW_TEST_ROOTFS);
     let sandbox = Sandbox::boot("realfc");
     copy_into(
         &sandbox,
@@ -61,9 +62,10 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
     );
     let size = std::fs::metadata(&rootfs).unwrap().len().div_ceil(1 << 20) + 64;
     sandbox.sh(&format!(
-        "FIRECLAW_TEST_FIRECRACKER=/usr/local/lib/fireclaw-test/firecracker \
+        "{}=/usr/local/lib/fireclaw-test/firecracker \
          {BIN_IN_SANDBOX}/sandbox_install --instance real --openai-api-key k --disk-size {size}M \
-         --vm-mem-mib 512 --vm-vcpu 1"
+         --vm-mem-mib 512 --vm-vcpu 1",
+        env_vars::FIRECLAW_TEST_FIRECRACKER
     ));
     let socket = "/srv/firecracker/vm-demo/real/firecracker.socket";
     sandbox.sh("systemctl start firecracker-vmdemo-real.service");

@@ -28,8 +28,8 @@ fn add_uplink(fleet: &Fleet) {
          ip -n uplink addr add {METADATA}/32 dev vup1 && ip -n uplink addr add {PRIVATE}/32 dev vup1 && \
          ip -n uplink link set vup1 up && \
          ip route add {METADATA}/32 via {PUBLIC} && ip route add 10.99.0.0/24 via {PUBLIC} && \
-         systemd-run --unit=uplink-server ip netns exec uplink socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'echo uplink-answer' && \
-         systemd-run --unit=host-server socat TCP-LISTEN:8081,reuseaddr,fork SYSTEM:'echo host-answer' && \
+         systemd-run --unit=uplink-server ip netns exec uplink socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'read -r _; echo uplink-answer' && \
+         systemd-run --unit=host-server socat TCP-LISTEN:8081,reuseaddr,fork SYSTEM:'read -r _; echo host-answer' && \
          for i in $(seq 50); do ip netns exec uplink ss -ltn | grep -q :8080 && ss -ltn | grep -q :8081 && exit 0; sleep 0.1; done; exit 1"
     ));
     // The host itself reaches all three, so a failure from a guest is the policy's doing.

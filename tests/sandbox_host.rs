@@ -455,7 +455,8 @@ fn units_are_refused_for_a_firecracker_in_a_world_writable_dir_and_nothing_is_le
         "mkdir -p /tmp/evil && chmod 1777 /tmp/evil && cp {BIN_IN_SANDBOX}/firecracker /tmp/evil/"
     ));
     let out = sandbox.exec(&format!(
-        "FIRECLAW_TEST_FIRECRACKER=/tmp/evil/firecracker {BIN_IN_SANDBOX}/sandbox_install --instance a --openai-api-key k --disk-size 64M"
+        "{}=/tmp/evil/firecracker {BIN_IN_SANDBOX}/sandbox_install --instance a --openai-api-key k --disk-size 64M",
+        fireclaw::env_vars::FIRECLAW_TEST_FIRECRACKER
     ));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -11,6 +11,8 @@ mod support;
 
 use support::fleet::Fleet;
 
+use fireclaw::env_vars::FIRECLAW_TEST_CRASH_AT as CRASH_AT;
+
 const KEY: &str = "sk-reliability-secret";
 const WAITS: &str = "--ssh-timeout 60 --health-timeout 30";
 
@@ -64,7 +66,7 @@ fn a_kill_at_any_setup_step_is_described_and_destroy_force_restores_the_host() {
     fleet.healthy("keep");
     let before = fleet.host_snapshot();
     for (step, phase) in SETUP_STEPS {
-        let out = fleet.fireclaw_env(&format!("FIRECLAW_TEST_CRASH_AT={step}"), &setup_args("c"));
+        let out = fleet.fireclaw_env(&format!("{CRASH_AT}={step}"), &setup_args("c"));
         assert!(out.contains("rc=137"), "{step}: {out}");
 
         // list: shown, with its phase, never hidden and, before provisioning, never healthy.
@@ -112,7 +114,7 @@ fn a_kill_at_any_setup_step_is_described_and_destroy_force_restores_the_host() {
     }
 
     // A setup stopped after its units exist can also be finished instead of removed.
-    let out = fleet.fireclaw_env("FIRECLAW_TEST_CRASH_AT=setup:booted", &setup_args("c"));
+    let out = fleet.fireclaw_env(&format!("{CRASH_AT}=setup:booted"), &setup_args("c"));
     assert!(out.contains("rc=137"), "{out}");
     let out = fleet.fireclaw_ok(&format!("provision c {WAITS}"));
     assert!(out.contains("Instance c is healthy."), "{out}");
@@ -130,7 +132,7 @@ fn a_kill_in_provision_stop_or_destroy_is_finished_by_running_it_again() {
 
     for step in ["provision:saved", "provision:guest-done"] {
         let out = fleet.fireclaw_env(
-            &format!("FIRECLAW_TEST_CRASH_AT={step}"),
+            &format!("{CRASH_AT}={step}"),
             &format!("provision a --skills github {WAITS}"),
         );
         assert!(out.contains("rc=137"), "{step}: {out}");
@@ -147,7 +149,7 @@ fn a_kill_in_provision_stop_or_destroy_is_finished_by_running_it_again() {
         assert!(out.contains("Instance a is healthy."), "{step}: {out}");
     }
 
-    let out = fleet.fireclaw_env("FIRECLAW_TEST_CRASH_AT=stop:vm-stopped", "stop a");
+    let out = fleet.fireclaw_env(&format!("{CRASH_AT}=stop:vm-stopped"), "stop a");
     assert!(out.contains("rc=137"), "{out}");
     let row = list_row(&fleet, "a").unwrap();
     assert_eq!(
@@ -159,7 +161,7 @@ fn a_kill_in_provision_stop_or_destroy_is_finished_by_running_it_again() {
 
     fleet.fireclaw_ok(&format!("start a {WAITS}"));
     let out = fleet.fireclaw_env(
-        "FIRECLAW_TEST_CRASH_AT=destroy:units-removed",
+        &format!("{CRASH_AT}=destroy:units-removed"),
         "destroy a --force",
     );
     assert!(out.contains("rc=137"), "{out}");

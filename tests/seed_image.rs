@@ -8,7 +8,7 @@
 // Tests may panic on a broken fixture; that is their way of failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use fireclaw::instance::secrets::HostKeyPair;
@@ -17,11 +17,12 @@ use fireclaw::render::cloud_init::{
 };
 use fireclaw::render::seed_image::{SeedFile, Timestamp, seed_image};
 
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fireclaw-seed-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temporary directory, removed when dropped (also when the test panics).
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fireclaw-seed-")
+        .tempdir()
+        .unwrap()
 }
 
 fn run(program: &str, args: &[&str]) -> Vec<u8> {
@@ -97,7 +98,8 @@ fn assert_readable_seed(image: &Path, files: &[(String, String)]) {
 
 #[test]
 fn fireclaw_seed_image_is_found_and_read_in_user_space() {
-    let dir = scratch("ours");
+    let scratch = scratch();
+    let dir = scratch.path();
     let files = files();
     let seed: Vec<SeedFile> = files
         .iter()
@@ -113,12 +115,12 @@ fn fireclaw_seed_image_is_found_and_read_in_user_space() {
     )
     .unwrap();
     assert_readable_seed(&image, &files);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn cloud_localds_output_passes_the_same_checks() {
-    let dir = scratch("reference");
+    let scratch = scratch();
+    let dir = scratch.path();
     let files = files();
     for (name, contents) in &files {
         std::fs::write(dir.join(name), contents).unwrap();
@@ -135,5 +137,4 @@ fn cloud_localds_output_passes_the_same_checks() {
         ],
     );
     assert_readable_seed(&image, &files);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

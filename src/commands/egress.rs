@@ -12,7 +12,9 @@ use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::values::PrivateCidr;
-use crate::ops::egress::{cover_legacy_units, gather, host_allow_path, policy_chains};
+use crate::ops::egress::{
+    PolicyInputs, cover_legacy_units, gather, host_allow_path, policy_chains,
+};
 use crate::ops::legacy::dropin_path;
 use crate::ops::network::apply_shared;
 use crate::output::Output;
@@ -87,28 +89,48 @@ fn show(settings: &Settings, json: bool, output: &mut Output<'_>) -> Result<()> 
     } else {
         None
     };
-    let to_strings = |list: &[PrivateCidr]| list.iter().map(ToString::to_string).collect();
     if json {
-        let doc = ShowJson {
-            schema: 1,
-            bridge: settings.network.bridge.as_str(),
-            host_allowlist_file: host_allow_path(settings).display().to_string(),
-            host_allow: to_strings(&inputs.host_allow),
-            instances: inputs
-                .instances
-                .iter()
-                .map(|i| InstanceJson {
-                    id: i.id.clone(),
-                    ip: i.ip.to_string(),
-                    allow: to_strings(&i.allow),
-                })
-                .collect(),
-            skipped: &inputs.skipped,
-            applied,
-        };
-        output.line(&serde_json::to_string_pretty(&doc)?);
-        return Ok(());
+        print_json(settings, &inputs, applied, output)
+    } else {
+        print_text(settings, &inputs, applied, output);
+        Ok(())
     }
+}
+
+fn print_json(
+    settings: &Settings,
+    inputs: &PolicyInputs,
+    applied: Option<bool>,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let to_strings = |list: &[PrivateCidr]| list.iter().map(ToString::to_string).collect();
+    let doc = ShowJson {
+        schema: 1,
+        bridge: settings.network.bridge.as_str(),
+        host_allowlist_file: host_allow_path(settings).display().to_string(),
+        host_allow: to_strings(&inputs.host_allow),
+        instances: inputs
+            .instances
+            .iter()
+            .map(|i| InstanceJson {
+                id: i.id.clone(),
+                ip: i.ip.to_string(),
+                allow: to_strings(&i.allow),
+            })
+            .collect(),
+        skipped: &inputs.skipped,
+        applied,
+    };
+    output.line(&serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+fn print_text(
+    settings: &Settings,
+    inputs: &PolicyInputs,
+    applied: Option<bool>,
+    output: &mut Output<'_>,
+) {
     output.line(&format!(
         "Guests on {} reach the internet through NAT. Denied (REJECT): the host itself, 169.254.0.0/16, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 and each other; no IPv6.",
         settings.network.bridge
@@ -147,5 +169,4 @@ fn show(settings: &Settings, json: bool, output: &mut Output<'_>) -> Result<()> 
         ),
         None => output.line("Firewall: not checked (needs root)."),
     }
-    Ok(())
 }

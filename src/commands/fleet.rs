@@ -16,14 +16,17 @@ use crate::instance::layout::StatePaths;
 use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
 use crate::instance::state::Phase;
 use crate::instance::values::InstanceId;
+use crate::instance::values::escaped;
 use crate::ops::instance::load;
 use crate::output::{Output, error_chain, use_colour};
 use crate::render::units::shell_word;
 use crate::settings::Settings;
-use crate::store::{read_fireclaw_state, scan_instances};
+use crate::store::{ScannedInstance, read_fireclaw_state, scan_instances};
 
 /// Each probe's bound.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
+/// The bound of `status`'s SSH question to the guest.
+const GUEST_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One row of `list --json` (and the base of `status --json`). Stable schema, version 1.
 #[derive(Debug, Clone, Serialize)]
@@ -121,44 +124,51 @@ pub fn gather(
                     .flatten()
             })
             .map(|s| s.phase);
-        let view = match &instance.env {
-            Ok(env) => InstanceView {
-                id: instance.name.clone(),
-                ip: env.vm_ip().ok().map(|ip| ip.to_string()),
-                port: env.host_port().ok(),
-                tap: env.tap().ok().map(str::to_owned),
-                phase,
-                vm,
-                proxy,
-                health: "down".into(),
-                proxy_health: None,
-                gateway_health: None,
-                error: None,
-            },
-            Err(error) => {
-                output.warn(&format!(
-                    "instance '{}': {}",
-                    instance.name,
-                    error_chain(error)
-                ));
-                InstanceView {
-                    id: instance.name.clone(),
-                    ip: None,
-                    port: None,
-                    tap: None,
-                    phase,
-                    vm,
-                    proxy,
-                    health: "error".into(),
-                    proxy_health: None,
-                    gateway_health: None,
-                    error: Some(error_chain(error)),
-                }
-            }
-        };
-        views.push(view);
+        if let Err(error) = &instance.env {
+            output.warn(&format!(
+                "instance '{}': {}",
+                escaped(&instance.name),
+                error_chain(error)
+            ));
+        }
+        views.push(view_of(instance, vm, proxy, phase));
     }
     Ok(views)
+}
+
+/// One instance's row before probing: health "down" until a probe answers, or "error" with
+/// the reason when its state cannot be read.
+fn view_of(
+    instance: &ScannedInstance,
+    vm: String,
+    proxy: String,
+    phase: Option<Phase>,
+) -> InstanceView {
+    let mut view = InstanceView {
+        id: instance.name.clone(),
+        ip: None,
+        port: None,
+        tap: None,
+        phase,
+        vm,
+        proxy,
+        health: "down".into(),
+        proxy_health: None,
+        gateway_health: None,
+        error: None,
+    };
+    match &instance.env {
+        Ok(env) => {
+            view.ip = env.vm_ip().ok().map(|ip| ip.to_string());
+            view.port = env.host_port().ok();
+            view.tap = env.tap().ok().map(str::to_owned);
+        }
+        Err(error) => {
+            view.health = "error".into();
+            view.error = Some(error_chain(error));
+        }
+    }
+    view
 }
 
 /// Probes every readable instance at once.
@@ -302,32 +312,8 @@ pub fn status(
     };
     probe_all(std::slice::from_mut(&mut view));
     let units = UnitNames::new(id);
-    let guest_service = match load(settings, id) {
-        Ok(loaded) if view.vm == "active" => {
-            let mut quick = loaded.ssh.clone();
-            quick.connect_timeout = Duration::from_secs(2);
-            quick
-                .output(
-                    &format!("systemctl is-active {}", shell_word(&units.guest)),
-                    b"",
-                )
-                .ok()
-                .filter(|o| o.status.code() != Some(255))
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        }
-        _ => None,
-    };
-    let allow_private_egress =
-        read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
-            .ok()
-            .flatten()
-            .map(|state| {
-                state
-                    .allow_private_egress
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-            });
+    let guest_service = guest_service_state(settings, id, &view, &units);
+    let allow_private_egress = saved_allowlist(settings, id);
     if json {
         output.line(&serde_json::to_string_pretty(&StatusJson {
             schema: 1,
@@ -337,8 +323,62 @@ pub fn status(
             guest_service,
             allow_private_egress,
         })?);
-        return Ok(());
+    } else {
+        print_status(
+            &view,
+            &units,
+            guest_service.as_deref(),
+            allow_private_egress.as_deref(),
+            output,
+        );
     }
+    Ok(())
+}
+
+/// `systemctl is-active` of the guest service, asked over SSH with a short bound; `None` when
+/// the VM is not running or the guest does not answer.
+fn guest_service_state(
+    settings: &Settings,
+    id: &InstanceId,
+    view: &InstanceView,
+    units: &UnitNames,
+) -> Option<String> {
+    if view.vm != "active" {
+        return None;
+    }
+    let loaded = load(settings, id).ok()?;
+    loaded
+        .quick_ssh(GUEST_PROBE_TIMEOUT)
+        .output(
+            &format!("systemctl is-active {}", shell_word(&units.guest)),
+            b"",
+        )
+        .ok()
+        .filter(|o| o.status.code() != Some(255))
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// The instance's saved private-egress allowlist; `None` for a 0.2.0 instance.
+fn saved_allowlist(settings: &Settings, id: &InstanceId) -> Option<Vec<String>> {
+    read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
+        .ok()
+        .flatten()
+        .map(|state| {
+            state
+                .allow_private_egress
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+}
+
+fn print_status(
+    view: &InstanceView,
+    units: &UnitNames,
+    guest_service: Option<&str>,
+    allow_private_egress: Option<&[String]>,
+    output: &mut Output<'_>,
+) {
     let colour = use_colour();
     let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_owned());
     output.line(&format!("Instance {}", view.id));
@@ -367,7 +407,7 @@ pub fn status(
     output.line(&format!(
         "  guest service  {} {}",
         units.guest,
-        guest_service.as_deref().unwrap_or("unreachable")
+        guest_service.unwrap_or("unreachable")
     ));
     output.line(&format!(
         "  health         {} (proxy {}, guest {})",
@@ -384,7 +424,7 @@ pub fn status(
     ));
     output.line(&format!(
         "  private egress {}",
-        match &allow_private_egress {
+        match allow_private_egress {
             Some(list) if !list.is_empty() => list.join(", "),
             _ => "none beyond the host-wide allowlist (fireclaw egress show)".to_owned(),
         }
@@ -392,7 +432,6 @@ pub fn status(
     if let Some(error) = &view.error {
         output.line(&format!("  error          {error}"));
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,27 +7,18 @@ use anyhow::Result;
 
 use crate::cli::{LogSource, LogsArgs};
 use crate::guest::ssh::sudo_command;
-use crate::host::systemd::JOURNALCTL;
+use crate::host::systemd::ServiceManager;
 use crate::ops::instance::load;
 use crate::settings::Settings;
 
 /// Lines of history shown before following.
-const HISTORY: &str = "100";
+const HISTORY: u32 = 100;
 
-pub fn run(settings: &Settings, args: &LogsArgs) -> Result<()> {
+pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) -> Result<()> {
     let loaded = load(settings, &args.id)?;
     let error = match args.source {
-        LogSource::Host => std::process::Command::new(JOURNALCTL)
-            .args([
-                "-f",
-                "-n",
-                HISTORY,
-                "--no-hostname",
-                "-u",
-                &loaded.units.vm,
-                "-u",
-                &loaded.units.proxy,
-            ])
+        LogSource::Host => services
+            .follow_journal(&[&loaded.units.vm, &loaded.units.proxy], HISTORY)
             .exec(),
         LogSource::Guest => loaded
             .ssh
@@ -35,7 +26,7 @@ pub fn run(settings: &Settings, args: &LogsArgs) -> Result<()> {
                 "journalctl",
                 "-f",
                 "-n",
-                HISTORY,
+                &HISTORY.to_string(),
                 "-u",
                 &loaded.units.guest,
             ])))

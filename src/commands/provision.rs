@@ -9,9 +9,8 @@ use crate::cli::ProvisionArgs;
 use crate::faults::crash_point;
 use crate::host::systemd::ServiceManager;
 use crate::instance::state::{Phase, VarsFile};
-use crate::ops::egress::cover_legacy_units;
+use crate::ops::egress::cover_if_made_by_020;
 use crate::ops::instance::{Loaded, lock_and_load};
-use crate::ops::legacy::is_020_unit;
 use crate::ops::lifecycle::{
     Waits, await_health, await_ssh, ensure_vm_running, print_summary, provision, start_proxy,
 };
@@ -31,9 +30,7 @@ pub fn run(
     save(settings, args, &loaded, &update, output)?;
 
     let waits = Waits::from(&args.waits);
-    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
-        cover_legacy_units(settings, services)?;
-    }
+    cover_if_made_by_020(settings, &loaded, services)?;
     ensure_vm_running(&loaded, services, output)?;
     await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
     provision(&loaded, &loaded.ssh, &update.vars.render(), output)?;

@@ -7,25 +7,11 @@ use anyhow::Result;
 use crate::cli::WaitArgs;
 use crate::host::systemd::ServiceManager;
 use crate::instance::values::InstanceId;
-use crate::ops::egress::cover_legacy_units;
-use crate::ops::instance::{Loaded, lock_and_load};
-use crate::ops::legacy::is_020_unit;
+use crate::ops::egress::cover_if_made_by_020;
+use crate::ops::instance::lock_and_load;
 use crate::ops::lifecycle::{bring_up, print_summary, stop, stop_shell};
 use crate::output::Output;
 use crate::settings::Settings;
-
-/// A VM unit made by 0.2.0 gets the drop-in that applies the guest network policy before it
-/// starts (fireclaw's own units run `vm-net-up`, which applies it).
-fn cover_if_made_by_020(
-    settings: &Settings,
-    loaded: &Loaded,
-    services: &dyn ServiceManager,
-) -> Result<()> {
-    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
-        cover_legacy_units(settings, services)?;
-    }
-    Ok(())
-}
 
 pub fn start(
     settings: &Settings,

@@ -232,20 +232,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(tag: &str) -> Self {
-            let path =
-                std::env::temp_dir().join(format!("fireclaw-assets-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A fresh temporary directory, removed when dropped (also when the test panics).
+    fn scratch() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
     }
 
     /// A 64 MiB file with 1 MiB of data at its start and a marker in its middle.
@@ -261,9 +250,9 @@ mod tests {
 
     #[test]
     fn copy_keeps_contents_grows_and_stays_sparse() {
-        let dir = Scratch::new("grow");
-        let from = sparse_source(&dir.0);
-        let to = dir.0.join("copy.ext4");
+        let dir = scratch();
+        let from = sparse_source(dir.path());
+        let to = dir.path().join("copy.ext4");
         copy_image(&from, &to, Some(128 << 20)).unwrap();
         let metadata = std::fs::metadata(&to).unwrap();
         assert_eq!(metadata.len(), 128 << 20);
@@ -282,18 +271,18 @@ mod tests {
 
     #[test]
     fn copy_without_growth_is_identical() {
-        let dir = Scratch::new("same");
-        let from = sparse_source(&dir.0);
-        let to = dir.0.join("vmlinux");
+        let dir = scratch();
+        let from = sparse_source(dir.path());
+        let to = dir.path().join("vmlinux");
         copy_image(&from, &to, None).unwrap();
         assert_eq!(std::fs::read(&to).unwrap(), std::fs::read(&from).unwrap());
     }
 
     #[test]
     fn shrinking_is_refused_and_leaves_no_target() {
-        let dir = Scratch::new("shrink");
-        let from = sparse_source(&dir.0);
-        let to = dir.0.join("copy.ext4");
+        let dir = scratch();
+        let from = sparse_source(dir.path());
+        let to = dir.path().join("copy.ext4");
         let err = copy_image(&from, &to, Some(1 << 20)).unwrap_err();
         assert!(matches!(err, AssetError::WouldShrink { .. }), "{err}");
         assert!(!to.exists());
@@ -301,9 +290,9 @@ mod tests {
 
     #[test]
     fn an_existing_target_or_missing_source_is_an_error() {
-        let dir = Scratch::new("exists");
-        let from = sparse_source(&dir.0);
-        let to = dir.0.join("copy.ext4");
+        let dir = scratch();
+        let from = sparse_source(dir.path());
+        let to = dir.path().join("copy.ext4");
         std::fs::write(&to, b"keep me").unwrap();
         assert!(matches!(
             copy_image(&from, &to, None),
@@ -311,11 +300,11 @@ mod tests {
         ));
         assert_eq!(std::fs::read(&to).unwrap(), b"keep me");
         assert!(matches!(
-            copy_image(&dir.0.join("missing"), &dir.0.join("x"), None),
+            copy_image(&dir.path().join("missing"), &dir.path().join("x"), None),
             Err(AssetError::OpenSource { .. })
         ));
         assert!(matches!(
-            copy_image(&dir.0, &dir.0.join("y"), None),
+            copy_image(dir.path(), &dir.path().join("y"), None),
             Err(AssetError::NotAFile { .. })
         ));
     }

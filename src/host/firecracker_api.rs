@@ -172,15 +172,11 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
 
-    fn serve_once(reply: String) -> (PathBuf, std::thread::JoinHandle<String>) {
-        let dir = std::env::temp_dir().join(format!(
-            "fireclaw-api-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("api.sock");
+    /// A one-request server on a socket in a temporary directory (removed with the returned
+    /// guard, also when the test panics).
+    fn serve_once(reply: String) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let handle = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
@@ -207,13 +203,13 @@ mod tests {
             stream.write_all(reply.as_bytes()).unwrap();
             String::from_utf8_lossy(&request).into_owned()
         });
-        (socket, handle)
+        (dir, socket, handle)
     }
 
     #[test]
     fn instance_info_is_read() {
         let body = r#"{"id":"anonymous-instance","state":"Running","vmm_version":"1.16.0"}"#;
-        let (socket, server) = serve_once(format!(
+        let (_dir, socket, server) = serve_once(format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         ));
@@ -223,12 +219,11 @@ mod tests {
         assert_eq!(info.state, "Running");
         assert_eq!(info.vmm_version, "1.16.0");
         assert!(server.join().unwrap().starts_with("GET / HTTP/1.1\r\n"));
-        std::fs::remove_dir_all(socket.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn ctrl_alt_del_sends_the_action_and_faults_are_reported() {
-        let (socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
         ApiClient::new(&socket, Duration::from_secs(2))
             .send_ctrl_alt_del()
             .unwrap();
@@ -240,7 +235,7 @@ mod tests {
         );
 
         let fault = r#"{"fault_message":"not supported X"}"#;
-        let (socket, _server) = serve_once(format!(
+        let (_dir2, socket, _server) = serve_once(format!(
             "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{fault}",
             fault.len()
         ));

@@ -35,7 +35,6 @@ impl UnitState {
 pub trait ServiceManager {
     fn daemon_reload(&self) -> Result<(), ProcessError>;
     fn enable_now(&self, units: &[&str]) -> Result<(), ProcessError>;
-    fn start(&self, units: &[&str]) -> Result<(), ProcessError>;
     fn stop(&self, units: &[&str]) -> Result<(), ProcessError>;
     fn disable(&self, units: &[&str]) -> Result<(), ProcessError>;
     fn reset_failed(&self, units: &[&str]) -> Result<(), ProcessError>;
@@ -45,6 +44,9 @@ pub trait ServiceManager {
     fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError>;
     /// The unit's last `lines` journal lines, joined with " / "; empty when none can be read.
     fn journal_tail(&self, unit: &str, lines: u32) -> String;
+    /// The command that follows the units' journal from `history` lines back (`logs host`
+    /// execs it, so Ctrl-C ends it cleanly).
+    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command;
 }
 
 /// The host's systemd through `systemctl`.
@@ -94,9 +96,6 @@ impl ServiceManager for Systemctl {
     fn enable_now(&self, units: &[&str]) -> Result<(), ProcessError> {
         systemctl(&["enable", "--now"], units)
     }
-    fn start(&self, units: &[&str]) -> Result<(), ProcessError> {
-        systemctl(&["start"], units)
-    }
     fn stop(&self, units: &[&str]) -> Result<(), ProcessError> {
         systemctl(&["stop"], units)
     }
@@ -141,6 +140,14 @@ impl ServiceManager for Systemctl {
                 .join(" / "),
             Err(_) => String::new(),
         }
+    }
+    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command {
+        let mut command = std::process::Command::new(JOURNALCTL);
+        command.args(["-f", "-n", &history.to_string(), "--no-hostname"]);
+        for unit in units {
+            command.args(["-u", unit]);
+        }
+        command
     }
 }
 

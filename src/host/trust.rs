@@ -6,14 +6,15 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum UntrustedPath {
-    #[error("{what} {path}: cannot inspect {checked}: {problem}")]
+    #[error("{what} {path}: cannot inspect {checked}")]
     Unreadable {
         what: String,
         path: PathBuf,
         checked: PathBuf,
-        problem: String,
+        #[source]
+        problem: std::io::Error,
     },
     #[error("{what} {path} is not trusted: {checked} is owned by uid {uid}, not root")]
     NotRootOwned {
@@ -38,7 +39,7 @@ fn check_one(what: &str, path: &Path, checked: &Path) -> Result<(), UntrustedPat
         what: what.to_owned(),
         path: path.to_owned(),
         checked: checked.to_owned(),
-        problem: e.to_string(),
+        problem: e,
     })?;
     // A symlink's own mode is meaningless; its target is checked through the canonical path.
     if metadata.file_type().is_symlink() {
@@ -69,7 +70,7 @@ pub fn check_trusted(what: &str, path: &Path) -> Result<(), UntrustedPath> {
         what: what.to_owned(),
         path: path.to_owned(),
         checked: path.to_owned(),
-        problem: e.to_string(),
+        problem: e,
     })?;
     for candidate in [path, canonical.as_path()] {
         for ancestor in candidate.ancestors() {
@@ -95,8 +96,8 @@ mod tests {
     #[test]
     fn a_world_writable_dir_or_missing_file_is_refused() {
         // /tmp is world-writable (sticky or not): nothing under it is trusted.
-        let dir = std::env::temp_dir().join(format!("fireclaw-trust-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_owned();
         let binary = dir.join("firecracker");
         std::fs::write(&binary, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -110,6 +111,5 @@ mod tests {
         );
         let err = check_trusted("firecracker", &dir.join("missing")).unwrap_err();
         assert!(matches!(err, UntrustedPath::Unreadable { .. }), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -19,9 +19,9 @@ pub struct StatePaths {
 
 impl StatePaths {
     pub fn new(state_root: &Path, id: &InstanceId) -> Self {
-        let dir = state_root.join(format!(".vm-{id}"));
+        let dir = state_root.join(format!("{STATE_DIR_PREFIX}{id}"));
         Self {
-            env: dir.join(".env"),
+            env: dir.join(ENV_FILE),
             token: dir.join(".token"),
             vars: dir.join("provision.vars"),
             known_hosts: dir.join("known_hosts"),
@@ -29,6 +29,31 @@ impl StatePaths {
             dir,
         }
     }
+}
+
+/// The base images' file names, in `BASE_IMAGES_DIR` and in each instance's `images/`.
+pub const KERNEL_FILE: &str = "vmlinux";
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
+pub const INITRD_FILE: &str = "initrd.img";
+/// The wrapper script that runs the VM by hand; 0.2.0's VM unit runs it as its `ExecStart`.
+pub const START_SCRIPT: &str = "start-vm.sh";
+
+/// 0.2.0's state file with the allocation and settings of an instance.
+pub const ENV_FILE: &str = ".env";
+
+/// The prefix of an instance's state dir under `STATE_ROOT` (`.vm-<id>`).
+const STATE_DIR_PREFIX: &str = ".vm-";
+
+/// The instance name a directory under `STATE_ROOT` belongs to, if it is a state dir.
+pub fn instance_of_state_dir(dir_name: &str) -> Option<&str> {
+    dir_name.strip_prefix(STATE_DIR_PREFIX)
+}
+
+/// The public half of an SSH key: `<key>.pub` beside it.
+pub fn public_key_path(key: &Path) -> PathBuf {
+    let mut path = key.as_os_str().to_owned();
+    path.push(".pub");
+    PathBuf::from(path)
 }
 
 /// `FC_ROOT/<id>/firecracker.socket`.
@@ -64,9 +89,9 @@ impl AssetPaths {
         let config = dir.join("config");
         let logs = dir.join("logs");
         Self {
-            rootfs: images.join("rootfs.ext4"),
-            kernel: images.join("vmlinux"),
-            initrd: images.join("initrd.img"),
+            rootfs: images.join(ROOTFS_FILE),
+            kernel: images.join(KERNEL_FILE),
+            initrd: images.join(INITRD_FILE),
             seed: images.join("seed.img"),
             user_data: config.join("user-data"),
             meta_data: config.join("meta-data"),
@@ -74,7 +99,7 @@ impl AssetPaths {
             vm_config: config.join("vm-config.json"),
             firecracker_log: logs.join("firecracker.log"),
             console_log: logs.join("console.log"),
-            start_script: dir.join("start-vm.sh"),
+            start_script: dir.join(START_SCRIPT),
             stop_script: dir.join("stop-vm.sh"),
             images,
             config,

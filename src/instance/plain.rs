@@ -3,7 +3,7 @@
 //! occurrence of a key winning. A document keeps its original lines so an unchanged file is
 //! written back byte for byte, and a changed key only replaces its own line.
 
-use super::values::reject_line_breaks;
+use super::values::{escaped, reject_line_breaks};
 
 /// Written as the first line by 0.2.0 and by us.
 pub const FORMAT_KEY: &str = "FIRECLAW_STATE_FORMAT";
@@ -11,11 +11,11 @@ pub const FORMAT_VALUE: &str = "plain-v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlainError {
-    #[error("line {line}: '{text}' is not KEY=value")]
+    #[error("line {line}: '{}' is not KEY=value", escaped(text))]
     NotAnAssignment { line: usize, text: String },
-    #[error("line {line}: unknown key '{key}'")]
+    #[error("line {line}: unknown key '{}'", escaped(key))]
     UnknownKey { line: usize, key: String },
-    #[error("line {line}: {key} is '{value}', expected {expected}")]
+    #[error("line {line}: {key} is '{}', expected {expected}", escaped(value))]
     UnsupportedFormat {
         line: usize,
         key: String,

@@ -27,6 +27,7 @@ impl std::fmt::Debug for HostKeyPair {
 pub enum SecretError {
     #[error("generate the guest SSH host key")]
     HostKey(#[from] ssh_key::Error),
+    /// rand_core's error is no `std::error::Error` in this build, so its text is kept.
     #[error("read the system random source: {0}")]
     Random(String),
 }

@@ -2,6 +2,7 @@
 //! from flags, environment and defaults. Its constructor enforces the rules that span fields
 //! (the model's provider key, Telegram token and users together, path lengths the kernel allows).
 
+use crate::env_vars;
 use std::path::PathBuf;
 
 use super::values::{
@@ -119,9 +120,9 @@ impl SetupSpec {
             });
         }
         for (what, path) in [
-            ("FC_ROOT", &spec.fc_root),
-            ("STATE_ROOT", &spec.state_root),
-            ("SSH_KEY_PATH", &spec.ssh_key_path),
+            (env_vars::FC_ROOT, &spec.fc_root),
+            (env_vars::STATE_ROOT, &spec.state_root),
+            (env_vars::SSH_KEY_PATH, &spec.ssh_key_path),
         ] {
             if path
                 .as_os_str()

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::plain::{PlainDoc, PlainError};
-use super::values::PrivateCidr;
+use super::values::{PrivateCidr, escaped};
 
 /// `.env` keys, in the order 0.2.0 writes them (after the format line).
 pub const ENV_KEYS: [&str; 19] = [
@@ -63,7 +63,7 @@ pub enum StateError {
     Format(#[from] PlainError),
     #[error("{key} is missing")]
     MissingKey { key: &'static str },
-    #[error("{key} is '{value}', which is not {expected}")]
+    #[error("{key} is '{}', which is not {expected}", escaped(value))]
     BadValue {
         key: &'static str,
         value: String,

@@ -7,6 +7,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::env_vars;
+
 /// Why a value was refused. The message is one line and names the rule that was broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -259,9 +261,9 @@ pub enum Provider {
 impl Provider {
     pub fn key_env(self) -> &'static str {
         match self {
-            Self::OpenAi => "OPENAI_API_KEY",
-            Self::Anthropic => "ANTHROPIC_API_KEY",
-            Self::MiniMax => "MINIMAX_API_KEY",
+            Self::OpenAi => env_vars::OPENAI_API_KEY,
+            Self::Anthropic => env_vars::ANTHROPIC_API_KEY,
+            Self::MiniMax => env_vars::MINIMAX_API_KEY,
         }
     }
     pub fn key_flag(self) -> &'static str {
@@ -392,9 +394,7 @@ impl FromStr for TelegramUsers {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let ids = split_csv(value);
         if ids.is_empty() {
-            return Err(invalid(
-                "--telegram-users must hold at least one Telegram user id",
-            ));
+            return Err(invalid("the list must hold at least one Telegram user id"));
         }
         if let Some(bad) = ids
             .iter()
@@ -440,7 +440,7 @@ impl fmt::Debug for Secret {
 
 /// A Telegram bot token, `<bot id>:<secret>`.
 pub fn parse_telegram_token(value: &str) -> Result<Secret, InvalidValue> {
-    let secret = Secret::parse("--telegram-token", value)?;
+    let secret = Secret::parse("the token", value)?;
     match value.split_once(':') {
         Some((bot, rest))
             if !bot.is_empty() && bot.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() =>
@@ -448,7 +448,7 @@ pub fn parse_telegram_token(value: &str) -> Result<Secret, InvalidValue> {
             Ok(secret)
         }
         _ => Err(invalid(
-            "--telegram-token must look like <bot id>:<secret>, as BotFather prints it",
+            "the token must look like <bot id>:<secret>, as BotFather prints it",
         )),
     }
 }
@@ -489,12 +489,12 @@ impl fmt::Display for ImageRef {
 }
 
 /// An absolute path without line breaks, so it can be saved and put in a unit file.
-pub fn parse_absolute_path(what: &str, value: &str) -> Result<PathBuf, InvalidValue> {
-    reject_line_breaks(what, value)?;
+pub fn parse_absolute_path(value: &str) -> Result<PathBuf, InvalidValue> {
+    reject_line_breaks("the path", value)?;
     let path = Path::new(value);
     if !path.is_absolute() {
         return Err(invalid(format!(
-            "{what} '{}' must be an absolute path",
+            "'{}' must be an absolute path",
             escaped(value)
         )));
     }
@@ -503,7 +503,7 @@ pub fn parse_absolute_path(what: &str, value: &str) -> Result<PathBuf, InvalidVa
         .any(|c| c == std::path::Component::ParentDir)
     {
         return Err(invalid(format!(
-            "{what} '{}' must not contain '..'",
+            "'{}' must not contain '..'",
             escaped(value)
         )));
     }
@@ -578,15 +578,17 @@ impl Subnet24 {
 impl FromStr for Subnet24 {
     type Err = InvalidValue;
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = parse_cidr("SUBNET_CIDR", value)?;
+        let (addr, prefix) = parse_cidr("subnet", value)?;
         if prefix != 24 {
             return Err(invalid(format!(
-                "SUBNET_CIDR '{value}' must be a /24 (address allocation only supports /24)"
+                "subnet '{}' must be a /24 (address allocation only supports /24)",
+                escaped(value)
             )));
         }
         if addr.octets()[3] != 0 {
             return Err(invalid(format!(
-                "SUBNET_CIDR '{value}' has host bits set; did you mean {}/24?",
+                "subnet '{}' has host bits set; did you mean {}/24?",
+                escaped(value),
                 Ipv4Addr::from(u32::from(addr) & 0xffff_ff00)
             )));
         }
@@ -615,15 +617,17 @@ impl BridgeAddress {
 impl FromStr for BridgeAddress {
     type Err = InvalidValue;
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let (address, prefix) = parse_cidr("BRIDGE_ADDR", value)?;
+        let (address, prefix) = parse_cidr("bridge address", value)?;
         if prefix != 24 {
             return Err(invalid(format!(
-                "BRIDGE_ADDR '{value}' must be a /24 address such as 172.16.0.1/24"
+                "bridge address '{}' must be a /24 address such as 172.16.0.1/24",
+                escaped(value)
             )));
         }
         if matches!(address.octets()[3], 0 | 255) {
             return Err(invalid(format!(
-                "BRIDGE_ADDR '{value}' is the network or broadcast address of its /24"
+                "bridge address '{}' is the network or broadcast address of its /24",
+                escaped(value)
             )));
         }
         Ok(Self { address })
@@ -774,7 +778,7 @@ pub fn parse_base_port(value: &str) -> Result<u16, InvalidValue> {
     match parse_decimal(value) {
         Some(n) if (u64::from(HostPort::MIN - 1)..65535).contains(&n) => Ok(n as u16),
         _ => Err(invalid(format!(
-            "BASE_PORT '{}' must be a number from 1023 to 65534",
+            "'{}' must be a number from 1023 to 65534",
             escaped(value)
         ))),
     }
@@ -957,12 +961,9 @@ mod tests {
         for bad in ["", "-rm", "a b", "a;b", "a\nb"] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad:?}");
         }
-        assert!(parse_absolute_path("--base-kernel", "/srv/k").is_ok());
+        assert!(parse_absolute_path("/srv/k").is_ok());
         for bad in ["rel/k", "/a/../b", "/a\nb", ""] {
-            assert!(
-                parse_absolute_path("--base-kernel", bad).is_err(),
-                "{bad:?}"
-            );
+            assert!(parse_absolute_path(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::legacy::{dropin_path, legacy_vm_units};
+use super::instance::Loaded;
+use super::legacy::{dropin_path, is_020_unit, legacy_vm_units};
 use crate::host::firewall::ChainSpec;
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
@@ -157,6 +158,20 @@ pub fn cover_legacy_units(
         services.daemon_reload()?;
     }
     Ok(covered)
+}
+
+/// Covers the instance's VM unit with the policy drop-in when 0.2.0 wrote that unit
+/// (fireclaw's own units run `vm-net-up`, which applies the policy). `start`, `restart` and
+/// `provision` call this before they start the VM.
+pub fn cover_if_made_by_020(
+    settings: &Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+) -> Result<()> {
+    if is_020_unit(&loaded.units.vm_path(&settings.paths.unit_dir)) {
+        cover_legacy_units(settings, services)?;
+    }
+    Ok(())
 }
 
 /// Removes the drop-in of a 0.2.0-made VM unit (on destroy); absent is fine.

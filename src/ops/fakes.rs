@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::network::NetworkSteps;
+use crate::env_vars;
 use crate::guest::ssh::{GuestShell, SshError};
 use crate::host::process::ProcessError;
 use crate::host::systemd::{ServiceManager, UnitState};
@@ -37,6 +38,9 @@ pub struct FakeServices<'a> {
     pub states: RefCell<HashMap<String, UnitState>>,
     pub fail_once: Cell<Option<&'static str>>,
     pub journal: String,
+    /// When set, a `stop` is logged with whether the stopped units' files were still there,
+    /// so a test sees that units are stopped before their files go.
+    pub unit_dir: Option<PathBuf>,
 }
 
 impl<'a> FakeServices<'a> {
@@ -46,6 +50,7 @@ impl<'a> FakeServices<'a> {
             states: RefCell::new(HashMap::new()),
             fail_once: Cell::new(None),
             journal: String::new(),
+            unit_dir: None,
         }
     }
 
@@ -95,10 +100,11 @@ impl ServiceManager for FakeServices<'_> {
         }
         Ok(())
     }
-    fn start(&self, units: &[&str]) -> Result<(), ProcessError> {
-        self.call("start", units)
-    }
     fn stop(&self, units: &[&str]) -> Result<(), ProcessError> {
+        if let Some(dir) = &self.unit_dir {
+            let present = units.iter().all(|unit| dir.join(unit).exists());
+            self.log.push(format!("unit files present: {present}"));
+        }
         self.call("stop", units)?;
         for unit in units {
             if let Some(state) = self.states.borrow_mut().get_mut(*unit) {
@@ -135,6 +141,11 @@ impl ServiceManager for FakeServices<'_> {
     fn journal_tail(&self, unit: &str, _lines: u32) -> String {
         self.log.push(format!("journal {unit}"));
         self.journal.clone()
+    }
+    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command {
+        self.log
+            .push(format!("journal follow {history} {}", units.join(" ")));
+        std::process::Command::new("true")
     }
 }
 
@@ -206,21 +217,22 @@ impl ScratchHost {
         let root = dir.path();
         let path = |name: &str| root.join(name).to_string_lossy().into_owned();
         let vars: HashMap<&str, String> = HashMap::from([
-            ("STATE_ROOT", path("state")),
-            ("FC_ROOT", path("fc")),
-            ("BASE_IMAGES_DIR", path("images")),
-            ("SSH_KEY_PATH", path("keys/client")),
-            ("BASE_PORT", "47400".to_owned()),
+            (env_vars::STATE_ROOT, path("state")),
+            (env_vars::FC_ROOT, path("fc")),
+            (env_vars::BASE_IMAGES_DIR, path("images")),
+            (env_vars::SSH_KEY_PATH, path("keys/client")),
+            (env_vars::BASE_PORT, "47400".to_owned()),
         ]);
         let mut settings =
             crate::settings::Settings::from_lookup(|name| vars.get(name).cloned()).unwrap();
         settings.paths.unit_dir = root.join("units");
+        // FC_ROOT and STATE_ROOT are shared roots: setup makes them once and teardown leaves
+        // them, so they exist before the test's first snapshot of the tree.
         for sub in ["state", "fc", "units", "images", "keys"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
         std::fs::write(root.join("images/vmlinux"), b"kernel").unwrap();
         std::fs::write(root.join("images/rootfs.ext4"), vec![0u8; 4096]).unwrap();
-        // FC_ROOT and STATE_ROOT are shared roots: setup makes them once and teardown leaves them.
         // A client key already there: generating one would put the key dir under the
         // trusted-path rule, which a temporary directory cannot pass.
         std::fs::write(

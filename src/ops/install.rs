@@ -8,19 +8,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::instance::Loaded;
+use super::lifecycle::{Waits, await_ssh, provision};
 use super::network::NetworkSteps;
 use super::teardown::teardown_instance;
 use crate::faults::crash_point;
+use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
 use crate::host::probe;
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
-use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
+use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, public_key_path};
 use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
 use crate::instance::state::{GatewayToken, Phase};
-use crate::instance::values::InstanceId;
+use crate::instance::values::{HostPort, InstanceId};
+use crate::output::Output;
 use crate::output::error_chain;
 use crate::render::artifacts::{
     Artifact, Body, HostTools, InstancePlan, RenderedInstance, render_instance,
@@ -66,9 +70,7 @@ pub fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
 /// write a different key (the last writer would win and the others' guests trust a key that
 /// no longer exists).
 pub fn client_public_key(state_root: &Path, key_path: &Path) -> Result<String> {
-    let mut public = key_path.as_os_str().to_owned();
-    public.push(".pub");
-    let public = PathBuf::from(public);
+    let public = public_key_path(key_path);
     let _lock = lock_allocation(state_root)?;
     if let Ok(text) = std::fs::read_to_string(&public) {
         return Ok(text.trim().to_owned());
@@ -109,40 +111,13 @@ pub fn install_instance(
     services: &dyn ServiceManager,
     network: &dyn NetworkSteps,
 ) -> Result<Installed> {
-    check_not_existing(settings, spec)?;
-    // Units record these paths; root runs them at every VM start.
-    check_trusted("fireclaw binary", &tools.fireclaw)?;
-    check_trusted("firecracker binary", &tools.firecracker)?;
-    check_trusted("socat binary", &tools.socat)?;
-    for (what, path) in [
-        ("base kernel", &spec.base.kernel),
-        ("base rootfs", &spec.base.rootfs),
-    ] {
-        if !path.is_file() {
-            bail!("{what} {} is missing", path.display());
-        }
-    }
+    check_preconditions(settings, spec, tools)?;
     let with_initrd = spec.base.initrd.is_file();
     let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
-
-    // Allocation and `.env` happen under the allocation lock, with `.vm-<id>` made by mkdir.
-    let listening = probe::listening_tcp_ports();
-    let env = reserve(&settings.paths.state_root, &spec.id, |taken| {
-        let mut taken = taken.clone();
-        taken.listening = listening.clone();
-        let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
-        let env = instance_env(spec, &allocation, &token)?;
-        Ok::<_, anyhow::Error>(env)
-    })??;
+    let allocation = reserve_allocation(settings, spec, &token, network)?;
     crash_point("setup:reserved");
-    let allocation = Allocation {
-        host_port: crate::instance::values::HostPort::new(env.host_port()?)?,
-        ip: env.vm_ip()?,
-        tap: env.tap()?.parse()?,
-        mac: env.get("VM_MAC").to_owned(),
-    };
     let secrets = NewSecrets {
         token: &token,
         host_key: &host_key,
@@ -153,7 +128,6 @@ pub fn install_instance(
         spec,
         tools,
         services,
-        network,
         &allocation,
         &secrets,
         with_initrd,
@@ -176,6 +150,57 @@ pub fn install_instance(
     })
 }
 
+/// What must hold before anything is written: no leftovers of this id, trusted binaries for
+/// the units (root runs them at every VM start), and the base images.
+fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools) -> Result<()> {
+    check_not_existing(settings, spec)?;
+    check_trusted("fireclaw binary", &tools.fireclaw)?;
+    check_trusted("firecracker binary", &tools.firecracker)?;
+    check_trusted("socat binary", &tools.socat)?;
+    for (what, path) in [
+        ("base kernel", &spec.base.kernel),
+        ("base rootfs", &spec.base.rootfs),
+    ] {
+        if !path.is_file() {
+            bail!("{what} {} is missing", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Allocation and `.env` under the allocation lock, with `.vm-<id>` made by mkdir; returns
+/// what was reserved, read back from the `.env` on disk. An interface that already has the
+/// derived tap name is refused here, before anything of this instance exists, so no rollback
+/// can mistake it for this instance's tap and remove it.
+fn reserve_allocation(
+    settings: &Settings,
+    spec: &SetupSpec,
+    token: &GatewayToken,
+    network: &dyn NetworkSteps,
+) -> Result<Allocation> {
+    let listening = probe::listening_tcp_ports();
+    let env = reserve(&settings.paths.state_root, &spec.id, |taken| {
+        let mut taken = taken.clone();
+        taken.listening = listening.clone();
+        let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
+        if network.interface_exists(allocation.tap.as_str())? {
+            bail!(
+                "interface {} already exists (a leftover of an earlier instance?); remove it with: ip link delete {}",
+                allocation.tap,
+                allocation.tap
+            );
+        }
+        let env = instance_env(spec, &allocation, token)?;
+        Ok::<_, anyhow::Error>(env)
+    })??;
+    Ok(Allocation {
+        host_port: HostPort::new(env.host_port()?)?,
+        ip: env.vm_ip()?,
+        tap: env.tap()?.parse()?,
+        mac: env.get("VM_MAC").to_owned(),
+    })
+}
+
 /// The secrets a new instance is created with.
 struct NewSecrets<'a> {
     token: &'a GatewayToken,
@@ -184,8 +209,7 @@ struct NewSecrets<'a> {
     authorized_key: &'a str,
 }
 
-/// Everything after the reservation, in order: refuse a leftover tap, render, write the state
-/// files, copy and write the assets, write the units. The phase advances after each group, so
+/// Everything after the reservation, in order: render, write the state files, copy and write the assets, write the units. The phase advances after each group, so
 /// an interrupted setup leaves a phase that says how far it got.
 #[allow(clippy::too_many_arguments)]
 fn install_after_reserve(
@@ -193,20 +217,11 @@ fn install_after_reserve(
     spec: &SetupSpec,
     tools: &HostTools,
     services: &dyn ServiceManager,
-    network: &dyn NetworkSteps,
     allocation: &Allocation,
     secrets: &NewSecrets<'_>,
     with_initrd: bool,
 ) -> Result<()> {
     let state_paths = StatePaths::new(&settings.paths.state_root, &spec.id);
-    // A leftover interface with the derived tap name would be taken over or refused later.
-    if network.interface_exists(allocation.tap.as_str())? {
-        bail!(
-            "interface {} already exists (a leftover of an earlier instance?); remove it with: ip link delete {}",
-            allocation.tap,
-            allocation.tap
-        );
-    }
     let rendered = render_instance(&InstancePlan {
         spec,
         allocation,
@@ -270,11 +285,64 @@ fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstanc
     Ok(())
 }
 
+/// The first boot of a new instance, the steps whose failure rolls the whole setup back:
+/// start the VM unit, wait for SSH, mark it booted, provision the guest, mark it provisioned.
+/// On failure the instance is torn down and the error says so.
+#[allow(clippy::too_many_arguments)]
+pub fn first_boot(
+    settings: &Settings,
+    spec: &SetupSpec,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    network: &dyn NetworkSteps,
+    waits: Waits,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let id = &spec.id;
+    let result = (|| -> Result<()> {
+        output.progress(&format!("{id}: booting the VM"));
+        services.enable_now(&[loaded.units.vm.as_str()])?;
+        crash_point("setup:vm-started");
+        await_ssh(loaded, services, guest, waits.ssh, output)?;
+        set_phase(&loaded.paths, Phase::Booted)?;
+        crash_point("setup:booted");
+        let vars = std::fs::read_to_string(&loaded.paths.vars)
+            .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
+        provision(loaded, guest, &vars, output)?;
+        set_phase(&loaded.paths, Phase::Provisioned)?;
+        crash_point("setup:provisioned");
+        Ok(())
+    })();
+    result.map_err(|error| roll_back(settings, spec, services, network, error, output))
+}
+
+/// Removes a new instance whose setup failed before provisioning completed; returns the error
+/// to report, which says whether the removal worked.
+pub fn roll_back(
+    settings: &Settings,
+    spec: &SetupSpec,
+    services: &dyn ServiceManager,
+    network: &dyn NetworkSteps,
+    error: anyhow::Error,
+    output: &mut Output<'_>,
+) -> anyhow::Error {
+    let id = &spec.id;
+    output.progress(&format!("{id}: setup failed; removing the instance"));
+    match teardown_instance(settings, id, Some(&spec.api_sock), services, network) {
+        Ok(()) => error.context(format!("setup of '{id}' failed and was rolled back")),
+        Err(cleanup) => error.context(format!(
+            "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force",
+            error_chain(cleanup.as_ref())
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::ops::fakes::{CallLog, FakeNetwork, FakeServices, ScratchHost};
+    use crate::ops::fakes::{CallLog, FakeGuest, FakeNetwork, FakeServices, ScratchHost};
     use clap::Parser;
 
     fn spec(host: &ScratchHost, id: &str) -> SetupSpec {
@@ -413,6 +481,8 @@ mod tests {
         assert_eq!(state.phase, Phase::Units);
 
         // A running instance: teardown stops and disables both units before removing files.
+        let mut services = services;
+        services.unit_dir = Some(host.settings.paths.unit_dir.clone());
         services.set("firecracker-vmdemo-t.service", "active", "running", 0);
         services.set("vmdemo-proxy-t.service", "active", "running", 0);
         let mark = log.calls().len();
@@ -427,6 +497,7 @@ mod tests {
         assert_eq!(
             log.calls()[mark..],
             [
+                "unit files present: true",
                 "systemctl stop vmdemo-proxy-t.service firecracker-vmdemo-t.service",
                 "systemctl disable vmdemo-proxy-t.service firecracker-vmdemo-t.service",
                 "systemctl reset-failed vmdemo-proxy-t.service firecracker-vmdemo-t.service",
@@ -434,6 +505,65 @@ mod tests {
                 "net remove-tap tt2",
                 "net reapply-policy",
             ]
+        );
+        assert_eq!(without_locks(host.tree()), before);
+    }
+
+    #[test]
+    fn a_first_boot_without_ssh_rolls_the_instance_back() {
+        let host = ScratchHost::new();
+        let before = host.tree();
+        let log = CallLog::default();
+        let services = FakeServices::new(&log);
+        let network = FakeNetwork {
+            log: &log,
+            existing: Vec::new(),
+        };
+        let guest = FakeGuest {
+            log: &log,
+            reachable: false,
+        };
+        let spec = spec(&host, "t");
+        install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
+        let loaded = crate::ops::instance::load(&host.settings, &spec.id).unwrap();
+        let mark = log.calls().len();
+        let waits = Waits {
+            ssh: std::time::Duration::ZERO,
+            health: std::time::Duration::ZERO,
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let error = first_boot(
+            &host.settings,
+            &spec,
+            &loaded,
+            &services,
+            &guest,
+            &network,
+            waits,
+            &mut Output::new(&mut out, &mut err),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error_chain(error.as_ref()),
+            "setup of 't' failed and was rolled back: SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused"
+        );
+        assert_eq!(
+            log.calls()[mark..],
+            [
+                "systemctl enable-now firecracker-vmdemo-t.service",
+                "ssh probe",
+                "systemctl stop firecracker-vmdemo-t.service",
+                "systemctl disable firecracker-vmdemo-t.service",
+                "systemctl reset-failed firecracker-vmdemo-t.service",
+                "systemctl daemon-reload",
+                "net remove-tap tt2",
+                "net reapply-policy",
+            ]
+        );
+        assert!(
+            String::from_utf8(err)
+                .unwrap()
+                .contains("==> t: setup failed; removing the instance")
         );
         assert_eq!(without_locks(host.tree()), before);
     }

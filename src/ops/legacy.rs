@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::instance::layout::UnitNames;
+use crate::instance::layout::{START_SCRIPT, UnitNames};
 use crate::instance::values::InstanceId;
 use crate::settings::Settings;
 use crate::store::scan_instances;
@@ -18,8 +18,9 @@ pub const LEGACY_DROPIN: &str = "fireclaw-egress.conf";
 pub fn is_020_unit(path: &Path) -> bool {
     std::fs::read_to_string(path)
         .map(|text| {
-            text.lines()
-                .any(|l| l.starts_with("ExecStart=") && l.trim_end().ends_with("/start-vm.sh"))
+            text.lines().any(|l| {
+                l.starts_with("ExecStart=") && l.trim_end().ends_with(&format!("/{START_SCRIPT}"))
+            })
         })
         .unwrap_or(false)
 }
@@ -40,9 +41,9 @@ pub fn legacy_vm_units(settings: &Settings) -> Result<Vec<(InstanceId, String)>>
         let Ok(id) = scanned.name.parse::<InstanceId>() else {
             continue;
         };
-        let unit = UnitNames::new(&id).vm;
-        if is_020_unit(&settings.paths.unit_dir.join(&unit)) {
-            units.push((id, unit));
+        let units_of = UnitNames::new(&id);
+        if is_020_unit(&units_of.vm_path(&settings.paths.unit_dir)) {
+            units.push((id, units_of.vm));
         }
     }
     Ok(units)

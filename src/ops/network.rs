@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
+use crate::env_vars;
 use crate::host::firecracker_api::ApiClient;
 use crate::host::firewall::{IPTABLES, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
@@ -69,8 +70,28 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// A problem that retrying cannot fix: the unit should fail instead of restarting in a loop.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PermanentNetError(pub String);
+#[error("{message}")]
+pub struct PermanentNetError {
+    message: String,
+    #[source]
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl PermanentNetError {
+    fn new(message: String) -> Self {
+        Self {
+            message,
+            cause: None,
+        }
+    }
+
+    fn caused_by(message: &str, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: message.to_owned(),
+            cause: Some(Box::new(cause)),
+        }
+    }
+}
 
 /// What `vm-net-*` need of an instance.
 struct NetTarget {
@@ -81,10 +102,10 @@ struct NetTarget {
 fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
     let paths = StatePaths::new(&settings.paths.state_root, id);
     let env = read_env(&paths)
-        .map_err(|e| PermanentNetError(format!("instance '{id}': {}", error_chain(&e))))?;
+        .map_err(|e| PermanentNetError::caused_by("read the instance's state", e))?;
     let tap = env
         .tap()
-        .map_err(|e| PermanentNetError(format!("instance '{id}': {}", error_chain(&e))))?
+        .map_err(|e| PermanentNetError::caused_by("read the instance's tap", e))?
         .to_owned();
     let api_sock = env
         .api_sock()
@@ -98,9 +119,10 @@ fn ensure_bridge(netlink: &mut Netlink, settings: &Settings) -> Result<Link> {
     let bridge = match netlink.link(name)? {
         Some(link) if link.is_bridge() => link,
         Some(link) => {
-            return Err(PermanentNetError(format!(
-                "interface {name} exists but is a {} device, not a bridge; remove it (ip link delete {name}) or set BRIDGE_NAME",
-                link.kind.as_deref().unwrap_or("plain")
+            return Err(PermanentNetError::new(format!(
+                "interface {name} exists but is a {} device, not a bridge; remove it (ip link delete {name}) or set {}",
+                link.kind.as_deref().unwrap_or("plain"),
+                env_vars::BRIDGE_NAME
             ))
             .into());
         }
@@ -129,7 +151,7 @@ fn ensure_tap(netlink: &mut Netlink, name: &str, bridge: &Link) -> Result<()> {
     let tap = match netlink.link(name)? {
         Some(link) if link.is_tap => link,
         Some(link) => {
-            return Err(PermanentNetError(format!(
+            return Err(PermanentNetError::new(format!(
                 "interface {name} exists but is a {} device, not this instance's tap; remove it with: ip link delete {name}",
                 link.kind.as_deref().unwrap_or("plain")
             ))
@@ -192,7 +214,7 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
             std::fs::remove_file(path)
                 .with_context(|| format!("remove stale API socket {}", path.display()))
         }
-        Ok(_) => Err(PermanentNetError(format!(
+        Ok(_) => Err(PermanentNetError::new(format!(
             "{} is in the way of the API socket and is not a socket; move it away",
             path.display()
         ))

@@ -17,7 +17,7 @@ use crate::instance::values::InstanceId;
 use crate::settings::Settings;
 use crate::store::read_env;
 
-pub fn remove_path(path: &Path) -> Result<()> {
+fn remove_path(path: &Path) -> Result<()> {
     let result = match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),

@@ -197,10 +197,31 @@ pub fn unit_files(plan: &UnitsPlan<'_>) -> UnitFiles {
 
 pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, RenderError> {
     let spec = plan.spec;
-    let id = spec.id.as_str();
-    let state_paths = StatePaths::new(&plan.paths.state_root, &spec.id);
-    let asset_paths = AssetPaths::new(&plan.paths.fc_root, &spec.id);
+    let units = unit_files(&UnitsPlan {
+        id: &spec.id,
+        tools: plan.tools,
+        api_sock: spec.api_sock.clone(),
+        host_port: plan.allocation.host_port.get(),
+        vm_ip: plan.allocation.ip,
+        network: plan.network,
+        paths: plan.paths,
+    });
+    let mut assets = vm_assets(plan)?;
+    assets.extend(units.scripts);
+    Ok(RenderedInstance {
+        state: state_files(plan)?,
+        copies: base_copies(plan),
+        assets,
+        units: units.units,
+    })
+}
 
+/// `.env`, `.token`, `provision.vars`, `known_hosts` (the pinned guest key) and
+/// `fireclaw.json`, under `STATE_ROOT/.vm-<id>/`.
+fn state_files(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
+    let spec = plan.spec;
+    let id = spec.id.as_str();
+    let paths = StatePaths::new(&plan.paths.state_root, &spec.id);
     let env = instance_env(spec, plan.allocation, plan.token)?;
     let vars = provision_vars(spec, plan.token)?;
     let known_hosts = format!(
@@ -208,42 +229,34 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         host_key_alias(id),
         plan.host_key.public_openssh.trim()
     );
-    let state = vec![
+    let state = FireclawState {
+        allow_private_egress: spec.allow_private_egress.networks().to_vec(),
+        ..FireclawState::new(Phase::Allocated)
+    };
+    Ok(vec![
+        secret_text(paths.env, 0o600, env.render(), env.render_redacted()),
         secret_text(
-            state_paths.env.clone(),
-            0o600,
-            env.render(),
-            env.render_redacted(),
-        ),
-        secret_text(
-            state_paths.token.clone(),
+            paths.token,
             0o600,
             plan.token.file_text(),
-            "<redacted> (print it with: fireclaw token <id>)\n".replace("<id>", id),
+            format!("<redacted> (print it with: fireclaw token {id})\n"),
         ),
-        secret_text(
-            state_paths.vars.clone(),
-            0o600,
-            vars.render(),
-            vars.render_redacted(),
-        ),
-        text(state_paths.known_hosts.clone(), 0o600, known_hosts),
-        text(
-            state_paths.fireclaw_json.clone(),
-            0o600,
-            FireclawState {
-                allow_private_egress: spec.allow_private_egress.networks().to_vec(),
-                ..FireclawState::new(Phase::Allocated)
-            }
-            .render(),
-        ),
-    ];
+        secret_text(paths.vars, 0o600, vars.render(), vars.render_redacted()),
+        text(paths.known_hosts, 0o600, known_hosts),
+        text(paths.fireclaw_json, 0o600, state.render()),
+    ])
+}
 
+/// The cloud-init sources, the seed image made of them, the Firecracker config and its
+/// (empty) log file, under `FC_ROOT/<id>/`.
+fn vm_assets(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
+    let spec = plan.spec;
+    let paths = AssetPaths::new(&plan.paths.fc_root, &spec.id);
     let user_data_text = user_data(&UserDataConfig {
         authorized_key: plan.authorized_key.to_owned(),
         host_key: plan.host_key.clone(),
     });
-    let meta_data_text = meta_data(id);
+    let meta_data_text = meta_data(spec.id.as_str());
     let network_text = network_config(&NetworkConfig {
         mac: plan.allocation.mac.clone(),
         ip: plan.allocation.ip,
@@ -267,79 +280,67 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         ],
         plan.time,
     )?;
-    let unit_files = unit_files(&UnitsPlan {
-        id: &spec.id,
-        tools: plan.tools,
-        api_sock: spec.api_sock.clone(),
-        host_port: plan.allocation.host_port.get(),
-        vm_ip: plan.allocation.ip,
-        network: plan.network,
-        paths: plan.paths,
-    });
     let seed_display = format!(
         "ISO 9660 image, label '{SEED_LABEL}', {} bytes: user-data, meta-data, network-config (Rock Ridge and Joliet names)\n",
         seed.len()
     );
-    let assets = vec![
+    let config = vm_config(&VmConfigInput {
+        kernel: paths.kernel.clone(),
+        initrd: plan.with_initrd.then(|| paths.initrd.clone()),
+        rootfs: paths.rootfs.clone(),
+        seed: paths.seed.clone(),
+        vcpu: spec.vcpu.get(),
+        memory_mib: spec.memory.get(),
+        tap: plan.allocation.tap.to_string(),
+        mac: plan.allocation.mac.clone(),
+        log_path: paths.firecracker_log.clone(),
+    });
+    Ok(vec![
         secret_text(
-            asset_paths.user_data.clone(),
+            paths.user_data,
             0o600,
             user_data_text.clone(),
             redact_private_key(&user_data_text, plan.host_key),
         ),
-        text(asset_paths.meta_data.clone(), 0o600, meta_data_text),
-        text(asset_paths.network_config.clone(), 0o600, network_text),
+        text(paths.meta_data, 0o600, meta_data_text),
+        text(paths.network_config, 0o600, network_text),
         Artifact {
-            path: asset_paths.seed.clone(),
+            path: paths.seed,
             mode: 0o600,
             body: Body::Binary(seed),
             display: seed_display,
         },
-        text(
-            asset_paths.vm_config.clone(),
-            0o600,
-            vm_config(&VmConfigInput {
-                kernel: asset_paths.kernel.clone(),
-                initrd: plan.with_initrd.then(|| asset_paths.initrd.clone()),
-                rootfs: asset_paths.rootfs.clone(),
-                seed: asset_paths.seed.clone(),
-                vcpu: spec.vcpu.get(),
-                memory_mib: spec.memory.get(),
-                tap: plan.allocation.tap.to_string(),
-                mac: plan.allocation.mac.clone(),
-                log_path: asset_paths.firecracker_log.clone(),
-            }),
-        ),
+        text(paths.vm_config, 0o600, config),
         // Firecracker before 1.14 refuses to start unless its log file exists.
-        text(asset_paths.firecracker_log.clone(), 0o600, String::new()),
-    ];
-    let mut assets = assets;
-    assets.extend(unit_files.scripts);
+        text(paths.firecracker_log, 0o600, String::new()),
+    ])
+}
+
+/// The base images copied into the asset dir: the rootfs (grown to the disk size), the
+/// kernel, and the initrd when there is one.
+fn base_copies(plan: &InstancePlan<'_>) -> Vec<AssetCopy> {
+    let spec = plan.spec;
+    let paths = AssetPaths::new(&plan.paths.fc_root, &spec.id);
     let mut copies = vec![
         AssetCopy {
             from: spec.base.rootfs.clone(),
-            to: asset_paths.rootfs.clone(),
+            to: paths.rootfs,
             grow_to: Some(spec.disk_size.bytes()),
         },
         AssetCopy {
             from: spec.base.kernel.clone(),
-            to: asset_paths.kernel.clone(),
+            to: paths.kernel,
             grow_to: None,
         },
     ];
     if plan.with_initrd {
         copies.push(AssetCopy {
             from: spec.base.initrd.clone(),
-            to: asset_paths.initrd.clone(),
+            to: paths.initrd,
             grow_to: None,
         });
     }
-    Ok(RenderedInstance {
-        state,
-        copies,
-        assets,
-        units: unit_files.units,
-    })
+    copies
 }
 
 #[cfg(test)]

@@ -367,7 +367,37 @@ pub fn seed_image(
     time: Timestamp,
 ) -> Result<Vec<u8>, SeedImageError> {
     validate(label, files)?;
-    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let (entries, total_sectors) = place_files(files);
+    let mut image = vec![0u8; total_sectors * SECTOR];
+    write_descriptors(&mut image, label, total_sectors, time);
+    write_path_tables(&mut image);
+    // The ER entry is too long for the root's "." record, so it lives in a continuation area.
+    let er = susp_er();
+    put(&mut image, CONTINUATION * SECTOR, &er);
+    put(
+        &mut image,
+        PRIMARY_ROOT * SECTOR,
+        &primary_root(&entries, er.len(), time),
+    );
+    put(
+        &mut image,
+        JOLIET_ROOT * SECTOR,
+        &joliet_root(&entries, time),
+    );
+    for entry in &entries {
+        put(
+            &mut image,
+            entry.extent as usize * SECTOR,
+            &entry.file.contents,
+        );
+    }
+    Ok(image)
+}
+
+/// Each file's extent (files follow the fixed metadata sectors in order) and both of its
+/// names; returns the entries and the image's size in sectors.
+fn place_files(files: &[SeedFile]) -> (Vec<Entry<'_>>, usize) {
+    let mut entries = Vec::new();
     let mut next = FIRST_DATA;
     for file in files {
         entries.push(Entry {
@@ -379,10 +409,11 @@ pub fn seed_image(
         });
         next += sectors_for(file.contents.len());
     }
-    let total_sectors = next;
-    let mut image = vec![0u8; total_sectors * SECTOR];
-    let sector = |n: usize| n * SECTOR;
+    (entries, next)
+}
 
+/// The primary and Joliet volume descriptors and the set terminator.
+fn write_descriptors(image: &mut [u8], label: &str, total_sectors: usize, time: Timestamp) {
     let ascii = |text: &str, width: usize| padded_ascii(text, width);
     let joliet = |text: &str, width: usize| padded_ucs2(text, width);
     let descriptors = [
@@ -416,8 +447,8 @@ pub fn seed_image(
     ];
     for (at, descriptor) in &descriptors {
         put(
-            &mut image,
-            sector(*at),
+            image,
+            at * SECTOR,
             &volume_descriptor(descriptor, total_sectors as u32, time),
         );
     }
@@ -425,74 +456,52 @@ pub fn seed_image(
     terminator[0] = 255;
     put(&mut terminator, 1, b"CD001");
     terminator[6] = 1;
-    put(&mut image, sector(TERMINATOR), &terminator);
+    put(image, TERMINATOR * SECTOR, &terminator);
+}
 
+/// Little- and big-endian path tables of both trees (each holds only the root).
+fn write_path_tables(image: &mut [u8]) {
     for (at, root, big_endian) in [
         (PATH_TABLES[0], PRIMARY_ROOT, false),
         (PATH_TABLES[1], PRIMARY_ROOT, true),
         (PATH_TABLES[2], JOLIET_ROOT, false),
         (PATH_TABLES[3], JOLIET_ROOT, true),
     ] {
-        put(&mut image, sector(at), &path_table(root as u32, big_endian));
+        put(image, at * SECTOR, &path_table(root as u32, big_endian));
     }
+}
 
-    // The ER entry is too long for the root's "." record, so it lives in a continuation area.
-    let er = susp_er();
-    put(&mut image, sector(CONTINUATION), &er);
-
-    let mut primary = Vec::new();
+/// The primary root directory: "." (announcing Rock Ridge, with the ER entry continued in
+/// its own sector), "..", then each file with its Rock Ridge name, mode and times, sorted by
+/// identifier (ECMA-119 9.3).
+fn primary_root(entries: &[Entry<'_>], er_len: usize, time: Timestamp) -> Vec<u8> {
+    let mut directory = Vec::new();
     let mut dot_use = susp_sp();
     dot_use.extend(rrip_rr(false));
-    dot_use.extend(susp_ce(CONTINUATION as u32, 0, er.len() as u32));
+    dot_use.extend(susp_ce(CONTINUATION as u32, 0, er_len as u32));
     dot_use.extend(rrip_px(0o040_555, 2));
     dot_use.extend(rrip_tf(time));
-    primary.extend(directory_record(
-        PRIMARY_ROOT as u32,
-        SECTOR as u32,
-        true,
-        &[0],
-        &dot_use,
-        time,
-    ));
     let mut dotdot_use = rrip_rr(false);
     dotdot_use.extend(rrip_px(0o040_555, 2));
     dotdot_use.extend(rrip_tf(time));
-    primary.extend(directory_record(
-        PRIMARY_ROOT as u32,
-        SECTOR as u32,
-        true,
-        &[1],
-        &dotdot_use,
-        time,
-    ));
-
-    let mut joliet_dir = Vec::new();
-    joliet_dir.extend(directory_record(
-        JOLIET_ROOT as u32,
-        SECTOR as u32,
-        true,
-        &[0],
-        &[],
-        time,
-    ));
-    joliet_dir.extend(directory_record(
-        JOLIET_ROOT as u32,
-        SECTOR as u32,
-        true,
-        &[1],
-        &[],
-        time,
-    ));
-
-    // Records in a directory are sorted by identifier (ECMA-119 9.3).
-    let mut by_primary: Vec<&Entry<'_>> = entries.iter().collect();
-    by_primary.sort_by(|a, b| a.primary_name.cmp(&b.primary_name));
-    for entry in by_primary {
+    for (name, system_use) in [(0u8, dot_use), (1u8, dotdot_use)] {
+        directory.extend(directory_record(
+            PRIMARY_ROOT as u32,
+            SECTOR as u32,
+            true,
+            &[name],
+            &system_use,
+            time,
+        ));
+    }
+    let mut sorted: Vec<&Entry<'_>> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.primary_name.cmp(&b.primary_name));
+    for entry in sorted {
         let mut system_use = rrip_rr(true);
         system_use.extend(rrip_px(0o100_444, 1));
         system_use.extend(rrip_tf(time));
         system_use.extend(rrip_nm(&entry.file.name));
-        primary.extend(directory_record(
+        directory.extend(directory_record(
             entry.extent,
             entry.file.contents.len() as u32,
             false,
@@ -501,10 +510,26 @@ pub fn seed_image(
             time,
         ));
     }
-    let mut by_joliet: Vec<&Entry<'_>> = entries.iter().collect();
-    by_joliet.sort_by(|a, b| a.joliet_name.cmp(&b.joliet_name));
-    for entry in by_joliet {
-        joliet_dir.extend(directory_record(
+    directory
+}
+
+/// The Joliet root directory: ".", "..", then each file under its UCS-2 name, sorted.
+fn joliet_root(entries: &[Entry<'_>], time: Timestamp) -> Vec<u8> {
+    let mut directory = Vec::new();
+    for name in [0u8, 1u8] {
+        directory.extend(directory_record(
+            JOLIET_ROOT as u32,
+            SECTOR as u32,
+            true,
+            &[name],
+            &[],
+            time,
+        ));
+    }
+    let mut sorted: Vec<&Entry<'_>> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.joliet_name.cmp(&b.joliet_name));
+    for entry in sorted {
+        directory.extend(directory_record(
             entry.extent,
             entry.file.contents.len() as u32,
             false,
@@ -513,17 +538,7 @@ pub fn seed_image(
             time,
         ));
     }
-    put(&mut image, sector(PRIMARY_ROOT), &primary);
-    put(&mut image, sector(JOLIET_ROOT), &joliet_dir);
-
-    for entry in &entries {
-        put(
-            &mut image,
-            sector(entry.extent as usize),
-            &entry.file.contents,
-        );
-    }
-    Ok(image)
+    directory
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The guest stand-in (DESIGN.md §4.4): for each VM, a sibling systemd-nspawn container that
+//! The guest stand-in (docs/ARCHITECTURE.md): for each VM, a sibling systemd-nspawn container that
 //! joins a network namespace inside the host sandbox, reached only through the tap that the
 //! Firecracker stand-in relays. It is configured only from the seed image fireclaw wrote (read
 //! in user space by `guest-init.py`), runs its own systemd and sshd, has an `ubuntu` user with

@@ -1,4 +1,4 @@
-//! An instance exactly as fireclaw 0.2.0 leaves it on disk (COMPAT.md): its plain-v1 state
+//! An instance exactly as fireclaw 0.2.0 leaves it on disk (docs/ARCHITECTURE.md, 0.2.0): its plain-v1 state
 //! without `fireclaw.json`, its assets with a seed made by `cloud-localds` from 0.2.0's user-data
 //! (no host key: it is pinned on first login), its `start-vm.sh`/`stop-vm.sh`, which call `ip`,
 //! `bridge`, `sysctl`, `iptables` and `curl`, and its two units.

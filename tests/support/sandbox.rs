@@ -1,5 +1,5 @@
 //! A private Linux system with a real systemd for root tests (systemd-nspawn on an overlay of the
-//! machine's root; DESIGN.md §4.1). Each sandbox has its own cgroup subtree in every mounted
+//! machine's root; docs/ARCHITECTURE.md). Each sandbox has its own cgroup subtree in every mounted
 //! hierarchy, its own network namespace, `/sys` and `/dev` (with kvm and tun), and the binaries
 //! under test bound read-only at `/opt/fireclaw-test/bin`. Nothing a test does inside reaches
 //! the machine. `reboot` powers the system off cleanly and boots the same on-disk upper dir
@@ -453,7 +453,4 @@ fn sweep_dead_sandboxes() {
     }
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use fireclaw::host::probe::is_root;

@@ -4,8 +4,8 @@
 //! VM unit covered by the policy drop-in.
 
 use super::checks::{Check, Level, check};
-use crate::host::firewall::{Hook, audit_chain};
-use crate::ops::egress::{gather, policy_chains};
+use crate::host::firewall::{ChainAudit, ChainSpec, Hook, audit_chain};
+use crate::ops::egress::{PolicyInputs, gather, policy_chains};
 use crate::ops::legacy::{dropin_path, legacy_vm_units};
 use crate::output::error_chain;
 use crate::settings::Settings;
@@ -56,27 +56,9 @@ fn accepts_guest_traffic(rule: &str, bridge: &str) -> Option<Level> {
 /// per-instance rules against the saved state, IPv6 off on the bridge, 0.2.0 units covered.
 pub fn audit(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
     let bridge = settings.network.bridge.as_str();
-    let inputs = match gather(settings, true) {
-        Ok(inputs) => inputs,
-        Err(e) => {
-            checks.push(check(
-                "egress allowlist",
-                Level::Fail,
-                error_chain(e.as_ref()),
-            ));
-            match gather(settings, false) {
-                Ok(inputs) => inputs,
-                Err(_) => return,
-            }
-        }
+    let Some(inputs) = policy_inputs(settings, checks) else {
+        return;
     };
-    for note in &inputs.skipped {
-        checks.push(check(
-            "egress allowlist",
-            Level::Warn,
-            format!("{note}; its allow rules are left out"),
-        ));
-    }
     for chain in policy_chains(settings, &inputs) {
         let name = format!("egress chain {}", chain.name);
         let audit = match audit_chain(&chain) {
@@ -87,73 +69,123 @@ pub fn audit(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
             }
         };
         if !audit.exists {
-            checks.push(if instances == 0 {
-                check(
-                    &name,
-                    Level::Pass,
-                    "not present yet; added at the first VM start",
-                )
-            } else {
-                check(
-                    &name,
-                    Level::Fail,
-                    "missing: guests are not filtered; run fireclaw egress apply",
-                )
-            });
+            checks.push(missing_chain(&name, instances));
             continue;
         }
-        let problems = audit.problems();
-        checks.push(if problems.is_empty() {
-            check(
-                &name,
-                Level::Pass,
-                format!(
-                    "{} rules, as the policy and saved allowlists say",
-                    chain.rules.len()
-                ),
-            )
-        } else {
-            check(
-                &name,
-                Level::Fail,
-                format!("{}; run fireclaw egress apply", problems.join("; ")),
-            )
-        });
-        let hook_name = format!("egress hook {} {}", chain.table, chain.base);
-        checks.push(match &audit.hook {
-            Hook::First => check(&hook_name, Level::Pass, format!("jumps to {} first", chain.name)),
-            Hook::Missing => check(
-                &hook_name,
-                Level::Fail,
-                format!("no jump to {}; run fireclaw egress apply", chain.name),
-            ),
-            Hook::Behind(ahead) => {
-                let worst = ahead
-                    .iter()
-                    .filter_map(|r| accepts_guest_traffic(r, bridge).map(|l| (l, r)))
-                    .max_by_key(|(l, _)| *l == Level::Fail);
-                match worst {
-                    None => check(
-                        &hook_name,
-                        Level::Pass,
-                        format!(
-                            "{} rule(s) ahead of the jump to {}, none accepts guest traffic",
-                            ahead.len(),
-                            chain.name
-                        ),
-                    ),
-                    Some((level, rule)) => check(
-                        &hook_name,
-                        level,
-                        format!(
-                            "'{rule}' comes before the jump to {} and may let guest traffic past the policy; run fireclaw egress apply to move the jump first",
-                            chain.name
-                        ),
-                    ),
-                }
-            }
-        });
+        checks.push(chain_rules(&name, &chain, &audit));
+        checks.push(chain_hook(&chain, &audit, bridge));
     }
+    ipv6_check(bridge, checks);
+    legacy_units_check(settings, checks);
+}
+
+/// The policy's inputs; an unreadable host-wide allowlist fails the check and the audit goes
+/// on without it (as `vm-net-up` does).
+fn policy_inputs(settings: &Settings, checks: &mut Vec<Check>) -> Option<PolicyInputs> {
+    let inputs = match gather(settings, true) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            checks.push(check(
+                "egress allowlist",
+                Level::Fail,
+                error_chain(e.as_ref()),
+            ));
+            gather(settings, false).ok()?
+        }
+    };
+    for note in &inputs.skipped {
+        checks.push(check(
+            "egress allowlist",
+            Level::Warn,
+            format!("{note}; its allow rules are left out"),
+        ));
+    }
+    Some(inputs)
+}
+
+/// A chain that is not there: expected before the first VM start, a failure after it.
+fn missing_chain(name: &str, instances: usize) -> Check {
+    if instances == 0 {
+        check(
+            name,
+            Level::Pass,
+            "not present yet; added at the first VM start",
+        )
+    } else {
+        check(
+            name,
+            Level::Fail,
+            "missing: guests are not filtered; run fireclaw egress apply",
+        )
+    }
+}
+
+/// The chain's rules and their order against the policy.
+fn chain_rules(name: &str, chain: &ChainSpec, audit: &ChainAudit) -> Check {
+    let problems = audit.problems();
+    if problems.is_empty() {
+        check(
+            name,
+            Level::Pass,
+            format!(
+                "{} rules, as the policy and saved allowlists say",
+                chain.rules.len()
+            ),
+        )
+    } else {
+        check(
+            name,
+            Level::Fail,
+            format!("{}; run fireclaw egress apply", problems.join("; ")),
+        )
+    }
+}
+
+/// The jump to the chain: first in its base chain, or behind rules that cannot let guest
+/// traffic past it.
+fn chain_hook(chain: &ChainSpec, audit: &ChainAudit, bridge: &str) -> Check {
+    let hook_name = format!("egress hook {} {}", chain.table, chain.base);
+    match &audit.hook {
+        Hook::First => check(
+            &hook_name,
+            Level::Pass,
+            format!("jumps to {} first", chain.name),
+        ),
+        Hook::Missing => check(
+            &hook_name,
+            Level::Fail,
+            format!("no jump to {}; run fireclaw egress apply", chain.name),
+        ),
+        Hook::Behind(ahead) => {
+            let worst = ahead
+                .iter()
+                .filter_map(|r| accepts_guest_traffic(r, bridge).map(|l| (l, r)))
+                .max_by_key(|(l, _)| *l == Level::Fail);
+            match worst {
+                None => check(
+                    &hook_name,
+                    Level::Pass,
+                    format!(
+                        "{} rule(s) ahead of the jump to {}, none accepts guest traffic",
+                        ahead.len(),
+                        chain.name
+                    ),
+                ),
+                Some((level, rule)) => check(
+                    &hook_name,
+                    level,
+                    format!(
+                        "'{rule}' comes before the jump to {} and may let guest traffic past the policy; run fireclaw egress apply to move the jump first",
+                        chain.name
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+/// IPv6 must be off on the bridge, or guests reach the host around the IPv4 policy.
+fn ipv6_check(bridge: &str, checks: &mut Vec<Check>) {
     let ipv6 = format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6");
     match std::fs::read_to_string(&ipv6) {
         Ok(value) if value.trim() == "1" => {
@@ -173,6 +205,10 @@ pub fn audit(settings: &Settings, instances: usize, checks: &mut Vec<Check>) {
         // No bridge yet, or no IPv6 in this kernel.
         Err(_) => {}
     }
+}
+
+/// Every 0.2.0-made VM unit has the drop-in that applies the policy before it starts.
+fn legacy_units_check(settings: &Settings, checks: &mut Vec<Check>) {
     match legacy_vm_units(settings) {
         Ok(units) => {
             for (id, unit) in units {

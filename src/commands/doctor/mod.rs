@@ -15,20 +15,21 @@ mod egress;
 
 use checks::{Check, Level, check};
 
+use crate::host::firewall::IPTABLES;
 use crate::host::netlink::Netlink;
 use crate::host::probe;
 use crate::host::process::run as run_program;
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
-use crate::instance::layout::{StatePaths, UnitNames};
+use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, StatePaths, UnitNames};
 use crate::instance::state::Phase;
-use crate::instance::values::InstanceId;
+use crate::instance::values::{InstanceId, escaped};
 use crate::ops::legacy::is_020_unit;
 use crate::output::Output;
 use crate::output::{error_chain, use_colour};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{read_fireclaw_state, scan_instances};
+use crate::store::{ScannedInstance, read_fireclaw_state, scan_instances};
 
 /// The oldest Firecracker fireclaw was tested with.
 pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
@@ -132,11 +133,11 @@ fn kvm(checks: &mut Vec<Check>) {
 
 fn images(settings: &Settings, checks: &mut Vec<Check>) {
     let dir = &settings.base_images_dir;
-    let kernel = dir.join("vmlinux");
+    let kernel = dir.join(KERNEL_FILE);
     for (name, path, required) in [
         ("base kernel", kernel.clone(), true),
-        ("base rootfs", dir.join("rootfs.ext4"), true),
-        ("base initrd", dir.join("initrd.img"), false),
+        ("base rootfs", dir.join(ROOTFS_FILE), true),
+        ("base initrd", dir.join(INITRD_FILE), false),
     ] {
         checks.push(match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => check(name, Level::Pass, path.display().to_string()),
@@ -161,12 +162,38 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
     }
 }
 
+/// The bridge, the guest network policy, and what else on the host decides whether guest
+/// traffic passes: the FORWARD policy, IPv4 forwarding, firewalld, split iptables backends.
 fn network(
     settings: &Settings,
     instances: usize,
     services: &dyn ServiceManager,
     checks: &mut Vec<Check>,
 ) {
+    let bridge = settings.network.bridge.as_str();
+    bridge_check(settings, checks);
+    egress::audit(settings, instances, checks);
+    forward_policy_check(bridge, checks);
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    if forwarding.trim() != "1" && instances > 0 {
+        checks.push(check(
+            "IPv4 forwarding",
+            Level::Warn,
+            "off; the next VM start turns it on",
+        ));
+    }
+    let firewalld = services.states(&["firewalld.service"]).unwrap_or_default();
+    if firewalld.first().is_some_and(|state| state.is_active()) {
+        checks.push(check(
+            "firewalld",
+            Level::Warn,
+            format!("active: its zones reject forwarded bridge traffic; put {bridge} in the trusted zone (firewall-cmd --permanent --zone=trusted --add-interface={bridge})"),
+        ));
+    }
+    split_backends_check(checks);
+}
+
+fn bridge_check(settings: &Settings, checks: &mut Vec<Check>) {
     let bridge = settings.network.bridge.as_str();
     match Netlink::open().and_then(|mut n| n.link(bridge).map(|l| (n, l))) {
         Ok((mut netlink, Some(link))) if link.is_bridge() => {
@@ -206,13 +233,16 @@ fn network(
         )),
         Err(e) => checks.push(check("bridge", Level::Warn, error_chain(&e))),
     }
-    egress::audit(settings, instances, checks);
+}
+
+/// A FORWARD policy of DROP (Docker, UFW) cuts guest egress unless fireclaw's chain is hooked.
+fn forward_policy_check(bridge: &str, checks: &mut Vec<Check>) {
     let forward = run_program(
-        "iptables",
+        IPTABLES,
         &["-w", "-C", "FORWARD", "-j", &forward_chain_name(bridge)],
     )
     .is_ok_and(|o| o.status.success());
-    let policy = run_program("iptables", &["-w", "-S", "FORWARD"])
+    let policy = run_program(IPTABLES, &["-w", "-S", "FORWARD"])
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
@@ -236,22 +266,10 @@ fn network(
             )
         });
     }
-    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-    if forwarding.trim() != "1" && instances > 0 {
-        checks.push(check(
-            "IPv4 forwarding",
-            Level::Warn,
-            "off; the next VM start turns it on",
-        ));
-    }
-    let firewalld = services.states(&["firewalld.service"]).unwrap_or_default();
-    if firewalld.first().is_some_and(|state| state.is_active()) {
-        checks.push(check(
-            "firewalld",
-            Level::Warn,
-            format!("active: its zones reject forwarded bridge traffic; put {bridge} in the trusted zone (firewall-cmd --permanent --zone=trusted --add-interface={bridge})"),
-        ));
-    }
+}
+
+/// Rules in both the legacy and the nft backend are evaluated separately.
+fn split_backends_check(checks: &mut Vec<Check>) {
     let rules = |tool: &str| {
         run_program(tool, &["-S"])
             .ok()
@@ -366,19 +384,45 @@ fn unit_programs(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Units, instances and taps, each checked against the others; returns how many instances
+/// there are.
 fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usize> {
     let scanned = scan_instances(&settings.paths.state_root)?;
-    let known: Vec<String> = scanned.iter().map(|s| s.name.clone()).collect();
-    let unit_dir = &settings.paths.unit_dir;
-    let mut unit_ids = Vec::new();
-    for entry in std::fs::read_dir(unit_dir).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = UnitNames::instance_of_vm_unit(&name) {
-            unit_ids.push(id.to_owned());
-        }
+    let unit_ids = vm_unit_ids(&settings.paths.unit_dir);
+    let uses_020_scripts = unit_checks(settings, &scanned, &unit_ids, checks);
+    instance_checks(settings, &scanned, &unit_ids, checks);
+    orphan_taps(&scanned, checks);
+    if uses_020_scripts {
+        tools_of_020_units(checks);
     }
+    Ok(scanned.len())
+}
+
+/// The instance names of the VM units in the unit dir.
+fn vm_unit_ids(unit_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(unit_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            UnitNames::instance_of_vm_unit(&name).map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Each VM unit's programs against the trusted-path rule, and units without state. Returns
+/// whether any unit was written by 0.2.0.
+fn unit_checks(
+    settings: &Settings,
+    scanned: &[ScannedInstance],
+    unit_ids: &[String],
+    checks: &mut Vec<Check>,
+) -> bool {
+    let unit_dir = &settings.paths.unit_dir;
     let mut uses_020_scripts = false;
-    for id in &unit_ids {
+    for id in unit_ids {
+        let shown = escaped(id);
         let path = UnitNames::for_name(id).vm_path(unit_dir);
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         if is_020_unit(&path) {
@@ -392,27 +436,37 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
         }
         checks.push(if problems.is_empty() {
             check(
-                &format!("unit paths {id}"),
+                &format!("unit paths {shown}"),
                 Level::Pass,
                 "every program is root-owned and not writable by others",
             )
         } else {
             check(
-                &format!("unit paths {id}"),
+                &format!("unit paths {shown}"),
                 Level::Fail,
                 problems.join("; "),
             )
         });
-        if !known.contains(id) {
+        if !scanned.iter().any(|s| &s.name == id) {
             checks.push(check(
-                &format!("orphan {id}"),
+                &format!("orphan {shown}"),
                 Level::Warn,
-                format!("units without state; remove them with: fireclaw destroy {id} --force"),
+                format!("units without state; remove them with: fireclaw destroy {shown} --force"),
             ));
         }
     }
-    for instance in &scanned {
-        let name = &instance.name;
+    uses_020_scripts
+}
+
+/// Each instance's state: unreadable, half-made (with what it left behind), or without units.
+fn instance_checks(
+    settings: &Settings,
+    scanned: &[ScannedInstance],
+    unit_ids: &[String],
+    checks: &mut Vec<Check>,
+) {
+    for instance in scanned {
+        let name = &escaped(&instance.name);
         if instance.env.is_err() {
             checks.push(check(
                 &format!("instance {name}"),
@@ -459,7 +513,10 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
             ));
         }
     }
-    // Taps that look like fireclaw's but belong to no instance.
+}
+
+/// Taps that look like fireclaw's (bridged) but belong to no instance.
+fn orphan_taps(scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
     let taps: Vec<String> = scanned
         .iter()
         .filter_map(|s| {
@@ -485,18 +542,19 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
             }
         }
     }
-    if uses_020_scripts {
-        for tool in ["ip", "bridge", "sysctl", "curl"] {
-            if probe::which(tool).is_none() {
-                checks.push(check(
-                    &format!("command {tool}"),
-                    Level::Fail,
-                    "needed by units written by fireclaw 0.2.0 (start-vm.sh/stop-vm.sh)",
-                ));
-            }
+}
+
+/// The host tools that units written by 0.2.0 call from their scripts.
+fn tools_of_020_units(checks: &mut Vec<Check>) {
+    for tool in ["ip", "bridge", "sysctl", "curl"] {
+        if probe::which(tool).is_none() {
+            checks.push(check(
+                &format!("command {tool}"),
+                Level::Fail,
+                "needed by units written by fireclaw 0.2.0 (start-vm.sh/stop-vm.sh)",
+            ));
         }
     }
-    Ok(scanned.len())
 }
 
 /// What an instance has on the host, for naming the leftovers of an interrupted setup.
@@ -516,8 +574,11 @@ fn leftovers(
         found.push(format!("assets {}", assets.display()));
     }
     let units = UnitNames::new(id);
-    for unit in [&units.vm, &units.proxy] {
-        if settings.paths.unit_dir.join(unit).exists() {
+    for (unit, path) in [
+        (&units.vm, units.vm_path(&settings.paths.unit_dir)),
+        (&units.proxy, units.proxy_path(&settings.paths.unit_dir)),
+    ] {
+        if path.exists() {
             found.push(format!("unit {unit}"));
         }
     }

@@ -13,18 +13,13 @@ use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::spec::SetupSpec;
-use crate::instance::state::Phase;
-use crate::ops::install::install_instance;
-use crate::ops::instance::{Loaded, load, lock};
-use crate::ops::lifecycle::{
-    Waits, await_health, await_ssh, print_summary, provision, start_proxy,
-};
+use crate::ops::install::{first_boot, install_instance, roll_back};
+use crate::ops::instance::{load, lock};
+use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy};
 use crate::ops::network::HostNetwork;
-use crate::ops::teardown::teardown_instance;
-use crate::output::{Output, error_chain};
+use crate::output::Output;
 use crate::render::artifacts::HostTools;
 use crate::settings::Settings;
-use crate::store::set_phase;
 
 pub fn run(
     settings: &Settings,
@@ -74,21 +69,18 @@ fn create(
     install_instance(settings, spec, &tools, services, &network)?;
 
     // Until provisioning completes, any failure removes this instance entirely.
-    let loaded = match boot_and_provision(settings, spec, waits, services, output) {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            output.progress(&format!("{id}: setup failed; removing the instance"));
-            if let Err(cleanup) =
-                teardown_instance(settings, id, Some(&spec.api_sock), services, &network)
-            {
-                return Err(error.context(format!(
-                    "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force",
-                    error_chain(cleanup.as_ref())
-                )));
-            }
-            return Err(error.context(format!("setup of '{id}' failed and was rolled back")));
-        }
-    };
+    let loaded = load(settings, id)
+        .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
+    first_boot(
+        settings,
+        spec,
+        &loaded,
+        services,
+        &loaded.ssh,
+        &network,
+        waits,
+        output,
+    )?;
 
     // From here on the instance is kept: it is provisioned and can be inspected and retried.
     let health = start_proxy(&loaded, services, output)
@@ -101,28 +93,4 @@ fn create(
         ))?;
     print_summary(&loaded, services, &health, output);
     Ok(())
-}
-
-/// Boot, SSH, provisioning: the steps whose failure rolls the whole setup back.
-fn boot_and_provision(
-    settings: &Settings,
-    spec: &SetupSpec,
-    waits: Waits,
-    services: &dyn ServiceManager,
-    output: &mut Output<'_>,
-) -> Result<Loaded> {
-    let id = &spec.id;
-    let loaded = load(settings, id)?;
-    output.progress(&format!("{id}: booting the VM"));
-    services.enable_now(&[loaded.units.vm.as_str()])?;
-    crash_point("setup:vm-started");
-    await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
-    set_phase(&loaded.paths, Phase::Booted)?;
-    crash_point("setup:booted");
-    let vars = std::fs::read_to_string(&loaded.paths.vars)
-        .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
-    provision(&loaded, &loaded.ssh, &vars, output)?;
-    set_phase(&loaded.paths, Phase::Provisioned)?;
-    crash_point("setup:provisioned");
-    Ok(loaded)
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::host::probe;
+use crate::instance::layout::public_key_path;
 use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
@@ -117,11 +118,7 @@ pub fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -
         firecracker: tool_path("firecracker", "/usr/local/bin/firecracker", &mut warnings),
         socat: tool_path("socat", "/usr/bin/socat", &mut warnings),
     };
-    let public_key_path = {
-        let mut path = spec.ssh_key_path.clone().into_os_string();
-        path.push(".pub");
-        PathBuf::from(path)
-    };
+    let public_key_path = public_key_path(&spec.ssh_key_path);
     let authorized_key = match std::fs::read_to_string(&public_key_path) {
         Ok(key) => key.trim().to_owned(),
         Err(_) => {

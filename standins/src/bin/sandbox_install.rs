@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use fireclaw::cli::{Cli, Command};
+use fireclaw::env_vars;
 use fireclaw::host::systemd::Systemctl;
 use fireclaw::ops::install::install_instance;
 use fireclaw::ops::network::HostNetwork;
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
         unreachable!()
     };
     let bin = PathBuf::from(
-        std::env::var("FIRECLAW_TEST_BIN").unwrap_or("/opt/fireclaw-test/bin".into()),
+        std::env::var(env_vars::FIRECLAW_TEST_BIN).unwrap_or("/opt/fireclaw-test/bin".into()),
     );
     let result = Settings::from_process_env()
         .map_err(anyhow::Error::from)
@@ -39,7 +40,7 @@ fn main() -> ExitCode {
             let spec = settings.resolve_setup(&setup)?;
             let tools = HostTools {
                 fireclaw: bin.join("fireclaw"),
-                firecracker: std::env::var_os("FIRECLAW_TEST_FIRECRACKER")
+                firecracker: std::env::var_os(env_vars::FIRECLAW_TEST_FIRECRACKER)
                     .map(PathBuf::from)
                     .unwrap_or_else(|| bin.join("firecracker")),
                 socat: PathBuf::from("/usr/bin/socat"),
