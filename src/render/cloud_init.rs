@@ -32,9 +32,10 @@ pub fn user_data(config: &UserDataConfig) -> String {
     out.push_str("    lock_passwd: true\n");
     out.push_str("    ssh_authorized_keys:\n");
     let _ = writeln!(out, "      - {}", quoted(config.authorized_key.trim()));
-    // Replace whatever host keys the base image carries with the one fireclaw pinned.
+    // Replace whatever host keys the base image carries with the one fireclaw pinned. With
+    // `ssh_keys` given, cloud-init writes those and generates none, so no `ssh_genkeytypes`
+    // (an empty list there fails cloud-init's schema and marks the boot degraded).
     out.push_str("ssh_deletekeys: true\n");
-    out.push_str("ssh_genkeytypes: []\n");
     out.push_str("ssh_keys:\n");
     out.push_str("  ed25519_private: |\n");
     for line in config.host_key.private_openssh.trim_end().lines() {

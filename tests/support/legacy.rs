@@ -61,32 +61,10 @@ umask 022
 cp /srv/firecracker/base/images/vmlinux $fc/images/vmlinux
 cp /srv/firecracker/base/images/rootfs.ext4 $fc/images/rootfs.ext4 && truncate -s 64M $fc/images/rootfs.ext4
 cat > $fc/config/user-data <<UD
-#cloud-config
-users:
-  - name: ubuntu
-    groups: [sudo, docker]
-    shell: /bin/bash
-    sudo: ALL=(ALL) NOPASSWD:ALL
-    lock_passwd: true
-    ssh_authorized_keys:
-      - $(cat $key.pub)
-packages: [jq, curl]
-UD
+{user_data}UD
 printf 'instance-id: %s\nlocal-hostname: %s\n' $id $id > $fc/config/meta-data
 cat > $fc/config/network-config <<NC
-version: 2
-ethernets:
-  eth0:
-    match:
-      macaddress: "$mac"
-    set-name: eth0
-    addresses: [$ip/24]
-    routes:
-      - to: default
-        via: 172.16.0.1
-    nameservers:
-      addresses: [1.1.1.1, 8.8.8.8]
-NC
+{network_config}NC
 cloud-localds --network-config=$fc/config/network-config $fc/images/seed.img $fc/config/user-data $fc/config/meta-data
 cat > $fc/config/vm-config.json <<VM
 {{"boot-source": {{"kernel_image_path": "$fc/images/vmlinux", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}},
@@ -158,7 +136,46 @@ RestartSec=2
 WantedBy=multi-user.target firecracker-vmdemo-$id.service
 UNIT
 systemctl daemon-reload
-"#
+"#,
+        // Shell expressions: the heredocs expand them inside the sandbox.
+        user_data = user_data_020("$(cat $key.pub)"),
+        network_config = network_config_020("$mac", "$ip"),
     );
     fleet.host.sh(&script);
+}
+
+/// The user-data fireclaw 0.2.0 writes for a client key.
+pub fn user_data_020(authorized_key: &str) -> String {
+    format!(
+        "#cloud-config
+users:
+  - name: ubuntu
+    groups: [sudo, docker]
+    shell: /bin/bash
+    sudo: ALL=(ALL) NOPASSWD:ALL
+    lock_passwd: true
+    ssh_authorized_keys:
+      - {authorized_key}
+packages: [jq, curl]
+"
+    )
+}
+
+/// The network-config fireclaw 0.2.0 writes for a MAC and an address.
+pub fn network_config_020(mac: &str, ip: &str) -> String {
+    format!(
+        "version: 2
+ethernets:
+  eth0:
+    match:
+      macaddress: \"{mac}\"
+    set-name: eth0
+    addresses: [{ip}/24]
+    routes:
+      - to: default
+        via: 172.16.0.1
+    nameservers:
+      addresses: [1.1.1.1, 8.8.8.8]
+"
+    )
 }

@@ -1,8 +1,9 @@
-//! Shared support for the root sandbox tests.
+//! Shared support for the tests: sandboxes, guests, 0.2.0 instances and the real parts.
 
 #![allow(dead_code)]
 
 pub mod fleet;
 pub mod guest;
 pub mod legacy;
+pub mod real_parts;
 pub mod sandbox;
