@@ -75,6 +75,86 @@ fn setup_is_healthy_through_both_gates_and_configures_openclaw_without_secrets_i
     eprintln!("guest boots: {:?}", fleet.guests.boot_secs());
 }
 
+/// What the real cloud-init did in the guest of `a`, from its own records and the files it
+/// owns: datasource NoCloud from the seed, the user and both keys, /etc/hosts, and the
+/// network config rendered for systemd-networkd (matched by MAC, static address, route).
+fn assert_cloud_init_configured(fleet: &Fleet, id: &str, ip: &str, mac: &str) {
+    // It ends, and says why if it did not go well; its only possible complaint here is the
+    // package step (apt cannot reach a mirror from the sandbox; the packages are there).
+    let status = fleet.guest(id, "cloud-init status --wait --format json; echo rc=$?");
+    let (json, rc) = status.rsplit_once("rc=").unwrap();
+    let status: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(rc.trim(), "0", "cloud-init status: {status}");
+    assert_eq!(status["status"], "done", "{status}");
+    assert_eq!(status["errors"], serde_json::json!([]), "{status}");
+    assert!(
+        status["detail"]
+            .as_str()
+            .unwrap()
+            .contains("DataSourceNoCloud [seed=/var/lib/cloud/seed/nocloud]"),
+        "{status}"
+    );
+    assert!(
+        fleet
+            .guest(id, "cat /run/cloud-init/ds-identify.log")
+            .contains("NoCloud"),
+    );
+    let ubuntu = fleet.guest(
+        id,
+        "id -nG ubuntu; sudo -n -u ubuntu sudo -n true && echo sudo-ok",
+    );
+    assert!(
+        ubuntu.contains("sudo") && ubuntu.contains("docker"),
+        "{ubuntu}"
+    );
+    assert!(ubuntu.contains("sudo-ok"), "{ubuntu}");
+    let authorized = fleet.guest(id, "cat /home/ubuntu/.ssh/authorized_keys");
+    let client = fleet.host.sh("cat /home/ubuntu/.ssh/vmdemo_vm.pub");
+    assert!(authorized.contains(client.trim()), "{authorized}");
+    // The host key cloud-init installed is the one fireclaw pinned, and the only one.
+    let pinned = fleet.host.sh(&format!(
+        "cut -d' ' -f2,3 /var/lib/fireclaw/.vm-{id}/known_hosts"
+    ));
+    let host_keys = fleet.guest(id, "cat /etc/ssh/ssh_host_*_key.pub");
+    assert_eq!(host_keys.lines().count(), 1, "{host_keys}");
+    assert!(host_keys.contains(pinned.trim()), "{host_keys} vs {pinned}");
+    // manage_etc_hosts: the guest resolves its own name without DNS.
+    let hosts = fleet.guest(id, "cat /etc/hosts");
+    assert!(
+        hosts.lines().any(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some("127.0.1.1") && words.any(|name| name == id)
+        }),
+        "{hosts}"
+    );
+    let network = fleet.guest(id, "cat /etc/systemd/network/10-cloud-init-eth0.network");
+    for expected in [
+        format!("MACAddress={mac}"),
+        format!("Address={ip}/24"),
+        "Gateway=172.16.0.1".to_owned(),
+    ] {
+        assert!(network.contains(&expected), "{expected} not in {network}");
+    }
+    let link = fleet.guest(id, "ip -br addr show eth0; ip route show default");
+    assert!(
+        link.contains(&format!("{ip}/24")) && link.contains("via 172.16.0.1"),
+        "{link}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn the_real_cloud_init_configures_the_guest_from_the_seed() {
+    let fleet = Fleet::new("cloudinit");
+    fleet.healthy("a");
+    let ip = fleet.env_value("a", "VM_IP");
+    let mac = fleet.env_value("a", "VM_MAC");
+    assert_cloud_init_configured(&fleet, "a", &ip, &mac);
+    // A second boot of the same VM (same instance-id) keeps everything and ends cleanly.
+    fleet.fireclaw_ok("restart a --ssh-timeout 60 --health-timeout 30");
+    assert_cloud_init_configured(&fleet, "a", &ip, &mac);
+}
+
 #[test]
 #[ignore = "needs root: sandbox"]
 fn telegram_is_enabled_with_the_allowlist_and_a_token_reference() {

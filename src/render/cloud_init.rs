@@ -76,9 +76,12 @@ pub fn network_config(config: &NetworkConfig) -> String {
         "    addresses:\n      - {}",
         quoted(&format!("{}/24", config.ip))
     );
+    // `0.0.0.0/0`, not netplan's `default`: cloud-init's own network-state parser, which every
+    // renderer but netplan goes through (systemd-networkd, ifupdown, sysconfig), refuses
+    // `default` ("Address default is not a valid ip network") and leaves the guest offline.
     let _ = writeln!(
         out,
-        "    routes:\n      - to: default\n        via: {}",
+        "    routes:\n      - to: \"0.0.0.0/0\"\n        via: {}",
         quoted(&config.gateway.to_string())
     );
     out.push_str("    nameservers:\n      addresses:\n");

@@ -1,9 +1,20 @@
 //! The guest stand-in (docs/ARCHITECTURE.md): for each VM, a sibling systemd-nspawn container that
 //! joins a network namespace inside the host sandbox, reached only through the tap that the
-//! Firecracker stand-in relays. It is configured only from the seed image fireclaw wrote (read
-//! in user space by `guest-init.py`), runs its own systemd and sshd, has an `ubuntu` user with
-//! passwordless sudo, and a `docker` stub that records its calls, runs the scripts fed to it with
-//! a fake `node`, and serves the gateway's health endpoints.
+//! Firecracker stand-in relays. Its NIC carries the MAC the Firecracker config gives. It is
+//! configured by the real, pinned cloud-init (installed into the guest's disk only, from the
+//! cache `scripts/test-deps` fills) through its own NoCloud datasource, from the seed fireclaw
+//! wrote: the seed image's files, extracted in user space because this kernel cannot mount ISO
+//! 9660, land in `/var/lib/cloud/seed/nocloud/`, where cloud-init looks inside a guest. cloud-init
+//! then creates the `ubuntu` user, installs the authorized key and the pinned host key, writes
+//! `/etc/hosts`, and renders the network config for systemd-networkd, which applies it. The guest
+//! runs its own systemd and sshd, and a `docker` stub that records its calls, runs the scripts
+//! fed to it with a fake `node`, and serves the gateway's health endpoints.
+//!
+//! Two stalls of a VM without internet are cut short, since nothing here can reach one: DNS
+//! lookups are refused at once (the resolver is the guest's own loopback, where nothing
+//! listens) instead of waiting for public resolvers to time out, and apt (user-data's
+//! `packages:`, which the machine already has) does not retry. cloud-init's status is
+//! asserted (`sandbox_lifecycle::the_real_cloud_init_configures_the_guest_from_the_seed`).
 //!
 //! A supervisor thread acts out the VM's life from the handshake files the Firecracker stand-in
 //! writes in `/run/fireclaw-guests/<tap>/` (shared with the host sandbox): it boots a guest for
@@ -20,9 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::real_parts::cache_dir;
 use super::sandbox::{Network, Sandbox};
 
-const GUEST_INIT: &str = include_str!("guest/guest-init.py");
 const DOCKER_STUB: &str = include_str!("guest/docker-stub.sh");
 const FAKE_NODE: &str = include_str!("guest/fake-node.sh");
 const GATEWAY: &str = include_str!("guest/gateway.py");
@@ -40,26 +51,171 @@ fn enable(upper: &Path, unit: &str, target: &str) {
     let _ = std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit));
 }
 
+/// The docker stub's switch to the real OpenClaw.
+const REAL_OPENCLAW_MARKER: &str = "/etc/docker-stub/real-openclaw";
+
+/// Where the guest finds the real OpenClaw's npm prefix and the real Node (bound read-only
+/// from the cache `scripts/test-deps` fills). `/app`, where the image keeps OpenClaw, links to
+/// the package inside that prefix, so Node resolves its dependencies beside it.
+const OPENCLAW_PREFIX_IN_GUEST: &str = "/opt/openclaw";
+const NODE_IN_GUEST: &str = "/opt/node";
+
+fn real_openclaw_binds() -> Vec<String> {
+    let cache = cache_dir();
+    let mut binds = Vec::new();
+    let package = std::fs::canonicalize(cache.join("openclaw")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/test-deps as root (the README's test command does)",
+            cache.join("openclaw").display()
+        )
+    });
+    // .../openclaw-<version>/node_modules/openclaw → the prefix .../openclaw-<version>.
+    let prefix = package.parent().and_then(Path::parent).unwrap();
+    let node = std::fs::canonicalize(cache.join("node")).unwrap();
+    binds.push(format!(
+        "--bind-ro={}:{OPENCLAW_PREFIX_IN_GUEST}",
+        prefix.display()
+    ));
+    binds.push(format!("--bind-ro={}:{NODE_IN_GUEST}", node.display()));
+    binds
+}
+
+/// cloud-init's units, as its package enables them (the generator then starts
+/// `cloud-init.target` when `ds-identify` finds a datasource).
+const CLOUD_INIT_UNITS: [&str; 5] = [
+    "cloud-init-main.service",
+    "cloud-init-local.service",
+    "cloud-init-network.service",
+    "cloud-config.service",
+    "cloud-final.service",
+];
+
+/// The guest stand-in's settings for cloud-init: NoCloud only (as a VM with a seed has), and
+/// systemd-networkd to render and apply the network config (Ubuntu uses netplan over
+/// networkd; Debian's ifupdown is not on this machine).
+const CLOUD_CFG: &str = "datasource_list: [NoCloud, None]\n\
+system_info:\n  network:\n    renderers: [networkd]\n    activators: [networkd]\n";
+
+/// apt without internet: fail at once instead of retrying each mirror.
+const APT_FAST_FAIL: &str =
+    "Acquire::Retries \"0\";\nAcquire::http::Timeout \"2\";\nAcquire::https::Timeout \"2\";\n";
+
+/// The stand-in renders the network config with systemd-networkd where Ubuntu guests use
+/// netplan. netplan accepts a route `to: default`, which fireclaw 0.2.0's seed uses, but
+/// cloud-init's networkd path refuses it; for such a seed the stand-in writes what netplan
+/// means by it, `0.0.0.0/0`. fireclaw's own seed needs no such help.
+fn netplan_default_route(network_config: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(network_config)
+        .replace("- to: default\n", "- to: \"0.0.0.0/0\"\n")
+        .into_bytes()
+}
+
+/// Installs the pinned cloud-init into a guest disk (never on the machine) and puts the seed
+/// image's files where cloud-init's NoCloud datasource reads them inside a guest.
+fn install_cloud_init(upper: &Path, seed_image: &Path) {
+    let package = cache_dir().join("cloud-init");
+    assert!(
+        package.join("usr/bin/cloud-init").exists(),
+        "{} is missing: run scripts/test-deps as root (the README's test command does)",
+        package.display()
+    );
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", package.display()))
+        .arg(upper)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying cloud-init into the guest failed");
+    for unit in CLOUD_INIT_UNITS {
+        let wants = upper.join("etc/systemd/system/cloud-init.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        let _ = std::os::unix::fs::symlink(format!("/lib/systemd/system/{unit}"), wants.join(unit));
+    }
+    write(
+        upper,
+        "/etc/cloud/cloud.cfg.d/90-fireclaw-guest-standin.cfg",
+        CLOUD_CFG,
+        0o644,
+    );
+    let seed_dir = upper.join("var/lib/cloud/seed/nocloud");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::set_permissions(&seed_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for name in ["user-data", "meta-data", "network-config"] {
+        let output = std::process::Command::new("isoinfo")
+            .args(["-R", "-i"])
+            .arg(seed_image)
+            .args(["-x", &format!("/{name}")])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "isoinfo -x /{name} on {}",
+            seed_image.display()
+        );
+        let mut contents = output.stdout;
+        if name == "network-config" {
+            contents = netplan_default_route(&contents);
+        }
+        let path = seed_dir.join(name);
+        std::fs::write(&path, &contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // systemd-networkd applies what cloud-init renders; Debian leaves it off.
+    let networkd = upper.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&networkd).unwrap();
+    let _ = std::os::unix::fs::symlink(
+        "/lib/systemd/system/systemd-networkd.service",
+        networkd.join("systemd-networkd.service"),
+    );
+    let sockets = upper.join("etc/systemd/system/sockets.target.wants");
+    std::fs::create_dir_all(&sockets).unwrap();
+    let _ = std::os::unix::fs::symlink(
+        "/lib/systemd/system/systemd-networkd.socket",
+        sockets.join("systemd-networkd.socket"),
+    );
+    write(
+        upper,
+        "/etc/apt/apt.conf.d/99fireclaw-guest-standin",
+        APT_FAST_FAIL,
+        0o644,
+    );
+    // Public resolvers are unreachable from here and a lookup would wait for its timeout:
+    // a resolver on the guest's own loopback, where nothing listens, refuses at once, and no
+    // query leaves the guest (nspawn is told not to install the machine's resolv.conf).
+    write(upper, "/etc/resolv.conf", "nameserver 127.0.0.1\n", 0o644);
+    // sshd starts once cloud-init has put the keys in place (Debian names the unit ssh).
+    write(
+        upper,
+        "/etc/systemd/system/ssh.service.d/after-cloud-init.conf",
+        "[Unit]\nAfter=cloud-init-network.service\n",
+        0o644,
+    );
+}
+
+/// nspawn mounts a container's `/sys` before it joins the network namespace it was given, so
+/// the guest's `/sys/class/net` would show the machine's interfaces, not its own `eth0`. A VM
+/// sees its own NICs there, and cloud-init finds the NIC to configure by its MAC there: this
+/// unit mounts a sysfs of the guest's own namespace over those two directories first.
+const OWN_SYSFS_UNIT: &str = "[Unit]\nDescription=This guest's own network devices in /sys\n\
+DefaultDependencies=no\nBefore=cloud-init-main.service cloud-init-local.service systemd-networkd.service\n\n\
+[Service]\nType=oneshot\nRemainAfterExit=yes\n\
+ExecStart=/bin/sh -ec 'mkdir -p /run/guest-sysfs; mount -t sysfs sysfs /run/guest-sysfs; \
+mount --bind /run/guest-sysfs/class/net /sys/class/net; \
+mount --bind /run/guest-sysfs/devices/virtual/net /sys/devices/virtual/net'\n\n\
+[Install]\nWantedBy=sysinit.target\n";
+
 /// Lays the guest stand-in's own files, then the test's presets, into a fresh guest disk.
-fn prepare_guest(upper: &Path, presets: &[(String, String)]) {
+fn prepare_guest(upper: &Path, seed_image: &Path, presets: &[(String, String)]) {
     // sshd is masked in host sandboxes; a guest needs it.
     let _ = std::fs::remove_file(upper.join("etc/systemd/system/ssh.service"));
     write(
         upper,
-        "/usr/local/sbin/fireclaw-guest-init",
-        GUEST_INIT,
-        0o755,
-    );
-    write(
-        upper,
-        "/etc/systemd/system/fireclaw-guest-init.service",
-        "[Unit]\nDescription=cloud-init stand-in: configure the guest from its seed image\n\
-         Before=ssh.service network-online.target\nWants=network-online.target\n\n\
-         [Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/sbin/fireclaw-guest-init\n\n\
-         [Install]\nWantedBy=multi-user.target\n",
+        "/etc/systemd/system/fireclaw-guest-sysfs.service",
+        OWN_SYSFS_UNIT,
         0o644,
     );
-    enable(upper, "fireclaw-guest-init.service", "multi-user.target");
+    enable(upper, "fireclaw-guest-sysfs.service", "sysinit.target");
+    install_cloud_init(upper, seed_image);
     let ssh_wants = upper.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&ssh_wants).unwrap();
     let _ = std::os::unix::fs::symlink(
@@ -89,6 +245,12 @@ fn prepare_guest(upper: &Path, presets: &[(String, String)]) {
     std::fs::create_dir_all(upper.join("etc/docker-stub")).unwrap();
     for (path, text) in presets {
         write(upper, path, text, 0o644);
+    }
+    if presets.iter().any(|(path, _)| path == REAL_OPENCLAW_MARKER) {
+        let _ = std::os::unix::fs::symlink(
+            format!("{OPENCLAW_PREFIX_IN_GUEST}/node_modules/openclaw"),
+            upper.join("app"),
+        );
     }
 }
 
@@ -147,6 +309,12 @@ impl GuestHost {
             guests,
             _shared: shared,
         }
+    }
+
+    /// Every guest created from now on runs the real OpenClaw (the pinned one from the cache)
+    /// behind the docker stub, instead of the fake CLI and gateway.
+    pub fn use_real_openclaw(&self) {
+        self.preset(REAL_OPENCLAW_MARKER, "");
     }
 
     /// A file every guest created from now on finds on its disk at first boot.
@@ -212,15 +380,20 @@ impl Drop for GuestHost {
     }
 }
 
-/// In the host sandbox: the guest's namespace `g<tap>`, a veth from `v<tap>` to its `eth0`, and
-/// the stand-in's relay pointed at `v<tap>`. The guest configures `eth0` itself from its seed.
+/// In the host sandbox: the guest's namespace `g<tap>`, a veth from `v<tap>` to its `eth0` (with
+/// the VM's MAC), and the stand-in's relay pointed at `v<tap>`. The guest's cloud-init
+/// configures the address and route of `eth0` from its seed.
 /// `v<tap>` is only a wire for the relay: without ARP and IPv6 the host's own stack never answers
 /// on it, so every guest packet reaches the host through the tap and the bridge, as from a VM.
-fn wire_namespace(host_leader: u32, tap: &str) {
+fn wire_namespace(host_leader: u32, tap: &str, mac: &str) {
+    // The NIC carries the MAC the Firecracker config gives, as a VM's does; frames leave
+    // through a relay, not a NIC, so checksums must be complete (tx offload off).
     let script = format!(
         "ip netns list | grep -qw g{tap} || {{ ip netns add g{tap} && \
          ip link add v{tap} type veth peer name eth0 netns g{tap} && \
          sysctl -qw net.ipv6.conf.v{tap}.disable_ipv6=1 && ip link set v{tap} arp off up && \
+         ip -n g{tap} link set eth0 address {mac} && \
+         ip netns exec g{tap} ethtool -K eth0 tx off >/dev/null && \
          ip -n g{tap} link set lo up; }}; \
          mkdir -p /run/fireclaw-standin && echo v{tap} > /run/fireclaw-standin/{tap}.peer"
     );
@@ -297,15 +470,12 @@ fn supervise(
             continue;
         }
         if !guests.contains_key(&tap) {
-            wire_namespace(host_leader, &tap);
+            let mac = std::fs::read_to_string(dir.join("mac")).unwrap_or_default();
+            wire_namespace(host_leader, &tap, mac.trim());
         }
         let seed = std::fs::read_to_string(dir.join("seed")).unwrap_or_default();
         let seed_on_machine = host_root.join(seed.trim().trim_start_matches('/'));
         let netns = PathBuf::from(format!("/proc/{host_leader}/root/run/netns/g{tap}"));
-        let bind = format!(
-            "--bind-ro={}:/run/fireclaw-seed.img",
-            seed_on_machine.display()
-        );
         match guests.get_mut(&tap) {
             Some(guest) => {
                 // A new generation of the same VM: same disk, the seed as it is now.
@@ -319,8 +489,17 @@ fn supervise(
                     Network::Join(netns),
                     // nspawn grants CAP_NET_ADMIN only with a private network; the guest
                     // configures its own eth0 like a VM does.
-                    vec![bind, "--capability=CAP_NET_ADMIN".to_owned()],
-                    |upper| prepare_guest(upper, presets),
+                    {
+                        let mut binds = vec![
+                            "--capability=CAP_NET_ADMIN".to_owned(),
+                            "--resolv-conf=off".to_owned(),
+                        ];
+                        if presets.iter().any(|(path, _)| path == REAL_OPENCLAW_MARKER) {
+                            binds.extend(real_openclaw_binds());
+                        }
+                        binds
+                    },
+                    |upper| prepare_guest(upper, &seed_on_machine, presets),
                 );
                 guests.insert(
                     tap.clone(),

@@ -8,7 +8,7 @@
 //!
 //! Guest mode, when `/run/fireclaw-guests/` exists (a dir the test shares with its guest
 //! supervisor), in `/run/fireclaw-guests/<tap>/`: the stand-in holds `vmm.lock` while alive, starts a new boot generation with the
-//! seed image's path, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
+//! seed image's path and the NIC's MAC from the config, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
 //! supervisor reports the generation `gone` (also when the guest rebooted by itself).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -34,7 +34,7 @@ struct GuestLink {
 }
 
 impl GuestLink {
-    fn start(tap: &str, seed: &Path) -> Option<Self> {
+    fn start(tap: &str, seed: &Path, mac: &str) -> Option<Self> {
         if !Path::new(GUESTS_DIR).is_dir() {
             return None;
         }
@@ -54,6 +54,7 @@ impl GuestLink {
             + 1;
         let _ = std::fs::remove_file(dir.join("shutdown"));
         std::fs::write(dir.join("seed"), seed.to_string_lossy().as_bytes()).ok()?;
+        std::fs::write(dir.join("mac"), mac).ok()?;
         std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
         Some(Self {
             tap: tap.to_owned(),
@@ -112,6 +113,9 @@ struct Drive {
 #[derive(serde::Deserialize)]
 struct Interface {
     host_dev_name: String,
+    /// The MAC the VM's NIC carries, as Firecracker gives it to the guest.
+    #[serde(default)]
+    guest_mac: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -177,10 +181,10 @@ fn main() -> ExitCode {
             ));
         }
     }
-    let Some(tap_name) = config
+    let Some((tap_name, guest_mac)) = config
         .network_interfaces
         .first()
-        .map(|i| i.host_dev_name.clone())
+        .map(|i| (i.host_dev_name.clone(), i.guest_mac.clone()))
     else {
         return fail("the stand-in needs one network interface");
     };
@@ -217,7 +221,7 @@ fn main() -> ExitCode {
         .map(|d| d.path_on_host.clone())
         .find(|p| p.ends_with("seed.img"))
         .unwrap_or_default();
-    let guest = GuestLink::start(&tap_name, &seed).map(Arc::new);
+    let guest = GuestLink::start(&tap_name, &seed, &guest_mac).map(Arc::new);
     if let Some(guest) = &guest {
         guest.clone().exit_when_gone();
     }

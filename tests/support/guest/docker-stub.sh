@@ -1,8 +1,16 @@
 #!/bin/bash
-# docker stand-in for fireclaw's guest tests. Records every call (time and arguments), runs the
-# `bash -se` scripts fed to `docker run` with a fake `node` on PATH, and for the gateway
-# container serves the health endpoints on :18789. /etc/docker-stub/fail makes every call fail;
-# /etc/docker-stub/no-health keeps the gateway from answering.
+# docker stand-in for fireclaw's guest tests. Records every call (time and arguments) in
+# /var/log/docker-stub.log. /etc/docker-stub/fail makes every call fail.
+#
+# Two ways to act out the OpenClaw image:
+# - by default (fast, for tests about something else), the `bash -se` scripts fed to
+#   `docker run` run with a fake `node` that logs its argv, and the gateway container serves
+#   the health endpoints from a small fake (/etc/docker-stub/no-health keeps it silent);
+# - with /etc/docker-stub/real-openclaw, the real OpenClaw the test bound at /app (the image's
+#   layout) runs under the real Node bound at /opt/node: the same --env-file and -e
+#   variables, the -v mounts bind-mounted at the same paths, the container's working dir /app,
+#   so `node /app/openclaw.mjs ...` is the real CLI and `node dist/index.js gateway ...` the
+#   real gateway. `docker exec` runs in the environment of the container it names.
 set -uo pipefail
 state=/run/docker-stub
 mkdir -p "$state"
@@ -11,6 +19,8 @@ if [[ -e /etc/docker-stub/fail ]]; then
     echo "docker stub: failing on purpose" >&2
     exit 1
 fi
+real=false
+[[ -e /etc/docker-stub/real-openclaw ]] && real=true
 
 running() { [[ -f "$state/$1.pid" ]] && kill -0 "$(cat "$state/$1.pid")" 2>/dev/null; }
 stop_container() {
@@ -18,9 +28,43 @@ stop_container() {
     if running "$1"; then
         pid=$(cat "$state/$1.pid")
         kill "$pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null
     fi
     rm -f "$state/$1.pid"
+}
+
+# The environment a container of the real image starts with: PATH with the image's Node, the
+# --env-file lines (docker reads them literally: KEY=value, no quoting), then each -e. The
+# guest stand-in has no internet: npm (which `openclaw doctor` asks about plugins) is told so
+# up front instead of retrying the registry for minutes.
+container_env=()
+load_env() {
+    local line
+    container_env=("PATH=/opt/node/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        "npm_config_offline=true" "npm_config_fetch_retries=0")
+    if [[ -n "$env_file" ]]; then
+        while IFS= read -r line || [[ -n "$line" ]]; do
+            [[ -z "$line" || "$line" == \#* ]] && continue
+            container_env+=("$line")
+        done <"$env_file"
+    fi
+    container_env+=("${extra_env[@]}")
+}
+
+# -v SRC:DST, as docker does it: DST exists and shows SRC (DST inside an earlier mount is
+# created in that mount's source, as docker creates it).
+mount_volumes() {
+    local volume source target
+    for volume in "${volumes[@]}"; do
+        source=${volume%%:*}
+        target=${volume#*:}
+        target=${target%%:*}
+        mkdir -p "$source" "$target"
+        if ! mountpoint -q "$target"; then
+            mount --bind "$source" "$target"
+        fi
+    done
 }
 
 command=${1:-}
@@ -31,19 +75,43 @@ case "$command" in
     inspect)
         if running "${!#}"; then echo true; else echo "Error: No such object: ${!#}" >&2; exit 1; fi ;;
     exec)
-        if running "$1"; then echo '{"ok":true}'; else exit 1; fi ;;
+        name=$1
+        shift
+        running "$name" || { echo "Error: No such container: $name" >&2; exit 1; }
+        if $real; then
+            mapfile -t container_env <"$state/$name.env"
+            cd /app && exec env -i "${container_env[@]}" "$@"
+        fi
+        echo '{"ok":true}' ;;
     run)
-        name=""
+        name="" env_file=""
+        extra_env=() volumes=()
         while (($#)); do
             case "$1" in
                 --name) name=$2; shift 2 ;;
-                --env-file | -e | -v | --network | -w | -u) shift 2 ;;
+                --env-file) env_file=$2; shift 2 ;;
+                -e) extra_env+=("$2"); shift 2 ;;
+                -v) volumes+=("$2"); shift 2 ;;
+                --network | -w | -u) shift 2 ;;
                 --rm | -i | -t | -it | --init | -d) shift ;;
                 *) break ;;
             esac
         done
         image=${1:-}
         shift || true
+        if $real; then
+            load_env
+            mount_volumes
+            if [[ "${1:-}" == bash && "${2:-}" == -se ]]; then
+                cd /app && exec env -i "${container_env[@]}" bash -se
+            fi
+            if [[ "$*" == "node dist/index.js gateway"* ]]; then
+                [[ -n "$name" ]] && { echo $$ >"$state/$name.pid"; printf '%s\n' "${container_env[@]}" >"$state/$name.env"; }
+                cd /app && exec env -i "${container_env[@]}" "$@"
+            fi
+            echo "docker stub: $image $* is not acted out" >&2
+            exit 0
+        fi
         if [[ "${1:-}" == bash && "${2:-}" == -se ]]; then
             PATH=/usr/local/lib/docker-stub/bin:$PATH exec bash -se
         fi
