@@ -168,6 +168,18 @@ to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s
     set_config gateway.auth.mode token
     set_config gateway.auth.token '${OPENCLAW_GATEWAY_TOKEN}'
     set_config gateway.tailscale.mode off
+    # The provider first: OpenClaw checks the primary model against the providers it knows
+    # when it is set, and MiniMax-M2.1 is known only through this block.
+    if [[ "$model" == minimax/* ]]; then
+        set_config models.mode merge
+        set_config models.providers.minimax "$(jq -cn '{
+            baseUrl: "https://api.minimax.io/anthropic",
+            api: "anthropic-messages",
+            apiKey: "${MINIMAX_API_KEY}",
+            models: [{id: "MiniMax-M2.1", name: "MiniMax M2.1", reasoning: false,
+                      input: ["text"], contextWindow: 200000, maxTokens: 8192}]
+        }')" --json
+    fi
     set_config agents.defaults.model.primary "$model"
     set_config agents.defaults.skipBootstrap false --json
     set_config skills.allowBundled "$(to_json_array "$skills")" --json
@@ -181,16 +193,6 @@ to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s
     else
         set_config channels.telegram.enabled false --json
         set_config plugins.entries.telegram.enabled false --json
-    fi
-    if [[ "$model" == minimax/* ]]; then
-        set_config models.mode merge
-        set_config models.providers.minimax "$(jq -cn '{
-            baseUrl: "https://api.minimax.io/anthropic",
-            api: "anthropic-messages",
-            apiKey: "${MINIMAX_API_KEY}",
-            models: [{id: "MiniMax-M2.1", name: "MiniMax M2.1", reasoning: false,
-                      input: ["text"], contextWindow: 200000, maxTokens: 8192}]
-        }')" --json
     fi
 }
 

@@ -50,5 +50,5 @@ pub const FIRECLAW_TEST_FIRECRACKER: &str = "FIRECLAW_TEST_FIRECRACKER";
 /// A guest kernel and rootfs for the opt-in real-Firecracker test.
 pub const FIRECLAW_TEST_KERNEL: &str = "FIRECLAW_TEST_KERNEL";
 pub const FIRECLAW_TEST_ROOTFS: &str = "FIRECLAW_TEST_ROOTFS";
-/// Where `scripts/test-deps` caches the real parts the tests use (pinned cloud-init).
+/// Where `scripts/test-deps` caches the real parts the tests use (cloud-init, Node, OpenClaw).
 pub const FIRECLAW_TEST_CACHE: &str = "FIRECLAW_TEST_CACHE";

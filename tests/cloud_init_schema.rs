@@ -136,7 +136,8 @@ fn every_user_data_and_network_config_passes_cloud_inits_schema() {
             let path = dir.path().join(format!("{name}-{kind}"));
             std::fs::write(&path, text).unwrap();
             let (valid, said) = schema(kind, &path);
-            if !valid {
+            // Exit 0 alone is not enough: cloud-init also exits 0 when it skips a check.
+            if !valid || !said.contains("Valid schema") {
                 failures.push(format!("{name} {kind}: {said}"));
             }
         }
@@ -145,12 +146,19 @@ fn every_user_data_and_network_config_passes_cloud_inits_schema() {
 }
 
 #[test]
-fn the_schema_check_refuses_what_cloud_init_refuses() {
-    // The check is live: a user-data cloud-init rejects fails it.
+fn the_user_data_fireclaw_wrote_before_the_fix_is_refused() {
+    // The check is live: today's user-data with the line earlier versions wrote after
+    // `ssh_deletekeys` (an empty `ssh_genkeytypes`) fails it, as it failed before the fix.
     let dir = tempfile::tempdir().unwrap();
+    let (user_data, _) = rendered(&["--openai-api-key", "sk-schema"], false);
+    let old = user_data.replace(
+        "ssh_deletekeys: true\n",
+        "ssh_deletekeys: true\nssh_genkeytypes: []\n",
+    );
+    assert_ne!(old, user_data);
     let path = dir.path().join("user-data");
-    std::fs::write(&path, "#cloud-config\nssh_genkeytypes: []\n").unwrap();
+    std::fs::write(&path, old).unwrap();
     let (valid, said) = schema("cloud-config", &path);
     assert!(!valid, "{said}");
-    assert!(said.contains("ssh_genkeytypes"), "{said}");
+    assert!(said.contains("ssh_genkeytypes: [] is too short"), "{said}");
 }

@@ -38,11 +38,24 @@ fn validate(fleet: &Fleet) -> String {
 /// POST /tools/invoke through the localhost proxy; the token travels in a header file the
 /// test writes itself, never on a command line. Returns the HTTP status.
 fn invoke(fleet: &Fleet, port: &str, token: Option<&str>) -> String {
-    let header = fleet.host.root().join("run/fireclaw-test-auth-header");
+    // Not under /run, which is the sandbox's own tmpfs and hides the disk's /run.
+    let header = fleet.host.root().join("var/lib/fireclaw-test-auth-header");
     let header_arg = match token {
         Some(token) => {
-            std::fs::write(&header, format!("Authorization: Bearer {token}\n")).unwrap();
-            "-H @/run/fireclaw-test-auth-header"
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&header)
+                .unwrap();
+            std::io::Write::write_all(
+                &mut file,
+                format!("Authorization: Bearer {token}\n").as_bytes(),
+            )
+            .unwrap();
+            "-H @/var/lib/fireclaw-test-auth-header"
         }
         None => "",
     };
@@ -93,6 +106,10 @@ fn the_real_openclaw_is_configured_by_provisioning_and_serves_with_its_token() {
         .sh(&format!("curl -fsS http://127.0.0.1:{port}/healthz"));
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["ok"], true, "{health}");
+    let health = fleet
+        .host
+        .sh(&format!("curl -fsS http://127.0.0.1:{port}/health"));
+    assert!(health.contains("\"ok\":true"), "{health}");
     let list: serde_json::Value = serde_json::from_str(&fleet.fireclaw_ok("list --json")).unwrap();
     assert_eq!(list["instances"][0]["health"], "up", "{list}");
     assert!(fleet.fireclaw_ok("status a").contains("health         up"));
@@ -116,7 +133,10 @@ fn the_real_openclaw_is_configured_by_provisioning_and_serves_with_its_token() {
     );
     assert_only_references(&fleet);
 
-    // Model, skills and Telegram change what the real config holds; health comes back.
+    // Model, skills and Telegram change what the real config holds; health comes back. The
+    // MiniMax model is the one fireclaw's provisioning declares (MiniMax-M2.1): OpenClaw
+    // 2026.9.6 accepts it only when the provider block is set before the model, which this
+    // test caught.
     let started = std::time::Instant::now();
     fleet.fireclaw_ok(&format!(
         "provision a {WAITS} --model minimax/MiniMax-M2.1 --minimax-api-key {MINIMAX_KEY} \

@@ -7,8 +7,11 @@
 //! 9660, land in `/var/lib/cloud/seed/nocloud/`, where cloud-init looks inside a guest. cloud-init
 //! then creates the `ubuntu` user, installs the authorized key and the pinned host key, writes
 //! `/etc/hosts`, and renders the network config for systemd-networkd, which applies it. The guest
-//! runs its own systemd and sshd, and a `docker` stub that records its calls, runs the scripts
-//! fed to it with a fake `node`, and serves the gateway's health endpoints.
+//! runs its own systemd and sshd, and a `docker` stub that records its calls. By default the stub
+//! runs the scripts fed to it with a fake `node` and serves the health endpoints from a fake
+//! gateway; after `use_real_openclaw()`, guests get the pinned, real OpenClaw and Node bound
+//! read-only (`/opt/openclaw`, `/app` linking into it as in the image, `/opt/node`) and the stub
+//! runs the real CLI and gateway (`guest/docker-stub.sh`).
 //!
 //! Two stalls of a VM without internet are cut short, since nothing here can reach one: DNS
 //! lookups are refused at once (the resolver is the guest's own loopback, where nothing
@@ -258,6 +261,8 @@ struct Guest {
     sandbox: Sandbox,
     generation: u64,
     running: bool,
+    /// The seed image this guest's disk was made from.
+    seed: Vec<u8>,
 }
 
 /// Runs the guest supervisor for one host sandbox until dropped.
@@ -469,16 +474,22 @@ fn supervise(
         if !alive || generation <= booted {
             continue;
         }
+        let seed = std::fs::read_to_string(dir.join("seed")).unwrap_or_default();
+        let seed_on_machine = host_root.join(seed.trim().trim_start_matches('/'));
+        let seed_bytes = std::fs::read(&seed_on_machine).unwrap_or_default();
+        // A VM made anew (the same id set up again after a destroy) gets a fresh disk with its
+        // new seed, as a new rootfs copy would; a restart of the same VM keeps its disk.
+        if guests.get(&tap).is_some_and(|g| g.seed != seed_bytes) {
+            guests.remove(&tap);
+        }
         if !guests.contains_key(&tap) {
             let mac = std::fs::read_to_string(dir.join("mac")).unwrap_or_default();
             wire_namespace(host_leader, &tap, mac.trim());
         }
-        let seed = std::fs::read_to_string(dir.join("seed")).unwrap_or_default();
-        let seed_on_machine = host_root.join(seed.trim().trim_start_matches('/'));
         let netns = PathBuf::from(format!("/proc/{host_leader}/root/run/netns/g{tap}"));
         match guests.get_mut(&tap) {
             Some(guest) => {
-                // A new generation of the same VM: same disk, the seed as it is now.
+                // A new generation of the same VM: same disk, same seed.
                 guest.generation = generation;
                 guest.sandbox.boot_again();
                 guest.running = true;
@@ -507,6 +518,7 @@ fn supervise(
                         sandbox,
                         generation,
                         running: true,
+                        seed: seed_bytes,
                     },
                 );
             }

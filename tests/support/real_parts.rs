@@ -1,6 +1,7 @@
 //! The real guest-side parts the tests run against, from the cache `scripts/test-deps` fills
-//! (`FIRECLAW_TEST_CACHE`, default `/var/cache/fireclaw-test`): today the pinned cloud-init,
-//! run from its extracted package with Debian 12's Python, never installed on the machine.
+//! (`FIRECLAW_TEST_CACHE`, default `/var/cache/fireclaw-test`): the pinned cloud-init, run from
+//! its extracted package with Debian 12's Python and never installed on the machine, and the
+//! pinned Node and OpenClaw that guest stand-ins bind (see `guest.rs`).
 
 use std::path::PathBuf;
 use std::process::Command;

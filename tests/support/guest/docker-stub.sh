@@ -52,6 +52,20 @@ load_env() {
     container_env+=("${extra_env[@]}")
 }
 
+# Runs "$@" with exactly the container's environment. Every exported variable of this shell is
+# dropped and each of the container's is exported with the `export` builtin, so no value (the
+# env file holds the instance's secrets) is ever on a command line.
+exec_in_container() {
+    local name entry
+    for name in $(compgen -e); do
+        unset "$name"
+    done
+    for entry in "${container_env[@]}"; do
+        export "${entry?}"
+    done
+    cd /app && exec "$@"
+}
+
 # -v SRC:DST, as docker does it: DST exists and shows SRC (DST inside an earlier mount is
 # created in that mount's source, as docker creates it).
 mount_volumes() {
@@ -80,7 +94,7 @@ case "$command" in
         running "$name" || { echo "Error: No such container: $name" >&2; exit 1; }
         if $real; then
             mapfile -t container_env <"$state/$name.env"
-            cd /app && exec env -i "${container_env[@]}" "$@"
+            exec_in_container "$@"
         fi
         echo '{"ok":true}' ;;
     run)
@@ -103,11 +117,15 @@ case "$command" in
             load_env
             mount_volumes
             if [[ "${1:-}" == bash && "${2:-}" == -se ]]; then
-                cd /app && exec env -i "${container_env[@]}" bash -se
+                exec_in_container bash -se
             fi
             if [[ "$*" == "node dist/index.js gateway"* ]]; then
-                [[ -n "$name" ]] && { echo $$ >"$state/$name.pid"; printf '%s\n' "${container_env[@]}" >"$state/$name.env"; }
-                cd /app && exec env -i "${container_env[@]}" "$@"
+                if [[ -n "$name" ]]; then
+                    echo $$ >"$state/$name.pid"
+                    # For `docker exec`: the container's environment, secrets included, 0600.
+                    (umask 077 && printf '%s\n' "${container_env[@]}" >"$state/$name.env")
+                fi
+                exec_in_container "$@"
             fi
             echo "docker stub: $image $* is not acted out" >&2
             exit 0
