@@ -20,12 +20,7 @@ pub fn start(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let (_lock, loaded) = lock_and_load(settings, id)?;
-    loaded.ensure_provisioned()?;
-    cover_if_made_by_020(settings, &loaded, services)?;
-    let health = bring_up(&loaded, services, &loaded.ssh, waits.into(), output)?;
-    print_summary(&loaded, services, &health, output);
-    Ok(())
+    run(settings, id, waits, services, false, output)
 }
 
 pub fn restart(
@@ -35,10 +30,25 @@ pub fn restart(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
+    run(settings, id, waits, services, true, output)
+}
+
+/// Both verbs: lock, refuse a never-provisioned instance, cover a 0.2.0 unit, then (for
+/// restart) stop, and bring it up.
+fn run(
+    settings: &Settings,
+    id: &InstanceId,
+    waits: &WaitArgs,
+    services: &dyn ServiceManager,
+    stop_first: bool,
+    output: &mut Output<'_>,
+) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, id)?;
     loaded.ensure_provisioned()?;
     cover_if_made_by_020(settings, &loaded, services)?;
-    stop(&loaded, services, &stop_shell(&loaded), output)?;
+    if stop_first {
+        stop(&loaded, services, &stop_shell(&loaded), output)?;
+    }
     let health = bring_up(&loaded, services, &loaded.ssh, waits.into(), output)?;
     print_summary(&loaded, services, &health, output);
     Ok(())

@@ -155,7 +155,23 @@ pub struct FakeGuest<'a> {
     pub reachable: bool,
 }
 
-impl FakeGuest<'_> {
+impl<'a> FakeGuest<'a> {
+    /// A guest whose SSH answers every command.
+    pub fn answering(log: &'a CallLog) -> Self {
+        Self {
+            log,
+            reachable: true,
+        }
+    }
+
+    /// A guest whose SSH never answers.
+    pub fn silent(log: &'a CallLog) -> Self {
+        Self {
+            log,
+            reachable: false,
+        }
+    }
+
     fn unreachable() -> SshError {
         SshError::Unreachable {
             id: "t".into(),
@@ -188,6 +204,16 @@ impl GuestShell for FakeGuest<'_> {
 pub struct FakeNetwork<'a> {
     pub log: &'a CallLog,
     pub existing: Vec<String>,
+}
+
+impl<'a> FakeNetwork<'a> {
+    /// A host where no interface of the test's exists yet.
+    pub fn new(log: &'a CallLog) -> Self {
+        Self {
+            log,
+            existing: Vec::new(),
+        }
+    }
 }
 
 impl NetworkSteps for FakeNetwork<'_> {

@@ -387,10 +387,7 @@ mod tests {
         let log = CallLog::default();
         let services = FakeServices::new(&log);
         services.fail_once.set(Some("daemon-reload"));
-        let network = FakeNetwork {
-            log: &log,
-            existing: Vec::new(),
-        };
+        let network = FakeNetwork::new(&log);
         let error = install_instance(
             &host.settings,
             &spec(&host, "t"),
@@ -454,10 +451,7 @@ mod tests {
         let before = host.tree();
         let log = CallLog::default();
         let services = FakeServices::new(&log);
-        let network = FakeNetwork {
-            log: &log,
-            existing: Vec::new(),
-        };
+        let network = FakeNetwork::new(&log);
         let spec = spec(&host, "t");
         let installed =
             install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
@@ -515,14 +509,8 @@ mod tests {
         let before = host.tree();
         let log = CallLog::default();
         let services = FakeServices::new(&log);
-        let network = FakeNetwork {
-            log: &log,
-            existing: Vec::new(),
-        };
-        let guest = FakeGuest {
-            log: &log,
-            reachable: false,
-        };
+        let network = FakeNetwork::new(&log);
+        let guest = FakeGuest::silent(&log);
         let spec = spec(&host, "t");
         install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
         let loaded = crate::ops::instance::load(&host.settings, &spec.id).unwrap();

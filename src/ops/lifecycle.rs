@@ -21,7 +21,7 @@ use crate::instance::values::InstanceId;
 use crate::output::Output;
 
 /// Pause between tries of the SSH and health waits.
-pub const POLL: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_secs(2);
 /// How long `stop` tries the guest before leaving its service to the VM shutdown.
 const GUEST_STOP_CONNECT: Duration = Duration::from_secs(3);
 /// Journal lines quoted when the VM unit dies during the SSH wait.
@@ -406,10 +406,7 @@ mod tests {
         let instance = loaded(closed_port());
         services.set(&instance.units.vm, "active", "running", 0);
         services.set(&instance.units.proxy, "active", "running", 0);
-        let guest = FakeGuest {
-            log: &log,
-            reachable: true,
-        };
+        let guest = FakeGuest::answering(&log);
         let (result, _) = quiet(|output| stop(&instance, &services, &guest, output));
         result.unwrap();
         assert_eq!(
@@ -430,10 +427,7 @@ mod tests {
         let services = FakeServices::new(&log);
         let instance = loaded(closed_port());
         services.set(&instance.units.vm, "active", "running", 0);
-        let guest = FakeGuest {
-            log: &log,
-            reachable: false,
-        };
+        let guest = FakeGuest::silent(&log);
         let (result, stderr) = quiet(|output| stop(&instance, &services, &guest, output));
         result.unwrap();
         assert!(
@@ -457,10 +451,7 @@ mod tests {
         let log = CallLog::default();
         let services = FakeServices::new(&log);
         let instance = loaded(closed_port());
-        let guest = FakeGuest {
-            log: &log,
-            reachable: true,
-        };
+        let guest = FakeGuest::answering(&log);
         let (result, _) = quiet(|output| stop(&instance, &services, &guest, output));
         result.unwrap();
         assert!(log.calls().iter().all(|call| !call.starts_with("ssh")));
@@ -473,10 +464,7 @@ mod tests {
         services.journal = "tap tt2 is busy".into();
         let instance = loaded(closed_port());
         services.set(&instance.units.vm, "failed", "failed", 0);
-        let guest = FakeGuest {
-            log: &log,
-            reachable: false,
-        };
+        let guest = FakeGuest::silent(&log);
         let (result, _) = quiet(|output| {
             wait_for_ssh(
                 &instance.id,
@@ -545,10 +533,7 @@ mod tests {
         let services = FakeServices::new(&log);
         let instance = loaded(closed_port());
         services.set(&instance.units.vm, "active", "running", 0);
-        let guest = FakeGuest {
-            log: &log,
-            reachable: false,
-        };
+        let guest = FakeGuest::silent(&log);
         let (result, _) = quiet(|output| {
             wait_for_ssh(
                 &instance.id,
@@ -571,10 +556,7 @@ mod tests {
         let log = CallLog::default();
         let services = FakeServices::new(&log);
         let instance = loaded(closed_port());
-        let guest = FakeGuest {
-            log: &log,
-            reachable: true,
-        };
+        let guest = FakeGuest::answering(&log);
         let waits = Waits {
             ssh: Duration::from_secs(60),
             health: Duration::ZERO,
