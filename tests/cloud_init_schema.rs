@@ -67,6 +67,7 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
         network: &settings.network,
         paths: &settings.paths,
         with_initrd,
+        seed_in_rootfs: true,
         time: Timestamp(1_700_000_000),
     })
     .unwrap();

@@ -46,10 +46,11 @@ fn assert_healthy(fleet: &Fleet, id: &str) {
 }
 
 /// Each crash point of `setup` and the phase `fireclaw.json` records when it is reached.
-const SETUP_STEPS: [(&str, &str); 10] = [
+const SETUP_STEPS: [(&str, &str); 11] = [
     ("setup:reserved", "allocated"),
     ("setup:state", "allocated"),
     ("setup:copying", "allocated"),
+    ("setup:rootfs-seed", "allocated"),
     ("setup:assets", "assets"),
     ("setup:unit-files", "assets"),
     ("setup:units", "units"),
@@ -299,7 +300,8 @@ fn a_full_disk_an_exhausted_pool_or_port_range_fails_setup_cleanly() {
     // A full disk under FC_ROOT while the rootfs is copied.
     fleet.host.sh(
         "mkdir -p /srv/fc-small && mount -t tmpfs -o size=8M tmpfs /srv/fc-small && \
-         head -c 16M /dev/urandom > /srv/firecracker/base/images/big.ext4",
+         mkdir -p /tmp/big-tree && head -c 14M /dev/urandom > /tmp/big-tree/blob && \
+         mkfs.ext4 -q -F -d /tmp/big-tree /srv/firecracker/base/images/big.ext4 20M",
     );
     let before = fleet.host_snapshot();
     let out = fleet.fireclaw_env(

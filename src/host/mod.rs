@@ -7,6 +7,7 @@ pub mod firewall;
 pub mod netlink;
 pub mod probe;
 pub mod process;
+pub mod rootfs_seed;
 pub mod systemd;
 pub mod tap;
 pub mod trust;

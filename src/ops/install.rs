@@ -16,6 +16,7 @@ use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
 use crate::host::probe;
+use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, write_seed};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, public_key_path};
@@ -38,6 +39,77 @@ use crate::store::{ensure_private_dir, lock_allocation, reserve, set_phase, writ
 pub struct Installed {
     pub allocation: Allocation,
     pub units: UnitNames,
+}
+
+/// How a new guest boots and finds its cloud-init seed, decided from the base images before
+/// anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootMedia {
+    /// The base initrd exists (it is optional).
+    pub with_initrd: bool,
+    /// The seed also goes into the rootfs copy (an ext4 base), for kernels without iso9660.
+    pub seed_in_rootfs: bool,
+}
+
+/// Chooses the boot media for `spec`'s base images. The seed image is always written (kernels
+/// with iso9660 and 0.2.0's layout read it); an ext4 rootfs gets the seed inside it too. A
+/// rootfs that is not ext4 is refused only when the kernel cannot read the seed image either;
+/// otherwise the returned warning says the seed image is all the guest has.
+pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
+    for (what, path) in [
+        ("base kernel", &spec.base.kernel),
+        ("base rootfs", &spec.base.rootfs),
+    ] {
+        if !path.is_file() {
+            bail!("{what} {} is missing", path.display());
+        }
+    }
+    let with_initrd = spec.base.initrd.is_file();
+    let rootfs = &spec.base.rootfs;
+    match filesystem_kind(rootfs)? {
+        FilesystemKind::Ext4 {
+            needs_recovery: true,
+        } => bail!(
+            "base rootfs {} needs its ext4 journal replayed (was it copied from a running VM?): run e2fsck -fy on it first",
+            rootfs.display()
+        ),
+        FilesystemKind::Ext4 { .. } => {
+            probe::which("debugfs").context(
+                "debugfs is not on PATH; install e2fsprogs (it writes the cloud-init seed into the rootfs)",
+            )?;
+            Ok((
+                BootMedia {
+                    with_initrd,
+                    seed_in_rootfs: true,
+                },
+                None,
+            ))
+        }
+        FilesystemKind::Other if kernel_reads_iso9660(&spec.base.kernel) => Ok((
+            BootMedia {
+                with_initrd,
+                seed_in_rootfs: false,
+            },
+            Some(format!(
+                "base rootfs {} is not ext4: the guest gets its cloud-init seed only from seed.img",
+                rootfs.display()
+            )),
+        )),
+        FilesystemKind::Other => bail!(
+            "base rootfs {} is not ext4 and kernel {} has no iso9660: the guest could not read its cloud-init seed from either (use an ext4 rootfs, e.g. from fireclaw image fetch)",
+            rootfs.display(),
+            spec.base.kernel.display()
+        ),
+    }
+}
+
+// TEMPORARY until the kernel inspection lands: the symbol a built-in iso9660 leaves.
+fn kernel_reads_iso9660(kernel: &Path) -> bool {
+    std::fs::read(kernel).is_ok_and(|image| {
+        image
+            .windows(b"iso9660_fs_type".len())
+            .any(|w| w == b"iso9660_fs_type")
+    })
 }
 
 /// Refuses an id whose files already exist, as 0.2.0 does before creating anything.
@@ -110,9 +182,9 @@ pub fn install_instance(
     tools: &HostTools,
     services: &dyn ServiceManager,
     network: &dyn NetworkSteps,
+    media: BootMedia,
 ) -> Result<Installed> {
     check_preconditions(settings, spec, tools)?;
-    let with_initrd = spec.base.initrd.is_file();
     let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
@@ -130,7 +202,7 @@ pub fn install_instance(
         services,
         &allocation,
         &secrets,
-        with_initrd,
+        media,
     );
     if let Err(error) = result {
         if let Err(cleanup) =
@@ -219,7 +291,7 @@ fn install_after_reserve(
     services: &dyn ServiceManager,
     allocation: &Allocation,
     secrets: &NewSecrets<'_>,
-    with_initrd: bool,
+    media: BootMedia,
 ) -> Result<()> {
     let state_paths = StatePaths::new(&settings.paths.state_root, &spec.id);
     let rendered = render_instance(&InstancePlan {
@@ -231,7 +303,8 @@ fn install_after_reserve(
         tools,
         network: &settings.network,
         paths: &settings.paths,
-        with_initrd,
+        with_initrd: media.with_initrd,
+        seed_in_rootfs: media.seed_in_rootfs,
         time: Timestamp::now(),
     })?;
     write_state_files(&state_paths, &rendered)?;
@@ -281,6 +354,12 @@ fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstanc
     }
     for artifact in &rendered.assets {
         write_artifact(artifact)?;
+    }
+    // After the cloud-init sources it copies are on disk; the rootfs copy is this instance's
+    // own, made from the base checked in `boot_media`, so debugfs never touches a base image.
+    if let Some(seed) = &rendered.rootfs_seed {
+        write_seed(&seed.image, &seed.host_dir, &seed.files)?;
+        crash_point("setup:rootfs-seed");
     }
     Ok(())
 }
@@ -363,6 +442,12 @@ mod tests {
         host.settings.resolve_setup(&args).unwrap()
     }
 
+    /// The scratch host's base rootfs is not ext4: the seed goes into seed.img only.
+    const SEED_IMAGE_ONLY: BootMedia = BootMedia {
+        with_initrd: false,
+        seed_in_rootfs: false,
+    };
+
     /// Root-owned programs, so the trusted-path rule passes for them as for real binaries.
     fn tools() -> HostTools {
         HostTools {
@@ -394,6 +479,7 @@ mod tests {
             &tools(),
             &services,
             &network,
+            SEED_IMAGE_ONLY,
         )
         .unwrap_err();
         assert!(
@@ -419,6 +505,97 @@ mod tests {
         );
     }
 
+    /// Replaces the scratch host's base rootfs with a 32 MiB ext4 made from `tree`.
+    fn ext4_base(host: &ScratchHost, tree: &Path) {
+        let rootfs = host.path("images/rootfs.ext4");
+        std::fs::remove_file(&rootfs).unwrap();
+        let status = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(tree)
+            .arg(&rootfs)
+            .arg("32M")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[test]
+    fn an_ext4_base_gets_the_seed_in_its_copy_and_the_base_is_untouched() {
+        let host = ScratchHost::new();
+        let tree = tempfile::tempdir().unwrap();
+        ext4_base(&host, tree.path());
+        let base = std::fs::read(host.path("images/rootfs.ext4")).unwrap();
+        let spec = spec(&host, "t");
+        let (media, warning) = boot_media(&spec).unwrap();
+        assert!(media.seed_in_rootfs && warning.is_none());
+        let log = CallLog::default();
+        install_instance(
+            &host.settings,
+            &spec,
+            &tools(),
+            &FakeServices::new(&log),
+            &FakeNetwork::new(&log),
+            media,
+        )
+        .unwrap();
+        let copy = host.path("fc/t/images/rootfs.ext4");
+        let listing = std::process::Command::new("debugfs")
+            .args(["-R", "ls -p /var/lib/cloud/seed/nocloud"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        for name in ["user-data", "meta-data", "network-config"] {
+            assert!(
+                listing.contains(&format!("/100600/0/0/{name}/")),
+                "{listing}"
+            );
+        }
+        assert!(std::fs::read(host.path("images/rootfs.ext4")).unwrap() == base);
+    }
+
+    #[test]
+    fn a_seed_that_cannot_be_written_rolls_the_instance_back() {
+        let host = ScratchHost::new();
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("var/lib/cloud/seed/nocloud/odd")).unwrap();
+        ext4_base(&host, tree.path());
+        let before = host.tree();
+        let spec = spec(&host, "t");
+        let (media, _) = boot_media(&spec).unwrap();
+        let log = CallLog::default();
+        let error = install_instance(
+            &host.settings,
+            &spec,
+            &tools(),
+            &FakeServices::new(&log),
+            &FakeNetwork::new(&log),
+            media,
+        )
+        .unwrap_err();
+        assert!(
+            error_chain(error.as_ref()).contains("nocloud/odd in the image is a directory"),
+            "{error:?}"
+        );
+        assert_eq!(without_locks(host.tree()), before);
+    }
+
+    #[test]
+    fn a_rootfs_that_is_not_ext4_is_refused_only_when_the_kernel_cannot_read_the_seed_image() {
+        let host = ScratchHost::new();
+        let spec = spec(&host, "t");
+        // The scratch kernel has no iso9660.
+        let error = boot_media(&spec).unwrap_err();
+        assert!(
+            error.to_string().contains("is not ext4 and kernel"),
+            "{error}"
+        );
+        std::fs::write(host.path("images/vmlinux"), b"..iso9660_fs_type\0..").unwrap();
+        let (media, warning) = boot_media(&spec).unwrap();
+        assert!(!media.seed_in_rootfs);
+        assert!(warning.unwrap().contains("only from seed.img"));
+    }
+
     #[test]
     fn a_leftover_interface_is_refused_and_nothing_stays() {
         let host = ScratchHost::new();
@@ -435,6 +612,7 @@ mod tests {
             &tools(),
             &services,
             &network,
+            SEED_IMAGE_ONLY,
         )
         .unwrap_err();
         assert!(
@@ -453,8 +631,15 @@ mod tests {
         let services = FakeServices::new(&log);
         let network = FakeNetwork::new(&log);
         let spec = spec(&host, "t");
-        let installed =
-            install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
+        let installed = install_instance(
+            &host.settings,
+            &spec,
+            &tools(),
+            &services,
+            &network,
+            SEED_IMAGE_ONLY,
+        )
+        .unwrap();
         assert_eq!(installed.allocation.tap.as_str(), "tt2");
         for made in [
             "state/.vm-t/.env",
@@ -512,7 +697,15 @@ mod tests {
         let network = FakeNetwork::new(&log);
         let guest = FakeGuest::silent(&log);
         let spec = spec(&host, "t");
-        install_instance(&host.settings, &spec, &tools(), &services, &network).unwrap();
+        install_instance(
+            &host.settings,
+            &spec,
+            &tools(),
+            &services,
+            &network,
+            SEED_IMAGE_ONLY,
+        )
+        .unwrap();
         let loaded = crate::ops::instance::load(&host.settings, &spec.id).unwrap();
         let mark = log.calls().len();
         let waits = Waits {

@@ -57,6 +57,8 @@ pub struct InstancePlan<'a> {
     pub paths: &'a HostPaths,
     /// Whether the base initrd exists (it is optional).
     pub with_initrd: bool,
+    /// Whether the seed also goes into the rootfs copy (an ext4 base; see `RootfsSeed`).
+    pub seed_in_rootfs: bool,
     pub time: Timestamp,
 }
 
@@ -84,11 +86,34 @@ pub struct AssetCopy {
     pub grow_to: Option<u64>,
 }
 
+/// The cloud-init seed as files inside the rootfs copy, for kernels that cannot read the seed
+/// image: the same bytes as the `user-data`, `meta-data` and `network-config` written beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsSeed {
+    /// The rootfs copy the files go into.
+    pub image: PathBuf,
+    /// The asset dir: every `host_path` is inside it.
+    pub host_dir: PathBuf,
+    pub files: Vec<RootfsSeedFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootfsSeedFile {
+    /// Its name in the guest's seed dir.
+    pub name: String,
+    /// The host file written with the same bytes.
+    pub host_path: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedInstance {
     pub state: Vec<Artifact>,
     pub copies: Vec<AssetCopy>,
     pub assets: Vec<Artifact>,
+    /// Written into the rootfs copy once it is made, when the plan asks for it.
+    pub rootfs_seed: Option<RootfsSeed>,
     pub units: Vec<Artifact>,
 }
 
@@ -207,13 +232,47 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         paths: plan.paths,
     });
     let mut assets = vm_assets(plan)?;
+    let rootfs_seed = plan
+        .seed_in_rootfs
+        .then(|| rootfs_seed(&AssetPaths::new(&plan.paths.fc_root, &spec.id), &assets));
     assets.extend(units.scripts);
     Ok(RenderedInstance {
         state: state_files(plan)?,
         copies: base_copies(plan),
         assets,
+        rootfs_seed,
         units: units.units,
     })
+}
+
+/// The seed files for the rootfs, taken from the rendered cloud-init sources so both seeds
+/// carry the same bytes. All are root-only: `user-data` holds the guest's private host key.
+fn rootfs_seed(paths: &AssetPaths, assets: &[Artifact]) -> RootfsSeed {
+    let files = [
+        ("meta-data", &paths.meta_data),
+        ("user-data", &paths.user_data),
+        ("network-config", &paths.network_config),
+    ]
+    .into_iter()
+    .filter_map(|(name, path)| {
+        let artifact = assets.iter().find(|a| &a.path == path)?;
+        let contents = match &artifact.body {
+            Body::Text(text) => text.clone().into_bytes(),
+            Body::Binary(bytes) => bytes.clone(),
+        };
+        Some(RootfsSeedFile {
+            name: name.to_owned(),
+            host_path: path.clone(),
+            contents,
+            mode: 0o600,
+        })
+    })
+    .collect();
+    RootfsSeed {
+        image: paths.rootfs.clone(),
+        host_dir: paths.dir.clone(),
+        files,
+    }
 }
 
 /// `.env`, `.token`, `provision.vars`, `known_hosts` (the pinned guest key) and
@@ -396,6 +455,7 @@ mod tests {
             network: &settings.network,
             paths: &settings.paths,
             with_initrd,
+            seed_in_rootfs: true,
             time: Timestamp(1_700_000_000),
         })
         .unwrap()
@@ -410,6 +470,18 @@ mod tests {
                 copy.to.display(),
                 copy.grow_to
             ));
+        }
+        if let Some(seed) = &rendered.rootfs_seed {
+            for file in &seed.files {
+                out.push_str(&format!(
+                    "seed {}:/var/lib/cloud/seed/nocloud/{} {:04o} <- {} ({} bytes)\n",
+                    seed.image.display(),
+                    file.name,
+                    file.mode,
+                    file.host_path.display(),
+                    file.contents.len()
+                ));
+            }
         }
         for artifact in rendered
             .state
@@ -429,6 +501,27 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_rootfs_seed_carries_the_bytes_of_the_cloud_init_sources_beside_it() {
+        let rendered = render(&[], false);
+        let seed = rendered.rootfs_seed.as_ref().unwrap();
+        assert_eq!(seed.files.len(), 3);
+        for file in &seed.files {
+            assert!(file.host_path.starts_with(&seed.host_dir));
+            let artifact = rendered
+                .assets
+                .iter()
+                .find(|a| a.path == file.host_path)
+                .unwrap();
+            let Body::Text(text) = &artifact.body else {
+                panic!("{} is not text", file.name)
+            };
+            assert_eq!(text.as_bytes(), file.contents.as_slice(), "{}", file.name);
+            assert_eq!(file.mode, 0o600);
+        }
+        assert!(seed.image.ends_with("my-bot/images/rootfs.ext4"));
     }
 
     #[test]

@@ -18,10 +18,16 @@ impl Fleet {
         let host = Sandbox::boot_for_guests(tag);
         host.sh(
             "mkdir -p /srv/firecracker/base/images && cd /srv/firecracker/base/images && \
-             head -c 1048576 /dev/urandom > vmlinux && truncate -s 32M rootfs.ext4",
+             head -c 1048576 /dev/urandom > vmlinux && mkfs.ext4 -q -F rootfs.ext4 32M",
         );
         let guests = GuestHost::start(&host);
         Self { guests, host }
+    }
+
+    /// Replaces the base kernel every later setup copies.
+    pub fn base_kernel(&self, image: &[u8]) {
+        let path = self.host.root().join("srv/firecracker/base/images/vmlinux");
+        std::fs::write(path, image).unwrap();
     }
 
     /// Runs fireclaw in the host sandbox as root, with the stand-in as `firecracker` on PATH.

@@ -3,8 +3,10 @@
 //! Firecracker stand-in relays. Its NIC carries the MAC the Firecracker config gives. It is
 //! configured by the real, pinned cloud-init (installed into the guest's disk only, from the
 //! cache `scripts/test-deps` fills) through its own NoCloud datasource, from the seed fireclaw
-//! wrote: the seed image's files, extracted in user space because this kernel cannot mount ISO
-//! 9660, land in `/var/lib/cloud/seed/nocloud/`, where cloud-init looks inside a guest. cloud-init
+//! wrote, as a VM with the instance's kernel would see it (`SeedSource`): the seed image's files
+//! (extracted in user space, because this kernel cannot mount ISO 9660) when the guest kernel
+//! has iso9660, otherwise only the seed dir inside the rootfs image (read with debugfs). They
+//! land in `/var/lib/cloud/seed/nocloud/`, where cloud-init looks inside a guest. cloud-init
 //! then creates the `ubuntu` user, installs the authorized key and the pinned host key, writes
 //! `/etc/hosts`, and renders the network config for systemd-networkd, which applies it. The guest
 //! runs its own systemd and sshd, and a `docker` stub that records its calls. By default the stub
@@ -99,9 +101,11 @@ const CLOUD_INIT_UNITS: [&str; 5] = [
 const CLOUD_CFG: &str = "datasource_list: [NoCloud, None]\n\
 system_info:\n  network:\n    renderers: [networkd]\n    activators: [networkd]\n";
 
-/// apt without internet: fail at once instead of retrying each mirror.
-const APT_FAST_FAIL: &str =
-    "Acquire::Retries \"0\";\nAcquire::http::Timeout \"2\";\nAcquire::https::Timeout \"2\";\n";
+/// apt without internet: fail at once instead of retrying each mirror. Its package lists are an
+/// empty dir: user-data's `packages:` are already on the machine, and with the machine's lists
+/// apt would try to upgrade any of them that has a newer version there (and fail offline).
+const APT_FAST_FAIL: &str = "Acquire::Retries \"0\";\nAcquire::http::Timeout \"2\";\n\
+Acquire::https::Timeout \"2\";\nDir::State::Lists \"/var/lib/fireclaw-guest-apt-lists\";\n";
 
 /// The stand-in renders the network config with systemd-networkd where Ubuntu guests use
 /// netplan. netplan accepts a route `to: default`, which fireclaw 0.2.0's seed uses, but
@@ -113,9 +117,62 @@ fn netplan_default_route(network_config: &[u8]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Where a guest finds its cloud-init seed, as a VM would with this kernel: a kernel with
+/// iso9660 reads the seed image (its files are extracted in user space, since this kernel
+/// cannot mount it); one without sees no seed image at all and has only what the rootfs
+/// carries in `/var/lib/cloud/seed/nocloud/`, read here from the ext4 image with debugfs.
+#[derive(Debug, Clone)]
+enum SeedSource {
+    Image(PathBuf),
+    Rootfs(PathBuf),
+}
+
+impl SeedSource {
+    /// Decides from the kernel the VM was given: the symbol a built-in iso9660 leaves.
+    fn for_kernel(kernel: &Path, seed_image: PathBuf, rootfs: PathBuf) -> Self {
+        let reads_iso = std::fs::read(kernel).is_ok_and(|image| {
+            image
+                .windows(b"iso9660_fs_type".len())
+                .any(|w| w == b"iso9660_fs_type")
+        });
+        if reads_iso {
+            Self::Image(seed_image)
+        } else {
+            Self::Rootfs(rootfs)
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Image(_) => "image",
+            Self::Rootfs(_) => "rootfs",
+        }
+    }
+
+    /// One seed file's bytes, or `None` when this source has no such file.
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        let output = match self {
+            Self::Image(image) => std::process::Command::new("isoinfo")
+                .args(["-R", "-i"])
+                .arg(image)
+                .args(["-x", &format!("/{name}")])
+                .output()
+                .unwrap(),
+            Self::Rootfs(rootfs) => std::process::Command::new("debugfs")
+                .args(["-R", &format!("cat /var/lib/cloud/seed/nocloud/{name}")])
+                .arg(rootfs)
+                .output()
+                .unwrap(),
+        };
+        assert!(output.status.success(), "reading {name} from {self:?}");
+        // Both tools print nothing (and exit 0) for a file that is not there.
+        (!output.stdout.is_empty()).then_some(output.stdout)
+    }
+}
+
 /// Installs the pinned cloud-init into a guest disk (never on the machine) and puts the seed
-/// image's files where cloud-init's NoCloud datasource reads them inside a guest.
-fn install_cloud_init(upper: &Path, seed_image: &Path) {
+/// the guest can see where cloud-init's NoCloud datasource reads it inside a guest.
+fn install_cloud_init(upper: &Path, seed: &SeedSource) {
     let package = cache_dir().join("cloud-init");
     assert!(
         package.join("usr/bin/cloud-init").exists(),
@@ -144,18 +201,9 @@ fn install_cloud_init(upper: &Path, seed_image: &Path) {
     std::fs::create_dir_all(&seed_dir).unwrap();
     std::fs::set_permissions(&seed_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     for name in ["user-data", "meta-data", "network-config"] {
-        let output = std::process::Command::new("isoinfo")
-            .args(["-R", "-i"])
-            .arg(seed_image)
-            .args(["-x", &format!("/{name}")])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "isoinfo -x /{name} on {}",
-            seed_image.display()
-        );
-        let mut contents = output.stdout;
+        let Some(mut contents) = seed.read(name) else {
+            continue;
+        };
         if name == "network-config" {
             contents = netplan_default_route(&contents);
         }
@@ -182,6 +230,7 @@ fn install_cloud_init(upper: &Path, seed_image: &Path) {
         APT_FAST_FAIL,
         0o644,
     );
+    std::fs::create_dir_all(upper.join("var/lib/fireclaw-guest-apt-lists/partial")).unwrap();
     // Public resolvers are unreachable from here and a lookup would wait for its timeout:
     // a resolver on the guest's own loopback, where nothing listens, refuses at once, and no
     // query leaves the guest (nspawn is told not to install the machine's resolv.conf).
@@ -208,7 +257,7 @@ mount --bind /run/guest-sysfs/devices/virtual/net /sys/devices/virtual/net'\n\n\
 [Install]\nWantedBy=sysinit.target\n";
 
 /// Lays the guest stand-in's own files, then the test's presets, into a fresh guest disk.
-fn prepare_guest(upper: &Path, seed_image: &Path, presets: &[(String, String)]) {
+fn prepare_guest(upper: &Path, seed: &SeedSource, presets: &[(String, String)]) {
     // sshd is masked in host sandboxes; a guest needs it.
     let _ = std::fs::remove_file(upper.join("etc/systemd/system/ssh.service"));
     write(
@@ -218,7 +267,7 @@ fn prepare_guest(upper: &Path, seed_image: &Path, presets: &[(String, String)]) 
         0o644,
     );
     enable(upper, "fireclaw-guest-sysfs.service", "sysinit.target");
-    install_cloud_init(upper, seed_image);
+    install_cloud_init(upper, seed);
     let ssh_wants = upper.join("etc/systemd/system/multi-user.target.wants");
     std::fs::create_dir_all(&ssh_wants).unwrap();
     let _ = std::os::unix::fs::symlink(
@@ -271,7 +320,7 @@ pub struct GuestHost {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     guests: Arc<Mutex<HashMap<String, Guest>>>,
-    _shared: PathBuf,
+    shared: PathBuf,
 }
 
 impl GuestHost {
@@ -312,7 +361,7 @@ impl GuestHost {
             stop,
             thread: Some(thread),
             guests,
-            _shared: shared,
+            shared,
         }
     }
 
@@ -320,6 +369,12 @@ impl GuestHost {
     /// behind the docker stub, instead of the fake CLI and gateway.
     pub fn use_real_openclaw(&self) {
         self.preset(REAL_OPENCLAW_MARKER, "");
+    }
+
+    /// Where the guest behind `tap` last found its seed: `image` (the seed image, for a kernel
+    /// with iso9660) or `rootfs` (the seed dir inside the rootfs, for one without).
+    pub fn seed_source(&self, tap: &str) -> String {
+        std::fs::read_to_string(self.shared.join(tap).join("seed-source")).unwrap_or_default()
     }
 
     /// A file every guest created from now on finds on its disk at first boot.
@@ -474,9 +529,18 @@ fn supervise(
         if !alive || generation <= booted {
             continue;
         }
-        let seed = std::fs::read_to_string(dir.join("seed")).unwrap_or_default();
-        let seed_on_machine = host_root.join(seed.trim().trim_start_matches('/'));
+        let on_machine = |file: &str| {
+            let path = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            host_root.join(path.trim().trim_start_matches('/'))
+        };
+        let seed_on_machine = on_machine("seed");
         let seed_bytes = std::fs::read(&seed_on_machine).unwrap_or_default();
+        let seed_source = SeedSource::for_kernel(
+            &on_machine("kernel"),
+            seed_on_machine.clone(),
+            on_machine("rootfs"),
+        );
+        let _ = std::fs::write(dir.join("seed-source"), seed_source.name());
         // A VM made anew (the same id set up again after a destroy) gets a fresh disk with its
         // new seed, as a new rootfs copy would; a restart of the same VM keeps its disk.
         if guests.get(&tap).is_some_and(|g| g.seed != seed_bytes) {
@@ -510,7 +574,7 @@ fn supervise(
                         }
                         binds
                     },
-                    |upper| prepare_guest(upper, &seed_on_machine, presets),
+                    |upper| prepare_guest(upper, &seed_source, presets),
                 );
                 guests.insert(
                     tap.clone(),

@@ -13,7 +13,7 @@ use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::spec::SetupSpec;
-use crate::ops::install::{first_boot, install_instance, roll_back};
+use crate::ops::install::{boot_media, first_boot, install_instance, roll_back};
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy};
 use crate::ops::network::HostNetwork;
@@ -60,13 +60,17 @@ fn create(
             .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
         socat: probe::which("socat").context("socat is not on PATH; install it")?,
     };
+    let (media, media_warning) = boot_media(spec)?;
+    if let Some(warning) = media_warning {
+        output.warn(&warning);
+    }
     let network = HostNetwork { settings };
     // The lock serialises this setup with any other lifecycle command on the same id.
     let _lock = lock(settings, id)?;
     output.progress(&format!(
         "{id}: allocating and writing state, assets and units"
     ));
-    install_instance(settings, spec, &tools, services, &network)?;
+    install_instance(settings, spec, &tools, services, &network, media)?;
 
     // Until provisioning completes, any failure removes this instance entirely.
     let loaded = load(settings, id)

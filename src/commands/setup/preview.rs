@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::host::probe;
+use crate::host::rootfs_seed::SEED_DIR;
 use crate::instance::layout::public_key_path;
 use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
-use crate::ops::install::check_not_existing;
-use crate::output::Output;
+use crate::ops::install::{boot_media, check_not_existing};
+use crate::output::{Output, error_chain};
 use crate::render::artifacts::{
     Artifact, HostTools, InstancePlan, RenderedInstance, render_instance,
 };
@@ -105,6 +106,19 @@ pub fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -
     check_base_image("base kernel", &spec.base.kernel, true, &mut warnings);
     check_base_image("base rootfs", &spec.base.rootfs, true, &mut warnings);
     let with_initrd = check_base_image("base initrd", &spec.base.initrd, false, &mut warnings);
+    // What setup would decide; when it would refuse, the preview still shows the rest.
+    let seed_in_rootfs = match boot_media(spec) {
+        Ok((media, warning)) => {
+            warnings.extend(warning);
+            media.seed_in_rootfs
+        }
+        Err(error) if spec.base.kernel.is_file() && spec.base.rootfs.is_file() => {
+            warnings.push(format!("{}; setup would fail", error_chain(error.as_ref())));
+            false
+        }
+        // Already warned about above.
+        Err(_) => false,
+    };
     if let Some(available) = probe::mem_available_mib()
         && u64::from(spec.memory.get()) > available
     {
@@ -144,6 +158,7 @@ pub fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -
         network: &settings.network,
         paths: &settings.paths,
         with_initrd,
+        seed_in_rootfs,
         time: Timestamp::now(),
     })?;
     print_preview(settings, spec, &allocation, &visibility, &rendered, output);
@@ -228,6 +243,21 @@ fn print_preview(
             copy.from.display(),
             copy.to.display()
         ));
+    }
+    if let Some(seed) = &rendered.rootfs_seed {
+        output.line("");
+        output.line(&format!(
+            "Would write into {} (with debugfs, then read back):",
+            seed.image.display()
+        ));
+        for file in &seed.files {
+            output.line(&format!(
+                "  {SEED_DIR}/{} ({:04o}, the bytes of {})",
+                file.name,
+                file.mode,
+                file.host_path.display()
+            ));
+        }
     }
     output.line("");
     output.line("Would write:");

@@ -8,7 +8,7 @@
 //!
 //! Guest mode, when `/run/fireclaw-guests/` exists (a dir the test shares with its guest
 //! supervisor), in `/run/fireclaw-guests/<tap>/`: the stand-in holds `vmm.lock` while alive, starts a new boot generation with the
-//! seed image's path and the NIC's MAC from the config, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
+//! kernel's, rootfs' and seed image's paths and the NIC's MAC from the config, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
 //! supervisor reports the generation `gone` (also when the guest rebooted by itself).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -34,7 +34,7 @@ struct GuestLink {
 }
 
 impl GuestLink {
-    fn start(tap: &str, seed: &Path, mac: &str) -> Option<Self> {
+    fn start(tap: &str, boot: &BootFiles, mac: &str) -> Option<Self> {
         if !Path::new(GUESTS_DIR).is_dir() {
             return None;
         }
@@ -53,7 +53,9 @@ impl GuestLink {
             .unwrap_or(0)
             + 1;
         let _ = std::fs::remove_file(dir.join("shutdown"));
-        std::fs::write(dir.join("seed"), seed.to_string_lossy().as_bytes()).ok()?;
+        std::fs::write(dir.join("seed"), boot.seed.to_string_lossy().as_bytes()).ok()?;
+        std::fs::write(dir.join("rootfs"), boot.rootfs.to_string_lossy().as_bytes()).ok()?;
+        std::fs::write(dir.join("kernel"), boot.kernel.to_string_lossy().as_bytes()).ok()?;
         std::fs::write(dir.join("mac"), mac).ok()?;
         std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
         Some(Self {
@@ -108,6 +110,16 @@ struct BootSource {
 #[derive(serde::Deserialize)]
 struct Drive {
     path_on_host: PathBuf,
+    #[serde(default)]
+    is_root_device: bool,
+}
+
+/// What the guest boots from, as the config names it: the guest supervisor decides from the
+/// kernel whether the guest can read the seed image, or finds its seed in the rootfs.
+struct BootFiles {
+    kernel: PathBuf,
+    rootfs: PathBuf,
+    seed: PathBuf,
 }
 
 #[derive(serde::Deserialize)]
@@ -221,7 +233,18 @@ fn main() -> ExitCode {
         .map(|d| d.path_on_host.clone())
         .find(|p| p.ends_with("seed.img"))
         .unwrap_or_default();
-    let guest = GuestLink::start(&tap_name, &seed, &guest_mac).map(Arc::new);
+    let rootfs = config
+        .drives
+        .iter()
+        .find(|d| d.is_root_device)
+        .map(|d| d.path_on_host.clone())
+        .unwrap_or_default();
+    let boot = BootFiles {
+        kernel: config.boot_source.kernel_image_path.clone(),
+        rootfs,
+        seed,
+    };
+    let guest = GuestLink::start(&tap_name, &boot, &guest_mac).map(Arc::new);
     if let Some(guest) = &guest {
         guest.clone().exit_when_gone();
     }

@@ -13,7 +13,7 @@ use clap::Parser;
 use fireclaw::cli::{Cli, Command};
 use fireclaw::env_vars;
 use fireclaw::host::systemd::Systemctl;
-use fireclaw::ops::install::install_instance;
+use fireclaw::ops::install::{boot_media, install_instance};
 use fireclaw::ops::network::HostNetwork;
 use fireclaw::render::artifacts::HostTools;
 use fireclaw::settings::Settings;
@@ -45,15 +45,18 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| bin.join("firecracker")),
                 socat: PathBuf::from("/usr/bin/socat"),
             };
-            install_instance(
-                &settings,
-                &spec,
-                &tools,
-                &Systemctl,
-                &HostNetwork {
-                    settings: &settings,
-                },
-            )
+            boot_media(&spec).and_then(|(media, _)| {
+                install_instance(
+                    &settings,
+                    &spec,
+                    &tools,
+                    &Systemctl,
+                    &HostNetwork {
+                        settings: &settings,
+                    },
+                    media,
+                )
+            })
         });
     match result {
         Ok(installed) => {
