@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod firecracker_api;
 pub mod firewall;
+pub mod kernel_image;
 pub mod netlink;
 pub mod probe;
 pub mod process;
