@@ -465,13 +465,9 @@ fn strings_present(bytes: &[u8]) -> Vec<Feature> {
 }
 
 #[cfg(test)]
-#[path = "../../tests/support/kernel_fixture.rs"]
-mod kernel_fixture;
-
-#[cfg(test)]
 mod tests {
     use super::*;
-    use kernel_fixture as fixture;
+    use crate::kernel_fixture as fixture;
 
     fn names(features: &[Feature]) -> Vec<&'static str> {
         features.iter().map(|f| f.name()).collect()
