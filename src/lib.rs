@@ -15,6 +15,11 @@ pub mod render;
 pub mod settings;
 pub mod store;
 
+/// Guest kernel images for the unit tests, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/support/kernel_fixture.rs"]
+pub(crate) mod kernel_fixture;
+
 use std::ffi::OsString;
 use std::process::ExitCode;
 

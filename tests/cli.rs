@@ -14,6 +14,9 @@ use std::process::{Command, Output};
 
 use fireclaw::host::probe::is_root;
 
+#[path = "support/kernel_fixture.rs"]
+mod kernel_fixture;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
 const SECRET_KEY: &str = "sk-cli-test-do-not-print";
 const SECRET_TELEGRAM: &str = "987654:AAHcli-test-bot-secret";
@@ -169,6 +172,27 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
         ok.iter()
             .map(|s| s.to_string())
             .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    // Guest kernels setup must refuse before it writes anything, dry run or not.
+    let images = scratch.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let images_s = images.to_str().unwrap();
+    for (name, bytes) in [
+        ("vmlinuz", kernel_fixture::bzimage()),
+        ("arm64", kernel_fixture::elf_for_machine(183)),
+        ("garbage", b"not a kernel at all".to_vec()),
+        ("no-blk", kernel_fixture::vmlinux_without("virtio-blk")),
+        ("debian", kernel_fixture::stripped_vmlinux_with_modules()),
+    ] {
+        std::fs::write(images.join(name), bytes).unwrap();
+    }
+    let kernel = |name: &str| -> Vec<String> {
+        ["setup", "--instance", "bot", key.as_str(), "--base-kernel"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("{images_s}/{name}")])
+            .chain(["--base-initrd".to_owned(), format!("{images_s}/no-initrd")])
             .collect()
     };
 
@@ -401,6 +425,15 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             "FIRECLAW_LOCK_WAIT",
         ),
         (with(&[]), vec![("BASE_PORT", "99999".into())], "BASE_PORT"),
+        (kernel("vmlinuz"), vec![], "scripts/extract-vmlinux"),
+        (kernel("arm64"), vec![], "AArch64"),
+        (kernel("garbage"), vec![], "not an ELF file"),
+        (kernel("no-blk"), vec![], "no built-in virtio-blk"),
+        (
+            kernel("debian"),
+            vec![],
+            "no built-in virtio-mmio, virtio-blk, virtio-net",
+        ),
         (
             with(&[]),
             vec![("SUBNET_CIDR", "172.16.0.0/16".into())],
@@ -429,7 +462,10 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             );
             assert!(!err.contains(SECRET_KEY), "{args:?} echoed the key");
             assert!(stdout(&output).is_empty(), "{args:?} printed to stdout");
-            let shown_args = args.join(" ").replace(SECRET_KEY, "[KEY]");
+            let shown_args = args
+                .join(" ")
+                .replace(SECRET_KEY, "[KEY]")
+                .replace(images_s, "[IMAGES]");
             let shown_env: Vec<String> =
                 extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             golden.push_str(&format!(
@@ -441,7 +477,9 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
                 },
                 shown_args.escape_debug(),
                 output.status.code().unwrap_or(-1),
-                err.replace(state_s, "[STATE]").replace(fc_s, "[FC]")
+                err.replace(state_s, "[STATE]")
+                    .replace(fc_s, "[FC]")
+                    .replace(images_s, "[IMAGES]")
             ));
         }
     }

@@ -14,6 +14,9 @@
 use std::path::Path;
 use std::process::Command;
 
+#[path = "support/kernel_fixture.rs"]
+mod kernel_fixture;
+
 const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
 
 struct Fixture {
@@ -264,5 +267,26 @@ fn first_failures_are_unchanged() {
         let text: String = text.lines().take(12).collect::<Vec<_>>().join("\n") + "\n";
         all.push_str(&text);
     }
+    // A vmlinuz dropped in as the base kernel: refused before setup writes anything.
+    let images = Path::new(&fixture.path("images")).to_owned();
+    std::fs::write(images.join("vmlinux"), kernel_fixture::bzimage()).unwrap();
+    all.push_str(&fixture.run(
+        &[
+            "setup",
+            "--instance",
+            "x",
+            "--openai-api-key",
+            "k",
+            "--dry-run",
+        ],
+        &[],
+    ));
+    all.push_str(&fixture.run(&["setup", "--instance", "x", "--openai-api-key", "k"], &[]));
+    assert!(
+        !Path::new(&fixture.path("state")).join(".vm-x").exists()
+            && !Path::new(&fixture.path("fc")).join("x").exists()
+            && !Path::new(&fixture.path("home")).join(".ssh").exists(),
+        "setup wrote something"
+    );
     insta::assert_snapshot!(all);
 }

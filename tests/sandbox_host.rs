@@ -36,11 +36,7 @@ impl Instance {
 
 /// Creates an instance's host side through the library's install steps, plus its guest side.
 fn install(sandbox: &Sandbox, id: &'static str) -> Instance {
-    sandbox.sh(
-        "mkdir -p /srv/firecracker/base/images && cd /srv/firecracker/base/images && \
-         { [ -f vmlinux ] || head -c 1048576 /dev/urandom > vmlinux; } && \
-         { [ -f rootfs.ext4 ] || mkfs.ext4 -q -F rootfs.ext4 32M; }",
-    );
+    sandbox.base_images();
     let line = sandbox.sh(&format!(
         "{BIN_IN_SANDBOX}/sandbox_install --instance {id} --openai-api-key sk-sandbox --disk-size 64M"
     ));
@@ -448,9 +444,7 @@ fn stop_reboot_and_power_cut_keep_their_promises() {
 #[ignore = "needs root: sandbox"]
 fn units_are_refused_for_a_firecracker_in_a_world_writable_dir_and_nothing_is_left() {
     let sandbox = Sandbox::boot("trust");
-    sandbox.sh(
-        "mkdir -p /srv/firecracker/base/images && head -c 1024 /dev/urandom > /srv/firecracker/base/images/vmlinux && mkfs.ext4 -q -F /srv/firecracker/base/images/rootfs.ext4 32M",
-    );
+    sandbox.base_images();
     sandbox.sh(&format!(
         "mkdir -p /tmp/evil && chmod 1777 /tmp/evil && cp {BIN_IN_SANDBOX}/firecracker /tmp/evil/"
     ));

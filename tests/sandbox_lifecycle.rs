@@ -161,7 +161,7 @@ fn the_real_cloud_init_configures_the_guest_from_the_seed() {
 #[ignore = "needs root: sandbox"]
 fn a_kernel_without_iso9660_boots_from_the_seed_inside_the_rootfs() {
     let fleet = Fleet::new("rootfsseed");
-    fleet.base_kernel(&kernel_without_iso9660());
+    fleet.base_kernel(&support::kernel_fixture::vmlinux_without_iso9660());
     fleet.healthy("a");
     // The guest never saw the seed image: only what setup wrote into its rootfs copy.
     assert_eq!(fleet.guests.seed_source(&fleet.tap("a")), "rootfs");
@@ -669,9 +669,4 @@ fn shell_and_logs_pass_through_and_status_reads_a_live_instance() {
     assert_eq!(json["health"], "up");
     assert_eq!(json["guest_service"], "active");
     assert_eq!(json["phase"], "provisioned");
-}
-
-// TEMPORARY until the kernel fixtures land.
-fn kernel_without_iso9660() -> Vec<u8> {
-    vec![0x5a; 1 << 20]
 }

@@ -257,7 +257,11 @@ impl ScratchHost {
         for sub in ["state", "fc", "units", "images", "keys"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        std::fs::write(root.join("images/vmlinux"), b"kernel").unwrap();
+        std::fs::write(
+            root.join("images/vmlinux"),
+            crate::kernel_fixture::vmlinux_with_everything(),
+        )
+        .unwrap();
         std::fs::write(root.join("images/rootfs.ext4"), vec![0u8; 4096]).unwrap();
         // A client key already there: generating one would put the key dir under the
         // trusted-path rule, which a temporary directory cannot pass.

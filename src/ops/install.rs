@@ -15,6 +15,7 @@ use super::teardown::teardown_instance;
 use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
+use crate::host::kernel_image::{Feature, KernelError, inspect_file};
 use crate::host::probe;
 use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, write_seed};
 use crate::host::systemd::ServiceManager;
@@ -103,13 +104,10 @@ pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
     }
 }
 
-// TEMPORARY until the kernel inspection lands: the symbol a built-in iso9660 leaves.
+/// Whether the guest kernel can mount the ISO seed image (an unreadable kernel cannot be
+/// counted on; `check_kernel` reports why).
 fn kernel_reads_iso9660(kernel: &Path) -> bool {
-    std::fs::read(kernel).is_ok_and(|image| {
-        image
-            .windows(b"iso9660_fs_type".len())
-            .any(|w| w == b"iso9660_fs_type")
-    })
+    inspect_file(kernel).is_ok_and(|report| report.has(Feature::Iso9660))
 }
 
 /// Refuses an id whose files already exist, as 0.2.0 does before creating anything.
@@ -135,6 +133,41 @@ pub fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses a base kernel the guest cannot boot from, before anything is written: one that is
+/// not an x86_64 ELF vmlinux, or one that lacks a driver the guest needs when no initrd could
+/// load it as a module. Returns a warning when drivers are missing but an initrd is given, or
+/// when the kernel cannot be read without root (`setup --dry-run` as a user). A kernel that is
+/// not there is left to the checks that name it missing.
+pub fn check_kernel(spec: &SetupSpec) -> Result<Option<String>> {
+    let kernel = &spec.base.kernel;
+    if !kernel.is_file() {
+        return Ok(None);
+    }
+    let report = match inspect_file(kernel) {
+        Ok(report) => report,
+        Err(KernelError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            return Ok(Some(format!(
+                "guest kernel {} is not readable without root; setup inspects it before writing anything",
+                kernel.display()
+            )));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    match report.missing_required(spec.base.initrd.is_file()) {
+        None => Ok(None),
+        Some(missing) if missing.fatal => {
+            bail!("guest kernel {}: {}", kernel.display(), missing.describe())
+        }
+        Some(missing) => Ok(Some(format!(
+            "guest kernel {}: {}",
+            kernel.display(),
+            missing.describe()
+        ))),
+    }
 }
 
 /// The client key (`SSH_KEY_PATH`, `.pub` beside it): read, or generated when missing. The
@@ -223,7 +256,7 @@ pub fn install_instance(
 }
 
 /// What must hold before anything is written: no leftovers of this id, trusted binaries for
-/// the units (root runs them at every VM start), and the base images.
+/// the units (root runs them at every VM start), and the base images (a bootable kernel).
 fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools) -> Result<()> {
     check_not_existing(settings, spec)?;
     check_trusted("fireclaw binary", &tools.fireclaw)?;
@@ -237,6 +270,8 @@ fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools)
             bail!("{what} {} is missing", path.display());
         }
     }
+    // Setup checked it already; install_instance has other callers (the sandbox's installer).
+    check_kernel(spec)?;
     Ok(())
 }
 
@@ -584,13 +619,14 @@ mod tests {
     fn a_rootfs_that_is_not_ext4_is_refused_only_when_the_kernel_cannot_read_the_seed_image() {
         let host = ScratchHost::new();
         let spec = spec(&host, "t");
-        // The scratch kernel has no iso9660.
+        let kernel = host.path("images/vmlinux");
+        std::fs::write(&kernel, crate::kernel_fixture::vmlinux_without_iso9660()).unwrap();
         let error = boot_media(&spec).unwrap_err();
         assert!(
             error.to_string().contains("is not ext4 and kernel"),
             "{error}"
         );
-        std::fs::write(host.path("images/vmlinux"), b"..iso9660_fs_type\0..").unwrap();
+        std::fs::write(&kernel, crate::kernel_fixture::vmlinux_with_everything()).unwrap();
         let (media, warning) = boot_media(&spec).unwrap();
         assert!(!media.seed_in_rootfs);
         assert!(warning.unwrap().contains("only from seed.img"));
@@ -621,6 +657,71 @@ mod tests {
         );
         assert_eq!(without_locks(host.tree()), before);
         assert!(!log.calls().contains(&"systemctl daemon-reload".to_owned()));
+    }
+
+    #[test]
+    fn a_kernel_the_guest_cannot_boot_is_refused_before_anything_is_written() {
+        let host = ScratchHost::new();
+        let kernel = host.path("images/vmlinux");
+        for (image, expected) in [
+            (
+                crate::kernel_fixture::bzimage(),
+                format!(
+                    "inspect guest kernel {}: it is a compressed bzImage (vmlinuz)",
+                    kernel.display()
+                ),
+            ),
+            (
+                crate::kernel_fixture::vmlinux_without("virtio-blk"),
+                format!(
+                    "guest kernel {}: no built-in virtio-blk (read from its symbol table); a driver built as a module (=m) is missing unless an initrd loads it",
+                    kernel.display()
+                ),
+            ),
+        ] {
+            std::fs::write(&kernel, image).unwrap();
+            let before = host.tree();
+            let log = CallLog::default();
+            let error = install_instance(
+                &host.settings,
+                &spec(&host, "t"),
+                &tools(),
+                &FakeServices::new(&log),
+                &FakeNetwork::new(&log),
+                SEED_IMAGE_ONLY,
+            )
+            .unwrap_err();
+            let text = error_chain(error.as_ref());
+            assert!(text.starts_with(&expected), "{text}");
+            assert_eq!(host.tree(), before, "something was written");
+            assert!(log.calls().is_empty(), "{:?}", log.calls());
+        }
+    }
+
+    #[test]
+    fn with_an_initrd_missing_drivers_are_a_warning() {
+        let host = ScratchHost::new();
+        std::fs::write(
+            host.path("images/vmlinux"),
+            crate::kernel_fixture::stripped_vmlinux_with_modules(),
+        )
+        .unwrap();
+        let mut spec = spec(&host, "t");
+        assert!(check_kernel(&spec).is_err());
+        spec.base.initrd = host.path("images/initrd.img");
+        std::fs::write(&spec.base.initrd, b"initrd").unwrap();
+        let warning = check_kernel(&spec).unwrap().unwrap();
+        assert!(
+            warning.contains("no built-in virtio-mmio, virtio-blk, virtio-net")
+                && warning.ends_with("the initrd must load them as modules"),
+            "{warning}"
+        );
+        spec.base.kernel = host.path("images/absent");
+        assert_eq!(
+            check_kernel(&spec).unwrap(),
+            None,
+            "left to the presence checks"
+        );
     }
 
     #[test]

@@ -16,10 +16,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(tag: &str) -> Self {
         let host = Sandbox::boot_for_guests(tag);
-        host.sh(
-            "mkdir -p /srv/firecracker/base/images && cd /srv/firecracker/base/images && \
-             head -c 1048576 /dev/urandom > vmlinux && mkfs.ext4 -q -F rootfs.ext4 32M",
-        );
+        host.base_images();
         let guests = GuestHost::start(&host);
         Self { guests, host }
     }

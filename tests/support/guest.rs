@@ -128,13 +128,10 @@ enum SeedSource {
 }
 
 impl SeedSource {
-    /// Decides from the kernel the VM was given: the symbol a built-in iso9660 leaves.
+    /// Decides from the kernel the VM was given, read as fireclaw reads it.
     fn for_kernel(kernel: &Path, seed_image: PathBuf, rootfs: PathBuf) -> Self {
-        let reads_iso = std::fs::read(kernel).is_ok_and(|image| {
-            image
-                .windows(b"iso9660_fs_type".len())
-                .any(|w| w == b"iso9660_fs_type")
-        });
+        let reads_iso = fireclaw::host::kernel_image::inspect_file(kernel)
+            .is_ok_and(|report| report.has(fireclaw::host::kernel_image::Feature::Iso9660));
         if reads_iso {
             Self::Image(seed_image)
         } else {

@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod guest;
+pub mod kernel_fixture;
 pub mod legacy;
 pub mod real_parts;
 pub mod sandbox;

@@ -298,6 +298,33 @@ impl Sandbox {
         self.base.join("root")
     }
 
+    /// Writes `bytes` to the absolute path `inside` the sandbox (mode 0644, parents made), from
+    /// the machine's side: binary content a shell line cannot carry, such as a guest kernel.
+    pub fn write(&self, inside: &str, bytes: &[u8]) {
+        let target = self.root().join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, bytes).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// The base images setup copies: a fixture vmlinux with every driver the guest needs
+    /// (setup inspects it) and a 32 MiB rootfs, each made only when absent.
+    pub fn base_images(&self) {
+        if !self
+            .root()
+            .join("srv/firecracker/base/images/vmlinux")
+            .exists()
+        {
+            self.write(
+                "/srv/firecracker/base/images/vmlinux",
+                &super::kernel_fixture::vmlinux_with_everything(),
+            );
+        }
+        self.sh(
+            "cd /srv/firecracker/base/images && { [ -f rootfs.ext4 ] || mkfs.ext4 -q -F rootfs.ext4 32M; }",
+        );
+    }
+
     /// Runs a bash script inside (all namespaces of the container's PID 1).
     pub fn exec(&self, script: &str) -> Output {
         Command::new("nsenter")

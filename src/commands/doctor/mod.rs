@@ -1,8 +1,10 @@
 //! `fireclaw doctor`: every preflight check of 0.2.0 (host commands, /dev/kvm, base images,
 //! bridge, NAT, state root, capacity) plus what 0.2.0 misses: the Firecracker version, a FORWARD
 //! policy of DROP, the guest network policy (see `egress`), firewalld, rules split between
-//! iptables backends, untrusted or missing paths in units, orphans and half-made instances, a guest kernel without ISO 9660, and the tools that
-//! units written by 0.2.0 need. Each check is pass, warn or fail; any fail makes the exit non-zero.
+//! iptables backends, untrusted or missing paths in units, orphans and half-made instances, a
+//! guest kernel that is no x86_64 vmlinux or lacks a driver the guest needs (and whether it has
+//! iso9660), and the tools that units written by 0.2.0 need. Each check is pass, warn or fail;
+//! any fail makes the exit non-zero.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ mod egress;
 use checks::{Check, Level, check};
 
 use crate::host::firewall::IPTABLES;
+use crate::host::kernel_image::{Feature, inspect_file};
 use crate::host::netlink::Netlink;
 use crate::host::probe;
 use crate::host::process::run as run_program;
@@ -39,19 +42,6 @@ pub fn parse_firecracker_version(text: &str) -> Option<(u32, u32)> {
     let word = text.split_whitespace().find(|w| w.starts_with('v'))?;
     let mut parts = word.trim_start_matches('v').split('.');
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// Whether a vmlinux carries the ISO 9660 filesystem (its symbol `iso9660_fs_type`), which the
-/// NoCloud seed needs; `None` when the image has no symbol names to tell by.
-pub fn kernel_has_iso9660(image: &[u8]) -> Option<bool> {
-    let contains = |needle: &[u8]| image.windows(needle.len()).any(|w| w == needle);
-    if contains(b"iso9660_fs_type\0") {
-        Some(true)
-    } else if contains(b"ext4_fs_type\0") {
-        Some(false)
-    } else {
-        None
-    }
 }
 
 fn tools(checks: &mut Vec<Check>) {
@@ -149,17 +139,56 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
             ),
         });
     }
-    if let Ok(image) = std::fs::read(&kernel) {
-        checks.push(match kernel_has_iso9660(&image) {
-            Some(true) => check("guest kernel ISO 9660", Level::Pass, "iso9660 built in"),
-            Some(false) => check(
-                "guest kernel ISO 9660",
-                Level::Fail,
-                "the kernel has no iso9660 filesystem: cloud-init cannot read the seed image (Firecracker's CI kernels lack it)",
-            ),
-            None => check("guest kernel ISO 9660", Level::Warn, "no symbol names in the image; cannot tell"),
-        });
+    if kernel.is_file() {
+        kernel_checks(&kernel, dir.join(INITRD_FILE).is_file(), checks);
     }
+}
+
+/// What the guest kernel is and carries: an x86_64 ELF vmlinux or not, the drivers the guest
+/// needs (missing ones fail without an initrd, which could load them as modules), and iso9660,
+/// which only says whether the seed image would work too.
+fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) {
+    let report = match inspect_file(kernel) {
+        Ok(report) => report,
+        Err(error) => {
+            checks.push(check("guest kernel", Level::Fail, error_chain(&error)));
+            return;
+        }
+    };
+    checks.push(check(
+        "guest kernel",
+        Level::Pass,
+        format!("x86_64 ELF vmlinux, {}", report.read_from.describe()),
+    ));
+    checks.push(match report.missing_required(with_initrd) {
+        None => check(
+            "guest kernel drivers",
+            Level::Pass,
+            "virtio-mmio, virtio-blk, virtio-net, ext4 and the serial console built in",
+        ),
+        Some(missing) => check(
+            "guest kernel drivers",
+            if missing.fatal {
+                Level::Fail
+            } else {
+                Level::Warn
+            },
+            missing.describe(),
+        ),
+    });
+    checks.push(if report.has(Feature::Iso9660) {
+        check(
+            "guest kernel iso9660",
+            Level::Pass,
+            "iso9660 built in: the seed image works too",
+        )
+    } else {
+        check(
+            "guest kernel iso9660",
+            Level::Pass,
+            "no iso9660: the guest reads its seed from the rootfs",
+        )
+    });
 }
 
 /// The bridge, the guest network policy, and what else on the host decides whether guest
@@ -644,6 +673,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_fixture;
 
     #[test]
     fn firecracker_versions_are_parsed() {
@@ -659,14 +689,64 @@ mod tests {
         assert!((1, 7) < MIN_FIRECRACKER && (1, 16) >= MIN_FIRECRACKER);
     }
 
+    fn kernel_checks_of(image: &[u8], with_initrd: bool) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, image).unwrap();
+        let mut checks = Vec::new();
+        kernel_checks(&kernel, with_initrd, &mut checks);
+        checks
+            .iter()
+            .map(|c| {
+                let level = serde_json::to_value(c.status).unwrap();
+                let detail = c.detail.replace(&dir.path().display().to_string(), "[DIR]");
+                format!("{} {}: {detail}", level.as_str().unwrap(), c.name)
+            })
+            .collect()
+    }
+
     #[test]
-    fn iso9660_is_found_by_symbol_name() {
+    fn a_kernel_with_everything_passes_and_says_the_seed_image_works_too() {
         assert_eq!(
-            kernel_has_iso9660(b"...iso9660_fs_type\0ext4_fs_type\0..."),
-            Some(true)
+            kernel_checks_of(&kernel_fixture::vmlinux_with_everything(), false),
+            [
+                "pass guest kernel: x86_64 ELF vmlinux, read from its symbol table",
+                "pass guest kernel drivers: virtio-mmio, virtio-blk, virtio-net, ext4 and the serial console built in",
+                "pass guest kernel iso9660: iso9660 built in: the seed image works too",
+            ]
         );
-        assert_eq!(kernel_has_iso9660(b"...ext4_fs_type\0..."), Some(false));
-        assert_eq!(kernel_has_iso9660(b"stripped"), None);
+        assert_eq!(
+            kernel_checks_of(&kernel_fixture::vmlinux_without_iso9660(), false)[2],
+            "pass guest kernel iso9660: no iso9660: the guest reads its seed from the rootfs"
+        );
+    }
+
+    #[test]
+    fn missing_drivers_fail_without_an_initrd_and_warn_with_one() {
+        let debian = kernel_fixture::stripped_vmlinux_with_modules();
+        let without = kernel_checks_of(&debian, false);
+        assert!(
+            without[1].starts_with("fail guest kernel drivers: no built-in virtio-mmio, virtio-blk, virtio-net (read from its strings"),
+            "{without:?}"
+        );
+        let with = kernel_checks_of(&debian, true);
+        assert!(
+            with[1].starts_with("warn guest kernel drivers: no built-in virtio-mmio")
+                && with[1].ends_with("the initrd must load them as modules"),
+            "{with:?}"
+        );
+    }
+
+    #[test]
+    fn a_bzimage_fails_in_one_line_and_stops_the_other_kernel_checks() {
+        let checks = kernel_checks_of(&kernel_fixture::bzimage(), false);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert!(
+            checks[0].starts_with(
+                "fail guest kernel: inspect guest kernel [DIR]/vmlinux: it is a compressed bzImage"
+            ),
+            "{checks:?}"
+        );
     }
 
     #[test]

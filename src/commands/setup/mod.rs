@@ -1,4 +1,4 @@
-//! `fireclaw setup`: validate → warn about memory → lock → allocate and write state, assets and
+//! `fireclaw setup`: validate (the base kernel too) → warn about memory → lock → allocate and write state, assets and
 //! units → boot → wait for SSH → provision → proxy → health gate → summary. A failure before
 //! provisioning completes removes exactly this instance; after it, the instance is kept and the
 //! error says how to inspect and retry. `--dry-run` is `preview`.
@@ -13,7 +13,7 @@ use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::spec::SetupSpec;
-use crate::ops::install::{boot_media, first_boot, install_instance, roll_back};
+use crate::ops::install::{boot_media, check_kernel, first_boot, install_instance, roll_back};
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy};
 use crate::ops::network::HostNetwork;
@@ -28,13 +28,19 @@ pub fn run(
     output: &mut Output<'_>,
 ) -> Result<()> {
     let spec = settings.resolve_setup(args)?;
+    // Before anything is written (the lock file included), and the same as root or as a user:
+    // a kernel the guest cannot boot from is refused by setup and by its dry run alike.
+    let kernel_warning = check_kernel(&spec)?;
     if args.dry_run {
-        return preview::dry_run(settings, &spec, output);
+        return preview::dry_run(settings, &spec, kernel_warning, output);
     }
     require_root(
         "setup",
         "it writes under STATE_ROOT, FC_ROOT and /etc/systemd/system (preview with --dry-run)",
     )?;
+    if let Some(warning) = &kernel_warning {
+        output.warn(warning);
+    }
     create(settings, &spec, Waits::from(&args.waits), services, output)
 }
 

@@ -98,10 +98,16 @@ fn check_base_image(what: &str, path: &Path, required: bool, warnings: &mut Vec<
     }
 }
 
-pub fn dry_run(settings: &Settings, spec: &SetupSpec, output: &mut Output<'_>) -> Result<()> {
+/// `kernel_warning` is what `check_kernel` found worth saying about a kernel it accepted.
+pub fn dry_run(
+    settings: &Settings,
+    spec: &SetupSpec,
+    kernel_warning: Option<String>,
+    output: &mut Output<'_>,
+) -> Result<()> {
     check_not_existing(settings, spec)?;
     let (allocation, visibility) = gather_allocation(settings, spec)?;
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = kernel_warning.into_iter().collect();
 
     check_base_image("base kernel", &spec.base.kernel, true, &mut warnings);
     check_base_image("base rootfs", &spec.base.rootfs, true, &mut warnings);
