@@ -22,6 +22,7 @@ use crate::host::kernel_image::{Feature, inspect_file};
 use crate::host::netlink::Netlink;
 use crate::host::probe;
 use crate::host::process::run as run_program;
+use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, StatePaths, UnitNames};
@@ -44,6 +45,10 @@ pub fn parse_firecracker_version(text: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// How to install the Firecracker release fireclaw is tested against, from its GitHub release
+/// (the layout Firecracker's getting-started guide documents).
+pub const FIRECRACKER_INSTALL: &str = "curl -fsSL https://github.com/firecracker-microvm/firecracker/releases/download/v1.16.1/firecracker-v1.16.1-x86_64.tgz | tar -xz && sudo install -o root -g root -m 0755 release-v1.16.1-x86_64/firecracker-v1.16.1-x86_64 /usr/local/bin/firecracker";
+
 fn tools(checks: &mut Vec<Check>) {
     for (tool, required) in [
         ("firecracker", true),
@@ -52,6 +57,7 @@ fn tools(checks: &mut Vec<Check>) {
         ("iptables-restore", true),
         ("socat", true),
         ("ssh", true),
+        ("debugfs", true),
         ("journalctl", false),
     ] {
         checks.push(match probe::which(tool) {
@@ -59,6 +65,11 @@ fn tools(checks: &mut Vec<Check>) {
                 &format!("command {tool}"),
                 Level::Pass,
                 path.display().to_string(),
+            ),
+            None if tool == "firecracker" => check(
+                "command firecracker",
+                Level::Fail,
+                format!("not found on PATH; install it: {FIRECRACKER_INSTALL}"),
             ),
             None if required => check(&format!("command {tool}"), Level::Fail, "not found on PATH"),
             None => check(
@@ -131,7 +142,14 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
     ] {
         checks.push(match std::fs::metadata(&path) {
             Ok(m) if m.is_file() => check(name, Level::Pass, path.display().to_string()),
-            _ if required => check(name, Level::Fail, format!("{} is missing", path.display())),
+            _ if required => check(
+                name,
+                Level::Fail,
+                format!(
+                    "{} is missing (download one with: fireclaw image fetch)",
+                    path.display()
+                ),
+            ),
             _ => check(
                 name,
                 Level::Pass,
@@ -141,6 +159,37 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
     }
     if kernel.is_file() {
         kernel_checks(&kernel, dir.join(INITRD_FILE).is_file(), checks);
+    }
+    let rootfs = dir.join(ROOTFS_FILE);
+    if rootfs.is_file() {
+        checks.push(rootfs_check(&rootfs));
+    }
+}
+
+/// Whether setup can write the cloud-init seed into copies of the base rootfs.
+fn rootfs_check(rootfs: &Path) -> Check {
+    const NAME: &str = "base rootfs format";
+    match filesystem_kind(rootfs) {
+        Ok(FilesystemKind::Ext4 {
+            needs_recovery: false,
+        }) => check(
+            NAME,
+            Level::Pass,
+            "ext4: setup writes the cloud-init seed into each copy",
+        ),
+        Ok(FilesystemKind::Ext4 {
+            needs_recovery: true,
+        }) => check(
+            NAME,
+            Level::Fail,
+            "its ext4 journal needs replaying (copied from a running VM?): run e2fsck -fy on it",
+        ),
+        Ok(FilesystemKind::Other) => check(
+            NAME,
+            Level::Warn,
+            "not ext4: guests get their cloud-init seed only from seed.img, which needs a kernel with iso9660",
+        ),
+        Err(error) => check(NAME, Level::Fail, error_chain(&error)),
     }
 }
 
@@ -674,6 +723,26 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::kernel_fixture;
+
+    #[test]
+    fn the_rootfs_check_tells_ext4_from_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
+        let other = rootfs_check(&rootfs);
+        assert_eq!(other.status, Level::Warn);
+        assert!(other.detail.starts_with("not ext4"), "{}", other.detail);
+        std::fs::remove_file(&rootfs).unwrap();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&rootfs)
+            .arg("8M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let ext4 = rootfs_check(&rootfs);
+        assert_eq!(ext4.status, Level::Pass, "{}", ext4.detail);
+    }
 
     #[test]
     fn firecracker_versions_are_parsed() {
