@@ -1,12 +1,16 @@
 //! Adapters to the host: files and images on disk, links (netlink and taps), the firewall,
-//! systemd, the Firecracker API, and read-only probes of the running system.
+//! systemd, the Firecracker API, read-only probes of the running system, and fetching and
+//! building the guest base images (downloads, signatures, the rootfs).
 
 pub mod assets;
+pub mod download;
 pub mod firecracker_api;
 pub mod firewall;
 pub mod netlink;
 pub mod probe;
 pub mod process;
+pub mod rootfs_build;
+pub mod signature;
 pub mod systemd;
 pub mod tap;
 pub mod trust;
