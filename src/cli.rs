@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::instance::images::{ImageSource, Sha256Hex};
 use crate::instance::values::{
     DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, PrivateEgress, Secret, Skills,
     TelegramUsers, VcpuCount, parse_absolute_path, parse_telegram_token,
@@ -61,6 +62,9 @@ pub enum Command {
     /// Show or re-apply the guest network policy (what guests may reach).
     #[command(subcommand)]
     Egress(EgressCommand),
+    /// Fetch, verify and build the guest kernel and base rootfs, or list the installed ones.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
     Completions(CompletionsArgs),
     /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.
@@ -84,6 +88,79 @@ pub enum EgressCommand {
     /// Rebuild fireclaw's firewall chains from the saved allowlists now (also done at every VM
     /// start).
     Apply,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Download (or copy) a guest kernel and an Ubuntu 24.04 LTS root filesystem into
+    /// BASE_IMAGES_DIR as vmlinux and rootfs.ext4, verified, with a manifest beside them.
+    Fetch(Box<ImageFetchArgs>),
+    /// The images in BASE_IMAGES_DIR and what the manifest records about them.
+    List(ImageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageFetchArgs {
+    /// Images directory [default: BASE_IMAGES_DIR].
+    #[arg(long, value_name = "DIR", value_parser = parse_path)]
+    pub dir: Option<PathBuf>,
+    /// Guest kernel, an uncompressed ELF vmlinux: https://, http:// (loopback, or with
+    /// --kernel-sha256), file:// or a path [default: the newest Firecracker CI kernel for the
+    /// firecracker on PATH].
+    #[arg(long, value_name = "URL|PATH")]
+    pub kernel: Option<ImageSource>,
+    /// Root filesystem: an xz or plain root tarball (built into ext4) or a raw ext4 image, as
+    /// https://, http://, file:// or a path; a signed SHA256SUMS beside it is used when there
+    /// [default: the Ubuntu 24.04 LTS cloud image's root tarball].
+    #[arg(long, value_name = "URL|PATH")]
+    pub rootfs: Option<ImageSource>,
+    /// The kernel's expected SHA-256 (Firecracker publishes none; without this the digest is
+    /// printed and recorded).
+    #[arg(long, value_name = "HEX")]
+    pub kernel_sha256: Option<Sha256Hex>,
+    /// The rootfs download's expected SHA-256, instead of a signed SHA256SUMS.
+    #[arg(long, value_name = "HEX")]
+    pub rootfs_sha256: Option<Sha256Hex>,
+    /// OpenPGP keyring file (binary, as `gpg --export` writes) whose keys sign SHA256SUMS
+    /// [default: Ubuntu's cloud-image signing keys, built in].
+    #[arg(long, value_name = "FILE")]
+    pub keyring: Option<PathBuf>,
+    /// Ubuntu cloud-images release directory (a mirror, or file:// a local copy); plain http://
+    /// is fine, since SHA256SUMS is checked by its signature and the tarball by SHA256SUMS
+    /// [default: https://cloud-images.ubuntu.com/releases/noble/release/].
+    #[arg(long, value_name = "URL", conflicts_with = "rootfs")]
+    pub ubuntu_mirror: Option<ImageSource>,
+    /// Base URL of the bucket holding Firecracker's CI kernels (an S3 ListObjectsV2 listing)
+    /// [default: https://s3.amazonaws.com/spec.ccfc.min].
+    #[arg(long, value_name = "URL", conflicts_with = "kernel", value_parser = parse_http_url)]
+    pub kernel_index: Option<String>,
+    /// Replace images that are already there.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the manifest records of the installed images as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageListArgs {
+    /// Images directory [default: BASE_IMAGES_DIR].
+    #[arg(long, value_name = "DIR", value_parser = parse_path)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_http_url(value: &str) -> Result<String, String> {
+    match value.parse::<ImageSource>() {
+        Ok(ImageSource::Url(url)) => Ok(url),
+        Ok(ImageSource::File(_)) => Err(format!(
+            "'{}' is not an http:// or https:// URL",
+            crate::instance::values::escaped(value)
+        )),
+        Err(e) => Err(e.0),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -8,9 +8,13 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::cli::{KeyArgs, SetupArgs};
+use crate::cli::{ImageFetchArgs, KeyArgs, SetupArgs};
 use crate::env_vars;
 pub use crate::instance::host::{HostPaths, NetworkSettings};
+use crate::instance::images::{
+    DEFAULT_KERNEL_INDEX, DEFAULT_UBUNTU_MIRROR, FetchSpec, ImageSource, KernelChoice,
+    UBUNTU_RELEASE, UBUNTU_ROOT_TARBALL,
+};
 use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, default_api_sock};
 use crate::instance::spec::{BaseImages, ProviderKeys, SetupSpec, SpecError, TelegramSpec};
 use crate::instance::values::{
@@ -161,6 +165,50 @@ impl Settings {
                 minimax_api_key: get(env_vars::MINIMAX_API_KEY),
             },
         })
+    }
+
+    /// The images directory: `--dir`, else `BASE_IMAGES_DIR`.
+    pub fn images_dir(&self, flag: Option<&std::path::Path>) -> PathBuf {
+        flag.map_or_else(|| self.base_images_dir.clone(), std::path::Path::to_owned)
+    }
+
+    /// What `image fetch` is to do: the images directory, and each input given or defaulted
+    /// (Firecracker's CI kernel, Ubuntu's root tarball from the release directory or mirror).
+    pub fn resolve_image_fetch(&self, args: &ImageFetchArgs) -> FetchSpec {
+        let kernel = match &args.kernel {
+            Some(source) => KernelChoice::Given(source.clone()),
+            None => KernelChoice::FirecrackerCi {
+                index: args
+                    .kernel_index
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_KERNEL_INDEX.to_owned()),
+            },
+        };
+        let (rootfs, rootfs_sums_required, rootfs_version) = match &args.rootfs {
+            Some(source) => (source.clone(), false, None),
+            None => {
+                let mirror = args
+                    .ubuntu_mirror
+                    .clone()
+                    .unwrap_or_else(|| ImageSource::Url(DEFAULT_UBUNTU_MIRROR.to_owned()));
+                (
+                    mirror.join(UBUNTU_ROOT_TARBALL),
+                    true,
+                    Some(UBUNTU_RELEASE.to_owned()),
+                )
+            }
+        };
+        FetchSpec {
+            dir: self.images_dir(args.dir.as_deref()),
+            kernel,
+            kernel_sha256: args.kernel_sha256.clone(),
+            rootfs,
+            rootfs_sums_required,
+            rootfs_version,
+            rootfs_sha256: args.rootfs_sha256.clone(),
+            keyring: args.keyring.clone(),
+            force: args.force,
+        }
     }
 
     /// Provider keys: each flag, else its environment variable.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::instance::alloc::Taken;
+use crate::instance::images::{ImageManifest, MANIFEST_FILE};
 use crate::instance::layout::{ENV_FILE, LockPaths, StatePaths, instance_of_state_dir};
 use crate::instance::state::{EnvFile, FireclawState, StateError};
 use crate::instance::values::InstanceId;
@@ -38,6 +39,17 @@ pub enum StoreError {
     AlreadyExists { id: String, path: PathBuf },
     #[error("list {path}")]
     ListDir { path: PathBuf, source: io::Error },
+    #[error("read {path}")]
+    ParseManifest {
+        path: PathBuf,
+        source: crate::instance::images::ManifestError,
+    },
+    #[error("another 'fireclaw image fetch' is writing to {dir} (it holds {path})")]
+    ImagesBusy { dir: PathBuf, path: PathBuf },
+    #[error("{path} already exists (use --force to replace it)")]
+    ImageExists { path: PathBuf },
+    #[error("install {path}")]
+    Install { path: PathBuf, source: io::Error },
 }
 
 /// Creates `path` with mode 0700 if it does not exist, parents included.
@@ -342,6 +354,131 @@ pub fn reserve<E>(
         let _ = fs::remove_dir_all(&paths.dir);
     }
     written
+}
+
+/// `<dir>/fireclaw-images.json`, or `None` when the images directory has none.
+pub fn read_image_manifest(dir: &Path) -> Result<Option<ImageManifest>, StoreError> {
+    let path = dir.join(MANIFEST_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => ImageManifest::parse(&text)
+            .map(Some)
+            .map_err(|source| StoreError::ParseManifest { path, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::ReadFile { path, source }),
+    }
+}
+
+/// Writes the manifest atomically, readable by all (it holds no secret).
+pub fn write_image_manifest(dir: &Path, manifest: &ImageManifest) -> Result<(), StoreError> {
+    write_atomic(
+        &dir.join(MANIFEST_FILE),
+        manifest.render().as_bytes(),
+        0o644,
+    )
+}
+
+/// The lock file that keeps two fetches out of one images directory.
+pub const IMAGES_LOCK_FILE: &str = ".fireclaw-images.lock";
+/// Prefix of the private staging directories fetches work in, inside the images directory
+/// (so the final rename stays on one filesystem).
+pub const IMAGE_STAGING_PREFIX: &str = ".fireclaw-image-";
+
+/// Creates the images directory (0755: Firecracker and `setup` read from it) and takes its
+/// lock without waiting: a second fetch into the same directory is refused, not queued
+/// behind a download of hundreds of MiB.
+pub fn lock_image_dir(dir: &Path) -> Result<HeldLock, StoreError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let path = dir.join(IMAGES_LOCK_FILE);
+    let file = open_lock_file(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(HeldLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::ImagesBusy {
+            dir: dir.to_owned(),
+            path,
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
+    }
+}
+
+/// A private directory inside the images directory where a fetch downloads, unpacks and
+/// builds; removed when dropped, on success and on every error.
+#[derive(Debug)]
+pub struct ImageStaging {
+    path: PathBuf,
+}
+
+impl ImageStaging {
+    /// Removes what a killed fetch left (the caller holds the directory's lock, so no other
+    /// fetch is using it), then makes a fresh staging dir (0700).
+    pub fn create(dir: &Path) -> Result<Self, StoreError> {
+        let entries = fs::read_dir(dir).map_err(|source| StoreError::ListDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(IMAGE_STAGING_PREFIX)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let path = dir.join(format!("{IMAGE_STAGING_PREFIX}{}", std::process::id()));
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| StoreError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ImageStaging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Moves a finished file from staging to `target` (same filesystem): fsync, then a rename when
+/// `replace`, else a hard link that fails if `target` exists (so nothing is overwritten
+/// without `--force`, even by a file that appeared meanwhile), then fsync of the directory.
+pub fn install_image(staged: &Path, target: &Path, replace: bool) -> Result<(), StoreError> {
+    let fail = |source| StoreError::Install {
+        path: target.to_owned(),
+        source,
+    };
+    File::open(staged)
+        .and_then(|f| f.sync_all())
+        .map_err(fail)?;
+    if replace {
+        fs::rename(staged, target).map_err(fail)?;
+    } else {
+        match fs::hard_link(staged, target) {
+            Ok(()) => fs::remove_file(staged).map_err(fail)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::ImageExists {
+                    path: target.to_owned(),
+                });
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
 }
 
 #[cfg(test)]

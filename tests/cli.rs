@@ -89,6 +89,7 @@ fn help_lists_every_command_and_each_command_has_help() {
         "shell",
         "token",
         "destroy",
+        "image",
         "help",
     ] {
         assert!(text.contains(command), "{command} missing from --help");
@@ -335,6 +336,36 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             "kernel",
         ),
         (vec!["destroy".into()], vec![], "ID"),
+        (
+            vec![
+                "image".into(),
+                "fetch".into(),
+                "--kernel".into(),
+                "ftp://h/vmlinux".into(),
+            ],
+            vec![],
+            "scheme ftp",
+        ),
+        (
+            vec![
+                "image".into(),
+                "fetch".into(),
+                "--rootfs-sha256".into(),
+                "abc".into(),
+            ],
+            vec![],
+            "SHA-256",
+        ),
+        (
+            vec![
+                "image".into(),
+                "fetch".into(),
+                "--kernel-index".into(),
+                "/srv/k".into(),
+            ],
+            vec![],
+            "not an http",
+        ),
         // Ids that would escape or confuse paths, names and hostnames.
         (
             vec![

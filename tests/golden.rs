@@ -95,7 +95,7 @@ impl Fixture {
     }
 }
 
-const SUBCOMMANDS: [&str; 18] = [
+const SUBCOMMANDS: [&str; 21] = [
     "doctor",
     "setup",
     "provision",
@@ -112,6 +112,9 @@ const SUBCOMMANDS: [&str; 18] = [
     "egress",
     "egress show",
     "egress apply",
+    "image",
+    "image fetch",
+    "image list",
     "completions",
     "man",
 ];

@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod host;
+pub mod images;
 pub mod layout;
 pub mod plain;
 pub mod plan;

@@ -6,5 +6,6 @@ pub mod artifacts;
 pub mod cloud_init;
 pub mod egress;
 pub mod firecracker;
+pub mod guest_fstab;
 pub mod seed_image;
 pub mod units;
