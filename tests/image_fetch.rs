@@ -10,6 +10,8 @@
 
 #[path = "support/http_server.rs"]
 mod http_server;
+#[path = "support/kernel_fixture.rs"]
+mod kernel_fixture;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -43,17 +45,12 @@ fn sha256(path: &Path) -> String {
         .to_owned()
 }
 
-/// A minimal x86_64 ELF64 executable header, padded to 64 KiB so a download can be cut.
+/// A vmlinux with every driver a guest needs (the fixture setup's tests use), padded to 64 KiB
+/// so a download can be cut.
 fn kernel_fixture() -> Vec<u8> {
-    let mut elf = vec![0u8; 64 * 1024];
-    elf[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
-    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf[18..20].copy_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
-    elf[52..54].copy_from_slice(&64u16.to_le_bytes());
-    for (i, byte) in elf[64..].iter_mut().enumerate() {
-        *byte = (i % 251) as u8;
-    }
+    let mut elf = kernel_fixture::vmlinux_with_everything();
+    let padding = (64 * 1024usize).saturating_sub(elf.len());
+    elf.extend((0..padding).map(|i| (i % 251) as u8));
     elf
 }
 
@@ -546,6 +543,59 @@ fn file_urls_and_plain_paths_are_accepted_and_list_shows_them() {
     assert_eq!(view["images"][0]["file"], "vmlinux");
     assert_eq!(view["images"][0]["matches_record"], true);
     assert_eq!(view["images"][1]["record"]["verification"], "sha256 pinned");
+    // doctor shows where the images came from, and reads the kernel and rootfs as setup will.
+    let doctor = fixture.fireclaw(&["doctor", "--json"], false);
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let check = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))
+            .clone()
+    };
+    let source = check("base images source");
+    assert_eq!(source["status"], "pass", "{source}");
+    let detail = source["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("rootfs.ext4 (sha256 pinned, ") && detail.contains("vmlinux 6.1.150 ("),
+        "{detail}"
+    );
+    assert_eq!(check("base rootfs format")["status"], "pass");
+    assert_eq!(check("guest kernel drivers")["status"], "pass");
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_tarball_rootfs_without_root_is_refused_before_any_download() {
+    let fixture = Fixture::new();
+    let kernel = fixture.path("vmlinux-6.1.150");
+    std::fs::write(&kernel, kernel_fixture()).unwrap();
+    let images = fixture.images();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .args(["image", "fetch", "--dir"])
+        .arg(&images)
+        .args(["--kernel", kernel.to_str().unwrap(), "--rootfs"])
+        .arg(
+            fixture
+                .server
+                .url("/ubuntu/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("needs root"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(
+        fixture.server.requests().is_empty(),
+        "{:?}",
+        fixture.server.requests()
+    );
 }
 
 #[test]
@@ -653,7 +703,7 @@ fn http_errors_unknown_formats_and_missing_tools_are_plain_errors() {
     assert_refused(
         &fixture,
         &output,
-        "is of an unknown format, not an ELF kernel",
+        "it is not an ELF file; the guest needs an uncompressed x86_64 ELF vmlinux",
     );
     let kernel = fixture.path("vmlinux");
     std::fs::write(&kernel, kernel_fixture()).unwrap();

@@ -25,6 +25,7 @@ use crate::host::process::run as run_program;
 use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
+use crate::instance::images::{MANIFEST_FILE, manifest_summary};
 use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE, StatePaths, UnitNames};
 use crate::instance::state::Phase;
 use crate::instance::values::{InstanceId, escaped};
@@ -33,7 +34,7 @@ use crate::output::Output;
 use crate::output::{error_chain, use_colour};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{ScannedInstance, read_fireclaw_state, scan_instances};
+use crate::store::{ScannedInstance, read_fireclaw_state, read_image_manifest, scan_instances};
 
 /// The oldest Firecracker fireclaw was tested with.
 pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
@@ -163,6 +164,23 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
     let rootfs = dir.join(ROOTFS_FILE);
     if rootfs.is_file() {
         checks.push(rootfs_check(&rootfs));
+    }
+    checks.push(manifest_check(dir));
+}
+
+/// Where the base images came from, as `fireclaw image fetch` recorded it.
+fn manifest_check(dir: &Path) -> Check {
+    const NAME: &str = "base images source";
+    match read_image_manifest(dir) {
+        Ok(Some(manifest)) => check(NAME, Level::Pass, manifest_summary(&manifest)),
+        Ok(None) => check(
+            NAME,
+            Level::Pass,
+            format!(
+                "no {MANIFEST_FILE}: not fetched by fireclaw image fetch, so where they came from is not recorded"
+            ),
+        ),
+        Err(error) => check(NAME, Level::Warn, error_chain(&error)),
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 
 use crate::host::download::{Downloader, Fetched, digest_file};
+use crate::host::kernel_image::inspect;
 use crate::host::{probe, process, rootfs_build, signature};
 use crate::instance::images::{
     FetchSpec, ImageFormat, ImageRecord, ImageSource, KernelChoice, ROOTFS_LABEL, SUMS_FILE,
@@ -50,6 +51,18 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
     }
     if let Some(keyring) = &spec.keyring {
         std::fs::metadata(keyring).with_context(|| format!("read {}", keyring.display()))?;
+    }
+    // A root tarball keeps its files' owners only when unpacked as root: say so before the
+    // download, not after it.
+    if spec
+        .rootfs
+        .file_name()
+        .is_some_and(|name| is_tarball_name(&name))
+    {
+        probe::require_root(
+            "image fetch",
+            "a rootfs built from a tarball keeps its files' owners",
+        )?;
     }
     let downloader = Downloader::new();
 
@@ -107,16 +120,20 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
         }
     };
     let staged_kernel = staging.path().join(KERNEL_FILE);
-    store::install_image(&rootfs_file, &targets[1], spec.force)?;
-    store::install_image(&staged_kernel, &targets[0], spec.force)?;
     let records = [
         kernel_record.finish(&fetched_at),
         rootfs_record.finish(&fetched_at),
     ];
-    for record in &records {
+    // Each image is recorded as soon as it is in place, so the manifest never lacks an image
+    // that was installed, even when the next step fails.
+    for (staged, target, record) in [
+        (&rootfs_file, &targets[1], &records[1]),
+        (&staged_kernel, &targets[0], &records[0]),
+    ] {
+        store::install_image(staged, target, spec.force)?;
         manifest.record(record.clone());
+        store::write_image_manifest(&spec.dir, &manifest)?;
     }
-    store::write_image_manifest(&spec.dir, &manifest)?;
     drop(staging);
 
     for record in &records {
@@ -132,6 +149,10 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
         output.line(&serde_json::to_string_pretty(&records)?);
     }
     Ok(())
+}
+
+fn is_tarball_name(name: &str) -> bool {
+    name.ends_with(".tar") || name.ends_with(".tar.xz") || name.ends_with(".txz")
 }
 
 /// A record still waiting for its timestamp.
@@ -313,19 +334,16 @@ fn fetch_kernel(
             Verification::Recorded
         }
     };
-    let format = sniff_format(&rootfs_build::read_head(&staged)?);
-    match format {
-        ImageFormat::Elf => {}
-        ImageFormat::BzImage => bail!(
-            "{} is a compressed kernel (bzImage/vmlinuz); Firecracker on x86_64 boots an \
-             uncompressed ELF vmlinux (extract it with the kernel's scripts/extract-vmlinux)",
-            kernel.source
-        ),
-        other => bail!(
-            "{} is {}, not an ELF kernel (vmlinux)",
+    // The same inspection setup makes: an x86_64 ELF vmlinux, and the drivers a guest needs
+    // (missing ones are worth a warning here; setup refuses them without an initrd).
+    let bytes = std::fs::read(&staged).with_context(|| format!("read {}", staged.display()))?;
+    let report = inspect(&bytes).with_context(|| format!("the kernel from {}", kernel.source))?;
+    if let Some(missing) = report.missing_required(false) {
+        output.warn(&format!(
+            "the kernel from {}: {}",
             kernel.source,
-            other.describe()
-        ),
+            missing.describe()
+        ));
     }
     Ok(PendingRecord(ImageRecord {
         file: KERNEL_FILE.to_owned(),
