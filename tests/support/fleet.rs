@@ -15,8 +15,14 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(tag: &str) -> Self {
+        let fleet = Self::bare(tag);
+        fleet.host.base_images();
+        fleet
+    }
+
+    /// A host as a new user has it: no base images yet.
+    pub fn bare(tag: &str) -> Self {
         let host = Sandbox::boot_for_guests(tag);
-        host.base_images();
         let guests = GuestHost::start(&host);
         Self { guests, host }
     }
