@@ -461,6 +461,9 @@ pub fn install_image(staged: &Path, target: &Path, replace: bool) -> Result<(), 
         path: target.to_owned(),
         source,
     };
+    // Base images hold nothing secret and every instance copies them: one mode for all,
+    // whatever the umask or the download's own mode was.
+    fs::set_permissions(staged, fs::Permissions::from_mode(0o644)).map_err(fail)?;
     File::open(staged)
         .and_then(|f| f.sync_all())
         .map_err(fail)?;

@@ -24,6 +24,7 @@ const TARBALL: &str = "ubuntu-24.04-server-cloudimg-amd64-root.tar.xz";
 const KERNEL_KEY: &str = "firecracker-ci/v1.16/x86_64/vmlinux-6.1.141";
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const UBUNTU_FSTAB: &str = "LABEL=cloudimg-rootfs\t/\t ext4\tdiscard,errors=remount-ro\t0 1\n\
+LABEL=BOOT\t/boot\text4\tdefaults\t0 2\n\
 LABEL=UEFI\t/boot/efi\tvfat\tumask=0077\t0 1\n";
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -405,8 +406,12 @@ fn the_default_fetch_builds_a_verified_ubuntu_rootfs_and_resumes_a_dropped_kerne
         header.contains("Filesystem volume name:   cloudimg-rootfs"),
         "{header}"
     );
-    // The fstab: the root line as it was, the EFI line commented out.
+    // The fstab: the root line as it was, the /boot and EFI partitions commented out.
     let fstab = debugfs(&image, "cat /etc/fstab");
+    assert!(
+        fstab.contains("\n#LABEL=BOOT\t/boot\text4\tdefaults\t0 2\n"),
+        "{fstab}"
+    );
     assert!(
         fstab.starts_with("LABEL=cloudimg-rootfs\t/\t ext4\tdiscard,errors=remount-ro\t0 1\n"),
         "{fstab}"
@@ -499,13 +504,138 @@ fn a_checksum_mismatch_is_refused_and_nothing_is_installed() {
     fixture.serve_ubuntu(b"not the tarball SHA256SUMS names", Some(&"ab".repeat(32)));
     let output = fixture.fetch(&[]);
     assert_refused(&fixture, &output, "checksum mismatch");
+    // Each pin on its own: the right kernel pin with a wrong rootfs pin, then the reverse.
+    let kernel_pin = {
+        let file = fixture.path("kernel-for-pin");
+        std::fs::write(&file, kernel_fixture()).unwrap();
+        sha256(&file)
+    };
     let pinned = fixture.fetch(&[
         "--kernel-sha256",
-        &"cd".repeat(32),
+        &kernel_pin,
         "--rootfs-sha256",
         &"ab".repeat(32),
     ]);
-    assert_refused(&fixture, &pinned, "checksum mismatch for http://127.0.0.1");
+    assert_refused(
+        &fixture,
+        &pinned,
+        &format!(
+            "checksum mismatch for {}",
+            fixture.server.url(&format!("/ubuntu/{TARBALL}"))
+        ),
+    );
+    let pinned = fixture.fetch(&["--kernel-sha256", &"cd".repeat(32)]);
+    assert_refused(
+        &fixture,
+        &pinned,
+        &format!(
+            "checksum mismatch for {}",
+            fixture.server.url(&format!("/spec/{KERNEL_KEY}"))
+        ),
+    );
+}
+
+#[test]
+fn unsigned_or_incomplete_checksums_are_refused_and_nothing_is_installed() {
+    let fixture = Fixture::new();
+    let tarball = b"a tarball the sums do not list".to_vec();
+    // SHA256SUMS without its signature proves nothing.
+    fixture.serve_ubuntu(&tarball, None);
+    fixture.server.fail("/ubuntu/SHA256SUMS.gpg", 404);
+    let output = fixture.fetch(&[]);
+    assert_refused(
+        &fixture,
+        &output,
+        "has no signature SHA256SUMS.gpg beside it",
+    );
+    // A good signature over sums that do not name the file.
+    let sums = format!("{} *some-other-file.tar.xz\n", "0".repeat(64));
+    fixture.server.put("/ubuntu/SHA256SUMS", sums.clone());
+    fixture.server.put(
+        "/ubuntu/SHA256SUMS.gpg",
+        fixture.signer.sign(sums.as_bytes()),
+    );
+    fixture.server.clear_failure("/ubuntu/SHA256SUMS.gpg");
+    let output = fixture.fetch(&[]);
+    assert_refused(&fixture, &output, &format!("lists no file named {TARBALL}"));
+}
+
+#[test]
+fn a_server_that_ignores_ranges_gets_the_download_restarted_whole() {
+    let fixture = Fixture::new();
+    let image = ext4_image(fixture.scratch.path(), "cloudimg-rootfs");
+    fixture
+        .server
+        .put("/raw/rootfs.ext4", std::fs::read(&image).unwrap());
+    fixture.server.cut_once_after("/raw/rootfs.ext4", 300_000);
+    fixture.server.ignore_ranges("/raw/rootfs.ext4");
+    let url = fixture.server.url("/raw/rootfs.ext4");
+    let output = fixture.fetch(&["--rootfs", &url, "--rootfs-sha256", &sha256(&image)]);
+    assert_ok(&output);
+    let gets = fixture
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r.target == "/raw/rootfs.ext4" && r.method == "GET")
+        .count();
+    assert_eq!(gets, 2);
+    assert_eq!(
+        sha256(&fixture.images().join("rootfs.ext4")),
+        sha256(&image)
+    );
+}
+
+#[test]
+fn sigterm_during_a_download_stops_it_and_leaves_nothing_behind() {
+    let fixture = Fixture::new();
+    let image = ext4_image(fixture.scratch.path(), "cloudimg-rootfs");
+    fixture
+        .server
+        .put("/raw/rootfs.ext4", std::fs::read(&image).unwrap());
+    fixture.server.stall_after("/raw/rootfs.ext4", 100_000);
+    let url = fixture.server.url("/raw/rootfs.ext4");
+    let dir = fixture.images();
+    let kernel = fixture.path("vmlinux-6.1.150");
+    std::fs::write(&kernel, kernel_fixture()).unwrap();
+    let child = Command::new(BIN)
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .args(["image", "fetch", "--dir"])
+        .arg(&dir)
+        .args(["--kernel", kernel.to_str().unwrap(), "--rootfs", &url])
+        .args(["--rootfs-sha256", &sha256(&image)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the rootfs download hangs with part of the file in the staging dir.
+    let staging_has_part = || {
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".fireclaw-image-")
+                    && e.path()
+                        .join("rootfs.download")
+                        .metadata()
+                        .is_ok_and(|m| m.len() >= 100_000)
+            })
+    };
+    let waited = std::time::Instant::now();
+    while !staging_has_part() {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(20),
+            "no download began"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().unwrap();
+    assert_refused(&fixture, &output, "interrupted (Ctrl-C or SIGTERM)");
 }
 
 #[test]
@@ -543,7 +673,9 @@ fn file_urls_and_plain_paths_are_accepted_and_list_shows_them() {
     assert_eq!(view["images"][0]["file"], "vmlinux");
     assert_eq!(view["images"][0]["matches_record"], true);
     assert_eq!(view["images"][1]["record"]["verification"], "sha256 pinned");
-    // doctor shows where the images came from, and reads the kernel and rootfs as setup will.
+    // doctor shows where the images came from, and reads the kernel and rootfs as setup will;
+    // it also names what a killed fetch left.
+    std::fs::create_dir(fixture.images().join(".fireclaw-image-999999")).unwrap();
     let doctor = fixture.fireclaw(&["doctor", "--json"], false);
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
     let check = |name: &str| {
@@ -563,6 +695,15 @@ fn file_urls_and_plain_paths_are_accepted_and_list_shows_them() {
         "{detail}"
     );
     assert_eq!(check("base rootfs format")["status"], "pass");
+    let leftovers = check("base images leftovers");
+    assert_eq!(leftovers["status"], "warn", "{leftovers}");
+    assert!(
+        leftovers["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(".fireclaw-image-999999 in "),
+        "{leftovers}"
+    );
     assert_eq!(check("guest kernel drivers")["status"], "pass");
 }
 

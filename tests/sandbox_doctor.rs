@@ -80,6 +80,14 @@ fn doctor_names_every_provoked_problem() {
             "pass no iso9660: the guest reads its seed from the rootfs",
         ),
         (
+            "base rootfs format",
+            "fail not ext4, and the kernel has no iso9660",
+        ),
+        (
+            "base images source",
+            "pass no fireclaw-images.json: not fetched by fireclaw image fetch",
+        ),
+        (
             "unit paths ghost",
             "fail unit program /tmp/evil/firecracker is not trusted",
         ),

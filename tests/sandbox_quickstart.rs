@@ -24,7 +24,7 @@ fn make_mirror(fleet: &Fleet) {
     );
     fleet.host.sh(&format!(
         "set -e; mkdir -p /tmp/tree/etc /tmp/tree/boot/efi /tmp/tree/home; \
-         printf 'LABEL=cloudimg-rootfs\\t/\\text4\\tdiscard,errors=remount-ro\\t0 1\\nLABEL=UEFI\\t/boot/efi\\tvfat\\tumask=0077\\t0 1\\n' > /tmp/tree/etc/fstab; \
+         printf 'LABEL=cloudimg-rootfs\\t/\\text4\\tdiscard,errors=remount-ro\\t0 1\\nLABEL=BOOT\\t/boot\\text4\\tdefaults\\t0 2\\nLABEL=UEFI\\t/boot/efi\\tvfat\\tumask=0077\\t0 1\\n' > /tmp/tree/etc/fstab; \
          cd /srv/mirror; tar --xattrs --numeric-owner -C /tmp/tree -cJf {TARBALL} .; \
          sha256sum -b {TARBALL} > SHA256SUMS; \
          export GNUPGHOME=$(mktemp -d); \

@@ -8,10 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
 
+use super::interrupt::{self, Interrupted};
 use crate::instance::images::{ImageSource, Sha256Hex};
 
 /// Attempts at one download before a dropped connection is reported.
@@ -37,6 +39,12 @@ pub enum DownloadError {
         attempts: u32,
         #[source]
         source: io::Error,
+    },
+    #[error("fetch {what}")]
+    Stopped {
+        what: String,
+        #[source]
+        source: Interrupted,
     },
     #[error("download {url}: larger than {limit} bytes")]
     TooLarge { url: String, limit: u64 },
@@ -66,6 +74,7 @@ pub struct Fetched {
 /// Progress of one transfer: bytes so far, and the total when known.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, Option<u64>);
 
+#[derive(Clone)]
 pub struct Downloader {
     agent: ureq::Agent,
     /// Pause before attempt `n` is `n` times this.
@@ -136,7 +145,7 @@ impl Downloader {
         match source {
             ImageSource::File(path) => read_small(path),
             ImageSource::Url(url) => {
-                let mut response = self.get(url, None)?;
+                let mut response = self.get(url, None, None)?;
                 let status = response.status().as_u16();
                 if !(200..=299).contains(&status) {
                     return Err(DownloadError::Status {
@@ -199,14 +208,64 @@ impl Downloader {
         Ok(fetched)
     }
 
+    /// `fetch_to` on a thread of its own, with `progress` called here: a signal wakes only the
+    /// thread that takes it, so a read blocked on a stalled server might never see Ctrl-C.
+    /// This thread does, and stops waiting at once; the caller's error path then removes
+    /// `dest`, and the transfer thread ends with the process.
+    pub fn fetch_to_watched(
+        &self,
+        source: &ImageSource,
+        dest: &Path,
+        progress: Progress<'_>,
+    ) -> Result<Fetched, DownloadError> {
+        let (sender, receiver) = mpsc::channel();
+        let worker = {
+            let (this, source, dest) = (self.clone(), source.clone(), dest.to_owned());
+            std::thread::spawn(move || {
+                this.fetch_to(&source, &dest, &mut |done, total| {
+                    let _ = sender.send((done, total));
+                })
+            })
+        };
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok((done, total)) => progress(done, total),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            interrupt::check().map_err(|stop| DownloadError::Stopped {
+                what: source.to_string(),
+                source: stop,
+            })?;
+        }
+        worker.join().unwrap_or_else(|_| {
+            Err(DownloadError::Write {
+                path: dest.to_owned(),
+                source: io::Error::other("the transfer thread panicked"),
+            })
+        })
+    }
+
+    /// A GET of `url`, from byte `from` on when given, and then only if the file is still the
+    /// one `validator` (its ETag or Last-Modified) names; otherwise the server sends it whole.
+    /// An https URL is never followed to plain http by a redirect.
     fn get(
         &self,
         url: &str,
         from: Option<u64>,
+        validator: Option<&str>,
     ) -> Result<ureq::http::Response<ureq::Body>, DownloadError> {
-        let mut request = self.agent.get(url);
+        let mut request = self
+            .agent
+            .get(url)
+            .config()
+            .https_only(url.starts_with("https://"))
+            .build();
         if let Some(offset) = from {
             request = request.header("Range", format!("bytes={offset}-"));
+            if let Some(validator) = validator {
+                request = request.header("If-Range", validator);
+            }
         }
         request.call().map_err(|source| DownloadError::Request {
             url: url.to_owned(),
@@ -229,10 +288,16 @@ impl Downloader {
         let mut have: u64 = 0;
         let mut attempt: u32 = 0;
         let mut resumed = 0;
+        let mut validator: Option<String> = None;
+        let stopped = |source| DownloadError::Stopped {
+            what: url.to_owned(),
+            source,
+        };
         loop {
+            interrupt::check().map_err(stopped)?;
             attempt += 1;
             let resume_from = (have > 0).then_some(have);
-            let last_error = match self.get(url, resume_from) {
+            let last_error = match self.get(url, resume_from, validator.as_deref()) {
                 // Nothing received yet: no network, a refused connection, an unknown host.
                 // That is reported at once rather than retried.
                 Err(e) if have == 0 => return Err(e),
@@ -257,6 +322,14 @@ impl Downloader {
                                 .or_else(|| content_length(&response).map(|n| n + have))
                         }
                         200 => {
+                            // What a resume must find unchanged.
+                            validator = ["etag", "last-modified"].iter().find_map(|name| {
+                                response
+                                    .headers()
+                                    .get(*name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_owned)
+                            });
                             if have > 0 {
                                 // The server ignored the range: start over.
                                 file.set_len(0).map_err(write_error)?;
@@ -284,10 +357,12 @@ impl Downloader {
                         }
                         Ok(()) => io::Error::from(io::ErrorKind::UnexpectedEof),
                         Err(CopyError::Write(e)) => return Err(write_error(e)),
+                        Err(CopyError::Stopped(e)) => return Err(stopped(e)),
                         Err(CopyError::Read(e)) => e,
                     }
                 }
             };
+            interrupt::check().map_err(stopped)?;
             if attempt >= MAX_ATTEMPTS {
                 return Err(DownloadError::Interrupted {
                     url: url.to_owned(),
@@ -327,6 +402,7 @@ fn content_range_total(response: &ureq::http::Response<ureq::Body>) -> Option<u6
 enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    Stopped(Interrupted),
 }
 
 fn copy_hashing(
@@ -341,6 +417,7 @@ fn copy_hashing(
     let mut last = Instant::now();
     progress(*have, total);
     loop {
+        interrupt::check().map_err(CopyError::Stopped)?;
         let n = match reader.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => n,
@@ -378,6 +455,10 @@ fn copy_file(
             CopyError::Read(source) => read_error(source),
             CopyError::Write(source) => DownloadError::Write {
                 path: dest.to_owned(),
+                source,
+            },
+            CopyError::Stopped(source) => DownloadError::Stopped {
+                what: path.display().to_string(),
                 source,
             },
         },

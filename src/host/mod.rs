@@ -7,6 +7,7 @@ pub mod assets;
 pub mod download;
 pub mod firecracker_api;
 pub mod firewall;
+pub mod interrupt;
 pub mod kernel_image;
 pub mod netlink;
 pub mod probe;

@@ -1,7 +1,7 @@
 //! Turning a root tarball into the `rootfs.ext4` a guest boots from, without loop mounts:
 //! unpack it (xz through lzma-rs, then tar) into a staging tree with owners, modes, hard links
-//! and extended attributes (file capabilities) kept, comment out the `/boot/efi` mount in its
-//! `/etc/fstab`, then `mkfs.ext4 -d` the tree into an image labelled `cloudimg-rootfs` and
+//! and extended attributes (file capabilities) kept, comment out the mounts of partitions a VM
+//! does not have (`/boot`, `/boot/efi`) in its `/etc/fstab`, then `mkfs.ext4 -d` the tree into an image labelled `cloudimg-rootfs` and
 //! check it with `e2fsck -fn`. Also the disk-space probe (`statvfs`) the fetch checks first.
 
 use std::collections::HashSet;
@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use super::interrupt::{self, Interrupted};
 use crate::host::process::{self, ProcessError};
 use crate::instance::images::{ImageFormat, ROOTFS_LABEL, SNIFF_LEN};
 use crate::render::guest_fstab;
@@ -20,6 +21,12 @@ const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    #[error("unpack {archive}")]
+    Stopped {
+        archive: PathBuf,
+        #[source]
+        source: Interrupted,
+    },
     #[error("read {path}")]
     Read {
         path: PathBuf,
@@ -157,13 +164,25 @@ pub fn unpack(archive: &Path, format: ImageFormat, tree: &Path) -> Result<(), Bu
         });
         let unpacked = unpack_tar(archive, &mut reader, tree);
         // tar stops at its end marker; drain the padding after it so the decoder can finish
-        // (and report a bad checksum at the very end of the stream).
-        let _ = io::copy(&mut reader, &mut io::sink());
+        // (and report a bad checksum at the very end of the stream). After a failure the pipe
+        // is closed instead, which stops the decoder at its next write.
+        if unpacked.is_ok() {
+            let _ = io::copy(&mut reader, &mut io::sink());
+        }
         drop(reader);
         let decoded = decoder
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the xz decoder panicked")));
         match (unpacked, decoded) {
+            // A corrupt stream makes tar fail too; the decoder's error says why.
+            (Err(BuildError::Unpack { .. }), Err(source))
+                if source.kind() != io::ErrorKind::BrokenPipe =>
+            {
+                Err(BuildError::Decompress {
+                    archive: archive.to_owned(),
+                    source,
+                })
+            }
             (Err(e), _) => Err(e),
             (Ok(()), Err(source)) => Err(BuildError::Decompress {
                 archive: archive.to_owned(),
@@ -194,7 +213,19 @@ fn unpack_tar(archive: &Path, reader: &mut dyn Read, tree: &Path) -> Result<(), 
     tar.set_unpack_xattrs(true);
     tar.set_overwrite(true);
     for entry in tar.entries().map_err(fail)? {
+        interrupt::check().map_err(|source| BuildError::Stopped {
+            archive: archive.to_owned(),
+            source,
+        })?;
         let mut entry = entry.map_err(fail)?;
+        // A booted guest's /dev is a devtmpfs; the tar crate would write device nodes and
+        // FIFOs as regular files, which is worse than leaving them out.
+        if matches!(
+            entry.header().entry_type(),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            continue;
+        }
         let path = entry.path().map_err(fail)?.into_owned();
         let unsafe_entry = || BuildError::UnsafeEntry {
             archive: archive.to_owned(),
@@ -212,11 +243,12 @@ fn unpack_tar(archive: &Path, reader: &mut dyn Read, tree: &Path) -> Result<(), 
     Ok(())
 }
 
-/// Comments out the `/boot/efi` mount in `<tree>/etc/fstab`, in place (owner, mode and
+/// Comments out the mounts of partitions other than the root in `<tree>/etc/fstab` (see
+/// `guest_fstab`), in place (owner, mode and
 /// attributes kept). Returns whether it changed anything; a tree without an fstab is left
 /// alone. Neither `etc` nor `fstab` may be a link: a crafted tree must not make this edit a
 /// file outside it.
-pub fn disable_efi_mount(tree: &Path) -> Result<bool, BuildError> {
+pub fn disable_missing_partition_mounts(tree: &Path) -> Result<bool, BuildError> {
     let etc = tree.join("etc");
     let path = etc.join("fstab");
     let fail = |source| BuildError::EditFstab {
@@ -236,7 +268,7 @@ pub fn disable_efi_mount(tree: &Path) -> Result<bool, BuildError> {
         Err(e) => return Err(fail(e)),
     }
     let text = fs::read_to_string(&path).map_err(fail)?;
-    let Some(changed) = guest_fstab::without_efi_mount(&text) else {
+    let Some(changed) = guest_fstab::without_missing_partitions(&text) else {
         return Ok(false);
     };
     let mut file = fs::OpenOptions::new()
@@ -305,6 +337,12 @@ pub fn make_ext4(tree: &Path, image: &Path, size: u64) -> Result<(), BuildError>
         tree: tree.to_owned(),
         source: Box::new(source),
     })?;
+    check_ext4(image)
+}
+
+/// `e2fsck -fn`: the image is a clean ext4 filesystem (read only; nothing is repaired).
+pub fn check_ext4(image: &Path) -> Result<(), BuildError> {
+    let image_arg = image.to_string_lossy();
     process::run_checked("e2fsck", &["-f", "-n", &image_arg]).map_err(|source| {
         BuildError::Check {
             image: image.to_owned(),
@@ -331,25 +369,28 @@ mod tests {
     }
 
     #[test]
-    fn the_efi_mount_is_disabled_in_place_and_links_are_refused() {
+    fn partition_mounts_are_disabled_in_place_and_links_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path();
-        assert!(!disable_efi_mount(tree).unwrap(), "no etc: nothing to do");
+        assert!(
+            !disable_missing_partition_mounts(tree).unwrap(),
+            "no etc: nothing to do"
+        );
         fs::create_dir(tree.join("etc")).unwrap();
         let fstab =
             "LABEL=cloudimg-rootfs / ext4 defaults 0 1\nLABEL=UEFI /boot/efi vfat umask=0077 0 1\n";
         fs::write(tree.join("etc/fstab"), fstab).unwrap();
-        assert!(disable_efi_mount(tree).unwrap());
+        assert!(disable_missing_partition_mounts(tree).unwrap());
         let text = fs::read_to_string(tree.join("etc/fstab")).unwrap();
         assert!(text.contains("#LABEL=UEFI /boot/efi"), "{text}");
-        assert!(!disable_efi_mount(tree).unwrap());
+        assert!(!disable_missing_partition_mounts(tree).unwrap());
 
         let outside = dir.path().join("outside");
         fs::write(&outside, fstab).unwrap();
         fs::remove_file(tree.join("etc/fstab")).unwrap();
         std::os::unix::fs::symlink(&outside, tree.join("etc/fstab")).unwrap();
         assert!(matches!(
-            disable_efi_mount(tree),
+            disable_missing_partition_mounts(tree),
             Err(BuildError::FstabNotRegular { .. })
         ));
         assert_eq!(fs::read_to_string(&outside).unwrap(), fstab);

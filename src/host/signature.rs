@@ -89,6 +89,27 @@ mod tests {
         assert_eq!(UBUNTU_CLOUD_IMAGE_KEYRING[0] & 0xfc, 0x98);
         let dir = tempfile::tempdir().unwrap();
         let path = write_builtin_keyring(dir.path()).unwrap();
-        assert_eq!(std::fs::read(path).unwrap(), UBUNTU_CLOUD_IMAGE_KEYRING);
+        assert_eq!(std::fs::read(&path).unwrap(), UBUNTU_CLOUD_IMAGE_KEYRING);
+        // Exactly the two keys the README names, read by GnuPG itself.
+        let shown = std::process::Command::new("gpg")
+            .args(["--batch", "--with-colons", "--show-keys"])
+            .arg(&path)
+            .env("GNUPGHOME", dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&shown.stdout);
+        let fingerprints: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("fpr:"))
+            .filter_map(|l| l.split(':').nth(9))
+            .collect();
+        assert_eq!(
+            fingerprints,
+            [
+                "D2EB44626FDDC30B513D5BB71A5D6C4C7DB87C81",
+                "4A3CE3CD565D7EB5C810E2B97FF3F408476CF100"
+            ],
+            "{text}"
+        );
     }
 }

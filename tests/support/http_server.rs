@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 server on 127.0.0.1 for the image tests: it serves fixed bodies by path
 //! (the full request target first, so an S3 listing URL with a query can be served), answers
-//! HEAD and `Range: bytes=N-` requests, can cut a body's connection once after N bytes, and
-//! can answer chosen paths with an error status. Every request is logged.
+//! HEAD and `Range: bytes=N-` requests (or ignores them for chosen paths), can cut a body's
+//! connection once after N bytes, can stall a body after N bytes, and can answer chosen paths
+//! with an error status. Every request is logged.
 
 #![allow(dead_code)]
 
@@ -22,6 +23,8 @@ struct State {
     bodies: HashMap<String, Vec<u8>>,
     statuses: HashMap<String, u16>,
     cut_once: HashMap<String, usize>,
+    stall_after: HashMap<String, usize>,
+    ignore_ranges: Vec<String>,
     log: Vec<Request>,
 }
 
@@ -67,6 +70,11 @@ impl HttpServer {
             .insert(path.to_owned(), status);
     }
 
+    /// `path` is served normally again.
+    pub fn clear_failure(&self, path: &str) {
+        self.state.lock().unwrap().statuses.remove(path);
+    }
+
     /// The next GET of `path` sends its headers (with the full length) and `bytes` of the
     /// body, then drops the connection.
     pub fn cut_once_after(&self, path: &str, bytes: usize) {
@@ -75,6 +83,25 @@ impl HttpServer {
             .unwrap()
             .cut_once
             .insert(path.to_owned(), bytes);
+    }
+
+    /// Every GET of `path` sends its headers and `bytes` of the body, then sends nothing more
+    /// for a minute (a transfer that hangs).
+    pub fn stall_after(&self, path: &str, bytes: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .stall_after
+            .insert(path.to_owned(), bytes);
+    }
+
+    /// `path` is always sent whole with 200, whatever Range a request asks for.
+    pub fn ignore_ranges(&self, path: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .ignore_ranges
+            .push(path.to_owned());
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -102,7 +129,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let method = words.next().unwrap_or_default().to_owned();
     let target = words.next().unwrap_or_default().to_owned();
     let path = target.split('?').next().unwrap_or_default().to_owned();
-    let (body, status, cut) = {
+    let (body, status, cut, stall, ranged) = {
         let mut state = state.lock().unwrap();
         state.log.push(Request {
             method: method.clone(),
@@ -120,7 +147,9 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         } else {
             None
         };
-        (state.bodies.get(&key).cloned(), status, cut)
+        let stall = state.stall_after.get(&key).copied();
+        let ranged = !state.ignore_ranges.contains(&key);
+        (state.bodies.get(&key).cloned(), status, cut, stall, ranged)
     };
     let mut stream = stream;
     let Some(body) = body.filter(|_| status.is_none()) else {
@@ -141,7 +170,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<usize>().ok())
-        .filter(|n| *n < body.len());
+        .filter(|n| *n < body.len() && ranged);
     let (head, part) = match start {
         Some(start) => (
             format!(
@@ -159,6 +188,12 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         part.len()
     )?;
     if method == "HEAD" {
+        return Ok(());
+    }
+    if let Some(bytes) = stall.filter(|_| method == "GET") {
+        stream.write_all(&part[..bytes.min(part.len())])?;
+        stream.flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(60));
         return Ok(());
     }
     match cut {

@@ -34,7 +34,9 @@ use crate::output::Output;
 use crate::output::{error_chain, use_colour};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{ScannedInstance, read_fireclaw_state, read_image_manifest, scan_instances};
+use crate::store::{
+    IMAGE_STAGING_PREFIX, ScannedInstance, read_fireclaw_state, read_image_manifest, scan_instances,
+};
 
 /// The oldest Firecracker fireclaw was tested with.
 pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
@@ -158,14 +160,38 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
             ),
         });
     }
-    if kernel.is_file() {
-        kernel_checks(&kernel, dir.join(INITRD_FILE).is_file(), checks);
-    }
+    let kernel_reads_iso = if kernel.is_file() {
+        kernel_checks(&kernel, dir.join(INITRD_FILE).is_file(), checks)
+    } else {
+        None
+    };
     let rootfs = dir.join(ROOTFS_FILE);
     if rootfs.is_file() {
-        checks.push(rootfs_check(&rootfs));
+        checks.push(rootfs_check(&rootfs, kernel_reads_iso));
     }
     checks.push(manifest_check(dir));
+    let leftovers: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(IMAGE_STAGING_PREFIX))
+        .collect();
+    if !leftovers.is_empty() {
+        checks.push(check(
+            "base images leftovers",
+            Level::Warn,
+            format!(
+                "{} in {} from a killed image fetch; the next fetch removes them",
+                leftovers
+                    .iter()
+                    .map(|name| escaped(name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                dir.display()
+            ),
+        ));
+    }
 }
 
 /// Where the base images came from, as `fireclaw image fetch` recorded it.
@@ -184,8 +210,10 @@ fn manifest_check(dir: &Path) -> Check {
     }
 }
 
-/// Whether setup can write the cloud-init seed into copies of the base rootfs.
-fn rootfs_check(rootfs: &Path) -> Check {
+/// Whether setup can write the cloud-init seed into copies of the base rootfs, and when it
+/// cannot, whether the guest could read the seed image instead (`kernel_reads_iso`, when the
+/// kernel could be inspected).
+fn rootfs_check(rootfs: &Path, kernel_reads_iso: Option<bool>) -> Check {
     const NAME: &str = "base rootfs format";
     match filesystem_kind(rootfs) {
         Ok(FilesystemKind::Ext4 {
@@ -202,6 +230,11 @@ fn rootfs_check(rootfs: &Path) -> Check {
             Level::Fail,
             "its ext4 journal needs replaying (copied from a running VM?): run e2fsck -fy on it",
         ),
+        Ok(FilesystemKind::Other) if kernel_reads_iso == Some(false) => check(
+            NAME,
+            Level::Fail,
+            "not ext4, and the kernel has no iso9660: a guest could read its cloud-init seed from neither, so setup refuses",
+        ),
         Ok(FilesystemKind::Other) => check(
             NAME,
             Level::Warn,
@@ -213,13 +246,14 @@ fn rootfs_check(rootfs: &Path) -> Check {
 
 /// What the guest kernel is and carries: an x86_64 ELF vmlinux or not, the drivers the guest
 /// needs (missing ones fail without an initrd, which could load them as modules), and iso9660,
-/// which only says whether the seed image would work too.
-fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) {
+/// which only says whether the seed image would work too. Returns whether it has iso9660, when
+/// the kernel could be read.
+fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) -> Option<bool> {
     let report = match inspect_file(kernel) {
         Ok(report) => report,
         Err(error) => {
             checks.push(check("guest kernel", Level::Fail, error_chain(&error)));
-            return;
+            return None;
         }
     };
     checks.push(check(
@@ -256,6 +290,7 @@ fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) {
             "no iso9660: the guest reads its seed from the rootfs",
         )
     });
+    Some(report.has(Feature::Iso9660))
 }
 
 /// The bridge, the guest network policy, and what else on the host decides whether guest
@@ -747,9 +782,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs.ext4");
         std::fs::write(&rootfs, vec![0u8; 1 << 20]).unwrap();
-        let other = rootfs_check(&rootfs);
+        let other = rootfs_check(&rootfs, Some(true));
         assert_eq!(other.status, Level::Warn);
         assert!(other.detail.starts_with("not ext4"), "{}", other.detail);
+        let neither = rootfs_check(&rootfs, Some(false));
+        assert_eq!(neither.status, Level::Fail);
+        assert!(
+            neither.detail.contains("setup refuses"),
+            "{}",
+            neither.detail
+        );
         std::fs::remove_file(&rootfs).unwrap();
         let made = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F"])
@@ -758,7 +800,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let ext4 = rootfs_check(&rootfs);
+        let ext4 = rootfs_check(&rootfs, Some(false));
         assert_eq!(ext4.status, Level::Pass, "{}", ext4.detail);
     }
 

@@ -11,7 +11,9 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 
 use crate::host::download::{Downloader, Fetched, digest_file};
+use crate::host::interrupt;
 use crate::host::kernel_image::inspect;
+use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind};
 use crate::host::{probe, process, rootfs_build, signature};
 use crate::instance::images::{
     FetchSpec, ImageFormat, ImageRecord, ImageSource, KernelChoice, ROOTFS_LABEL, SUMS_FILE,
@@ -38,6 +40,8 @@ enum RootfsCheck {
 }
 
 pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> {
+    // From here on Ctrl-C stops the current step and the error path cleans up.
+    interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
     // Plain http from another host with nothing to check the kernel against is refused before
     // anything happens (the rootfs is decided once we know whether SHA256SUMS is there).
     if let KernelChoice::Given(source) = &spec.kernel
@@ -82,6 +86,14 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
     let staging = ImageStaging::create(&spec.dir)?;
 
     let kernel = resolve_kernel(spec, &downloader, output)?;
+    // The bucket's listing may name an http address too.
+    if kernel.source.is_plain_http_off_host() && spec.kernel_sha256.is_none() {
+        bail!(
+            "refusing to download the kernel over plain http from another host ({}): use \
+             https, or pin it with --kernel-sha256",
+            kernel.source
+        );
+    }
     let check = rootfs_check(spec, &downloader, staging.path(), output)?;
     if matches!(check, RootfsCheck::Unverified) && spec.rootfs.is_plain_http_off_host() {
         bail!(
@@ -124,6 +136,7 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
         kernel_record.finish(&fetched_at),
         rootfs_record.finish(&fetched_at),
     ];
+    interrupt::check()?;
     // Each image is recorded as soon as it is in place, so the manifest never lacks an image
     // that was installed, even when the next step fails.
     for (staged, target, record) in [
@@ -281,7 +294,7 @@ fn transfer(
     output: &mut Output<'_>,
 ) -> Result<Fetched> {
     output.progress(&format!("fetching {what} from {source}"));
-    let fetched = downloader.fetch_to(source, dest, &mut |done, total| {
+    let fetched = downloader.fetch_to_watched(source, dest, &mut |done, total| {
         let text = match total {
             Some(total) if total > 0 => format!(
                 "{what}: {} of {} ({}%)",
@@ -390,6 +403,18 @@ fn fetch_rootfs(
     let format = sniff_format(&head);
     let image = match format {
         ImageFormat::Ext4 => {
+            // What setup will need of it: clean, and no journal left to replay.
+            if let FilesystemKind::Ext4 {
+                needs_recovery: true,
+            } = filesystem_kind(&download)?
+            {
+                bail!(
+                    "{} is an ext4 image whose journal needs replaying (copied from a running \
+                     VM?): run e2fsck -fy on it first",
+                    spec.rootfs
+                );
+            }
+            rootfs_build::check_ext4(&download)?;
             let label = ext4_label(&head).unwrap_or_default();
             if label != ROOTFS_LABEL {
                 output.warn(&format!(
@@ -440,6 +465,14 @@ fn build_from_tarball(
     std::fs::create_dir(&tree).with_context(|| format!("create {}", tree.display()))?;
     output.progress("unpacking the root tarball");
     rootfs_build::unpack(archive, format, &tree)?;
+    // A tarball's `./` entry is not unpacked onto the dir itself: the guest's `/` gets what
+    // mkfs copies from here, so it is made what a root directory is, whatever the umask.
+    std::os::unix::fs::chown(&tree, Some(0), Some(0))
+        .and_then(|()| {
+            std::fs::set_permissions(&tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        })
+        .with_context(|| format!("make {} a root directory", tree.display()))?;
+    interrupt::check()?;
     // The tarball is not needed any more; its space goes to the image.
     std::fs::remove_file(archive).with_context(|| format!("remove {}", archive.display()))?;
     let tree_bytes = rootfs_build::tree_size(&tree)?;
@@ -448,9 +481,9 @@ fn build_from_tarball(
         space_to_build_image(tree_bytes),
         "for the rootfs image",
     )?;
-    if rootfs_build::disable_efi_mount(&tree)? {
+    if rootfs_build::disable_missing_partition_mounts(&tree)? {
         output.progress(
-            "commented out the /boot/efi mount in /etc/fstab (a VM has no EFI partition)",
+            "commented out the /boot and /boot/efi partition mounts in /etc/fstab (a VM has only its root disk)",
         );
     }
     let image = staging.join(ROOTFS_FILE);
@@ -461,6 +494,7 @@ fn build_from_tarball(
         human_bytes(size)
     ));
     rootfs_build::make_ext4(&tree, &image, size)?;
+    interrupt::check()?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("remove {}", tree.display()))?;
     Ok(image)
 }
