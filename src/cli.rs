@@ -184,16 +184,26 @@ pub struct InstanceArg {
     pub id: InstanceId,
 }
 
+/// A wait bound: a whole number of seconds from 1 to a day. Zero would fail every wait before
+/// it began, and a negative number is read as one (not as a flag) so it gets this message.
+fn parse_wait_seconds(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(seconds) if (1..=86_400).contains(&seconds) => Ok(seconds.unsigned_abs()),
+        Ok(_) => Err("must be between 1 and 86400 seconds".to_owned()),
+        Err(_) => Err("must be a whole number of seconds, 1 to 86400".to_owned()),
+    }
+}
+
 /// Bounds of the waits for SSH and for health (0.2.0: 180 and 30 tries, 2 s apart).
 #[derive(Debug, Clone, Copy, Args)]
 pub struct WaitArgs {
-    /// Seconds to wait for the guest's SSH after boot.
-    #[arg(long, value_name = "SECS", default_value_t = 360,
-          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    /// Seconds to wait for the guest's SSH after boot (1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 360, allow_negative_numbers = true,
+          value_parser = parse_wait_seconds)]
     pub ssh_timeout: u64,
-    /// Seconds to wait for both health gates (guest and proxy).
-    #[arg(long, value_name = "SECS", default_value_t = 60,
-          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    /// Seconds to wait for both health gates, guest and proxy (1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 60, allow_negative_numbers = true,
+          value_parser = parse_wait_seconds)]
     pub health_timeout: u64,
 }
 

@@ -101,7 +101,20 @@ fn one_line(error: &clap::Error) -> String {
         .filter(|l| !l.is_empty())
         .collect();
     let text = joined.join(" ");
-    text.strip_prefix("error: ").unwrap_or(&text).to_owned()
+    let text = text.strip_prefix("error: ").unwrap_or(&text).to_owned();
+    // clap's "a similar subcommand/argument exists" tip is in the paragraphs dropped above.
+    // clap lists candidates from the least to the most similar.
+    for kind in [ContextKind::SuggestedSubcommand, ContextKind::SuggestedArg] {
+        let best = match error.get(kind) {
+            Some(ContextValue::String(one)) => Some(one.as_str()),
+            Some(ContextValue::Strings(many)) => many.last().map(String::as_str),
+            _ => None,
+        };
+        if let Some(best) = best {
+            return format!("{text}; did you mean '{best}'?");
+        }
+    }
+    text
 }
 
 #[cfg(test)]

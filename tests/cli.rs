@@ -470,6 +470,33 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             vec![("SUBNET_CIDR", "172.16.0.0/16".into())],
             "SUBNET_CIDR",
         ),
+        // Waits: a negative number is read as one (not as an unknown flag), zero is refused.
+        (
+            with(&["--ssh-timeout", "-1"]),
+            vec![],
+            "--ssh-timeout <SECS>: must be between 1 and 86400 seconds",
+        ),
+        (
+            with(&["--ssh-timeout", "0"]),
+            vec![],
+            "--ssh-timeout <SECS>: must be between 1 and 86400 seconds",
+        ),
+        (
+            with(&["--health-timeout", "soon"]),
+            vec![],
+            "--health-timeout <SECS>: must be a whole number of seconds",
+        ),
+        // Typos get clap's suggestion, still on one line.
+        (
+            vec!["stup".into()],
+            vec![],
+            "unrecognized subcommand 'stup'; did you mean 'setup'?",
+        ),
+        (
+            with(&["--skip-browser"]),
+            vec![],
+            "did you mean '--skip-browser-install'?",
+        ),
     ];
     // Every message, as a golden record: a refactor that changes any wording shows up here.
     let mut golden = String::new();
