@@ -67,6 +67,8 @@ pub enum Command {
     Image(ImageCommand),
     /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
     Completions(CompletionsArgs),
+    /// This build's version and git commit, and the Firecracker on PATH.
+    Version(JsonFlag),
     /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.
     Man,
     /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.

@@ -904,3 +904,48 @@ fn doctor_reports_failures_with_a_nonzero_exit_and_json() {
     );
     assert!(stderr(&text).contains("check(s) failed"));
 }
+
+#[test]
+fn version_names_the_build_and_the_firecracker_found() {
+    let bin = tempfile::tempdir().unwrap();
+    let firecracker = bin.path().join("firecracker");
+    std::fs::write(&firecracker, "#!/bin/sh\necho 'Firecracker v1.16.1'\n").unwrap();
+    std::fs::set_permissions(
+        &firecracker,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    // A bad setting in the environment does not stop it.
+    let output = fireclaw(
+        &["version", "--json"],
+        &[("PATH", &path), ("BASE_PORT", "x")],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let view: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(view["version"], env!("CARGO_PKG_VERSION"));
+    // Built from this git checkout: its commit, abbreviated.
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.git")).exists() {
+        let commit = view["commit"].as_str().unwrap_or_default();
+        assert!(
+            commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{view}"
+        );
+    }
+    assert_eq!(view["firecracker"]["version"], "v1.16.1");
+    assert_eq!(
+        view["firecracker"]["path"],
+        firecracker.to_str().unwrap(),
+        "{view}"
+    );
+    let text = fireclaw(&["version"], &[("PATH", "/usr/bin:/bin")]);
+    let text = stdout(&text);
+    assert!(
+        text.starts_with(&format!("fireclaw {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(
+        text.contains("firecracker not found on PATH (see: fireclaw doctor)"),
+        "{text}"
+    );
+}

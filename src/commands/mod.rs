@@ -14,6 +14,7 @@ mod shell;
 mod start;
 mod stop;
 mod token;
+mod version;
 mod vm_helpers;
 
 use anyhow::Result;
@@ -24,8 +25,8 @@ use crate::output::Output;
 use crate::settings::Settings;
 
 pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
-    // The man page and completions describe the command line only: a bad setting in the
-    // environment must not keep a person from reading how to fix it.
+    // The man page, completions and version describe the command line and the build only: a
+    // bad setting in the environment must not keep a person from reading how to fix it.
     match &cli.command {
         Command::Completions(args) => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -40,6 +41,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
             output.text(&String::from_utf8_lossy(&page));
             return Ok(());
         }
+        Command::Version(args) => return version::run(args.json, output),
         _ => {}
     }
     let settings = Settings::from_process_env()?;
@@ -69,6 +71,6 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         }
         Command::VmShutdown(args) => vm_helpers::shutdown(&settings, &args.id, output),
         Command::VmNetDown(args) => vm_helpers::net_down_command(&settings, &args.id),
-        Command::Completions(_) | Command::Man => Ok(()),
+        Command::Completions(_) | Command::Man | Command::Version(_) => Ok(()),
     }
 }
