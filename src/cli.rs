@@ -181,7 +181,7 @@ pub struct JsonFlag {
 
 #[derive(Debug, Args)]
 pub struct InstanceArg {
-    /// Instance id.
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
 }
@@ -211,7 +211,7 @@ pub struct WaitArgs {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Instance id.
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
     #[command(flatten)]
@@ -220,7 +220,7 @@ pub struct StartArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Instance id; omit for the whole fleet.
+    /// The instance (see fireclaw list); omit for the whole fleet.
     #[arg(value_name = "ID")]
     pub id: Option<InstanceId>,
     /// Print JSON on stdout instead of a table.
@@ -238,15 +238,41 @@ pub enum LogSource {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
-    /// Which journal to follow.
+    /// Which journal to show.
     #[arg(value_enum, default_value_t = LogSource::Guest)]
     pub source: LogSource,
+    /// Lines of history to show first.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub lines: u32,
+    /// Only entries since TIME, as journalctl reads it ("1 hour ago", "2026-11-30 08:00", "today").
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<String>,
+    /// Print what is there and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+}
+
+/// A `--since` value: what journalctl's time syntax uses, nothing a shell or a second argument
+/// could be smuggled in with (the guest's journal is read over SSH).
+fn parse_since(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " :-+.@".contains(c);
+    if text.is_empty() || text.len() > 64 || !text.chars().all(allowed) {
+        return Err(
+            "must be a time journalctl reads, e.g. \"1 hour ago\", \"2026-11-30 08:00\", \"today\""
+                .to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
     /// A command to run instead of an interactive login (a shell string, as with ssh).
@@ -260,8 +286,12 @@ pub struct ShellArgs {
 
 #[derive(Debug, Args)]
 pub struct DestroyArgs {
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
     /// Do not ask; also clean up an instance whose state cannot be read.
     #[arg(long)]
     pub force: bool,
@@ -361,6 +391,7 @@ pub struct SetupArgs {
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
+    /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
     /// New Telegram bot token (enables Telegram).

@@ -486,6 +486,16 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             vec![],
             "--health-timeout <SECS>: must be a whole number of seconds",
         ),
+        (
+            vec![
+                "logs".into(),
+                "a".into(),
+                "--since".into(),
+                "1;reboot".into(),
+            ],
+            vec![],
+            "--since <TIME>: must be a time journalctl reads",
+        ),
         // Typos get clap's suggestion, still on one line.
         (
             vec!["stup".into()],

@@ -478,10 +478,27 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     let before = fleet.host_snapshot();
     fleet.setup("b", &format!("--openai-api-key {OPENAI_KEY}"));
     assert_ne!(fleet.host_snapshot(), before);
-    // Without a terminal and without --force nothing happens.
+    // Without a terminal and without -y nothing happens.
     let refused = fleet.fireclaw("destroy b");
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("or -y"));
+    // logs, bounded and not following: -n lines of the host units' journal, then exit.
+    let boots = |id: &str| {
+        fleet
+            .fireclaw_ok(&format!("logs {id} host --no-follow -n 1000"))
+            .matches("Linux version (fireclaw firecracker stand-in)")
+            .count()
+    };
+    assert_eq!(boots("b"), 1);
+    let three = fleet.fireclaw_ok("logs b host --no-follow -n 3");
+    assert!(three.lines().count() <= 4, "{three}");
+    let guest = fleet.fireclaw_ok("logs b --no-follow -n 2 --since '1 hour ago'");
+    assert!(guest.lines().count() <= 3, "{guest}");
+    fleet.fireclaw_ok("destroy b -y");
+    assert_eq!(fleet.host_snapshot(), before);
+    // A new instance under the same name: its host journal starts with it.
+    fleet.setup("b", &format!("--openai-api-key {OPENAI_KEY}"));
+    assert_eq!(boots("b"), 1, "lines of the destroyed b are shown");
     fleet.fireclaw_ok("destroy b --force");
     assert_eq!(fleet.host_snapshot(), before);
     // Shared pieces stay for a: bridge, chains, forwarding.

@@ -1,4 +1,4 @@
-//! `fireclaw destroy <id>`: after a confirmation on a terminal (`--force` skips it and also
+//! `fireclaw destroy <id>`: after a confirmation on a terminal (`-y` skips it; `--force` too, and
 //! cleans up an instance whose state cannot be read), remove the instance's units, tap, API
 //! socket, state and assets; what other instances share stays.
 
@@ -27,7 +27,7 @@ pub fn run(
     if !anything_exists(settings, id) {
         bail!("no instance '{id}': no state, assets or units exist");
     }
-    if !args.force && !confirmed(id, output)? {
+    if !(args.force || args.yes) && !confirmed(id, output)? {
         bail!("destroy of '{id}' cancelled; nothing was changed");
     }
     let _lock = lock(settings, id)?;
@@ -64,7 +64,7 @@ fn anything_exists(settings: &Settings, id: &InstanceId) -> bool {
 fn confirmed(id: &InstanceId, output: &mut Output<'_>) -> Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
-        bail!("destroy '{id}' needs confirmation on a terminal, or --force");
+        bail!("destroy '{id}' needs confirmation on a terminal, or -y");
     }
     output.prompt(&format!("Destroy '{id}' and remove VM assets? [y/N] "));
     let mut answer = String::new();

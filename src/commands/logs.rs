@@ -1,36 +1,52 @@
-//! `fireclaw logs <id> [guest|host]`: follows the guest service's journal over the pinned SSH,
-//! or both host units' journal. The process becomes ssh or journalctl, so Ctrl-C ends it cleanly.
+//! `fireclaw logs <id> [guest|host]`: the guest service's journal over the pinned SSH, or both
+//! host units' journal, `-n` lines back, optionally `--since` a time, followed unless
+//! `--no-follow`. The host units' names are reused by a later instance of the same id, so the
+//! host journal starts at this instance's creation unless `--since` says otherwise. The
+//! process becomes ssh or journalctl, so Ctrl-C ends it cleanly.
 
 use std::os::unix::process::CommandExt;
+use std::time::UNIX_EPOCH;
 
 use anyhow::Result;
 
 use crate::cli::{LogSource, LogsArgs};
 use crate::guest::ssh::sudo_command;
-use crate::host::systemd::ServiceManager;
+use crate::host::systemd::{JournalQuery, ServiceManager};
+use crate::instance::layout::StatePaths;
 use crate::ops::instance::load;
 use crate::settings::Settings;
 
-/// Lines of history shown before following.
-const HISTORY: u32 = 100;
-
 pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) -> Result<()> {
     let loaded = load(settings, &args.id)?;
-    let error = match args.source {
-        LogSource::Host => services
-            .follow_journal(&[&loaded.units.vm, &loaded.units.proxy], HISTORY)
-            .exec(),
-        LogSource::Guest => loaded
-            .ssh
-            .interactive(Some(&sudo_command(&[
-                "journalctl",
-                "-f",
-                "-n",
-                &HISTORY.to_string(),
-                "-u",
-                &loaded.units.guest,
-            ])))
-            .exec(),
+    let mut query = JournalQuery {
+        lines: args.lines,
+        since: args.since.clone(),
+        follow: !args.no_follow,
     };
-    Err(anyhow::Error::from(error).context("run the log follower"))
+    let error = match args.source {
+        LogSource::Host => {
+            if query.since.is_none() {
+                query.since = created_at(&StatePaths::new(&settings.paths.state_root, &args.id));
+            }
+            services
+                .journal_command(&[&loaded.units.vm, &loaded.units.proxy], &query)
+                .exec()
+        }
+        LogSource::Guest => {
+            let mut words = vec!["journalctl".to_owned()];
+            words.extend(query.args(&[&loaded.units.guest]));
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            loaded.ssh.interactive(Some(&sudo_command(&words))).exec()
+        }
+    };
+    Err(anyhow::Error::from(error).context("run the log viewer"))
+}
+
+/// When this instance was created, as journalctl's `@<epoch>`: its state dir's birth time.
+/// Where the filesystem records none, nothing is cut (the dir's modification time moves with
+/// every state write, so it would hide this instance's own older lines).
+fn created_at(paths: &StatePaths) -> Option<String> {
+    let time = std::fs::metadata(&paths.dir).ok()?.created().ok()?;
+    let seconds = time.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(format!("@{seconds}"))
 }

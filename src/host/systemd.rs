@@ -44,9 +44,39 @@ pub trait ServiceManager {
     fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError>;
     /// The unit's last `lines` journal lines, joined with " / "; empty when none can be read.
     fn journal_tail(&self, unit: &str, lines: u32) -> String;
-    /// The command that follows the units' journal from `history` lines back (`logs host`
+    /// The command that shows (and follows) the units' journal as `query` asks (`logs host`
     /// execs it, so Ctrl-C ends it cleanly).
-    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command;
+    fn journal_command(&self, units: &[&str], query: &JournalQuery) -> std::process::Command;
+}
+
+/// What `logs` asks of a journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalQuery {
+    /// Lines of history shown first.
+    pub lines: u32,
+    /// Only entries since this time, in a form journalctl reads (`@<epoch>`, `1 hour ago`).
+    pub since: Option<String>,
+    /// Keep following new entries.
+    pub follow: bool,
+}
+
+impl JournalQuery {
+    /// journalctl's arguments for `units`, without the program name.
+    pub fn args(&self, units: &[&str]) -> Vec<String> {
+        let mut args = vec!["-n".to_owned(), self.lines.to_string()];
+        if self.follow {
+            args.push("-f".to_owned());
+        } else {
+            args.push("--no-pager".to_owned());
+        }
+        if let Some(since) = &self.since {
+            args.push(format!("--since={since}"));
+        }
+        for unit in units {
+            args.push(format!("--unit={unit}"));
+        }
+        args
+    }
 }
 
 /// The host's systemd through `systemctl`.
@@ -141,12 +171,9 @@ impl ServiceManager for Systemctl {
             Err(_) => String::new(),
         }
     }
-    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command {
+    fn journal_command(&self, units: &[&str], query: &JournalQuery) -> std::process::Command {
         let mut command = std::process::Command::new(JOURNALCTL);
-        command.args(["-f", "-n", &history.to_string(), "--no-hostname"]);
-        for unit in units {
-            command.args(["-u", unit]);
-        }
+        command.arg("--no-hostname").args(query.args(units));
         command
     }
 }
@@ -154,6 +181,35 @@ impl ServiceManager for Systemctl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_queries_become_journalctl_arguments() {
+        let follow = JournalQuery {
+            lines: 100,
+            since: None,
+            follow: true,
+        };
+        assert_eq!(
+            follow.args(&["a.service"]),
+            ["-n", "100", "-f", "--unit=a.service"]
+        );
+        let once = JournalQuery {
+            lines: 5,
+            since: Some("@1700000000".into()),
+            follow: false,
+        };
+        assert_eq!(
+            once.args(&["a.service", "b.service"]),
+            [
+                "-n",
+                "5",
+                "--no-pager",
+                "--since=@1700000000",
+                "--unit=a.service",
+                "--unit=b.service"
+            ]
+        );
+    }
 
     #[test]
     fn batched_show_output_is_split_per_unit() {

@@ -142,9 +142,13 @@ impl ServiceManager for FakeServices<'_> {
         self.log.push(format!("journal {unit}"));
         self.journal.clone()
     }
-    fn follow_journal(&self, units: &[&str], history: u32) -> std::process::Command {
+    fn journal_command(
+        &self,
+        units: &[&str],
+        query: &crate::host::systemd::JournalQuery,
+    ) -> std::process::Command {
         self.log
-            .push(format!("journal follow {history} {}", units.join(" ")));
+            .push(format!("journalctl {}", query.args(units).join(" ")));
         std::process::Command::new("true")
     }
 }
