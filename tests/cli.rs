@@ -959,3 +959,30 @@ fn version_names_the_build_and_the_firecracker_found() {
         "{text}"
     );
 }
+
+#[test]
+fn a_missing_instance_is_named_one_way_and_nothing_is_created_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state_s = state.to_str().unwrap();
+    let expected = format!(
+        "fireclaw: no instance 'nosuch' ({state_s}/.vm-nosuch does not exist); list the instances with: fireclaw list\n"
+    );
+    for args in [
+        vec!["start", "nosuch"],
+        vec!["stop", "nosuch"],
+        vec!["restart", "nosuch"],
+        vec!["provision", "nosuch"],
+        vec!["token", "nosuch"],
+        vec!["status", "nosuch"],
+        vec!["destroy", "nosuch", "-y"],
+        vec!["logs", "nosuch", "--no-follow"],
+        vec!["shell", "nosuch", "true"],
+        vec!["adopt", "nosuch"],
+    ] {
+        let output = fireclaw(&args, &[("STATE_ROOT", state_s)]);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&output), expected, "{args:?}");
+        assert!(!state.exists(), "{args:?} created {state_s}");
+    }
+}

@@ -10,7 +10,7 @@ use crate::cli::DestroyArgs;
 use crate::host::systemd::ServiceManager;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
 use crate::instance::values::InstanceId;
-use crate::ops::instance::lock;
+use crate::ops::instance::{NoInstance, lock};
 use crate::ops::network::{HostNetwork, NetworkSteps};
 use crate::ops::teardown::teardown_instance;
 use crate::output::Output;
@@ -25,7 +25,7 @@ pub fn run(
 ) -> Result<()> {
     let id = &args.id;
     if !anything_exists(settings, id) {
-        bail!("no instance '{id}': no state, assets or units exist");
+        return Err(NoInstance::new(settings, id).into());
     }
     if !(args.force || args.yes) && !confirmed(id, output)? {
         bail!("destroy of '{id}' cancelled; nothing was changed");

@@ -17,7 +17,7 @@ use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
 use crate::instance::state::Phase;
 use crate::instance::values::InstanceId;
 use crate::instance::values::escaped;
-use crate::ops::instance::load;
+use crate::ops::instance::{NoInstance, load};
 use crate::output::{Output, error_chain, use_colour};
 use crate::render::units::shell_word;
 use crate::settings::Settings;
@@ -308,7 +308,7 @@ pub fn status(
     let mut views = gather(settings, services, output)?;
     views.retain(|v| v.id == id.as_str());
     let Some(mut view) = views.pop() else {
-        anyhow::bail!("no instance '{id}'");
+        return Err(NoInstance::new(settings, id).into());
     };
     probe_all(std::slice::from_mut(&mut view));
     let units = UnitNames::new(id);

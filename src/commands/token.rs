@@ -5,16 +5,18 @@ use anyhow::{Context, Result, bail};
 use crate::instance::layout::StatePaths;
 use crate::instance::state::GatewayToken;
 use crate::instance::values::InstanceId;
+use crate::ops::instance::ensure_exists;
 use crate::output::Output;
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
+    ensure_exists(settings, id)?;
     let paths = StatePaths::new(&settings.paths.state_root, id);
     let text = match std::fs::read_to_string(&paths.token) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
-                "no instance '{id}': {} does not exist",
+                "instance '{id}' has no token: {} does not exist",
                 paths.token.display()
             )
         }

@@ -17,12 +17,33 @@ use crate::store::{HeldLock, lock_instance, read_env, read_fireclaw_state};
 /// How long one SSH connection attempt may take in the lifecycle waits.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// There is no instance by this name (no `.vm-<id>` under `STATE_ROOT`).
+/// There is no instance by this name (no `.vm-<id>` under `STATE_ROOT`). Every command says
+/// it in these words.
 #[derive(Debug, thiserror::Error)]
-#[error("no instance '{id}' ({dir} does not exist)")]
+#[error("no instance '{id}' ({dir} does not exist); list the instances with: fireclaw list")]
 pub struct NoInstance {
     pub id: InstanceId,
     pub dir: PathBuf,
+}
+
+impl NoInstance {
+    pub fn new(settings: &Settings, id: &InstanceId) -> Self {
+        Self {
+            id: id.clone(),
+            dir: StatePaths::new(&settings.paths.state_root, id).dir,
+        }
+    }
+}
+
+/// Refuses a name with no instance behind it, before anything (a lock file, `STATE_ROOT`
+/// itself) is created for it.
+pub fn ensure_exists(settings: &Settings, id: &InstanceId) -> Result<(), NoInstance> {
+    let missing = NoInstance::new(settings, id);
+    if missing.dir.exists() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
 }
 
 /// The instance's setup stopped before provisioning completed.
@@ -70,14 +91,8 @@ impl Loaded {
 
 /// Reads an instance's state; a missing one is [`NoInstance`].
 pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
+    ensure_exists(settings, id)?;
     let paths = StatePaths::new(&settings.paths.state_root, id);
-    if !paths.dir.exists() {
-        return Err(NoInstance {
-            id: id.clone(),
-            dir: paths.dir,
-        }
-        .into());
-    }
     let env = read_env(&paths)?;
     let state = read_fireclaw_state(&paths)?;
     let ip = env.vm_ip()?;
@@ -120,8 +135,10 @@ pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
     )?)
 }
 
-/// The lock, then the state: what every verb on an existing instance does first.
+/// The lock, then the state: what every verb on an existing instance does first. The name is
+/// checked before the lock too, so a typo leaves no lock file behind.
 pub fn lock_and_load(settings: &Settings, id: &InstanceId) -> Result<(HeldLock, Loaded)> {
+    ensure_exists(settings, id)?;
     let held = lock(settings, id)?;
     let loaded = load(settings, id)?;
     Ok((held, loaded))
