@@ -23,7 +23,6 @@ pub(crate) mod kernel_fixture;
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 
 /// Exit code for a command line clap refused.
@@ -32,7 +31,12 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let cli = match cli::Cli::try_parse_from(args) {
+    let matches = match <cli::Cli as clap::CommandFactory>::command().try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(error) => return usage_error(&error),
+    };
+    let verb = matches.subcommand_name().unwrap_or_default().to_owned();
+    let cli = match <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
@@ -47,9 +51,31 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         }
         Err(error) => {
             // stderr's lock is reentrant, so printing while `output` holds it is fine.
-            eprintln!("fireclaw: {}", error_line(&error));
+            eprintln!(
+                "fireclaw: {}{}",
+                needs_root_prefix(&error, &verb),
+                error_line(&error)
+            );
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// A command run without root that was refused a file says so the way `setup` does
+/// (`'fireclaw list' needs root: ...`), whatever step met the refusal.
+fn needs_root_prefix(error: &anyhow::Error, verb: &str) -> String {
+    let refused = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    let already = error
+        .chain()
+        .any(|cause| cause.downcast_ref::<host::probe::NeedsRoot>().is_some());
+    if refused && !already && !host::probe::is_root() {
+        format!("'fireclaw {verb}' needs root: ")
+    } else {
+        String::new()
     }
 }
 

@@ -986,3 +986,45 @@ fn a_missing_instance_is_named_one_way_and_nothing_is_created_for_it() {
         assert!(!state.exists(), "{args:?} created {state_s}");
     }
 }
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_user_without_root_is_told_so_in_one_consistent_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join(".vm-a")).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let state_s = state.to_str().unwrap();
+    for (args, verb) in [
+        (vec!["list"], "list"),
+        (vec!["status", "a"], "status"),
+        (vec!["doctor"], "doctor"),
+        (vec!["token", "a"], "token"),
+        (vec!["logs", "a", "--no-follow"], "logs"),
+        (
+            vec!["setup", "--instance", "b", "--openai-api-key", "sk-x"],
+            "setup",
+        ),
+    ] {
+        let output = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+            .args(&args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("STATE_ROOT", state_s)
+            .output()
+            .unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("fireclaw: 'fireclaw {verb}' needs root: ")),
+            "{args:?}: {err}"
+        );
+    }
+}

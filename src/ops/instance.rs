@@ -37,12 +37,13 @@ impl NoInstance {
 
 /// Refuses a name with no instance behind it, before anything (a lock file, `STATE_ROOT`
 /// itself) is created for it.
-pub fn ensure_exists(settings: &Settings, id: &InstanceId) -> Result<(), NoInstance> {
+pub fn ensure_exists(settings: &Settings, id: &InstanceId) -> Result<()> {
     let missing = NoInstance::new(settings, id);
-    if missing.dir.exists() {
-        Ok(())
-    } else {
-        Err(missing)
+    match std::fs::symlink_metadata(&missing.dir) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing.into()),
+        // Not readable (STATE_ROOT is root-only): say that, not that it is missing.
+        Err(e) => Err(anyhow::Error::from(e).context(format!("read {}", missing.dir.display()))),
     }
 }
 
