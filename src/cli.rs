@@ -234,6 +234,8 @@ pub enum LogSource {
     Guest,
     /// The host's VM and proxy units.
     Host,
+    /// The VM's serial console (the guest kernel's and init's first words).
+    Console,
 }
 
 #[derive(Debug, Args)]

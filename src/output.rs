@@ -1,7 +1,8 @@
 //! The one place that writes to the terminal. Commands print through an `Output`, so tests can
 //! capture what a person would see, and modules below the command layer never print. On a
 //! terminal, long waits show a live line (a spinner and the seconds waited) that the next line
-//! replaces; off a terminal nothing but whole lines is written.
+//! replaces; off a terminal the same wait is written as a whole line when it starts and every
+//! few seconds after, so a log shows what was waited for, its bound, and that it went on.
 
 use std::io::Write;
 
@@ -12,12 +13,17 @@ pub struct AlreadyReported;
 
 const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
 
+/// Off a terminal, how often a wait that goes on is written again.
+const PLAIN_TICK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Output<'a> {
     stdout: &'a mut dyn Write,
     stderr: &'a mut dyn Write,
     live: bool,
     frame: usize,
     ticking: bool,
+    /// Off a terminal: when the current wait was last written (`None`: not yet).
+    last_plain_tick: Option<std::time::Instant>,
 }
 
 impl<'a> Output<'a> {
@@ -28,6 +34,7 @@ impl<'a> Output<'a> {
             live: false,
             frame: 0,
             ticking: false,
+            last_plain_tick: None,
         }
     }
 
@@ -66,12 +73,22 @@ impl<'a> Output<'a> {
     /// A progress line on stderr, so stdout stays the command's result.
     pub fn progress(&mut self, text: &str) {
         self.end_tick();
+        self.last_plain_tick = None;
         let _ = writeln!(self.stderr, "==> {text}");
     }
 
-    /// Redraws the live line during a wait; does nothing off a terminal.
+    /// Redraws the live line during a wait; off a terminal, writes it as a whole line at the
+    /// wait's first tick and then every `PLAIN_TICK_EVERY`.
     pub fn tick(&mut self, text: &str) {
         if !self.live {
+            let due = self
+                .last_plain_tick
+                .is_none_or(|last| last.elapsed() >= PLAIN_TICK_EVERY);
+            if due {
+                let _ = writeln!(self.stderr, "    {text}");
+                let _ = self.stderr.flush();
+                self.last_plain_tick = Some(std::time::Instant::now());
+            }
             return;
         }
         self.frame = (self.frame + 1) % FRAMES.len();
@@ -131,15 +148,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn off_a_terminal_only_whole_lines_are_written() {
+    fn off_a_terminal_only_whole_lines_are_written_and_a_wait_is_not_repeated_at_once() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         {
             let mut output = Output::new(&mut out, &mut err);
             output.progress("a: waiting for SSH");
-            output.tick("waiting 2s");
+            output.tick("a: waiting for SSH (0s of 360s)");
+            output.tick("a: waiting for SSH (1s of 360s)");
             output.line("done");
+            // A new step's wait is written at its first tick again.
+            output.progress("a: waiting for health");
+            output.tick("a: waiting for health (0s of 60s)");
         }
-        assert_eq!(String::from_utf8(err).unwrap(), "==> a: waiting for SSH\n");
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "==> a: waiting for SSH\n    a: waiting for SSH (0s of 360s)\n\
+             ==> a: waiting for health\n    a: waiting for health (0s of 60s)\n"
+        );
         assert_eq!(String::from_utf8(out).unwrap(), "done\n");
     }
 

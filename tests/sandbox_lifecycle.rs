@@ -418,7 +418,7 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
     assert!(
-        err.contains("setup of 'b' failed and was rolled back"),
+        err.contains("setup of 'b' failed and was rolled back; its console log and VM journal are kept in /var/lib/fireclaw/.failed/b-"),
         "{err}"
     );
     assert_eq!(fleet.host_snapshot(), before, "b left something behind");
@@ -426,6 +426,72 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
     fleet
         .host
         .sh(&format!("curl -fsS http://127.0.0.1:{a_port}/healthz"));
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
+    let fleet = Fleet::new("noanswer");
+    // The guest boots, but its sshd never starts.
+    fleet.guests.preset(
+        "/etc/systemd/system/ssh.service.d/never.conf",
+        "[Service]\nExecStart=\nExecStart=/bin/false\n",
+    );
+    let started = std::time::Instant::now();
+    let out = fleet.fireclaw_env(
+        "",
+        &format!(
+            "setup --instance a --skip-browser-install --disk-size 64M --ssh-timeout 8 --health-timeout 5 --openai-api-key {OPENAI_KEY}"
+        ),
+    );
+    let took = started.elapsed();
+    assert!(out.contains("rc=1"), "{out}");
+    // Off a terminal the wait is a whole line naming its bound.
+    assert!(
+        out.contains("\n    a: waiting for SSH (0s of 8s)\n"),
+        "{out}"
+    );
+    // The SSH bound, then the rollback (a stop of a guest that never answered is quick).
+    assert!(
+        took < std::time::Duration::from_secs(8 + 20),
+        "{took:?}: {out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("fireclaw: setup of 'a' failed and was rolled back"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let dir = line
+        .split("are kept in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(dir.starts_with("/var/lib/fireclaw/.failed/a-"), "{line}");
+    assert!(
+        line.contains("(the console's last lines: [    0.000000] Linux version (fireclaw firecracker stand-in)"),
+        "{line}"
+    );
+    assert!(line.contains("did not answer within 8s"), "{line}");
+    let console = fleet.host.sh(&format!(
+        "cat {dir}/console.log; stat -c %a {dir} {dir}/console.log"
+    ));
+    assert!(
+        console.contains("Linux version (fireclaw firecracker stand-in)"),
+        "{console}"
+    );
+    assert!(console.contains("700\n600"), "{console}");
+    let journal = fleet.host.sh(&format!("cat {dir}/vm-unit.log"));
+    assert!(!journal.trim().is_empty(), "the VM unit's journal is empty");
+    eprintln!("vm-unit.log: {journal}");
+    // Nothing of the instance is left (the shared bridge and chains stay, as after destroy).
+    let left = fleet.host.sh(
+        "ls -A /var/lib/fireclaw /srv/firecracker/vm-demo; ls /etc/systemd/system | grep vmdemo; ip -br link | grep -c '^ta' || true",
+    );
+    assert_eq!(
+        left,
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.locks\n.net.lock\n0\n",
+        "{out}"
+    );
+    eprintln!("{out}");
 }
 
 #[test]
@@ -494,6 +560,11 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     assert!(three.lines().count() <= 4, "{three}");
     let guest = fleet.fireclaw_ok("logs b --no-follow -n 2 --since '1 hour ago'");
     assert!(guest.lines().count() <= 3, "{guest}");
+    let console = fleet.fireclaw_ok("logs b console --no-follow -n 5");
+    assert!(
+        console.contains("Linux version (fireclaw firecracker stand-in)"),
+        "{console}"
+    );
     fleet.fireclaw_ok("destroy b -y");
     assert_eq!(fleet.host_snapshot(), before);
     // A new instance under the same name: its host journal starts with it.

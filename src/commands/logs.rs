@@ -1,5 +1,5 @@
-//! `fireclaw logs <id> [guest|host]`: the guest service's journal over the pinned SSH, or both
-//! host units' journal, `-n` lines back, optionally `--since` a time, followed unless
+//! `fireclaw logs <id> [guest|host|console]`: the guest service's journal over the pinned SSH,
+//! both host units' journal, or the VM's serial console log, `-n` lines back, optionally `--since` a time, followed unless
 //! `--no-follow`. The host units' names are reused by a later instance of the same id, so the
 //! host journal starts at this instance's creation unless `--since` says otherwise. The
 //! process becomes ssh or journalctl, so Ctrl-C ends it cleanly.
@@ -12,7 +12,7 @@ use anyhow::Result;
 use crate::cli::{LogSource, LogsArgs};
 use crate::guest::ssh::sudo_command;
 use crate::host::systemd::{JournalQuery, ServiceManager};
-use crate::instance::layout::StatePaths;
+use crate::instance::layout::{AssetPaths, StatePaths};
 use crate::ops::instance::load;
 use crate::settings::Settings;
 
@@ -31,6 +31,18 @@ pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) 
             services
                 .journal_command(&[&loaded.units.vm, &loaded.units.proxy], &query)
                 .exec()
+        }
+        LogSource::Console => {
+            if args.since.is_some() {
+                anyhow::bail!("--since applies to the journals (guest, host), not to the console");
+            }
+            let console = AssetPaths::new(&settings.paths.fc_root, &args.id).console_log;
+            let mut tail = std::process::Command::new("tail");
+            tail.args(["-n", &args.lines.to_string()]);
+            if !args.no_follow {
+                tail.arg("-F");
+            }
+            tail.arg("--").arg(console).exec()
         }
         LogSource::Guest => {
             let mut words = vec!["journalctl".to_owned()];

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::evidence;
 use super::instance::Loaded;
 use super::lifecycle::{Waits, await_ssh, provision};
 use super::network::NetworkSteps;
@@ -443,10 +444,14 @@ pub fn roll_back(
 ) -> anyhow::Error {
     let id = &spec.id;
     output.progress(&format!("{id}: setup failed; removing the instance"));
+    // Before the assets go: the console log is the one file that says why a guest never came up.
+    let kept = evidence::keep(settings, id, services)
+        .map(|evidence| format!("; {}", evidence.describe()))
+        .unwrap_or_default();
     match teardown_instance(settings, id, Some(&spec.api_sock), services, network) {
-        Ok(()) => error.context(format!("setup of '{id}' failed and was rolled back")),
+        Ok(()) => error.context(format!("setup of '{id}' failed and was rolled back{kept}")),
         Err(cleanup) => error.context(format!(
-            "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force",
+            "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force{kept}",
             error_chain(cleanup.as_ref())
         )),
     }
@@ -808,6 +813,12 @@ mod tests {
         )
         .unwrap();
         let loaded = crate::ops::instance::load(&host.settings, &spec.id).unwrap();
+        // What the guest's serial console said before it went quiet.
+        std::fs::write(
+            host.path("fc/t/logs/console.log"),
+            "[    0.000000] Linux version 6.1\n[    0.9] VFS: Unable to mount root fs\n",
+        )
+        .unwrap();
         let mark = log.calls().len();
         let waits = Waits {
             ssh: std::time::Duration::ZERO,
@@ -825,15 +836,29 @@ mod tests {
             &mut Output::new(&mut out, &mut err),
         )
         .unwrap_err();
+        let kept = std::fs::read_dir(host.path("state/.failed"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>();
+        assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(
             error_chain(error.as_ref()),
-            "setup of 't' failed and was rolled back: SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused"
+            format!(
+                "setup of 't' failed and was rolled back; its console log and VM journal are kept in {} (the console's last lines: [    0.000000] Linux version 6.1 / [    0.9] VFS: Unable to mount root fs): SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused",
+                kept[0].display()
+            )
+        );
+        assert_eq!(
+            std::fs::read_to_string(kept[0].join("console.log")).unwrap(),
+            "[    0.000000] Linux version 6.1\n[    0.9] VFS: Unable to mount root fs\n"
         );
         assert_eq!(
             log.calls()[mark..],
             [
                 "systemctl enable-now firecracker-vmdemo-t.service",
                 "ssh probe",
+                "journal firecracker-vmdemo-t.service",
                 "systemctl stop firecracker-vmdemo-t.service",
                 "systemctl disable firecracker-vmdemo-t.service",
                 "systemctl reset-failed firecracker-vmdemo-t.service",
@@ -847,6 +872,11 @@ mod tests {
                 .unwrap()
                 .contains("==> t: setup failed; removing the instance")
         );
-        assert_eq!(without_locks(host.tree()), before);
+        // Everything of the instance is gone; only its evidence stays.
+        let after: Vec<String> = without_locks(host.tree())
+            .into_iter()
+            .filter(|p| !p.starts_with("state/.failed"))
+            .collect();
+        assert_eq!(after, before);
     }
 }

@@ -104,6 +104,11 @@ pub fn wait_for_ssh(
 ) -> Result<()> {
     let unit = units.vm.as_str();
     let started = Instant::now();
+    // Said at once, with its bound: the first probe alone may take seconds.
+    output.tick(&format!(
+        "{id}: waiting for SSH (0s of {}s)",
+        timeout.as_secs()
+    ));
     let restarts = unit_state(services, unit)?.restarts;
     let last = loop {
         let error = match guest.probe() {
@@ -159,6 +164,11 @@ pub fn health_gate(
     output: &mut Output<'_>,
 ) -> Result<(Health, Health)> {
     let started = Instant::now();
+    output.tick(&format!(
+        "{}: waiting for health (0s of {}s)",
+        loaded.id,
+        timeout.as_secs()
+    ));
     loop {
         let guest_result = guest_health(guest, loaded.id.as_str())?;
         let proxy = proxy_health(loaded.port, Duration::from_secs(5));

@@ -7,6 +7,7 @@
 //! teardown only through `NetworkSteps`, so unit tests drive them with recording fakes.
 
 pub mod egress;
+pub mod evidence;
 pub mod install;
 pub mod instance;
 pub mod legacy;

@@ -55,10 +55,11 @@ impl Fleet {
 
     /// Units (files and what systemd has loaded), links, firewall rules and fireclaw's
     /// directories, for before/after comparisons. The test's own plumbing (veths `v*`,
-    /// namespaces) and the lifecycle lock files, which fireclaw keeps by design, are left out.
+    /// namespaces), the lifecycle lock files and the evidence of failed setups, which fireclaw
+    /// keeps by design, are left out.
     pub fn host_snapshot(&self) -> String {
         self.host.sh(
-            "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --;              systemctl list-units --all --no-legend --plain 'firecracker-vmdemo-*' 'vmdemo-proxy-*' | awk '{print $1, $2, $3}'; echo --;              ip -br link | awk '{print $1}' | grep -v '^v' ; echo --;              iptables -S; iptables -t nat -S; echo --;              find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' | sort",
+            "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --;              systemctl list-units --all --no-legend --plain 'firecracker-vmdemo-*' 'vmdemo-proxy-*' | awk '{print $1, $2, $3}'; echo --;              ip -br link | awk '{print $1}' | grep -v '^v' ; echo --;              iptables -S; iptables -t nat -S; echo --;              find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' -not -path '/var/lib/fireclaw/.failed*' | sort",
         )
     }
 
