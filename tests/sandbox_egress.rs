@@ -318,7 +318,15 @@ const OPENAI: &str = "sk-audit-openai-7d1e55";
 const ANTHROPIC: &str = "sk-ant-audit-93c2aa";
 const TELEGRAM: &str = "123456:AAH-audit-bot-secret-55";
 /// Where each kind of secret belongs: 0600 root files of its own instance, nowhere else.
-const SECRET_HOMES: [&str; 5] = [".env", "provision.vars", ".token", "seed.img", "user-data"];
+const SECRET_HOMES: [&str; 6] = [
+    ".env",
+    "provision.vars",
+    ".token",
+    "seed.img",
+    "user-data",
+    // The seed inside the instance's own rootfs copy (user-data carries the guest host key).
+    "images/rootfs.ext4",
+];
 
 #[test]
 #[ignore = "needs root: sandbox"]
