@@ -188,6 +188,11 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
     ] {
         std::fs::write(images.join(name), bytes).unwrap();
     }
+    std::fs::File::create(images.join("big.ext4"))
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let big_rootfs = format!("{images_s}/big.ext4");
     let kernel = |name: &str| -> Vec<String> {
         ["setup", "--instance", "bot", key.as_str(), "--base-kernel"]
             .iter()
@@ -469,6 +474,15 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
             with(&[]),
             vec![("SUBNET_CIDR", "172.16.0.0/16".into())],
             "SUBNET_CIDR",
+        ),
+        (
+            with(&[])
+                .into_iter()
+                .chain(["--base-rootfs".to_owned(), big_rootfs.clone()])
+                .chain(["--disk-size".to_owned(), "4M".to_owned()])
+                .collect(),
+            vec![],
+            "--disk-size 4M is smaller than the base rootfs",
         ),
         // Waits: a negative number is read as one (not as an unknown flag), zero is refused.
         (

@@ -136,6 +136,24 @@ pub fn check_not_existing(settings: &Settings, spec: &SetupSpec) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `--disk-size` smaller than the base rootfs, in the units a person typed, before
+/// anything is written (the copy could only be grown, never shrunk). A rootfs that is not
+/// there is left to the checks that name it missing.
+pub fn check_disk_size(spec: &SetupSpec) -> Result<()> {
+    let Ok(metadata) = std::fs::metadata(&spec.base.rootfs) else {
+        return Ok(());
+    };
+    if metadata.is_file() && metadata.len() > spec.disk_size.bytes() {
+        bail!(
+            "--disk-size {} is smaller than the base rootfs {} ({}); give at least that much",
+            spec.disk_size,
+            spec.base.rootfs.display(),
+            crate::instance::images::human_bytes(metadata.len())
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a base kernel the guest cannot boot from, before anything is written: one that is
 /// not an x86_64 ELF vmlinux, or one that lacks a driver the guest needs when no initrd could
 /// load it as a module. Returns a warning when drivers are missing but an initrd is given, or
@@ -273,6 +291,7 @@ fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools)
     }
     // Setup checked it already; install_instance has other callers (the sandbox's installer).
     check_kernel(spec)?;
+    check_disk_size(spec)?;
     Ok(())
 }
 

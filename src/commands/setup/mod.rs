@@ -13,7 +13,9 @@ use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::spec::SetupSpec;
-use crate::ops::install::{boot_media, check_kernel, first_boot, install_instance, roll_back};
+use crate::ops::install::{
+    boot_media, check_disk_size, check_kernel, first_boot, install_instance, roll_back,
+};
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy};
 use crate::ops::network::HostNetwork;
@@ -31,6 +33,7 @@ pub fn run(
     // Before anything is written (the lock file included), and the same as root or as a user:
     // a kernel the guest cannot boot from is refused by setup and by its dry run alike.
     let kernel_warning = check_kernel(&spec)?;
+    check_disk_size(&spec)?;
     if args.dry_run {
         return preview::dry_run(settings, &spec, kernel_warning, output);
     }
