@@ -26,6 +26,9 @@ listed in STATE_ROOT/private-egress.allow.",
     propagate_version = true
 )]
 pub struct Cli {
+    /// Print only errors, warnings and the final result (no progress lines).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -43,7 +43,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
     use std::io::IsTerminal;
     let live = std::io::stderr().is_terminal();
-    let mut output = output::Output::new(&mut stdout, &mut stderr).with_live_progress(live);
+    let mut output = output::Output::new(&mut stdout, &mut stderr)
+        .with_live_progress(live)
+        .quiet(cli.quiet);
     match commands::run(cli, &mut output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<output::AlreadyReported>().is_some() => {

@@ -24,6 +24,8 @@ pub struct Output<'a> {
     ticking: bool,
     /// Off a terminal: when the current wait was last written (`None`: not yet).
     last_plain_tick: Option<std::time::Instant>,
+    /// `-q`: no progress lines and no waits, only results, warnings and errors.
+    quiet: bool,
 }
 
 impl<'a> Output<'a> {
@@ -35,7 +37,14 @@ impl<'a> Output<'a> {
             frame: 0,
             ticking: false,
             last_plain_tick: None,
+            quiet: false,
         }
+    }
+
+    /// `-q`: progress and waits are not written.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
     }
 
     /// Enables the live line (only when stderr is a terminal).
@@ -74,12 +83,18 @@ impl<'a> Output<'a> {
     pub fn progress(&mut self, text: &str) {
         self.end_tick();
         self.last_plain_tick = None;
+        if self.quiet {
+            return;
+        }
         let _ = writeln!(self.stderr, "==> {text}");
     }
 
     /// Redraws the live line during a wait; off a terminal, writes it as a whole line at the
     /// wait's first tick and then every `PLAIN_TICK_EVERY`.
     pub fn tick(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
         if !self.live {
             let due = self
                 .last_plain_tick
@@ -166,6 +181,26 @@ mod tests {
              ==> a: waiting for health\n    a: waiting for health (0s of 60s)\n"
         );
         assert_eq!(String::from_utf8(out).unwrap(), "done\n");
+    }
+
+    #[test]
+    fn quiet_keeps_results_warnings_and_errors_only() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        {
+            let mut output = Output::new(&mut out, &mut err)
+                .with_live_progress(true)
+                .quiet(true);
+            output.progress("a: booting the VM");
+            output.tick("a: waiting for SSH (0s of 360s)");
+            output.warn("the VM asks for more memory than the host has");
+            output.line("Instance a is healthy.");
+            output.error("it broke");
+        }
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "warning: the VM asks for more memory than the host has\nfireclaw: it broke\n"
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), "Instance a is healthy.\n");
     }
 
     #[test]

@@ -567,8 +567,17 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     );
     fleet.fireclaw_ok("destroy b -y");
     assert_eq!(fleet.host_snapshot(), before);
-    // A new instance under the same name: its host journal starts with it.
-    fleet.setup("b", &format!("--openai-api-key {OPENAI_KEY}"));
+    // A new instance under the same name (set up quietly): its host journal starts with it.
+    let quiet = fleet.fireclaw(&format!(
+        "setup -q --instance b --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30 --openai-api-key {OPENAI_KEY}"
+    ));
+    assert!(quiet.status.success());
+    let quiet_err = String::from_utf8_lossy(&quiet.stderr);
+    assert!(
+        !quiet_err.contains("==>") && !quiet_err.contains("waiting"),
+        "{quiet_err}"
+    );
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("Instance b is healthy."));
     assert_eq!(boots("b"), 1, "lines of the destroyed b are shown");
     fleet.fireclaw_ok("destroy b --force");
     assert_eq!(fleet.host_snapshot(), before);
