@@ -390,6 +390,9 @@ pub struct SetupArgs {
     /// changes nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result (or, with --dry-run, the preview) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub waits: WaitArgs,
 }

@@ -1042,3 +1042,51 @@ fn a_user_without_root_is_told_so_in_one_consistent_line() {
         );
     }
 }
+
+#[test]
+fn the_dry_run_preview_is_json_for_a_script_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let fc = dir.path().join("fc");
+    let output = fireclaw(
+        &[
+            "setup",
+            "--instance",
+            "bot",
+            "--dry-run",
+            "--json",
+            &format!("--openai-api-key={SECRET_KEY}"),
+        ],
+        &[
+            ("STATE_ROOT", state.to_str().unwrap()),
+            ("FC_ROOT", fc.to_str().unwrap()),
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(!text.contains(SECRET_KEY), "the key is in the preview");
+    let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(view["dry_run"], true);
+    assert_eq!(view["id"], "bot");
+    assert_eq!(view["ip"], "172.16.0.2");
+    assert_eq!(view["tap"], "tbot2");
+    assert!(view["port"].as_u64().is_some_and(|p| p > 18890), "{view}");
+    let files = view["files"].as_array().unwrap();
+    let vars = files
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with("/provision.vars"))
+        .unwrap();
+    assert_eq!(vars["mode"], "0600");
+    assert!(
+        view["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("base kernel")),
+        "{view}"
+    );
+    assert!(
+        !state.exists() && !fc.exists(),
+        "the dry run wrote something"
+    );
+}

@@ -198,6 +198,20 @@ pub fn health_gate(
     }
 }
 
+/// The summary as JSON, for `setup --json`: what a script needs to reach the instance.
+pub fn summary_json(loaded: &Loaded, health: &(Health, Health)) -> serde_json::Value {
+    serde_json::json!({
+        "id": loaded.id.as_str(),
+        "healthy": true,
+        "ip": loaded.ssh.ip.to_string(),
+        "port": loaded.port,
+        "proxy": format!("http://127.0.0.1:{}/", loaded.port),
+        "health": { "guest": health.0.label(), "proxy": health.1.label() },
+        "units": { "vm": loaded.units.vm, "proxy": loaded.units.proxy },
+        "token_command": format!("sudo fireclaw token {}", loaded.id),
+    })
+}
+
 /// The summary printed after a successful setup, provision or start.
 pub fn print_summary(
     loaded: &Loaded,

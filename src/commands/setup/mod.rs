@@ -17,7 +17,7 @@ use crate::ops::install::{
     boot_media, check_disk_size, check_kernel, first_boot, install_instance, roll_back,
 };
 use crate::ops::instance::{load, lock};
-use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy};
+use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy, summary_json};
 use crate::ops::network::HostNetwork;
 use crate::output::Output;
 use crate::render::artifacts::HostTools;
@@ -35,7 +35,7 @@ pub fn run(
     let kernel_warning = check_kernel(&spec)?;
     check_disk_size(&spec)?;
     if args.dry_run {
-        return preview::dry_run(settings, &spec, kernel_warning, output);
+        return preview::dry_run(settings, &spec, kernel_warning, args.json, output);
     }
     require_root(
         "setup",
@@ -44,13 +44,21 @@ pub fn run(
     if let Some(warning) = &kernel_warning {
         output.warn(warning);
     }
-    create(settings, &spec, Waits::from(&args.waits), services, output)
+    create(
+        settings,
+        &spec,
+        Waits::from(&args.waits),
+        args.json,
+        services,
+        output,
+    )
 }
 
 fn create(
     settings: &Settings,
     spec: &SetupSpec,
     waits: Waits,
+    json: bool,
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
@@ -104,6 +112,12 @@ fn create(
         .with_context(|| format!(
             "instance '{id}' was provisioned and is kept; inspect it with: fireclaw status {id}, retry with: fireclaw provision {id}"
         ))?;
-    print_summary(&loaded, services, &health, output);
+    if json {
+        output.line(&serde_json::to_string_pretty(&summary_json(
+            &loaded, &health,
+        ))?);
+    } else {
+        print_summary(&loaded, services, &health, output);
+    }
     Ok(())
 }

@@ -103,6 +103,7 @@ pub fn dry_run(
     settings: &Settings,
     spec: &SetupSpec,
     kernel_warning: Option<String>,
+    json: bool,
     output: &mut Output<'_>,
 ) -> Result<()> {
     check_not_existing(settings, spec)?;
@@ -167,11 +168,98 @@ pub fn dry_run(
         seed_in_rootfs,
         time: Timestamp::now(),
     })?;
-    print_preview(settings, spec, &allocation, &visibility, &rendered, output);
+    if json {
+        let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &warnings);
+        output.line(&serde_json::to_string_pretty(&view)?);
+    } else {
+        print_preview(settings, spec, &allocation, &visibility, &rendered, output);
+    }
     for warning in &warnings {
         output.warn(warning);
     }
     Ok(())
+}
+
+/// `setup --dry-run --json`: the same preview for a script, secrets redacted as on screen.
+#[derive(serde::Serialize)]
+struct PreviewView<'a> {
+    dry_run: bool,
+    id: &'a str,
+    ip: String,
+    port: u16,
+    tap: String,
+    mac: &'a str,
+    /// Set when other instances' state could not be read (not root): the values may be taken.
+    provisional: Option<&'a str>,
+    copies: Vec<CopyView>,
+    /// Files written into the rootfs copy (its seed dir), by name.
+    rootfs_seed: Vec<String>,
+    files: Vec<FileView<'a>>,
+    warnings: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct CopyView {
+    from: String,
+    to: String,
+    grow_to: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct FileView<'a> {
+    path: String,
+    mode: String,
+    /// What may be shown: the text with secrets replaced, or a description.
+    content: &'a str,
+}
+
+impl<'a> PreviewView<'a> {
+    fn new(
+        spec: &'a SetupSpec,
+        allocation: &'a Allocation,
+        visibility: &'a Visibility,
+        rendered: &'a RenderedInstance,
+        warnings: &'a [String],
+    ) -> Self {
+        Self {
+            dry_run: true,
+            id: spec.id.as_str(),
+            ip: allocation.ip.to_string(),
+            port: allocation.host_port.get(),
+            tap: allocation.tap.to_string(),
+            mac: &allocation.mac,
+            provisional: match visibility {
+                Visibility::Complete => None,
+                Visibility::Partial(why) => Some(why),
+            },
+            copies: rendered
+                .copies
+                .iter()
+                .map(|copy| CopyView {
+                    from: copy.from.display().to_string(),
+                    to: copy.to.display().to_string(),
+                    grow_to: copy.grow_to,
+                })
+                .collect(),
+            rootfs_seed: rendered
+                .rootfs_seed
+                .iter()
+                .flat_map(|seed| seed.files.iter().map(|f| format!("{SEED_DIR}/{}", f.name)))
+                .collect(),
+            files: rendered
+                .state
+                .iter()
+                .chain(&rendered.assets)
+                .chain(&rendered.units)
+                .map(|artifact| FileView {
+                    path: artifact.path.display().to_string(),
+                    mode: format!("{:04o}", artifact.mode),
+                    content: &artifact.display,
+                })
+                .collect(),
+            warnings,
+        }
+    }
 }
 
 fn print_preview(
