@@ -569,7 +569,7 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     assert_eq!(fleet.host_snapshot(), before);
     // A new instance under the same name (set up quietly): its host journal starts with it.
     let quiet = fleet.fireclaw(&format!(
-        "setup -q --instance b --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30 --openai-api-key {OPENAI_KEY}"
+        "setup -q --json --instance b --skip-browser-install --disk-size 64M --ssh-timeout 60 --health-timeout 30 --openai-api-key {OPENAI_KEY}"
     ));
     assert!(quiet.status.success());
     let quiet_err = String::from_utf8_lossy(&quiet.stderr);
@@ -577,7 +577,14 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
         !quiet_err.contains("==>") && !quiet_err.contains("waiting"),
         "{quiet_err}"
     );
-    assert!(String::from_utf8_lossy(&quiet.stdout).contains("Instance b is healthy."));
+    let result: serde_json::Value = serde_json::from_slice(&quiet.stdout).unwrap();
+    assert_eq!(result["id"], "b");
+    assert_eq!(result["healthy"], true);
+    assert_eq!(
+        result["port"].as_u64().unwrap().to_string(),
+        fleet.env_value("b", "HOST_PORT")
+    );
+    assert_eq!(result["token_command"], "sudo fireclaw token b");
     assert_eq!(boots("b"), 1, "lines of the destroyed b are shown");
     fleet.fireclaw_ok("destroy b --force");
     assert_eq!(fleet.host_snapshot(), before);
