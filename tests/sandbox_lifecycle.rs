@@ -552,7 +552,7 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
     let boots = |id: &str| {
         fleet
             .fireclaw_ok(&format!("logs {id} host --no-follow -n 1000"))
-            .matches("Linux version (fireclaw firecracker stand-in)")
+            .matches(&format!("Started firecracker-vmdemo-{id}.service"))
             .count()
     };
     assert_eq!(boots("b"), 1);
