@@ -37,6 +37,8 @@ pub const MINIMAX_API_KEY: &str = "MINIMAX_API_KEY";
 pub const FIRECLAW_TEST_CRASH_AT: &str = "FIRECLAW_TEST_CRASH_AT";
 /// Set by systemd for a unit's processes: a helper run as a unit's Exec line behaves as one.
 pub const INVOCATION_ID: &str = "INVOCATION_ID";
+/// Set by systemd for `ExecStop=`: the PID of the unit's main process (the VMM).
+pub const MAINPID: &str = "MAINPID";
 /// Any value turns colour off (no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Where host tools are looked up.

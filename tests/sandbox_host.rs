@@ -361,6 +361,11 @@ fn stop_reboot_and_power_cut_keep_their_promises() {
         start(&sandbox, instance);
     }
 
+    // a's guest came up (as setup's SSH wait notes it): its stop gets a clean shutdown.
+    sandbox.sh(&format!(
+        "echo \"$(cat /proc/sys/kernel/random/boot_id) $(systemctl show -p MainPID --value {})\" > /var/lib/fireclaw/.vm-a/guest-answered",
+        a.vm_unit()
+    ));
     // Stop a as `fireclaw stop` does at the unit level: stop, then disable both units.
     sandbox.sh(&format!(
         "systemctl stop {} {}",

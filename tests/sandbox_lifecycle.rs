@@ -479,6 +479,14 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
         "{console}"
     );
     assert!(console.contains("700\n600"), "{console}");
+    // The rollback did not wait for a clean shutdown of a guest that never came up.
+    let stop = fleet
+        .host
+        .sh("journalctl --no-pager -o cat -u firecracker-vmdemo-a.service");
+    assert!(
+        stop.contains("its guest never answered SSH since this VM started; stopping it without waiting for a clean shutdown"),
+        "{stop}"
+    );
     let journal = fleet.host.sh(&format!("cat {dir}/vm-unit.log"));
     assert!(!journal.trim().is_empty(), "the VM unit's journal is empty");
     eprintln!("vm-unit.log: {journal}");

@@ -124,3 +124,10 @@ mod tests {
         assert_eq!(parse_mem_available_mib("MemTotal: 1 kB\n"), None);
     }
 }
+
+/// This host boot's id (`/proc/sys/kernel/random/boot_id`); empty when it cannot be read.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -15,6 +15,9 @@ pub struct StatePaths {
     pub vars: PathBuf,
     pub known_hosts: PathBuf,
     pub fireclaw_json: PathBuf,
+    /// Which VMM process (host boot and PID) last had its guest answer SSH: a stop of any
+    /// other skips the wait for a clean shutdown a guest that never came up cannot do.
+    pub guest_answered: PathBuf,
 }
 
 impl StatePaths {
@@ -26,9 +29,15 @@ impl StatePaths {
             vars: dir.join("provision.vars"),
             known_hosts: dir.join("known_hosts"),
             fireclaw_json: dir.join("fireclaw.json"),
+            guest_answered: dir.join("guest-answered"),
             dir,
         }
     }
+}
+
+/// What `guest-answered` holds for a VMM process: the host boot and the VMM's PID.
+pub fn guest_answered_text(boot_id: &str, vmm_pid: u32) -> String {
+    format!("{boot_id} {vmm_pid}\n")
 }
 
 /// The base images' file names, in `BASE_IMAGES_DIR` and in each instance's `images/`.

@@ -15,10 +15,12 @@ use crate::faults::crash_point;
 use crate::guest::health::{Health, guest_health, proxy_health};
 use crate::guest::provision::provision_guest;
 use crate::guest::ssh::{GuestShell, SshError, sudo_command};
+use crate::host::probe;
 use crate::host::systemd::{ServiceManager, UnitState};
-use crate::instance::layout::UnitNames;
+use crate::instance::layout::{UnitNames, guest_answered_text};
 use crate::instance::values::InstanceId;
 use crate::output::Output;
+use crate::store::write_atomic;
 
 /// Pause between tries of the SSH and health waits.
 const POLL: Duration = Duration::from_secs(2);
@@ -283,7 +285,19 @@ pub fn await_ssh(
     output: &mut Output<'_>,
 ) -> Result<()> {
     progress(output, &loaded.id, "waiting for SSH");
-    wait_for_ssh(&loaded.id, &loaded.units, services, guest, timeout, output)
+    wait_for_ssh(&loaded.id, &loaded.units, services, guest, timeout, output)?;
+    // The VMM whose guest answered: a later stop of this very process may wait for a clean
+    // shutdown (see `vm-shutdown`). A failure to note it only costs that wait.
+    if let Ok(state) = unit_state(services, &loaded.units.vm)
+        && state.main_pid != 0
+    {
+        let _ = write_atomic(
+            &loaded.paths.guest_answered,
+            guest_answered_text(&probe::boot_id(), state.main_pid).as_bytes(),
+            0o600,
+        );
+    }
+    Ok(())
 }
 
 /// Runs guest provisioning with the instance's `provision.vars`.
@@ -370,7 +384,14 @@ pub fn stop(
             ));
         }
     }
-    progress(output, &loaded.id, "shutting the VM down");
+    progress(
+        output,
+        &loaded.id,
+        &format!(
+            "shutting the VM down (a guest that came up gets up to {}s to shut down cleanly)",
+            super::network::SHUTDOWN_WAIT.as_secs()
+        ),
+    );
     services.stop(&[vm])?;
     crash_point("stop:vm-stopped");
     services.disable(&[vm, proxy])?;

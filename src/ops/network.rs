@@ -15,13 +15,16 @@ use crate::env_vars;
 use crate::host::firecracker_api::ApiClient;
 use crate::host::firewall::{IPTABLES, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
+use crate::host::probe;
 use crate::host::tap::{create_persistent_tap, remove_tap};
-use crate::instance::layout::{StatePaths, default_api_sock};
+use crate::instance::layout::{StatePaths, default_api_sock, guest_answered_text};
 use crate::instance::values::InstanceId;
 use crate::output::{Output, error_chain};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
 use crate::store::{lock_network, read_env};
+
+use super::instance::load;
 
 /// The network steps of installing and removing an instance, as a seam: `HostNetwork` does
 /// them on this host; unit tests record them.
@@ -66,7 +69,7 @@ pub fn reapply_if_present(settings: &Settings) -> Result<Vec<String>> {
 
 /// How long `vm-shutdown` waits for the VMM to exit after Ctrl-Alt-Del; the unit's
 /// TimeoutStopSec (45 s) leaves room for systemd's own SIGTERM after it.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
 /// A problem that retrying cannot fix: the unit should fail instead of restarting in a loop.
 #[derive(Debug, thiserror::Error)]
@@ -288,11 +291,42 @@ pub fn net_down(settings: &Settings, id: &InstanceId) -> Result<()> {
     }
 }
 
+/// Whether the guest of the running VMM has come up: it answered SSH since this VMM started
+/// (`guest-answered` names it; systemd names the VMM in `$MAINPID`), or answers now. Outside
+/// a unit (no `$MAINPID`) it is assumed, as before this check existed.
+fn guest_came_up(settings: &Settings, id: &InstanceId) -> bool {
+    let Some(vmm_pid) = std::env::var(env_vars::MAINPID)
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+    else {
+        return true;
+    };
+    let answered =
+        std::fs::read_to_string(StatePaths::new(&settings.paths.state_root, id).guest_answered)
+            .unwrap_or_default();
+    if answered == guest_answered_text(&probe::boot_id(), vmm_pid) {
+        return true;
+    }
+    // Restarted by systemd, or started before fireclaw kept this note: ask the guest.
+    load(settings, id).is_ok_and(|loaded| loaded.quick_ssh(QUICK_PROBE).probe().is_ok())
+}
+
+/// How long `vm-shutdown` gives a guest to answer SSH before it counts as never up.
+const QUICK_PROBE: Duration = Duration::from_secs(3);
+
 /// What `vm-shutdown` does: Ctrl-Alt-Del through the API, then wait until the API stops
-/// answering (the VMM exits once the guest has gone down), at most `SHUTDOWN_WAIT`.
+/// answering (the VMM exits once the guest has gone down), at most `SHUTDOWN_WAIT`. A guest
+/// that never came up (`guest_came_up`) cannot be counted on to shut down, so its VMM is left
+/// to systemd's SIGTERM at once.
 pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
     let target = target(settings, id)?;
     if !target.api_sock.exists() {
+        return Ok(());
+    }
+    if !guest_came_up(settings, id) {
+        output.warn(&format!(
+            "instance '{id}': its guest never answered SSH since this VM started; stopping it without waiting for a clean shutdown"
+        ));
         return Ok(());
     }
     let api = ApiClient::new(&target.api_sock, Duration::from_secs(2));
