@@ -5,7 +5,7 @@
 //! when a command needs them and the flag was not given, because names like `MODEL` may be set
 //! for unrelated programs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::cli::{ImageFetchArgs, KeyArgs, SetupArgs};
@@ -73,10 +73,25 @@ pub struct Settings {
     pub flag_defaults: FlagDefaults,
 }
 
+/// Where the client key goes by default: in the `ubuntu` user's home, as 0.2.0 keeps it.
+const UBUNTU_HOME: &str = "/home/ubuntu";
+
+/// The client key on a host without an `ubuntu` user (and `SSH_KEY_PATH` unset): under
+/// `STATE_ROOT`, so setup makes no home directory for a user that does not exist. Each
+/// instance records its key's path in `.env`, so 0.2.0 finds it too.
+pub fn key_path_without_ubuntu_home(state_root: &Path) -> PathBuf {
+    state_root.join("ssh").join("vmdemo_vm")
+}
+
 impl Settings {
     /// Resolves settings from the process environment.
     pub fn from_process_env() -> Result<Self, SettingsError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        let mut settings = Self::from_lookup(|name| std::env::var(name).ok())?;
+        let explicit = std::env::var(env_vars::SSH_KEY_PATH).is_ok_and(|v| !v.is_empty());
+        if !explicit && !Path::new(UBUNTU_HOME).is_dir() {
+            settings.ssh_key_path = key_path_without_ubuntu_home(&settings.paths.state_root);
+        }
+        Ok(settings)
     }
 
     /// Resolves settings from any variable lookup (tests pass a map). Empty values count as

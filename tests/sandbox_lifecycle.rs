@@ -109,7 +109,9 @@ fn assert_cloud_init_configured(fleet: &Fleet, id: &str, ip: &str, mac: &str) {
     );
     assert!(ubuntu.contains("sudo-ok"), "{ubuntu}");
     let authorized = fleet.guest(id, "cat /home/ubuntu/.ssh/authorized_keys");
-    let client = fleet.host.sh("cat /home/ubuntu/.ssh/vmdemo_vm.pub");
+    let client = fleet
+        .host
+        .sh(&format!("cat {}.pub", fleet.env_value(id, "SSH_KEY_PATH")));
     assert!(authorized.contains(client.trim()), "{authorized}");
     // The host key cloud-init installed is the one fireclaw pinned, and the only one.
     let pinned = fleet.host.sh(&format!(
@@ -432,6 +434,9 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
 #[ignore = "needs root: sandbox"]
 fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     let fleet = Fleet::new("noanswer");
+    // A host without an `ubuntu` user (SSH_KEY_PATH unset): the client key goes under
+    // STATE_ROOT and no home directory is made.
+    fleet.host.sh("rm -rf /home/ubuntu");
     // The guest boots, but its sshd never starts.
     fleet.guests.preset(
         "/etc/systemd/system/ssh.service.d/never.conf",
@@ -446,6 +451,7 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     );
     let took = started.elapsed();
     assert!(out.contains("rc=1"), "{out}");
+    assert!(!fleet.host.ok("test -e /home/ubuntu"), "a home for no user");
     // Off a terminal the wait is a whole line naming its bound.
     assert!(
         out.contains("\n    a: waiting for SSH (0s of 8s)\n"),
@@ -496,7 +502,7 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     );
     assert_eq!(
         left,
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.locks\n.net.lock\n0\n",
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.locks\n.net.lock\nssh\n0\n",
         "{out}"
     );
     eprintln!("{out}");
