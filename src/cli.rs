@@ -68,6 +68,9 @@ pub enum Command {
     /// Fetch, verify and build the guest kernel and base rootfs, or list the installed ones.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// What fireclaw set up on the host for all instances (see: fireclaw host cleanup).
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Print a shell completion script (e.g. fireclaw completions bash > /etc/bash_completion.d/fireclaw).
     Completions(CompletionsArgs),
     /// This build's version and git commit, and the Firecracker on PATH.
@@ -93,6 +96,13 @@ pub enum EgressCommand {
     /// Rebuild fireclaw's firewall chains from the saved allowlists now (also done at every VM
     /// start).
     Apply,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// Once no instance is left: remove the bridge, the firewall chains and their jumps, IPv4
+    /// forwarding (only if fireclaw turned it on) and the lock files; say what stays and why.
+    Cleanup,
 }
 
 #[derive(Debug, Subcommand)]

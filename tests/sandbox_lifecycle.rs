@@ -612,6 +612,47 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
 
 #[test]
 #[ignore = "needs root: sandbox"]
+fn host_cleanup_after_the_last_destroy_leaves_network_and_firewall_as_before_the_first_setup() {
+    let fleet = Fleet::new("cleanup");
+    let network = || {
+        fleet.host.sh(
+            "ip -br link | awk '{print $1}' | grep -v '^v'; iptables -S; iptables -t nat -S; \
+             cat /proc/sys/net/ipv4/ip_forward",
+        )
+    };
+    let before = network();
+    fleet.healthy("a");
+    let refused = fleet.fireclaw("host cleanup");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("1 instance(s) still exist (a); destroy them first"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_ne!(network(), before, "setup changed nothing?");
+    fleet.fireclaw_ok("destroy a -y");
+    let out = fleet.fireclaw_ok("host cleanup");
+    for expected in [
+        "removed firewall chain FC-FWD-fc-br0 and its jump",
+        "removed firewall chain FC-IN-fc-br0 and its jump",
+        "removed firewall chain FC-NAT-fc-br0 and its jump",
+        "removed bridge fc-br0",
+        "left /var/lib/fireclaw/ssh: the client key",
+    ] {
+        assert!(out.contains(expected), "{expected}: {out}");
+    }
+    assert_eq!(network(), before, "{out}");
+    assert!(!fleet.host.ok("test -e /var/lib/fireclaw/.alloc.lock"));
+    assert!(
+        fleet
+            .fireclaw_ok("host cleanup")
+            .contains("Nothing of fireclaw's was left on the host network.")
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
 fn no_secret_is_on_any_command_line_or_left_in_guest_tmp() {
     let fleet = Fleet::new("secrets");
     // sshd in the guest runs under strace from its first start, so every command it spawns for

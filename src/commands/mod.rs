@@ -6,6 +6,7 @@ mod destroy;
 mod doctor;
 mod egress;
 mod fleet;
+mod host;
 mod image;
 mod logs;
 mod provision;
@@ -65,6 +66,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Destroy(args) => destroy::run(&settings, &args, &services, output),
         Command::Egress(command) => egress::run(&settings, &command, &services, output),
         Command::Image(command) => image::run(&settings, &command, output),
+        Command::Host(command) => host::run(&settings, &command, output),
         Command::Adopt(args) => adopt::run(&settings, &args.id, &services, output),
         Command::VmNetUp(args) => {
             vm_helpers::net_up_command(&settings, &args.id, &services, output)

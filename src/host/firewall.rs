@@ -194,6 +194,24 @@ pub fn ensure_chain(chain: &ChainSpec) -> Result<Change, FirewallError> {
     Ok(change)
 }
 
+/// Removes `chain`: every jump to it from its base chain, its rules, the chain. Returns whether
+/// there was anything to remove.
+pub fn remove_chain(chain: &ChainSpec) -> Result<bool, ProcessError> {
+    let table = chain.table;
+    let name = chain.name.as_str();
+    let mut removed = false;
+    let delete_jump = ["-w", "-t", table, "-D", chain.base, "-j", name];
+    while iptables_ok(&delete_jump)? {
+        removed = true;
+    }
+    if iptables_ok(&["-w", "-t", table, "-n", "-L", name])? {
+        run_checked(IPTABLES, &["-w", "-t", table, "-F", name])?;
+        run_checked(IPTABLES, &["-w", "-t", table, "-X", name])?;
+        removed = true;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,11 +18,11 @@ use crate::host::netlink::{Link, Netlink};
 use crate::host::probe;
 use crate::host::tap::{create_persistent_tap, remove_tap};
 use crate::instance::layout::{StatePaths, default_api_sock, guest_answered_text};
-use crate::instance::values::InstanceId;
+use crate::instance::values::{InstanceId, escaped};
 use crate::output::{Output, error_chain};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{lock_network, read_env};
+use crate::store::{lock_network, read_env, write_atomic};
 
 use super::instance::load;
 
@@ -194,15 +194,142 @@ fn ensure_tap(netlink: &mut Netlink, name: &str, bridge: &Link) -> Result<()> {
     Ok(())
 }
 
-fn enable_ip_forward() -> Result<()> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path)
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Turns IPv4 forwarding on, noting in `STATE_ROOT` that it was off, so `host cleanup` turns
+/// off only what fireclaw turned on (hosts running Docker need it on).
+fn enable_ip_forward(settings: &Settings) -> Result<()> {
+    if std::fs::read_to_string(IP_FORWARD)
         .map(|v| v.trim() == "1")
         .unwrap_or(false)
     {
         return Ok(());
     }
-    std::fs::write(path, "1\n").with_context(|| format!("enable IPv4 forwarding ({path})"))
+    write_atomic(&forwarding_note(settings), b"0\n", 0o600)?;
+    std::fs::write(IP_FORWARD, "1\n")
+        .with_context(|| format!("enable IPv4 forwarding ({IP_FORWARD})"))
+}
+
+/// Where `enable_ip_forward` notes that forwarding was off before fireclaw.
+fn forwarding_note(settings: &Settings) -> PathBuf {
+    settings.paths.state_root.join(".ip_forward-was-off")
+}
+
+/// What `host cleanup` did and left.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    pub removed: Vec<String>,
+    pub left: Vec<String>,
+}
+
+/// `host cleanup`: removes what instances share once none is left: the policy chains and
+/// their jumps, the bridge, forwarding (only if fireclaw turned it on) and the lock files.
+/// Refuses while any instance's state or unit exists.
+pub fn remove_shared(settings: &Settings) -> Result<Cleanup> {
+    let root = &settings.paths.state_root;
+    let _allocation = crate::store::lock_allocation(root)?;
+    let _network = lock_network(root)?;
+    let instances: Vec<String> = crate::store::scan_instances(root)?
+        .into_iter()
+        .map(|i| escaped(&i.name))
+        .collect();
+    if !instances.is_empty() {
+        anyhow::bail!(
+            "{} instance(s) still exist ({}); destroy them first (fireclaw destroy <id>)",
+            instances.len(),
+            instances.join(", ")
+        );
+    }
+    let units = instance_unit_files(&settings.paths.unit_dir);
+    if !units.is_empty() {
+        anyhow::bail!(
+            "unit files of instances are still installed ({}); remove them with: fireclaw destroy <id> --force",
+            units.join(", ")
+        );
+    }
+    let mut report = Cleanup::default();
+    let inputs = super::egress::gather(settings, false)?;
+    for chain in super::egress::policy_chains(settings, &inputs) {
+        if crate::host::firewall::remove_chain(&chain)
+            .with_context(|| format!("remove firewall chain {}", chain.name))?
+        {
+            report
+                .removed
+                .push(format!("firewall chain {} and its jump", chain.name));
+        }
+    }
+    let mut netlink = Netlink::open()?;
+    let bridge = settings.network.bridge.as_str();
+    match netlink.link(bridge)? {
+        Some(link) if link.is_bridge() => {
+            netlink.delete_link(&link)?;
+            report.removed.push(format!("bridge {bridge}"));
+        }
+        Some(_) => report
+            .left
+            .push(format!("{bridge}: not a bridge, so not fireclaw's")),
+        None => {}
+    }
+    let note = forwarding_note(settings);
+    if note.exists() {
+        std::fs::write(IP_FORWARD, "0\n")
+            .with_context(|| format!("turn IPv4 forwarding off ({IP_FORWARD})"))?;
+        std::fs::remove_file(&note).with_context(|| format!("remove {}", note.display()))?;
+        report
+            .removed
+            .push("IPv4 forwarding (off again, as fireclaw found it)".to_owned());
+    } else if std::fs::read_to_string(IP_FORWARD).is_ok_and(|v| v.trim() == "1") {
+        report.left.push(
+            "IPv4 forwarding on: it was on before fireclaw (Docker and routers need it)".to_owned(),
+        );
+    }
+    report.left.extend(leftover_files(settings));
+    Ok(report)
+}
+
+/// Unit files of instances (fireclaw's or 0.2.0's names) in `unit_dir`.
+fn instance_unit_files(unit_dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(unit_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            (name.starts_with("firecracker-vmdemo-") || name.starts_with("vmdemo-proxy-"))
+                && name.ends_with(".service")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// What stays under `STATE_ROOT` after a cleanup, and why; the lock files are removed.
+fn leftover_files(settings: &Settings) -> Vec<String> {
+    let root = &settings.paths.state_root;
+    let locks = crate::instance::layout::LockPaths::new(root);
+    for lock in [&locks.allocation, &locks.network] {
+        let _ = std::fs::remove_file(lock);
+    }
+    // No instance is left to lock; a command started meanwhile waits on these very files
+    // (both are held here) and fails on the missing instance.
+    let _ = std::fs::remove_dir_all(&locks.instances);
+    let mut left = Vec::new();
+    for (name, why) in [
+        (
+            "ssh",
+            "the client key; remove it if no instance will be made again",
+        ),
+        (
+            "private-egress.allow",
+            "your host-wide private-egress allowlist",
+        ),
+        (".failed", "evidence of failed setups"),
+    ] {
+        if root.join(name).exists() {
+            left.push(format!("{}: {why}", root.join(name).display()));
+        }
+    }
+    left
 }
 
 /// Removes the API socket left by a VMM that died (Firecracker never removes it and refuses to
@@ -249,7 +376,7 @@ fn shared_locked(
 ) -> Result<(Link, Vec<String>)> {
     let bridge = ensure_bridge(netlink, settings)?;
     disable_ipv6(settings.network.bridge.as_str())?;
-    enable_ip_forward()?;
+    enable_ip_forward(settings)?;
     let inputs = super::egress::gather(settings, strict)?;
     for chain in super::egress::policy_chains(settings, &inputs) {
         ensure_chain(&chain).with_context(|| format!("apply firewall chain {}", chain.name))?;

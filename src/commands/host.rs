@@ -1,0 +1,32 @@
+//! `fireclaw host cleanup`: when the host is done with fireclaw, remove what the last instance
+//! left shared (see `ops::network::remove_shared`), and say what stays and why.
+
+use anyhow::Result;
+
+use crate::cli::HostCommand;
+use crate::host::probe::require_root;
+use crate::ops::network::remove_shared;
+use crate::output::Output;
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings, command: &HostCommand, output: &mut Output<'_>) -> Result<()> {
+    match command {
+        HostCommand::Cleanup => {
+            require_root(
+                "host cleanup",
+                "it removes the bridge, firewall chains and files under STATE_ROOT",
+            )?;
+            let report = remove_shared(settings)?;
+            if report.removed.is_empty() {
+                output.line("Nothing of fireclaw's was left on the host network.");
+            }
+            for removed in &report.removed {
+                output.line(&format!("removed {removed}"));
+            }
+            for left in &report.left {
+                output.line(&format!("left {left}"));
+            }
+            Ok(())
+        }
+    }
+}
