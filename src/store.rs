@@ -207,16 +207,27 @@ pub fn lock_instance(
     state_root: &Path,
     id: &InstanceId,
     wait: Duration,
+    on_wait: &mut dyn FnMut(&str),
 ) -> Result<HeldLock, StoreError> {
     let locks = LockPaths::new(state_root);
     ensure_private_dir(&locks.instances)?;
     let path = locks.instance(id);
-    let file = open_lock_file(&path)?;
+    let mut file = open_lock_file(&path)?;
     let started = Instant::now();
+    let mut told = false;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(HeldLock { _file: file }),
+            Ok(()) => {
+                note_holder(&mut file, id);
+                return Ok(HeldLock { _file: file });
+            }
             Err(fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
+                if !told {
+                    // Said at once: who holds it, when the holder wrote that down.
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    on_wait(holder.trim());
+                    told = true;
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
             Err(fs::TryLockError::WouldBlock) => {
@@ -231,6 +242,23 @@ pub fn lock_instance(
             }
         }
     }
+}
+
+/// Writes who holds a lifecycle lock into its file (`pid <pid>: fireclaw <verb> <id>`), for a
+/// command that has to wait for it. Only the verb is taken from the command line (the rest may
+/// hold a key). Best effort: the lock holds either way.
+fn note_holder(file: &mut File, id: &InstanceId) {
+    use std::io::{Seek, Write};
+    let verb = std::env::args()
+        .skip(1)
+        .find(|arg| !arg.starts_with('-'))
+        .filter(|arg| arg.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        .unwrap_or_default();
+    let text = format!("pid {}: fireclaw {verb} {id}\n", std::process::id());
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| file.write_all(text.as_bytes()));
 }
 
 /// One `.vm-*` directory found under `STATE_ROOT`.
@@ -630,11 +658,24 @@ mod tests {
     #[test]
     fn instance_lock_reports_busy_after_the_bound() {
         let root = temp_dir();
-        let _held = lock_instance(root.path(), &id("a"), Duration::ZERO).unwrap();
-        let err = lock_instance(root.path(), &id("a"), Duration::from_millis(200)).unwrap_err();
+        let _held = lock_instance(root.path(), &id("a"), Duration::ZERO, &mut |_| {}).unwrap();
+        let mut told = Vec::new();
+        let err = lock_instance(
+            root.path(),
+            &id("a"),
+            Duration::from_millis(200),
+            &mut |h| told.push(h.to_owned()),
+        )
+        .unwrap_err();
+        assert_eq!(told.len(), 1, "told once: {told:?}");
+        assert!(
+            told[0].starts_with(&format!("pid {}: fireclaw ", std::process::id()))
+                && told[0].ends_with(" a"),
+            "{told:?}"
+        );
         assert!(err.to_string().starts_with("instance 'a' is busy"), "{err}");
         // A different instance is not affected.
-        lock_instance(root.path(), &id("b"), Duration::ZERO).unwrap();
+        lock_instance(root.path(), &id("b"), Duration::ZERO, &mut |_| {}).unwrap();
     }
 
     #[test]

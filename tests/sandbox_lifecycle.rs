@@ -579,6 +579,23 @@ fn destroy_returns_the_host_to_how_it_was_before_that_setup() {
         console.contains("Linux version (fireclaw firecracker stand-in)"),
         "{console}"
     );
+    // A command that has to wait for the instance's lock says so at once, naming the holder.
+    let waited = fleet.host.sh(&format!(
+        "export PATH={BIN_IN_SANDBOX}:$PATH; lock=/var/lib/fireclaw/.locks/b.lock; \
+         printf 'pid 4242: fireclaw provision b\\n' > $lock; \
+         flock $lock sleep 3 & sleep 0.3; \
+         FIRECLAW_LOCK_WAIT=2 fireclaw stop b 2>/run/wait.err & stopper=$!; \
+         sleep 0.8; cat /run/wait.err; echo ---; wait $stopper; echo rc=$?; cat /run/wait.err; wait"
+    ));
+    let (early, after) = waited.split_once("---").unwrap();
+    assert!(
+        early.contains("==> b: waiting up to 2s for pid 4242: fireclaw provision b to finish with this instance"),
+        "{waited}"
+    );
+    assert!(
+        after.contains("rc=1") && after.contains("is busy"),
+        "{waited}"
+    );
     fleet.fireclaw_ok("destroy b -y");
     assert_eq!(fleet.host_snapshot(), before);
     // A new instance under the same name (set up quietly): its host journal starts with it.

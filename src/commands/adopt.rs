@@ -26,7 +26,7 @@ pub fn run(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let (_lock, loaded) = lock_and_load(settings, id)?;
+    let (_lock, loaded) = lock_and_load(settings, id, output)?;
     let unit_dir = &settings.paths.unit_dir;
     if !is_020_unit(&loaded.units.vm_path(unit_dir)) {
         output.line(&format!(

@@ -30,7 +30,7 @@ pub fn run(
     if !(args.force || args.yes) && !confirmed(id, output)? {
         bail!("destroy of '{id}' cancelled; nothing was changed");
     }
-    let _lock = lock(settings, id)?;
+    let _lock = lock(settings, id, output)?;
     let readable = read_env(&StatePaths::new(&settings.paths.state_root, id)).is_ok();
     if !readable && !args.force {
         bail!(

@@ -25,7 +25,7 @@ pub fn run(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let (_lock, loaded) = lock_and_load(settings, &args.id)?;
+    let (_lock, loaded) = lock_and_load(settings, &args.id, output)?;
     let update = validated_update(settings, args, &loaded)?;
     save(settings, args, &loaded, &update, output)?;
 

@@ -43,7 +43,7 @@ fn run(
     stop_first: bool,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let (_lock, loaded) = lock_and_load(settings, id)?;
+    let (_lock, loaded) = lock_and_load(settings, id, output)?;
     loaded.ensure_provisioned()?;
     cover_if_made_by_020(settings, &loaded, services)?;
     if stop_first {

@@ -16,7 +16,7 @@ pub fn run(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let (_lock, loaded) = lock_and_load(settings, id)?;
+    let (_lock, loaded) = lock_and_load(settings, id, output)?;
     stop(&loaded, services, &stop_shell(&loaded), output)?;
     output.line(&format!(
         "Instance {id} is stopped and stays stopped across reboots; start it with: fireclaw start {id}"

@@ -10,7 +10,8 @@ use anyhow::Result;
 use crate::guest::ssh::{HostKeyPolicy, SshTarget};
 use crate::instance::layout::{StatePaths, UnitNames};
 use crate::instance::state::{EnvFile, FireclawState, Phase};
-use crate::instance::values::InstanceId;
+use crate::instance::values::{InstanceId, escaped};
+use crate::output::Output;
 use crate::settings::Settings;
 use crate::store::{HeldLock, lock_instance, read_env, read_fireclaw_state};
 
@@ -127,20 +128,37 @@ pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
     })
 }
 
-/// The instance's lifecycle lock, waiting up to `FIRECLAW_LOCK_WAIT` for another command.
-pub fn lock(settings: &Settings, id: &InstanceId) -> Result<HeldLock> {
+/// The instance's lifecycle lock, waiting up to `FIRECLAW_LOCK_WAIT` for another command, and
+/// saying so at once (with who holds it) when it has to wait.
+pub fn lock(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<HeldLock> {
+    let wait = settings.lock_wait;
     Ok(lock_instance(
         &settings.paths.state_root,
         id,
-        settings.lock_wait,
+        wait,
+        &mut |holder| {
+            let holder = if holder.is_empty() {
+                "another fireclaw command".to_owned()
+            } else {
+                escaped(holder)
+            };
+            output.progress(&format!(
+                "{id}: waiting up to {}s for {holder} to finish with this instance",
+                wait.as_secs()
+            ));
+        },
     )?)
 }
 
 /// The lock, then the state: what every verb on an existing instance does first. The name is
 /// checked before the lock too, so a typo leaves no lock file behind.
-pub fn lock_and_load(settings: &Settings, id: &InstanceId) -> Result<(HeldLock, Loaded)> {
+pub fn lock_and_load(
+    settings: &Settings,
+    id: &InstanceId,
+    output: &mut Output<'_>,
+) -> Result<(HeldLock, Loaded)> {
     ensure_exists(settings, id)?;
-    let held = lock(settings, id)?;
+    let held = lock(settings, id, output)?;
     let loaded = load(settings, id)?;
     Ok((held, loaded))
 }

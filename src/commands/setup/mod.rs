@@ -83,7 +83,7 @@ fn create(
     }
     let network = HostNetwork { settings };
     // The lock serialises this setup with any other lifecycle command on the same id.
-    let _lock = lock(settings, id)?;
+    let _lock = lock(settings, id, output)?;
     output.progress(&format!(
         "{id}: allocating and writing state, assets and units"
     ));
