@@ -36,28 +36,54 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Preflight: host commands, /dev/kvm, base images, bridge, capacity.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw doctor\n  sudo fireclaw doctor --json | jq '.checks[] | select(.status != \"pass\")'"
+    )]
     Doctor(JsonFlag),
     /// Create and provision a new instance.
+    #[command(
+        after_help = "Examples:\n  fireclaw setup --instance my-bot --openai-api-key sk-... --dry-run\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot\n  sudo fireclaw setup --instance tg-bot --anthropic-api-key sk-ant-... \\\n       --telegram-token 123:ABC --telegram-users 111,222"
+    )]
     Setup(Box<SetupArgs>),
     /// Update an instance's saved config and rerun guest provisioning (same IP, port and disk).
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw provision my-bot --model anthropic/claude-opus-4-6\n  sudo fireclaw provision my-bot --allow-private-egress 10.1.2.0/24"
+    )]
     Provision(Box<ProvisionArgs>),
     /// Fleet table with health.
+    #[command(after_help = "Examples:\n  sudo fireclaw list\n  sudo fireclaw list --json")]
     List(JsonFlag),
     /// Detail for one instance, or for the whole fleet.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw status my-bot\n  sudo fireclaw status --json"
+    )]
     Status(StatusArgs),
     /// Start an instance's VM, guest service and proxy, then wait until healthy.
+    #[command(after_help = "Examples:\n  sudo fireclaw start my-bot")]
     Start(StartArgs),
     /// Stop proxy, guest service and VM, and disable the units (stays stopped across reboots).
+    #[command(after_help = "Examples:\n  sudo fireclaw stop my-bot")]
     Stop(InstanceArg),
     /// Stop, then start.
+    #[command(after_help = "Examples:\n  sudo fireclaw restart my-bot --health-timeout 120")]
     Restart(StartArgs),
     /// Follow the guest service's journal, or the host units' journal.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw logs my-bot\n  sudo fireclaw logs my-bot host -n 50 --no-follow\n  sudo fireclaw logs my-bot console -n 200\n  sudo fireclaw logs my-bot --since \"10 min ago\""
+    )]
     Logs(LogsArgs),
     /// SSH into the VM, or run one command there.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw shell my-bot\n  sudo fireclaw shell my-bot \"docker ps\""
+    )]
     Shell(ShellArgs),
     /// Print the gateway auth token.
+    #[command(after_help = "Examples:\n  sudo fireclaw token my-bot")]
     Token(InstanceArg),
     /// Remove units, tap, API socket, state and assets.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw destroy my-bot\n  sudo fireclaw destroy my-bot -y"
+    )]
     Destroy(DestroyArgs),
     /// Rewrite the units and scripts of an instance made by fireclaw 0.2.0 in fireclaw's shape,
     /// keeping the old ones in <FC_ROOT>/<id>/backup-0.2.0/.
