@@ -341,6 +341,17 @@ fn stop_start_restart_and_a_reboot_inside_the_guest_keep_their_promises() {
     let out = fleet.fireclaw_ok("stop a");
     assert!(out.contains("stays stopped"), "{out}");
     fleet.assert_stopped_and_disabled("a");
+    // A session with a stopped VM is refused in fireclaw's words, not ssh's.
+    for args in ["shell a true", "logs a --no-follow"] {
+        let refused = fleet.fireclaw(args);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args}");
+        assert!(
+            err.contains("instance 'a' is not running (its VM unit is inactive")
+                && err.contains("start it with: fireclaw start a"),
+            "{args}: {err}"
+        );
+    }
     // The guest service was stopped through the guest's docker before the VMM exited.
     let docker = fleet.guests.read(&tap, "/var/log/docker-stub.log");
     let stopped_at: f64 = docker

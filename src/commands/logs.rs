@@ -14,6 +14,7 @@ use crate::guest::ssh::sudo_command;
 use crate::host::systemd::{JournalQuery, ServiceManager};
 use crate::instance::layout::{AssetPaths, StatePaths};
 use crate::ops::instance::load;
+use crate::ops::lifecycle::ensure_reachable;
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) -> Result<()> {
@@ -45,6 +46,7 @@ pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) 
             tail.arg("--").arg(console).exec()
         }
         LogSource::Guest => {
+            ensure_reachable(&loaded, services)?;
             let mut words = vec!["journalctl".to_owned()];
             words.extend(query.args(&[&loaded.units.guest]));
             let words: Vec<&str> = words.iter().map(String::as_str).collect();

@@ -62,7 +62,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
             start::restart(&settings, &args.id, &args.waits, &services, output)
         }
         Command::Logs(args) => logs::run(&settings, &args, &services),
-        Command::Shell(args) => shell::run(&settings, &args),
+        Command::Shell(args) => shell::run(&settings, &args, &services),
         Command::Destroy(args) => destroy::run(&settings, &args, &services, output),
         Command::Egress(command) => egress::run(&settings, &command, &services, output),
         Command::Image(command) => image::run(&settings, &command, output),

@@ -276,6 +276,30 @@ pub fn ensure_vm_running(
     start_vm(loaded, services, output)
 }
 
+/// Before a session with the guest (`shell`, `logs guest`): the VM must be running and its
+/// guest answer SSH, or the error says which of the two is missing and what to run, instead
+/// of ssh's bare "No route to host".
+pub fn ensure_reachable(loaded: &Loaded, services: &dyn ServiceManager) -> Result<()> {
+    let id = &loaded.id;
+    let state = unit_state(services, &loaded.units.vm)?;
+    if !state.is_active() {
+        return Err(anyhow!(
+            "instance '{id}' is not running (its VM unit is {} {}); start it with: fireclaw start {id}",
+            state.active,
+            state.sub
+        ));
+    }
+    loaded
+        .quick_ssh(Duration::from_secs(3))
+        .probe()
+        .map_err(|error| {
+            anyhow!(
+                "instance '{id}' is running but its guest does not answer SSH ({}); see: fireclaw status {id}, fireclaw logs {id} console",
+                crate::output::error_chain(&error)
+            )
+        })
+}
+
 /// The SSH wait with its progress line.
 pub fn await_ssh(
     loaded: &Loaded,
