@@ -8,3 +8,4 @@ pub mod kernel_fixture;
 pub mod legacy;
 pub mod real_parts;
 pub mod sandbox;
+pub mod secrets;
