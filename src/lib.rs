@@ -52,13 +52,19 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
         Err(error) => {
+            // The live line goes first, so the error starts a line of its own.
+            output.clear_live_line();
             // stderr's lock is reentrant, so printing while `output` holds it is fine.
             eprintln!(
                 "fireclaw: {}{}",
                 needs_root_prefix(&error, &verb),
                 error_line(&error)
             );
-            ExitCode::from(EXIT_FAILURE)
+            if host::interrupt::caused(&error) {
+                ExitCode::from(host::interrupt::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
         }
     }
 }

@@ -53,6 +53,12 @@ impl<'a> Output<'a> {
         self
     }
 
+    /// Ends the live line, if one is showing, so what is written next starts a line.
+    pub fn clear_live_line(&mut self) {
+        self.end_tick();
+        let _ = self.stderr.flush();
+    }
+
     fn end_tick(&mut self) {
         if self.ticking {
             let _ = write!(self.stderr, "\r\x1b[2K");

@@ -514,8 +514,39 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     );
     assert_eq!(
         left,
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.locks\n.net.lock\nssh\n0\n",
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n",
         "{out}"
+    );
+    // Ctrl-C during the SSH wait: the wait ends at once, the setup rolls back as a failure
+    // would, and the exit status is a shell's for SIGINT.
+    let interrupted = fleet.host.sh(&format!(
+        "export PATH={BIN_IN_SANDBOX}:$PATH; \
+         fireclaw setup --instance a --skip-browser-install --disk-size 64M --ssh-timeout 120 \
+           --openai-api-key {OPENAI_KEY} > /run/int.out 2> /run/int.err & pid=$!; \
+         for i in $(seq 100); do grep -q 'waiting for SSH (' /run/int.err && break; sleep 0.2; done; \
+         start=$(date +%s); kill -INT $pid; wait $pid; echo rc=$?; echo took=$(( $(date +%s) - start )); \
+         cat /run/int.err"
+    ));
+    assert!(interrupted.contains("rc=130"), "{interrupted}");
+    let took: u64 = interrupted
+        .split("took=")
+        .nth(1)
+        .and_then(|t| t.lines().next()?.trim().parse().ok())
+        .unwrap();
+    assert!(took <= 10, "{interrupted}");
+    assert!(
+        interrupted.contains("==> a: setup interrupted; removing the instance")
+            && interrupted.contains(
+                "fireclaw: setup of 'a' was interrupted and rolled back (nothing of it is left)"
+            )
+            && interrupted.contains("interrupted (Ctrl-C or SIGTERM)"),
+        "{interrupted}"
+    );
+    assert_eq!(
+        fleet.host.sh(
+            "ls -A /var/lib/fireclaw /srv/firecracker/vm-demo; ls /etc/systemd/system | grep vmdemo; ip -br link | grep -c '^ta' || true",
+        ),
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n"
     );
     eprintln!("{out}");
 }

@@ -27,7 +27,7 @@ pub fn run(
     if !anything_exists(settings, id) {
         return Err(NoInstance::new(settings, id).into());
     }
-    if !(args.force || args.yes) && !confirmed(id, output)? {
+    if !(args.force || args.yes || confirmed(id, output)?) {
         bail!("destroy of '{id}' cancelled; nothing was changed");
     }
     let _lock = lock(settings, id, output)?;

@@ -18,10 +18,11 @@ mod token;
 mod version;
 mod vm_helpers;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command};
 use crate::host::systemd::Systemctl;
+use crate::ops::instance::explain_interrupt;
 use crate::output::Output;
 use crate::settings::Settings;
 
@@ -47,32 +48,67 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     }
     let settings = Settings::from_process_env()?;
     let services = Systemctl;
+    // Lifecycle commands finish their current step on Ctrl-C or SIGTERM, then stop (setup
+    // before provisioning rolls back); what the others would leave needs no care.
+    let lifecycle = match &cli.command {
+        Command::Setup(_) => Some(None),
+        Command::Start(args) | Command::Restart(args) => Some(Some(args.id.clone())),
+        Command::Stop(args) => Some(Some(args.id.clone())),
+        Command::Provision(args) => Some(Some(args.id.clone())),
+        Command::Destroy(args) => Some(Some(args.id.clone())),
+        _ => None,
+    };
+    if lifecycle.is_some() {
+        crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
+    }
+    let verb = verb_name(&cli.command);
+    let result = dispatch(cli, &settings, &services, output);
+    match (result, lifecycle) {
+        (Err(error), Some(Some(id))) => Err(explain_interrupt(error, verb, &id)),
+        (result, _) => result,
+    }
+}
+
+/// The verb as typed, for messages.
+fn verb_name(command: &Command) -> &'static str {
+    match command {
+        Command::Start(_) => "start",
+        Command::Restart(_) => "restart",
+        Command::Stop(_) => "stop",
+        Command::Provision(_) => "provision",
+        Command::Destroy(_) => "destroy",
+        _ => "",
+    }
+}
+
+fn dispatch(
+    cli: Cli,
+    settings: &Settings,
+    services: &Systemctl,
+    output: &mut Output<'_>,
+) -> Result<()> {
     match cli.command {
-        Command::Setup(args) => setup::run(&settings, &args, &services, output),
-        Command::Token(args) => token::run(&settings, &args.id, output),
-        Command::Doctor(args) => doctor::run(&settings, args.json, &services, output),
-        Command::Provision(args) => provision::run(&settings, &args, &services, output),
-        Command::List(args) => fleet::list(&settings, args.json, &services, output),
+        Command::Setup(args) => setup::run(settings, &args, services, output),
+        Command::Token(args) => token::run(settings, &args.id, output),
+        Command::Doctor(args) => doctor::run(settings, args.json, services, output),
+        Command::Provision(args) => provision::run(settings, &args, services, output),
+        Command::List(args) => fleet::list(settings, args.json, services, output),
         Command::Status(args) => {
-            fleet::status(&settings, args.id.as_ref(), args.json, &services, output)
+            fleet::status(settings, args.id.as_ref(), args.json, services, output)
         }
-        Command::Start(args) => start::start(&settings, &args.id, &args.waits, &services, output),
-        Command::Stop(args) => stop::run(&settings, &args.id, &services, output),
-        Command::Restart(args) => {
-            start::restart(&settings, &args.id, &args.waits, &services, output)
-        }
-        Command::Logs(args) => logs::run(&settings, &args, &services),
-        Command::Shell(args) => shell::run(&settings, &args, &services),
-        Command::Destroy(args) => destroy::run(&settings, &args, &services, output),
-        Command::Egress(command) => egress::run(&settings, &command, &services, output),
-        Command::Image(command) => image::run(&settings, &command, output),
-        Command::Host(command) => host::run(&settings, &command, output),
-        Command::Adopt(args) => adopt::run(&settings, &args.id, &services, output),
-        Command::VmNetUp(args) => {
-            vm_helpers::net_up_command(&settings, &args.id, &services, output)
-        }
-        Command::VmShutdown(args) => vm_helpers::shutdown(&settings, &args.id, output),
-        Command::VmNetDown(args) => vm_helpers::net_down_command(&settings, &args.id),
+        Command::Start(args) => start::start(settings, &args.id, &args.waits, services, output),
+        Command::Stop(args) => stop::run(settings, &args.id, services, output),
+        Command::Restart(args) => start::restart(settings, &args.id, &args.waits, services, output),
+        Command::Logs(args) => logs::run(settings, &args, services),
+        Command::Shell(args) => shell::run(settings, &args, services),
+        Command::Destroy(args) => destroy::run(settings, &args, services, output),
+        Command::Egress(command) => egress::run(settings, &command, services, output),
+        Command::Image(command) => image::run(settings, &command, output),
+        Command::Host(command) => host::run(settings, &command, output),
+        Command::Adopt(args) => adopt::run(settings, &args.id, services, output),
+        Command::VmNetUp(args) => vm_helpers::net_up_command(settings, &args.id, services, output),
+        Command::VmShutdown(args) => vm_helpers::shutdown(settings, &args.id, output),
+        Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),
         Command::Completions(_) | Command::Man | Command::Version(_) => Ok(()),
     }
 }

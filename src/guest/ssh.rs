@@ -158,9 +158,13 @@ impl SshTarget {
     }
 
     /// Runs `remote` and returns its raw output whatever the status (for passing through).
+    /// ssh runs in a process group of its own, so a Ctrl-C at the terminal reaches fireclaw
+    /// alone, which lets this step finish (see `host::interrupt`).
     pub fn output(&self, remote: &str, stdin: &[u8]) -> Result<Output, SshError> {
+        use std::os::unix::process::CommandExt;
         let mut child = self
             .command(remote, false)
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,7 +1,8 @@
 //! Ctrl-C, SIGTERM and SIGHUP during a long command that cleans up after itself (`image
 //! fetch`): instead of dying where it stands and leaving gigabytes of half-written files, the
 //! process notes the signal, and the loops that copy, download and unpack stop at their next
-//! step with `Interrupted`, so the usual error path removes what was made. Read calls are not
+//! step with `Interrupted`, so the usual error path removes what was made (or, for a lifecycle
+//! command, says how to finish). A second signal ends the process at once. Read calls are not
 //! restarted after the signal, so a transfer waiting for data stops too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +14,16 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 #[error("interrupted (Ctrl-C or SIGTERM)")]
 pub struct Interrupted;
 
+/// Exit status of a command stopped by a signal, as shells report Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
 extern "C" fn note(_signal: libc::c_int) {
-    // Only an atomic store: the one thing a signal handler may safely do here.
-    REQUESTED.store(true, Ordering::SeqCst);
+    // Only async-signal-safe work here: an atomic swap, and for a second signal `_exit`, which
+    // leaves what a crash at this point would (every step is safe to crash in).
+    if REQUESTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
+        unsafe { libc::_exit(i32::from(EXIT_INTERRUPTED)) };
+    }
 }
 
 /// From now on SIGINT, SIGTERM and SIGHUP set the flag `check` reads instead of ending the
@@ -37,6 +45,13 @@ pub fn catch() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether `error`'s chain holds an `Interrupted`.
+pub fn caused(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<Interrupted>().is_some())
+}
+
 /// `Err(Interrupted)` once a caught signal has arrived.
 pub fn check() -> Result<(), Interrupted> {
     if REQUESTED.load(Ordering::SeqCst) {
@@ -54,9 +69,11 @@ mod tests {
     fn a_caught_signal_is_noted_and_does_not_end_the_process() {
         catch().unwrap();
         assert_eq!(check(), Ok(()));
-        // SAFETY: raise sends a signal to this thread; the handler above only sets a flag.
+        // SAFETY: raise sends a signal to this thread; the handler above only sets a flag
+        // (the first time, which this is).
         unsafe { libc::raise(libc::SIGTERM) };
         assert_eq!(check(), Err(Interrupted));
+        assert!(caused(&anyhow::Error::from(Interrupted).context("start a")));
         REQUESTED.store(false, Ordering::SeqCst);
     }
 }

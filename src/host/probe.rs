@@ -90,6 +90,13 @@ pub fn mem_available_mib() -> Option<u64> {
     parse_mem_available_mib(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
+/// This host boot's id (`/proc/sys/kernel/random/boot_id`); empty when it cannot be read.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,11 +130,4 @@ mod tests {
         assert_eq!(parse_mem_available_mib(meminfo), Some(2048));
         assert_eq!(parse_mem_available_mib("MemTotal: 1 kB\n"), None);
     }
-}
-
-/// This host boot's id (`/proc/sys/kernel/random/boot_id`); empty when it cannot be read.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|id| id.trim().to_owned())
-        .unwrap_or_default()
 }

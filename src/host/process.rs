@@ -1,8 +1,10 @@
 //! Running external programs. A failure becomes `CommandFailed` with the program, its
 //! arguments (secrets redacted), the exit status and the trimmed end of stderr, so an error
-//! says what was run and why it failed.
+//! says what was run and why it failed. Each program runs in a process group of its own, so a
+//! Ctrl-C at the terminal reaches fireclaw alone, which lets the step finish.
 
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,7 @@ fn stderr_tail(stderr: &[u8]) -> String {
 pub fn run(program: &str, args: &[&str]) -> Result<Output, ProcessError> {
     Command::new(program)
         .args(args)
+        .process_group(0)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| ProcessError::Spawn {
@@ -81,6 +84,7 @@ pub fn run_checked_with_input(
     };
     let mut child = Command::new(program)
         .args(args)
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

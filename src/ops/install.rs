@@ -17,10 +17,10 @@ use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
 use crate::host::kernel_image::{Feature, KernelError, inspect_file};
-use crate::host::probe;
 use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, write_seed};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
+use crate::host::{interrupt, probe};
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, public_key_path};
 use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
@@ -364,9 +364,11 @@ fn install_after_reserve(
     })?;
     write_state_files(&state_paths, &rendered)?;
     crash_point("setup:state");
+    interrupt::check()?;
     write_assets(settings, &spec.id, &rendered)?;
     set_phase(&state_paths, Phase::Assets)?;
     crash_point("setup:assets");
+    interrupt::check()?;
     for artifact in &rendered.units {
         write_artifact(artifact)?;
     }
@@ -462,12 +464,19 @@ pub fn roll_back(
     output: &mut Output<'_>,
 ) -> anyhow::Error {
     let id = &spec.id;
-    output.progress(&format!("{id}: setup failed; removing the instance"));
+    let interrupted = interrupt::caused(&error);
+    output.progress(&format!(
+        "{id}: setup {}; removing the instance",
+        if interrupted { "interrupted" } else { "failed" }
+    ));
     // Before the assets go: the console log is the one file that says why a guest never came up.
     let kept = evidence::keep(settings, id, services)
         .map(|evidence| format!("; {}", evidence.describe()))
         .unwrap_or_default();
     match teardown_instance(settings, id, Some(&spec.api_sock), services, network) {
+        Ok(()) if interrupted => error.context(format!(
+            "setup of '{id}' was interrupted and rolled back (nothing of it is left){kept}"
+        )),
         Ok(()) => error.context(format!("setup of '{id}' failed and was rolled back{kept}")),
         Err(cleanup) => error.context(format!(
             "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force{kept}",

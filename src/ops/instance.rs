@@ -150,6 +150,18 @@ pub fn lock(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Re
     )?)
 }
 
+/// A lifecycle command stopped by Ctrl-C or SIGTERM after its current step: what state that
+/// leaves and how to finish (every such command can be run again to finish what it started).
+pub fn explain_interrupt(error: anyhow::Error, verb: &str, id: &InstanceId) -> anyhow::Error {
+    if crate::host::interrupt::caused(&error) {
+        error.context(format!(
+            "'fireclaw {verb} {id}' was interrupted after its current step; run it again to finish, or see the instance with: fireclaw status {id}"
+        ))
+    } else {
+        error
+    }
+}
+
 /// The lock, then the state: what every verb on an existing instance does first. The name is
 /// checked before the lock too, so a typo leaves no lock file behind.
 pub fn lock_and_load(

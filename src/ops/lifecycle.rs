@@ -15,8 +15,8 @@ use crate::faults::crash_point;
 use crate::guest::health::{Health, guest_health, proxy_health};
 use crate::guest::provision::provision_guest;
 use crate::guest::ssh::{GuestShell, SshError, sudo_command};
-use crate::host::probe;
 use crate::host::systemd::{ServiceManager, UnitState};
+use crate::host::{interrupt, probe};
 use crate::instance::layout::{UnitNames, guest_answered_text};
 use crate::instance::values::InstanceId;
 use crate::output::Output;
@@ -113,6 +113,8 @@ pub fn wait_for_ssh(
     ));
     let restarts = unit_state(services, unit)?.restarts;
     let last = loop {
+        // A Ctrl-C ends the wait between probes; the caller decides what that means.
+        interrupt::check()?;
         let error = match guest.probe() {
             Ok(()) => return Ok(()),
             Err(error) => error,
@@ -172,6 +174,7 @@ pub fn health_gate(
         timeout.as_secs()
     ));
     loop {
+        interrupt::check()?;
         let guest_result = guest_health(guest, loaded.id.as_str())?;
         let proxy = proxy_health(loaded.port, Duration::from_secs(5));
         if guest_result.is_up() && proxy.is_up() {
@@ -398,6 +401,7 @@ pub fn stop(
     let vm = loaded.units.vm.as_str();
     progress(output, &loaded.id, "stopping the proxy");
     services.stop(&[proxy])?;
+    interrupt::check()?;
     if unit_state(services, vm)?.is_active() {
         progress(output, &loaded.id, "stopping the gateway service");
         let guest_unit = &loaded.units.guest;
