@@ -126,8 +126,8 @@ pub enum EgressCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
-    /// Once no instance is left: remove the bridge, the firewall chains and their jumps, IPv4
-    /// forwarding (only if fireclaw turned it on) and the lock files; say what stays and why.
+    /// Once no instance is left: remove the firewall chains and their jumps, the bridge (if
+    /// fireclaw made it) and IPv4 forwarding (if fireclaw turned it on); say what stays and why.
     Cleanup,
 }
 

@@ -514,13 +514,14 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     );
     assert_eq!(
         left,
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n",
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n",
         "{out}"
     );
     // Ctrl-C during the SSH wait: the wait ends at once, the setup rolls back as a failure
-    // would, and the exit status is a shell's for SIGINT.
+    // would, and the exit status is a shell's for SIGINT. (`set -m`: a script's background job
+    // would otherwise start with SIGINT ignored, which fireclaw respects.)
     let interrupted = fleet.host.sh(&format!(
-        "export PATH={BIN_IN_SANDBOX}:$PATH; \
+        "set -m; export PATH={BIN_IN_SANDBOX}:$PATH; \
          fireclaw setup --instance a --skip-browser-install --disk-size 64M --ssh-timeout 120 \
            --openai-api-key {OPENAI_KEY} > /run/int.out 2> /run/int.err & pid=$!; \
          for i in $(seq 100); do grep -q 'waiting for SSH (' /run/int.err && break; sleep 0.2; done; \
@@ -546,7 +547,7 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
         fleet.host.sh(
             "ls -A /var/lib/fireclaw /srv/firecracker/vm-demo; ls /etc/systemd/system | grep vmdemo; ip -br link | grep -c '^ta' || true",
         ),
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n"
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n"
     );
     eprintln!("{out}");
 }
@@ -703,7 +704,19 @@ fn host_cleanup_after_the_last_destroy_leaves_network_and_firewall_as_before_the
         assert!(out.contains(expected), "{expected}: {out}");
     }
     assert_eq!(network(), before, "{out}");
-    assert!(!fleet.host.ok("test -e /var/lib/fireclaw/.alloc.lock"));
+    assert!(
+        out.contains("left /var/lib/fireclaw/.alloc.lock: and the other lock files"),
+        "{out}"
+    );
+    // A bridge fireclaw did not make is never removed.
+    fleet.host.sh("ip link add fc-br0 type bridge");
+    let foreign = fleet.fireclaw_ok("host cleanup");
+    assert!(
+        foreign.contains("left fc-br0: fireclaw did not create it"),
+        "{foreign}"
+    );
+    assert!(fleet.host.ok("ip link show fc-br0"));
+    fleet.host.sh("ip link delete fc-br0");
     assert!(
         fleet
             .fireclaw_ok("host cleanup")

@@ -55,7 +55,8 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Start(args) | Command::Restart(args) => Some(Some(args.id.clone())),
         Command::Stop(args) => Some(Some(args.id.clone())),
         Command::Provision(args) => Some(Some(args.id.clone())),
-        Command::Destroy(args) => Some(Some(args.id.clone())),
+        // Asked on a terminal, a destroy must stay stoppable at its question.
+        Command::Destroy(args) if args.yes || args.force => Some(Some(args.id.clone())),
         _ => None,
     };
     if lifecycle.is_some() {

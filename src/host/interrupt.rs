@@ -17,21 +17,45 @@ pub struct Interrupted;
 /// Exit status of a command stopped by a signal, as shells report Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Said on stderr at the first signal, so nobody presses Ctrl-C again out of doubt.
+const FIRST: &[u8] =
+    b"\r\x1b[2Kfireclaw: stopping after the current step (Ctrl-C again to stop at once)\n";
+/// Said at the second: the process ends where it stands, as a crash would.
+const SECOND: &[u8] = b"\r\x1b[2Kfireclaw: stopped at once; see what is left with: fireclaw list, and finish with the same command again (or fireclaw destroy <id> --force)\n";
+
 extern "C" fn note(_signal: libc::c_int) {
-    // Only async-signal-safe work here: an atomic swap, and for a second signal `_exit`, which
-    // leaves what a crash at this point would (every step is safe to crash in).
-    if REQUESTED.swap(true, Ordering::SeqCst) {
+    // Only async-signal-safe work here: an atomic swap, write(2) of a constant, and for a
+    // second signal `_exit`, which leaves what a crash at this point would (every step is safe
+    // to crash in; docs/RELIABILITY.md).
+    let again = REQUESTED.swap(true, Ordering::SeqCst);
+    let text = if again { SECOND } else { FIRST };
+    // SAFETY: write(2) on fd 2 with a pointer and length of a static byte string.
+    let _ = unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
+    if again {
         // SAFETY: _exit is async-signal-safe and takes no pointers.
         unsafe { libc::_exit(i32::from(EXIT_INTERRUPTED)) };
     }
 }
 
 /// From now on SIGINT, SIGTERM and SIGHUP set the flag `check` reads instead of ending the
-/// process. Children started afterwards get the default actions back at exec.
+/// process. A signal the process was started with ignored (`nohup`, a background job of a
+/// script) stays ignored. Children started afterwards get the default actions back at exec.
 pub fn catch() -> std::io::Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is a valid value to fill in; the handler only stores to
-        // an atomic, and no SA_RESTART makes blocked reads return EINTR.
+        // SAFETY: sigaction with a null new action only reads the current one into `old`, a
+        // zeroed sigaction being a valid value to fill.
+        let old = unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut old) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            old
+        };
+        if old.sa_sigaction == libc::SIG_IGN {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction is a valid value to fill in; the handler does only
+        // async-signal-safe work, and no SA_RESTART makes blocked reads return EINTR.
         let result = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = note as extern "C" fn(libc::c_int) as libc::sighandler_t;

@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -162,7 +163,9 @@ fn debugfs(
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .current_dir(cwd);
+        .current_dir(cwd)
+        // Its own process group: a Ctrl-C reaches fireclaw alone, and the write finishes.
+        .process_group(0);
     let mut child = command.spawn().map_err(spawn)?;
     let written = match (child.stdin.take(), script) {
         (Some(mut stdin), Some(script)) => stdin.write_all(script.as_bytes()),

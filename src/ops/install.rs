@@ -257,12 +257,19 @@ pub fn install_instance(
         media,
     );
     if let Err(error) = result {
+        let interrupted = interrupt::caused(&error);
         if let Err(cleanup) =
             teardown_instance(settings, &spec.id, Some(&spec.api_sock), services, network)
         {
             return Err(error.context(format!(
                 "and cleaning up failed too ({}); clean up with: fireclaw destroy {} --force",
                 error_chain(cleanup.as_ref()),
+                spec.id
+            )));
+        }
+        if interrupted {
+            return Err(error.context(format!(
+                "setup of '{}' was interrupted and rolled back (nothing of it is left)",
                 spec.id
             )));
         }
@@ -276,7 +283,7 @@ pub fn install_instance(
 
 /// What must hold before anything is written: no leftovers of this id, trusted binaries for
 /// the units (root runs them at every VM start), and the base images (a bootable kernel).
-fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools) -> Result<()> {
+pub fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTools) -> Result<()> {
     check_not_existing(settings, spec)?;
     check_trusted("fireclaw binary", &tools.fireclaw)?;
     check_trusted("firecracker binary", &tools.firecracker)?;

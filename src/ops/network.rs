@@ -130,6 +130,12 @@ fn ensure_bridge(netlink: &mut Netlink, settings: &Settings) -> Result<Link> {
             .into());
         }
         None => {
+            // Noted first: `host cleanup` removes only a bridge fireclaw made.
+            write_atomic(
+                &bridge_note(settings),
+                format!("{name}\n").as_bytes(),
+                0o600,
+            )?;
             netlink.create_bridge(name)?;
             netlink
                 .link(name)?
@@ -210,6 +216,11 @@ fn enable_ip_forward(settings: &Settings) -> Result<()> {
         .with_context(|| format!("enable IPv4 forwarding ({IP_FORWARD})"))
 }
 
+/// Where `ensure_bridge` notes the bridge it created.
+fn bridge_note(settings: &Settings) -> PathBuf {
+    settings.paths.state_root.join(".bridge-made-by-fireclaw")
+}
+
 /// Where `enable_ip_forward` notes that forwarding was off before fireclaw.
 fn forwarding_note(settings: &Settings) -> PathBuf {
     settings.paths.state_root.join(".ip_forward-was-off")
@@ -223,10 +234,14 @@ pub struct Cleanup {
 }
 
 /// `host cleanup`: removes what instances share once none is left: the policy chains and
-/// their jumps, the bridge, forwarding (only if fireclaw turned it on) and the lock files.
-/// Refuses while any instance's state or unit exists.
+/// their jumps, the bridge (only one fireclaw created) and forwarding (only if fireclaw turned
+/// it on). Refuses while any instance's state or unit exists. The lock files stay: another
+/// command may be waiting on one, and a new file under the same name would split that lock.
 pub fn remove_shared(settings: &Settings) -> Result<Cleanup> {
     let root = &settings.paths.state_root;
+    if !root.exists() {
+        return Ok(Cleanup::default());
+    }
     let _allocation = crate::store::lock_allocation(root)?;
     let _network = lock_network(root)?;
     let instances: Vec<String> = crate::store::scan_instances(root)?
@@ -260,16 +275,20 @@ pub fn remove_shared(settings: &Settings) -> Result<Cleanup> {
     }
     let mut netlink = Netlink::open()?;
     let bridge = settings.network.bridge.as_str();
+    let made_note = bridge_note(settings);
+    let made_by_fireclaw =
+        std::fs::read_to_string(&made_note).is_ok_and(|made| made.trim() == bridge);
     match netlink.link(bridge)? {
-        Some(link) if link.is_bridge() => {
+        Some(link) if link.is_bridge() && made_by_fireclaw => {
             netlink.delete_link(&link)?;
             report.removed.push(format!("bridge {bridge}"));
         }
-        Some(_) => report
-            .left
-            .push(format!("{bridge}: not a bridge, so not fireclaw's")),
+        Some(_) => report.left.push(format!(
+            "{bridge}: fireclaw did not create it (it was there before, or made by an older fireclaw); remove it yourself if it is unused: ip link delete {bridge}"
+        )),
         None => {}
     }
+    let _ = std::fs::remove_file(&made_note);
     let note = forwarding_note(settings);
     if note.exists() {
         std::fs::write(IP_FORWARD, "0\n")
@@ -303,18 +322,15 @@ fn instance_unit_files(unit_dir: &Path) -> Vec<String> {
     found
 }
 
-/// What stays under `STATE_ROOT` after a cleanup, and why; the lock files are removed.
+/// What stays under `STATE_ROOT` after a cleanup, and why.
 fn leftover_files(settings: &Settings) -> Vec<String> {
     let root = &settings.paths.state_root;
-    let locks = crate::instance::layout::LockPaths::new(root);
-    for lock in [&locks.allocation, &locks.network] {
-        let _ = std::fs::remove_file(lock);
-    }
-    // No instance is left to lock; a command started meanwhile waits on these very files
-    // (both are held here) and fails on the missing instance.
-    let _ = std::fs::remove_dir_all(&locks.instances);
     let mut left = Vec::new();
     for (name, why) in [
+        (
+            ".alloc.lock",
+            "and the other lock files: a command may be waiting on one, and removing it would let two commands hold it",
+        ),
         (
             "ssh",
             "the client key; remove it if no instance will be made again",

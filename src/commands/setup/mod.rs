@@ -14,7 +14,8 @@ use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::spec::SetupSpec;
 use crate::ops::install::{
-    boot_media, check_disk_size, check_kernel, first_boot, install_instance, roll_back,
+    boot_media, check_disk_size, check_kernel, check_preconditions, first_boot, install_instance,
+    roll_back,
 };
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy, summary_json};
@@ -81,6 +82,8 @@ fn create(
     if let Some(warning) = media_warning {
         output.warn(&warning);
     }
+    // Before the lock: a refused setup leaves no lock file or STATE_ROOT behind.
+    check_preconditions(settings, spec, &tools)?;
     let network = HostNetwork { settings };
     // The lock serialises this setup with any other lifecycle command on the same id.
     let _lock = lock(settings, id, output)?;
