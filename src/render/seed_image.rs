@@ -7,6 +7,8 @@
 //! 18 terminator, 19–22 path tables (primary L/M, Joliet L/M), 23 primary root directory,
 //! 24 Joliet root directory, 25 Rock Ridge continuation area (the `ER` entry), then file data.
 
+use crate::instance::calendar::{Civil, civil_utc};
+
 const SECTOR: usize = 2048;
 const PRIMARY_DESCRIPTOR: usize = 16;
 const JOLIET_DESCRIPTOR: usize = 17;
@@ -48,15 +50,6 @@ pub enum SeedImageError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub u64);
 
-struct Civil {
-    year: u64,
-    month: u8,
-    day: u8,
-    hour: u8,
-    minute: u8,
-    second: u8,
-}
-
 impl Timestamp {
     /// The current time (the epoch if the clock is before it).
     pub fn now() -> Self {
@@ -69,26 +62,7 @@ impl Timestamp {
     }
 
     fn civil(self) -> Civil {
-        // Days to civil date (proleptic Gregorian), after Howard Hinnant's published algorithm.
-        let days = self.0 / 86_400;
-        let rest = self.0 % 86_400;
-        let z = days + 719_468;
-        let era = z / 146_097;
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        let year = yoe + era * 400 + u64::from(month <= 2);
-        Civil {
-            year,
-            month,
-            day,
-            hour: (rest / 3600) as u8,
-            minute: (rest / 60 % 60) as u8,
-            second: (rest % 60) as u8,
-        }
+        civil_utc(self.0)
     }
 
     /// The 7-byte directory record date (years since 1900, UTC).
