@@ -845,18 +845,12 @@ fn destroy_force_cleans_an_instance_whose_state_is_unreadable() {
         !fleet.host.ok(&format!("ip link show {tap}")),
         "tap left behind"
     );
-    // What this first instance brought into existence for everyone stays: the bridge, the
-    // chains, the two roots and their host-wide lock files.
+    // What this first instance brought into existence for everyone stays (see
+    // `is_shared_host_piece`).
     let after = fleet.host_snapshot();
-    let shared = [
-        "/var/lib/fireclaw",
-        "/var/lib/fireclaw/.alloc.lock",
-        "/var/lib/fireclaw/.net.lock",
-        "/srv/firecracker/vm-demo",
-    ];
     let keep = |s: &str| -> String {
         s.lines()
-            .filter(|l| !l.contains("fc-br0") && !l.contains("FC-") && !shared.contains(l))
+            .filter(|l| !support::fleet::is_shared_host_piece(l))
             .collect::<Vec<_>>()
             .join("\n")
     };

@@ -184,11 +184,7 @@ fn a_kill_in_provision_stop_or_destroy_is_finished_by_running_it_again() {
 fn without_shared(snapshot: &str) -> String {
     snapshot
         .lines()
-        .filter(|l| {
-            !l.contains("fc-br0")
-                && !l.ends_with(".lock")
-                && !matches!(*l, "/srv/firecracker/vm-demo" | "/var/lib/fireclaw")
-        })
+        .filter(|l| !support::fleet::is_shared_host_piece(l))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -7,6 +7,24 @@ use super::sandbox::{BIN_IN_SANDBOX, Sandbox};
 
 const OPENAI_KEY: &str = "sk-openai-lifecycle-secret";
 
+/// Whether a line of `Fleet::host_snapshot` is one of the pieces the first setup makes for
+/// every instance and that stay by design after the last destroy (until `host cleanup`): the
+/// bridge and chains, the two roots, the lock files, the client key and the notes of what
+/// fireclaw changed on the host.
+pub fn is_shared_host_piece(line: &str) -> bool {
+    line.contains("fc-br0")
+        || line.contains("FC-")
+        || line.ends_with(".lock")
+        || line.starts_with("/var/lib/fireclaw/ssh")
+        || matches!(
+            line,
+            "/srv/firecracker/vm-demo"
+                | "/var/lib/fireclaw"
+                | "/var/lib/fireclaw/.ip_forward-was-off"
+                | "/var/lib/fireclaw/.bridge-made-by-fireclaw"
+        )
+}
+
 /// A host sandbox and its guests. Guests go first: they join the host's namespaces.
 pub struct Fleet {
     pub guests: GuestHost,
