@@ -67,7 +67,7 @@ pub enum Command {
     /// Stop, then start.
     #[command(after_help = "Examples:\n  sudo fireclaw restart my-bot --health-timeout 120")]
     Restart(StartArgs),
-    /// Follow the guest service's journal, or the host units' journal.
+    /// Show and follow the guest service's journal, the host units' journal, or the VM's console.
     #[command(
         after_help = "Examples:\n  sudo fireclaw logs my-bot\n  sudo fireclaw logs my-bot host -n 50 --no-follow\n  sudo fireclaw logs my-bot console -n 200\n  sudo fireclaw logs my-bot --since \"10 min ago\""
     )]

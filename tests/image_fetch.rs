@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/doctor_report.rs"]
+mod doctor_report;
 #[path = "support/http_server.rs"]
 mod http_server;
 #[path = "support/kernel_fixture.rs"]
@@ -692,15 +694,7 @@ fn file_urls_and_plain_paths_are_accepted_and_list_shows_them() {
     std::fs::create_dir(fixture.images().join(".fireclaw-image-999999")).unwrap();
     let doctor = fixture.fireclaw(&["doctor", "--json"], false);
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
-    let check = |name: &str| {
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap_or_else(|| panic!("no check {name}: {report}"))
-            .clone()
-    };
+    let check = |name: &str| doctor_report::check_named(&report, name);
     let source = check("base images source");
     assert_eq!(source["status"], "pass", "{source}");
     let detail = source["detail"].as_str().unwrap();

@@ -38,13 +38,7 @@ fn make_mirror(fleet: &Fleet) {
 fn doctor_check(fleet: &Fleet, name: &str) -> serde_json::Value {
     let doctor = fleet.fireclaw("doctor --json");
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}: {report}"))
-        .clone()
+    support::doctor_report::check_named(&report, name)
 }
 
 #[test]

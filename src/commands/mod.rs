@@ -48,24 +48,24 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     }
     let settings = Settings::from_process_env()?;
     let services = Systemctl;
-    // Lifecycle commands finish their current step on Ctrl-C or SIGTERM, then stop (setup
-    // before provisioning rolls back); what the others would leave needs no care.
-    let lifecycle = match &cli.command {
-        Command::Setup(_) => Some(None),
-        Command::Start(args) | Command::Restart(args) => Some(Some(args.id.clone())),
-        Command::Stop(args) => Some(Some(args.id.clone())),
-        Command::Provision(args) => Some(Some(args.id.clone())),
+    // Lifecycle commands finish their current step on Ctrl-C or SIGTERM, then stop: setup
+    // before provisioning rolls back, and the others (named here with their instance) say how
+    // to finish. What the remaining commands would leave needs no care.
+    let finishable = match &cli.command {
+        Command::Start(args) | Command::Restart(args) => Some(args.id.clone()),
+        Command::Stop(args) => Some(args.id.clone()),
+        Command::Provision(args) => Some(args.id.clone()),
         // Asked on a terminal, a destroy must stay stoppable at its question.
-        Command::Destroy(args) if args.yes || args.force => Some(Some(args.id.clone())),
+        Command::Destroy(args) if args.yes || args.force => Some(args.id.clone()),
         _ => None,
     };
-    if lifecycle.is_some() {
+    if finishable.is_some() || matches!(cli.command, Command::Setup(_)) {
         crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
     }
     let verb = verb_name(&cli.command);
     let result = dispatch(cli, &settings, &services, output);
-    match (result, lifecycle) {
-        (Err(error), Some(Some(id))) => Err(explain_interrupt(error, verb, &id)),
+    match (result, finishable) {
+        (Err(error), Some(id)) => Err(explain_interrupt(error, verb, &id)),
         (result, _) => result,
     }
 }

@@ -53,11 +53,8 @@ pub struct BootMedia {
     pub seed_in_rootfs: bool,
 }
 
-/// Chooses the boot media for `spec`'s base images. The seed image is always written (kernels
-/// with iso9660 and 0.2.0's layout read it); an ext4 rootfs gets the seed inside it too. A
-/// rootfs that is not ext4 is refused only when the kernel cannot read the seed image either;
-/// otherwise the returned warning says the seed image is all the guest has.
-pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
+/// The base kernel and rootfs exist (the initrd is optional).
+fn check_base_images_present(spec: &SetupSpec) -> Result<()> {
     for (what, path) in [
         ("base kernel", &spec.base.kernel),
         ("base rootfs", &spec.base.rootfs),
@@ -66,6 +63,15 @@ pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
             bail!("{what} {} is missing", path.display());
         }
     }
+    Ok(())
+}
+
+/// Chooses the boot media for `spec`'s base images. The seed image is always written (kernels
+/// with iso9660 and 0.2.0's layout read it); an ext4 rootfs gets the seed inside it too. A
+/// rootfs that is not ext4 is refused only when the kernel cannot read the seed image either;
+/// otherwise the returned warning says the seed image is all the guest has.
+pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
+    check_base_images_present(spec)?;
     let with_initrd = spec.base.initrd.is_file();
     let rootfs = &spec.base.rootfs;
     match filesystem_kind(rootfs)? {
@@ -288,14 +294,7 @@ pub fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTo
     check_trusted("fireclaw binary", &tools.fireclaw)?;
     check_trusted("firecracker binary", &tools.firecracker)?;
     check_trusted("socat binary", &tools.socat)?;
-    for (what, path) in [
-        ("base kernel", &spec.base.kernel),
-        ("base rootfs", &spec.base.rootfs),
-    ] {
-        if !path.is_file() {
-            bail!("{what} {} is missing", path.display());
-        }
-    }
+    check_base_images_present(spec)?;
     // Setup checked it already; install_instance has other callers (the sandbox's installer).
     check_kernel(spec)?;
     check_disk_size(spec)?;
@@ -594,6 +593,23 @@ mod tests {
         assert!(status.success());
     }
 
+    /// `install_instance` against recording fakes whose calls these tests do not look at.
+    fn install_with_fakes(
+        host: &ScratchHost,
+        spec: &SetupSpec,
+        media: BootMedia,
+    ) -> Result<Installed> {
+        let log = CallLog::default();
+        install_instance(
+            &host.settings,
+            spec,
+            &tools(),
+            &FakeServices::new(&log),
+            &FakeNetwork::new(&log),
+            media,
+        )
+    }
+
     #[test]
     fn an_ext4_base_gets_the_seed_in_its_copy_and_the_base_is_untouched() {
         let host = ScratchHost::new();
@@ -603,16 +619,7 @@ mod tests {
         let spec = spec(&host, "t");
         let (media, warning) = boot_media(&spec).unwrap();
         assert!(media.seed_in_rootfs && warning.is_none());
-        let log = CallLog::default();
-        install_instance(
-            &host.settings,
-            &spec,
-            &tools(),
-            &FakeServices::new(&log),
-            &FakeNetwork::new(&log),
-            media,
-        )
-        .unwrap();
+        install_with_fakes(&host, &spec, media).unwrap();
         let copy = host.path("fc/t/images/rootfs.ext4");
         let listing = std::process::Command::new("debugfs")
             .args(["-R", "ls -p /var/lib/cloud/seed/nocloud"])
@@ -638,16 +645,7 @@ mod tests {
         let before = host.tree();
         let spec = spec(&host, "t");
         let (media, _) = boot_media(&spec).unwrap();
-        let log = CallLog::default();
-        let error = install_instance(
-            &host.settings,
-            &spec,
-            &tools(),
-            &FakeServices::new(&log),
-            &FakeNetwork::new(&log),
-            media,
-        )
-        .unwrap_err();
+        let error = install_with_fakes(&host, &spec, media).unwrap_err();
         assert!(
             error_chain(error.as_ref()).contains("nocloud/odd in the image is a directory"),
             "{error:?}"

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod doctor_report;
 pub mod fleet;
 pub mod guest;
 pub mod kernel_fixture;
