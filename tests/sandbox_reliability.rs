@@ -46,11 +46,12 @@ fn assert_healthy(fleet: &Fleet, id: &str) {
 }
 
 /// Each crash point of `setup` and the phase `fireclaw.json` records when it is reached.
-const SETUP_STEPS: [(&str, &str); 11] = [
+const SETUP_STEPS: [(&str, &str); 12] = [
     ("setup:reserved", "allocated"),
     ("setup:state", "allocated"),
     ("setup:copying", "allocated"),
     ("setup:rootfs-seed", "allocated"),
+    ("setup:confined", "allocated"),
     ("setup:assets", "assets"),
     ("setup:unit-files", "assets"),
     ("setup:units", "units"),

@@ -11,7 +11,7 @@ use crate::host::systemd::ServiceManager;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
 use crate::instance::values::InstanceId;
 use crate::ops::instance::{NoInstance, lock};
-use crate::ops::network::{HostNetwork, NetworkSteps};
+use crate::ops::network::{HostSteps, HostSystem};
 use crate::ops::teardown::teardown_instance;
 use crate::output::Output;
 use crate::settings::Settings;
@@ -38,7 +38,7 @@ pub fn run(
         );
     }
     let tap = tap_from_config(settings, id);
-    let network = HostNetwork { settings };
+    let network = HostSystem { settings };
     teardown_instance(settings, id, None, services, &network)?;
     // An instance whose .env was unreadable: its tap is still known from the VM config.
     if !readable && let Some(tap) = tap {

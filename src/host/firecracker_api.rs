@@ -1,7 +1,9 @@
 //! A minimal client for Firecracker's API socket: HTTP/1.1 over a unix stream, one request per
 //! connection, JSON bodies with serde, responses parsed with httparse. fireclaw uses two calls:
 //! `GET /` (is the VMM alive, which version) and `PUT /actions` with `SendCtrlAltDel`.
-//! Failures come back as `{"fault_message": ...}`.
+//! Failures come back as `{"fault_message": ...}`. A confined VMM's socket lives in a dir
+//! that VMM can write, where it could plant a link to another service's socket: a client made
+//! with `expect_peer` checks who answers (`SO_PEERCRED`) before it sends anything.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +20,14 @@ pub enum ApiError {
         socket: PathBuf,
         source: io::Error,
     },
+    #[error(
+        "the process behind {socket} runs as uid {found}, not the VMM's uid {expected}; refusing to talk to it"
+    )]
+    WrongPeer {
+        socket: PathBuf,
+        found: u32,
+        expected: u32,
+    },
     #[error("{request} on {socket}: malformed HTTP response")]
     Malformed { request: String, socket: PathBuf },
     #[error("{request} on {socket}: HTTP {status}: {fault}")]
@@ -27,6 +37,29 @@ pub enum ApiError {
         status: u16,
         fault: String,
     },
+}
+
+/// The uid of the process at the other end of a unix stream.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data.
+    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `length` bytes into `credentials`, which lives across
+    // the call.
+    let result = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &raw mut length,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(credentials.uid)
 }
 
 /// `GET /`.
@@ -48,6 +81,8 @@ struct Fault {
 pub struct ApiClient {
     socket: PathBuf,
     timeout: Duration,
+    /// The uid the VMM runs as, when it is not root.
+    peer_uid: Option<u32>,
 }
 
 struct Response {
@@ -62,7 +97,32 @@ impl ApiClient {
         Self {
             socket: socket.to_owned(),
             timeout,
+            peer_uid: None,
         }
+    }
+
+    /// Only talks to a server running as `uid`.
+    pub fn expect_peer(mut self, uid: Option<u32>) -> Self {
+        self.peer_uid = uid;
+        self
+    }
+
+    fn check_peer(&self, stream: &UnixStream) -> Result<(), ApiError> {
+        let Some(expected) = self.peer_uid else {
+            return Ok(());
+        };
+        let found = peer_uid(stream).map_err(|source| ApiError::Connect {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        if found != expected {
+            return Err(ApiError::WrongPeer {
+                socket: self.socket.clone(),
+                found,
+                expected,
+            });
+        }
+        Ok(())
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ApiError> {
@@ -76,6 +136,7 @@ impl ApiClient {
             socket: self.socket.clone(),
             source,
         })?;
+        self.check_peer(&stream)?;
         stream
             .set_read_timeout(Some(self.timeout))
             .map_err(io_error)?;
@@ -200,7 +261,7 @@ mod tests {
                     Ok(n) => request.extend_from_slice(&buffer[..n]),
                 }
             }
-            stream.write_all(reply.as_bytes()).unwrap();
+            let _ = stream.write_all(reply.as_bytes());
             String::from_utf8_lossy(&request).into_owned()
         });
         (dir, socket, handle)
@@ -219,6 +280,26 @@ mod tests {
         assert_eq!(info.state, "Running");
         assert_eq!(info.vmm_version, "1.16.0");
         assert!(server.join().unwrap().starts_with("GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn a_server_running_as_another_uid_gets_nothing() {
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let error = ApiClient::new(&socket, Duration::from_secs(2))
+            .expect_peer(Some(me.wrapping_add(1)))
+            .send_ctrl_alt_del()
+            .unwrap_err();
+        assert!(matches!(error, ApiError::WrongPeer { .. }), "{error}");
+        // Nothing was sent: the server saw the connection close without a request.
+        assert_eq!(server.join().unwrap(), "");
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        ApiClient::new(&socket, Duration::from_secs(2))
+            .expect_peer(Some(me))
+            .send_ctrl_alt_del()
+            .unwrap();
+        assert!(server.join().unwrap().contains("SendCtrlAltDel"));
     }
 
     #[test]

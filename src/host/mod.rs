@@ -3,6 +3,7 @@
 //! systemd, the Firecracker API, read-only probes of the running system, and fetching and
 //! building the guest base images (downloads, signatures, the rootfs).
 
+pub mod accounts;
 pub mod assets;
 pub mod download;
 pub mod firecracker_api;

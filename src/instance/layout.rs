@@ -65,6 +65,9 @@ pub fn public_key_path(key: &Path) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The confined VMM's own dir inside `FC_ROOT/<id>/`.
+pub const VMM_DIR: &str = "vmm";
+
 /// `FC_ROOT/<id>/firecracker.socket`.
 pub fn default_api_sock(fc_root: &Path, id: &str) -> PathBuf {
     fc_root.join(id).join("firecracker.socket")
@@ -85,8 +88,13 @@ pub struct AssetPaths {
     pub network_config: PathBuf,
     pub vm_config: PathBuf,
     pub logs: PathBuf,
+    /// Where 0.2.0 (and unconfined instances) keep Firecracker's log.
     pub firecracker_log: PathBuf,
     pub console_log: PathBuf,
+    /// The confined VMM's own dir (its account owns it): its API socket and its log.
+    pub vmm_dir: PathBuf,
+    pub vmm_api_sock: PathBuf,
+    pub vmm_log: PathBuf,
     pub start_script: PathBuf,
     pub stop_script: PathBuf,
 }
@@ -97,6 +105,7 @@ impl AssetPaths {
         let images = dir.join("images");
         let config = dir.join("config");
         let logs = dir.join("logs");
+        let vmm_dir = dir.join(VMM_DIR);
         Self {
             rootfs: images.join(ROOTFS_FILE),
             kernel: images.join(KERNEL_FILE),
@@ -108,6 +117,9 @@ impl AssetPaths {
             vm_config: config.join("vm-config.json"),
             firecracker_log: logs.join("firecracker.log"),
             console_log: logs.join("console.log"),
+            vmm_api_sock: vmm_dir.join("api.sock"),
+            vmm_log: vmm_dir.join("firecracker.log"),
+            vmm_dir,
             start_script: dir.join(START_SCRIPT),
             stop_script: dir.join("stop-vm.sh"),
             images,

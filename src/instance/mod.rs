@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod calendar;
+pub mod confinement;
 pub mod host;
 pub mod images;
 pub mod layout;

@@ -6,6 +6,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use super::confinement::VmmAccount;
 use super::plain::{PlainDoc, PlainError};
 use super::values::{PrivateCidr, escaped};
 
@@ -293,6 +294,10 @@ pub struct FireclawState {
     /// Private networks this instance's guest may reach (`--allow-private-egress`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_private_egress: Vec<PrivateCidr>,
+    /// The system account the VMM runs as; absent for instances whose VMM runs as root (made by
+    /// 0.2.0, or by fireclaw before the VMM was confined, and not yet adopted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_account: Option<VmmAccount>,
 }
 
 impl FireclawState {
@@ -304,6 +309,7 @@ impl FireclawState {
             phase,
             created_by: format!("fireclaw {}", env!("CARGO_PKG_VERSION")),
             allow_private_egress: Vec::new(),
+            vmm_account: None,
         }
     }
 

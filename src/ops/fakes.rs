@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::network::NetworkSteps;
+use super::network::HostSteps;
 use crate::env_vars;
 use crate::guest::ssh::{GuestShell, SshError};
 use crate::host::process::ProcessError;
@@ -204,13 +204,13 @@ impl GuestShell for FakeGuest<'_> {
     }
 }
 
-/// Network steps that only record; `existing` names interfaces that already exist.
-pub struct FakeNetwork<'a> {
+/// Host steps that only record; `existing` names interfaces that already exist.
+pub struct FakeHost<'a> {
     pub log: &'a CallLog,
     pub existing: Vec<String>,
 }
 
-impl<'a> FakeNetwork<'a> {
+impl<'a> FakeHost<'a> {
     /// A host where no interface of the test's exists yet.
     pub fn new(log: &'a CallLog) -> Self {
         Self {
@@ -220,7 +220,7 @@ impl<'a> FakeNetwork<'a> {
     }
 }
 
-impl NetworkSteps for FakeNetwork<'_> {
+impl HostSteps for FakeHost<'_> {
     fn interface_exists(&self, name: &str) -> Result<bool> {
         self.log.push(format!("net exists {name}"));
         Ok(self.existing.iter().any(|e| e == name))
@@ -232,6 +232,35 @@ impl NetworkSteps for FakeNetwork<'_> {
     fn reapply_policy_if_present(&self) -> Result<Vec<String>> {
         self.log.push("net reapply-policy".into());
         Ok(Vec::new())
+    }
+    fn create_vmm_account(
+        &self,
+        id: &crate::instance::values::InstanceId,
+    ) -> Result<crate::instance::confinement::VmmAccount> {
+        let name = crate::instance::confinement::account_name(id);
+        self.log.push(format!("account create {name}"));
+        Ok(crate::instance::confinement::VmmAccount {
+            name,
+            uid: crate::instance::confinement::VMM_ID_FIRST,
+            gid: crate::instance::confinement::VMM_ID_FIRST,
+        })
+    }
+    fn remove_vmm_account(&self, name: &str) -> Result<()> {
+        self.log.push(format!("account remove {name}"));
+        Ok(())
+    }
+    fn confine_files(
+        &self,
+        assets: &crate::instance::layout::AssetPaths,
+        _with_initrd: bool,
+        account: &crate::instance::confinement::VmmAccount,
+    ) -> Result<()> {
+        self.log.push(format!(
+            "account hand-over {} to {}",
+            assets.dir.display(),
+            account.name
+        ));
+        Ok(())
     }
 }
 

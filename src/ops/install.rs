@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::evidence;
 use super::instance::Loaded;
 use super::lifecycle::{Waits, await_ssh, provision};
-use super::network::NetworkSteps;
+use super::network::HostSteps;
 use super::teardown::teardown_instance;
 use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
@@ -21,6 +21,7 @@ use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, write_seed};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::host::{interrupt, probe};
+use crate::instance::confinement::VmmAccount;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, public_key_path};
 use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
@@ -34,7 +35,9 @@ use crate::render::artifacts::{
 };
 use crate::render::seed_image::Timestamp;
 use crate::settings::Settings;
-use crate::store::{ensure_private_dir, lock_allocation, reserve, set_phase, write_atomic};
+use crate::store::{
+    ensure_private_dir, lock_allocation, reserve, set_phase, update_fireclaw_state, write_atomic,
+};
 
 /// A new instance whose host side is in place (phase `units`).
 #[derive(Debug, Clone)]
@@ -239,14 +242,14 @@ pub fn install_instance(
     spec: &SetupSpec,
     tools: &HostTools,
     services: &dyn ServiceManager,
-    network: &dyn NetworkSteps,
+    network: &dyn HostSteps,
     media: BootMedia,
 ) -> Result<Installed> {
     check_preconditions(settings, spec, tools)?;
     let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
-    let allocation = reserve_allocation(settings, spec, &token, network)?;
+    let (allocation, vmm_account) = reserve_allocation(settings, spec, &token, network)?;
     crash_point("setup:reserved");
     let secrets = NewSecrets {
         token: &token,
@@ -258,9 +261,11 @@ pub fn install_instance(
         spec,
         tools,
         services,
+        network,
         &allocation,
         &secrets,
         media,
+        &vmm_account,
     );
     if let Err(error) = result {
         let interrupted = interrupt::caused(&error);
@@ -301,18 +306,20 @@ pub fn check_preconditions(settings: &Settings, spec: &SetupSpec, tools: &HostTo
     Ok(())
 }
 
-/// Allocation and `.env` under the allocation lock, with `.vm-<id>` made by mkdir; returns
-/// what was reserved, read back from the `.env` on disk. An interface that already has the
-/// derived tap name is refused here, before anything of this instance exists, so no rollback
-/// can mistake it for this instance's tap and remove it.
+/// Allocation, VMM account and `.env` under the allocation lock, with `.vm-<id>` made by mkdir;
+/// returns what was reserved, read back from the `.env` on disk, and the account, recorded in
+/// `fireclaw.json`. An interface that already has the derived tap name is refused here, before
+/// anything of this instance exists, so no rollback can mistake it for this instance's tap and
+/// remove it.
 fn reserve_allocation(
     settings: &Settings,
     spec: &SetupSpec,
     token: &GatewayToken,
-    network: &dyn NetworkSteps,
-) -> Result<Allocation> {
+    network: &dyn HostSteps,
+) -> Result<(Allocation, VmmAccount)> {
     let listening = probe::listening_tcp_ports();
-    let env = reserve(&settings.paths.state_root, &spec.id, |taken| {
+    let mut created: Option<VmmAccount> = None;
+    let reserved = reserve(&settings.paths.state_root, &spec.id, |taken| {
         let mut taken = taken.clone();
         taken.listening = listening.clone();
         let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
@@ -324,14 +331,45 @@ fn reserve_allocation(
             );
         }
         let env = instance_env(spec, &allocation, token)?;
+        // Last: nothing after it in here can fail but the writes `reserve` undoes.
+        created = Some(network.create_vmm_account(&spec.id)?);
         Ok::<_, anyhow::Error>(env)
-    })??;
-    Ok(Allocation {
-        host_port: HostPort::new(env.host_port()?)?,
-        ip: env.vm_ip()?,
-        tap: env.tap()?.parse()?,
-        mac: env.get("VM_MAC").to_owned(),
-    })
+    });
+    let env = match (reserved, created) {
+        (Ok(Ok(env)), Some(account)) => {
+            let recorded = update_fireclaw_state(
+                &StatePaths::new(&settings.paths.state_root, &spec.id),
+                |state| {
+                    state.vmm_account = Some(account.clone());
+                },
+            );
+            if let Err(error) = recorded {
+                let _ = network.remove_vmm_account(&account.name);
+                return Err(error.into());
+            }
+            (env, account)
+        }
+        (result, created) => {
+            if let Some(account) = created {
+                network.remove_vmm_account(&account.name)?;
+            }
+            let env = result??;
+            bail!(
+                "internal: {} was reserved without a VMM account",
+                env.instance_id()?
+            );
+        }
+    };
+    let (env, account) = env;
+    Ok((
+        Allocation {
+            host_port: HostPort::new(env.host_port()?)?,
+            ip: env.vm_ip()?,
+            tap: env.tap()?.parse()?,
+            mac: env.get("VM_MAC").to_owned(),
+        },
+        account,
+    ))
 }
 
 /// The secrets a new instance is created with.
@@ -350,9 +388,11 @@ fn install_after_reserve(
     spec: &SetupSpec,
     tools: &HostTools,
     services: &dyn ServiceManager,
+    network: &dyn HostSteps,
     allocation: &Allocation,
     secrets: &NewSecrets<'_>,
     media: BootMedia,
+    vmm_account: &VmmAccount,
 ) -> Result<()> {
     let state_paths = StatePaths::new(&settings.paths.state_root, &spec.id);
     let rendered = render_instance(&InstancePlan {
@@ -367,11 +407,16 @@ fn install_after_reserve(
         with_initrd: media.with_initrd,
         seed_in_rootfs: media.seed_in_rootfs,
         time: Timestamp::now(),
+        vmm_account,
     })?;
     write_state_files(&state_paths, &rendered)?;
     crash_point("setup:state");
     interrupt::check()?;
     write_assets(settings, &spec.id, &rendered)?;
+    let assets = AssetPaths::new(&settings.paths.fc_root, &spec.id);
+    link_api_socket(&spec.api_sock, &assets.vmm_api_sock)?;
+    network.confine_files(&assets, media.with_initrd, vmm_account)?;
+    crash_point("setup:confined");
     set_phase(&state_paths, Phase::Assets)?;
     crash_point("setup:assets");
     interrupt::check()?;
@@ -383,6 +428,18 @@ fn install_after_reserve(
     set_phase(&state_paths, Phase::Units)?;
     crash_point("setup:units");
     Ok(())
+}
+
+/// `API_SOCK` (the default `FC_ROOT/<id>/firecracker.socket`, or `--api-sock`) is a link to
+/// the socket the confined VMM binds in its own dir, so the documented path keeps working.
+fn link_api_socket(link: &Path, socket: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(socket, link).with_context(|| {
+        format!(
+            "link the API socket {} to {}",
+            link.display(),
+            socket.display()
+        )
+    })
 }
 
 fn write_state_files(state_paths: &StatePaths, rendered: &RenderedInstance) -> Result<()> {
@@ -437,7 +494,7 @@ pub fn first_boot(
     loaded: &Loaded,
     services: &dyn ServiceManager,
     guest: &dyn GuestShell,
-    network: &dyn NetworkSteps,
+    network: &dyn HostSteps,
     waits: Waits,
     output: &mut Output<'_>,
 ) -> Result<()> {
@@ -465,7 +522,7 @@ pub fn roll_back(
     settings: &Settings,
     spec: &SetupSpec,
     services: &dyn ServiceManager,
-    network: &dyn NetworkSteps,
+    network: &dyn HostSteps,
     error: anyhow::Error,
     output: &mut Output<'_>,
 ) -> anyhow::Error {
@@ -495,7 +552,7 @@ pub fn roll_back(
 mod tests {
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::ops::fakes::{CallLog, FakeGuest, FakeNetwork, FakeServices, ScratchHost};
+    use crate::ops::fakes::{CallLog, FakeGuest, FakeHost, FakeServices, ScratchHost};
     use clap::Parser;
 
     fn spec(host: &ScratchHost, id: &str) -> SetupSpec {
@@ -546,7 +603,7 @@ mod tests {
         let log = CallLog::default();
         let services = FakeServices::new(&log);
         services.fail_once.set(Some("daemon-reload"));
-        let network = FakeNetwork::new(&log);
+        let network = FakeHost::new(&log);
         let error = install_instance(
             &host.settings,
             &spec(&host, "t"),
@@ -571,9 +628,15 @@ mod tests {
             log.calls(),
             [
                 "net exists tt2",
+                "account create fcvm-t",
+                &format!(
+                    "account hand-over {} to fcvm-t",
+                    host.settings.paths.fc_root.join("t").display()
+                ),
                 "systemctl daemon-reload",
                 "systemctl daemon-reload",
                 "net remove-tap tt2",
+                "account remove fcvm-t",
                 "net reapply-policy",
             ]
         );
@@ -605,7 +668,7 @@ mod tests {
             spec,
             &tools(),
             &FakeServices::new(&log),
-            &FakeNetwork::new(&log),
+            &FakeHost::new(&log),
             media,
         )
     }
@@ -676,7 +739,7 @@ mod tests {
         let before = host.tree();
         let log = CallLog::default();
         let services = FakeServices::new(&log);
-        let network = FakeNetwork {
+        let network = FakeHost {
             log: &log,
             existing: vec!["tt2".into()],
         };
@@ -725,7 +788,7 @@ mod tests {
                 &spec(&host, "t"),
                 &tools(),
                 &FakeServices::new(&log),
-                &FakeNetwork::new(&log),
+                &FakeHost::new(&log),
                 SEED_IMAGE_ONLY,
             )
             .unwrap_err();
@@ -768,7 +831,7 @@ mod tests {
         let before = host.tree();
         let log = CallLog::default();
         let services = FakeServices::new(&log);
-        let network = FakeNetwork::new(&log);
+        let network = FakeHost::new(&log);
         let spec = spec(&host, "t");
         let installed = install_instance(
             &host.settings,
@@ -821,6 +884,7 @@ mod tests {
                 "systemctl reset-failed vmdemo-proxy-t.service firecracker-vmdemo-t.service",
                 "systemctl daemon-reload",
                 "net remove-tap tt2",
+                "account remove fcvm-t",
                 "net reapply-policy",
             ]
         );
@@ -833,7 +897,7 @@ mod tests {
         let before = host.tree();
         let log = CallLog::default();
         let services = FakeServices::new(&log);
-        let network = FakeNetwork::new(&log);
+        let network = FakeHost::new(&log);
         let guest = FakeGuest::silent(&log);
         let spec = spec(&host, "t");
         install_instance(
@@ -897,6 +961,7 @@ mod tests {
                 "systemctl reset-failed firecracker-vmdemo-t.service",
                 "systemctl daemon-reload",
                 "net remove-tap tt2",
+                "account remove fcvm-t",
                 "net reapply-policy",
             ]
         );

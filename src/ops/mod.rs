@@ -4,8 +4,9 @@
 //! (`lifecycle`), the host network and the guest network policy (`network`, `egress`), and
 //! recognising what fireclaw 0.2.0 made (`legacy`). Operations reach systemd only through
 //! `ServiceManager`, the guest only through `GuestShell`, and the network steps of install and
-//! teardown only through `NetworkSteps`, so unit tests drive them with recording fakes.
+//! teardown only through `HostSteps`, so unit tests drive them with recording fakes.
 
+pub mod confine;
 pub mod egress;
 pub mod evidence;
 pub mod install;

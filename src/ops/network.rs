@@ -3,7 +3,7 @@
 //! tap as an isolated bridge port, read back; no stale API socket). `net_up` is what the VM
 //! unit's `vm-net-up` runs before every start, `net_down` what `vm-net-down` runs after every
 //! stop, `shutdown` the clean stop `vm-shutdown` asks for. Each step checks before it changes,
-//! so a second run changes nothing. `NetworkSteps` is the seam the install and teardown
+//! so a second run changes nothing. `HostSteps` is the seam the install and teardown
 //! operations use, so unit tests can record them instead of touching the kernel.
 
 use std::path::{Path, PathBuf};
@@ -16,19 +16,21 @@ use crate::host::firecracker_api::ApiClient;
 use crate::host::firewall::{IPTABLES, ensure_chain};
 use crate::host::netlink::{Link, Netlink};
 use crate::host::probe;
-use crate::host::tap::{create_persistent_tap, remove_tap};
-use crate::instance::layout::{StatePaths, default_api_sock, guest_answered_text};
+use crate::host::tap::{TapError, create_persistent_tap, remove_tap, tap_owner};
+use crate::instance::layout::{AssetPaths, StatePaths, default_api_sock, guest_answered_text};
 use crate::instance::values::{InstanceId, escaped};
 use crate::output::{Output, error_chain};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{lock_network, read_env, write_atomic};
+use crate::store::{lock_network, read_env, read_fireclaw_state, write_atomic};
 
 use super::instance::load;
+use crate::instance::confinement::{VmmAccount, expected_files};
 
-/// The network steps of installing and removing an instance, as a seam: `HostNetwork` does
-/// them on this host; unit tests record them.
-pub trait NetworkSteps {
+/// The steps of installing and removing an instance that change the host beyond fireclaw's own
+/// files (links, firewall, system accounts, file ownership), as a seam: `HostSystem` does them
+/// on this host; unit tests record them.
+pub trait HostSteps {
     /// Whether an interface with this name exists (a leftover tap would be taken over).
     fn interface_exists(&self, name: &str) -> Result<bool>;
     /// Removes the tap `name`; absent is fine, another kind of link is left alone.
@@ -36,14 +38,28 @@ pub trait NetworkSteps {
     /// Re-applies the guest network policy when fireclaw's chains are on this host; returns
     /// notes on allowlists left out.
     fn reapply_policy_if_present(&self) -> Result<Vec<String>>;
+    /// Creates the VMM account of a new instance, with an id no account, group or file of
+    /// another instance has; called under the allocation lock.
+    fn create_vmm_account(&self, id: &InstanceId) -> Result<VmmAccount>;
+    /// Removes a VMM account and its group; absent is fine.
+    fn remove_vmm_account(&self, name: &str) -> Result<()>;
+    /// Puts an instance's files in the confined shape: `FC_ROOT` reachable, the VMM's own dir
+    /// and log made, and each path of `expected_files` given its owner and mode (never through
+    /// a link).
+    fn confine_files(
+        &self,
+        assets: &AssetPaths,
+        with_initrd: bool,
+        account: &VmmAccount,
+    ) -> Result<()>;
 }
 
 /// The real network of this host.
-pub struct HostNetwork<'a> {
+pub struct HostSystem<'a> {
     pub settings: &'a Settings,
 }
 
-impl NetworkSteps for HostNetwork<'_> {
+impl HostSteps for HostSystem<'_> {
     fn interface_exists(&self, name: &str) -> Result<bool> {
         Ok(Netlink::open()?.link(name)?.is_some())
     }
@@ -52,6 +68,22 @@ impl NetworkSteps for HostNetwork<'_> {
     }
     fn reapply_policy_if_present(&self) -> Result<Vec<String>> {
         reapply_if_present(self.settings)
+    }
+    fn create_vmm_account(&self, id: &InstanceId) -> Result<VmmAccount> {
+        super::confine::create_account(self.settings, id)
+    }
+    fn remove_vmm_account(&self, name: &str) -> Result<()> {
+        Ok(crate::host::accounts::remove(name)?)
+    }
+    fn confine_files(
+        &self,
+        assets: &AssetPaths,
+        with_initrd: bool,
+        account: &VmmAccount,
+    ) -> Result<()> {
+        super::confine::make_reachable(&self.settings.paths.fc_root)?;
+        super::confine::ensure_vmm_dir(assets, account)?;
+        super::confine::hand_over(&expected_files(assets, with_initrd), account)
     }
 }
 
@@ -99,7 +131,23 @@ impl PermanentNetError {
 /// What `vm-net-*` need of an instance.
 struct NetTarget {
     tap: String,
+    /// Where the VMM binds its API socket: `API_SOCK`, or for a confined VMM the socket in
+    /// its own dir, to which `API_SOCK` is a link.
     api_sock: PathBuf,
+    /// The confined VMM: its account, its asset paths and the `API_SOCK` link.
+    confined: Option<Confined>,
+}
+
+struct Confined {
+    account: VmmAccount,
+    assets: AssetPaths,
+    link: PathBuf,
+}
+
+impl NetTarget {
+    fn vmm_uid(&self) -> Option<u32> {
+        self.confined.as_ref().map(|c| c.account.uid)
+    }
 }
 
 fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
@@ -113,7 +161,56 @@ fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
     let api_sock = env
         .api_sock()
         .unwrap_or_else(|| default_api_sock(&settings.paths.fc_root, id.as_str()));
-    Ok(NetTarget { tap, api_sock })
+    let state = read_fireclaw_state(&paths)
+        .map_err(|e| PermanentNetError::caused_by("read the instance's fireclaw.json", e))?;
+    let Some(account) = state.and_then(|s| s.vmm_account) else {
+        return Ok(NetTarget {
+            tap,
+            api_sock,
+            confined: None,
+        });
+    };
+    let assets = AssetPaths::new(&settings.paths.fc_root, id);
+    Ok(NetTarget {
+        tap,
+        api_sock: assets.vmm_api_sock.clone(),
+        confined: Some(Confined {
+            account,
+            assets,
+            link: api_sock,
+        }),
+    })
+}
+
+/// `API_SOCK` is a link to the socket in the confined VMM's dir; a missing link is made again,
+/// and a socket left there by the VMM's unconfined days is replaced. Anything else is refused.
+fn ensure_socket_link(link: &Path, socket: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if link == socket {
+        return Ok(());
+    }
+    match std::fs::symlink_metadata(link) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            if std::fs::read_link(link).is_ok_and(|target| target == socket) {
+                return Ok(());
+            }
+            std::fs::remove_file(link).with_context(|| format!("remove {}", link.display()))?;
+        }
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            std::fs::remove_file(link).with_context(|| format!("remove {}", link.display()))?;
+        }
+        Ok(_) => {
+            return Err(PermanentNetError::new(format!(
+                "{} is in the way of the API socket link and is not a socket; move it away",
+                link.display()
+            ))
+            .into());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspect {}", link.display())),
+    }
+    std::os::unix::fs::symlink(socket, link)
+        .with_context(|| format!("link {} to {}", link.display(), socket.display()))
 }
 
 fn ensure_bridge(netlink: &mut Netlink, settings: &Settings) -> Result<Link> {
@@ -156,9 +253,31 @@ fn ensure_bridge(netlink: &mut Netlink, settings: &Settings) -> Result<Link> {
     Ok(bridge)
 }
 
-fn ensure_tap(netlink: &mut Netlink, name: &str, bridge: &Link) -> Result<()> {
+fn ensure_tap(
+    netlink: &mut Netlink,
+    name: &str,
+    bridge: &Link,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let tap = match netlink.link(name)? {
-        Some(link) if link.is_tap => link,
+        Some(link) if link.is_tap => {
+            if let Some((uid, gid)) = owner
+                && tap_owner(name).ok() != Some((Some(uid), Some(gid)))
+            {
+                // A tap of someone else's: take it over only while nothing holds it.
+                create_persistent_tap(name, owner).map_err(|e| match e {
+                    TapError::Busy { .. } => PermanentNetError::caused_by(
+                        &format!(
+                            "tap {name} is held by another process and is not owned by this instance's VMM account (uid {uid}); stop that process or remove the tap (ip link delete {name})"
+                        ),
+                        e,
+                    )
+                    .into(),
+                    other => anyhow::Error::from(other),
+                })?;
+            }
+            link
+        }
         Some(link) => {
             return Err(PermanentNetError::new(format!(
                 "interface {name} exists but is a {} device, not this instance's tap; remove it with: ip link delete {name}",
@@ -167,7 +286,7 @@ fn ensure_tap(netlink: &mut Netlink, name: &str, bridge: &Link) -> Result<()> {
             .into());
         }
         None => {
-            create_persistent_tap(name)?;
+            create_persistent_tap(name, owner)?;
             netlink
                 .link(name)?
                 .ok_or_else(|| anyhow!("tap {name} vanished right after it was created"))?
@@ -417,8 +536,16 @@ pub fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     let mut netlink = Netlink::open()?;
     // The policy is in place before the tap joins the bridge.
     let (bridge, notes) = shared_locked(settings, &mut netlink, false)?;
-    ensure_tap(&mut netlink, &target.tap, &bridge)?;
+    let owner = target
+        .confined
+        .as_ref()
+        .map(|c| (c.account.uid, c.account.gid));
+    ensure_tap(&mut netlink, &target.tap, &bridge, owner)?;
     disable_ipv6(&target.tap)?;
+    if let Some(confined) = &target.confined {
+        super::confine::ensure_vmm_dir(&confined.assets, &confined.account)?;
+        ensure_socket_link(&confined.link, &target.api_sock)?;
+    }
     remove_stale_socket(&target.api_sock)?;
     Ok(notes)
 }
@@ -463,7 +590,8 @@ const QUICK_PROBE: Duration = Duration::from_secs(3);
 /// to systemd's SIGTERM at once.
 pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
     let target = target(settings, id)?;
-    if !target.api_sock.exists() {
+    // Not `exists()`: in a confined VMM's dir that would follow a link it planted.
+    if std::fs::symlink_metadata(&target.api_sock).is_err() {
         return Ok(());
     }
     if !guest_came_up(settings, id) {
@@ -472,7 +600,8 @@ pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -
         ));
         return Ok(());
     }
-    let api = ApiClient::new(&target.api_sock, Duration::from_secs(2));
+    let api =
+        ApiClient::new(&target.api_sock, Duration::from_secs(2)).expect_peer(target.vmm_uid());
     if let Err(error) = api.send_ctrl_alt_del() {
         // No API means no VMM to stop; systemd's SIGTERM covers a hung one.
         output.warn(&format!(

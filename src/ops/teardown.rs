@@ -9,13 +9,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::egress::remove_legacy_dropin;
-use super::network::NetworkSteps;
+use super::network::HostSteps;
 use crate::faults::crash_point;
 use crate::host::systemd::ServiceManager;
+use crate::instance::confinement::account_name;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, default_api_sock};
 use crate::instance::values::InstanceId;
 use crate::settings::Settings;
-use crate::store::read_env;
+use crate::store::{read_env, read_fireclaw_state};
 
 fn remove_path(path: &Path) -> Result<()> {
     let result = match std::fs::symlink_metadata(path) {
@@ -35,7 +36,7 @@ pub fn teardown_instance(
     id: &InstanceId,
     api_sock: Option<&Path>,
     services: &dyn ServiceManager,
-    network: &dyn NetworkSteps,
+    network: &dyn HostSteps,
 ) -> Result<()> {
     let units = UnitNames::new(id);
     let unit_files = [
@@ -66,6 +67,13 @@ pub fn teardown_instance(
     // The tap and socket are named in state; fall back to what the caller knows.
     let state_paths = StatePaths::new(&settings.paths.state_root, id);
     let env = read_env(&state_paths).ok();
+    // The VMM account as recorded, or the one a setup killed before recording it would have
+    // made (only ever removed when it is in fireclaw's id range).
+    let account = read_fireclaw_state(&state_paths)
+        .ok()
+        .flatten()
+        .and_then(|state| state.vmm_account)
+        .map_or_else(|| account_name(id), |account| account.name);
     if let Some(tap) = env.as_ref().and_then(|e| e.tap().ok()) {
         network.remove_tap(tap)?;
     }
@@ -76,6 +84,10 @@ pub fn teardown_instance(
         .unwrap_or_else(|| default_api_sock(&settings.paths.fc_root, id.as_str()));
     remove_path(&socket)?;
     remove_path(&AssetPaths::new(&settings.paths.fc_root, id).dir)?;
+    // After its files, before the state that names it: no file of it outlives the account, and
+    // an interrupted destroy still finds which account to remove.
+    network.remove_vmm_account(&account)?;
+    crash_point("destroy:account-removed");
     remove_path(&state_paths.dir)?;
     // Its allow rules go with it: an instance given its address later must not inherit them.
     // Notes about other instances' allowlists are doctor's to report.

@@ -19,9 +19,10 @@ use super::cloud_init::{NetworkConfig, UserDataConfig, meta_data, network_config
 use super::firecracker::{VmConfigInput, vm_config};
 use super::seed_image::{SeedFile, SeedImageError, Timestamp, seed_image};
 use super::units::{
-    PinnedEnvironment, ProxyUnitConfig, VmUnitConfig, proxy_unit, start_script, stop_script,
-    vm_unit,
+    PinnedEnvironment, ProxyUnitConfig, UnitConfinement, VmUnitConfig, proxy_unit, start_script,
+    stop_script, vm_unit,
 };
+use crate::instance::confinement::{VmmAccount, limits};
 use crate::instance::secrets::HostKeyPair;
 
 /// Label cloud-init's NoCloud source looks for.
@@ -60,6 +61,8 @@ pub struct InstancePlan<'a> {
     /// Whether the seed also goes into the rootfs copy (an ext4 base; see `RootfsSeed`).
     pub seed_in_rootfs: bool,
     pub time: Timestamp,
+    /// The account the VMM runs as.
+    pub vmm_account: &'a VmmAccount,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,11 +173,23 @@ pub fn pinned_environment(paths: &HostPaths, network: &NetworkSettings) -> Pinne
 pub struct UnitsPlan<'a> {
     pub id: &'a InstanceId,
     pub tools: &'a HostTools,
+    /// `API_SOCK`: where Firecracker binds unless it is confined (then it binds in its own dir
+    /// and `API_SOCK` is a link there).
     pub api_sock: PathBuf,
+    /// The confined VMM's account, and the instance's size its limits follow; `None` renders
+    /// the unconfined units of instances made before confinement.
+    pub vmm: Option<VmmSize<'a>>,
     pub host_port: u16,
     pub vm_ip: Ipv4Addr,
     pub network: &'a NetworkSettings,
     pub paths: &'a HostPaths,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmmSize<'a> {
+    pub account: &'a VmmAccount,
+    pub vcpus: u8,
+    pub memory_mib: u32,
 }
 
 /// The wrapper scripts (`start-vm.sh`, `stop-vm.sh`) and the two unit files.
@@ -188,14 +203,24 @@ pub fn unit_files(plan: &UnitsPlan<'_>) -> UnitFiles {
     let id = plan.id.as_str();
     let assets = AssetPaths::new(&plan.paths.fc_root, plan.id);
     let units = UnitNames::new(plan.id);
+    let confinement = plan.vmm.map(|vmm| UnitConfinement {
+        account: vmm.account.name.clone(),
+        instance_dir: assets.dir.clone(),
+        limits: limits(vmm.vcpus, vmm.memory_mib),
+    });
     let vm = VmUnitConfig {
         id: id.to_owned(),
         fireclaw: plan.tools.fireclaw.clone(),
         firecracker: plan.tools.firecracker.clone(),
-        api_sock: plan.api_sock.clone(),
+        api_sock: if plan.vmm.is_some() {
+            assets.vmm_api_sock.clone()
+        } else {
+            plan.api_sock.clone()
+        },
         vm_config: assets.vm_config.clone(),
         console_log: assets.console_log.clone(),
         environment: pinned_environment(plan.paths, plan.network),
+        confinement,
     };
     let proxy = ProxyUnitConfig {
         id: id.to_owned(),
@@ -226,6 +251,11 @@ pub fn render_instance(plan: &InstancePlan<'_>) -> Result<RenderedInstance, Rend
         id: &spec.id,
         tools: plan.tools,
         api_sock: spec.api_sock.clone(),
+        vmm: Some(VmmSize {
+            account: plan.vmm_account,
+            vcpus: spec.vcpu.get(),
+            memory_mib: spec.memory.get(),
+        }),
         host_port: plan.allocation.host_port.get(),
         vm_ip: plan.allocation.ip,
         network: plan.network,
@@ -290,6 +320,7 @@ fn state_files(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
     );
     let state = FireclawState {
         allow_private_egress: spec.allow_private_egress.networks().to_vec(),
+        vmm_account: Some(plan.vmm_account.clone()),
         ..FireclawState::new(Phase::Allocated)
     };
     Ok(vec![
@@ -352,7 +383,7 @@ fn vm_assets(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
         memory_mib: spec.memory.get(),
         tap: plan.allocation.tap.to_string(),
         mac: plan.allocation.mac.clone(),
-        log_path: paths.firecracker_log.clone(),
+        log_path: paths.vmm_log.clone(),
     });
     Ok(vec![
         secret_text(
@@ -369,9 +400,8 @@ fn vm_assets(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
             body: Body::Binary(seed),
             display: seed_display,
         },
+        // Its log is made in the VMM's own dir when that dir is handed over (ops::confine).
         text(paths.vm_config, 0o600, config),
-        // Firecracker before 1.14 refuses to start unless its log file exists.
-        text(paths.firecracker_log, 0o600, String::new()),
     ])
 }
 
@@ -457,6 +487,11 @@ mod tests {
             with_initrd,
             seed_in_rootfs: true,
             time: Timestamp(1_700_000_000),
+            vmm_account: &VmmAccount {
+                name: "fcvm-my-bot".into(),
+                uid: crate::instance::confinement::VMM_ID_FIRST,
+                gid: crate::instance::confinement::VMM_ID_FIRST,
+            },
         })
         .unwrap()
     }

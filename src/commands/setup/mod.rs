@@ -19,7 +19,7 @@ use crate::ops::install::{
 };
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy, summary_json};
-use crate::ops::network::HostNetwork;
+use crate::ops::network::HostSystem;
 use crate::output::Output;
 use crate::render::artifacts::HostTools;
 use crate::settings::Settings;
@@ -84,7 +84,7 @@ fn create(
     }
     // Before the lock: a refused setup leaves no lock file or STATE_ROOT behind.
     check_preconditions(settings, spec, &tools)?;
-    let network = HostNetwork { settings };
+    let network = HostSystem { settings };
     // The lock serialises this setup with any other lifecycle command on the same id.
     let _lock = lock(settings, id, output)?;
     output.progress(&format!(

@@ -155,6 +155,10 @@ pub fn dry_run(
     };
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
+    let vmm_account = crate::ops::confine::choose_account(settings, &spec.id)?;
+    if let Err(error) = crate::ops::confine::check_kvm_access() {
+        warnings.push(crate::output::error_chain(error.as_ref()));
+    }
     let rendered = render_instance(&InstancePlan {
         spec,
         allocation: &allocation,
@@ -167,6 +171,7 @@ pub fn dry_run(
         with_initrd,
         seed_in_rootfs,
         time: Timestamp::now(),
+        vmm_account: &vmm_account,
     })?;
     if json {
         let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &warnings);

@@ -14,7 +14,7 @@ use fireclaw::cli::{Cli, Command};
 use fireclaw::env_vars;
 use fireclaw::host::systemd::Systemctl;
 use fireclaw::ops::install::{boot_media, install_instance};
-use fireclaw::ops::network::HostNetwork;
+use fireclaw::ops::network::HostSystem;
 use fireclaw::render::artifacts::HostTools;
 use fireclaw::settings::Settings;
 
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                     &spec,
                     &tools,
                     &Systemctl,
-                    &HostNetwork {
+                    &HostSystem {
                         settings: &settings,
                     },
                     media,
