@@ -48,7 +48,7 @@ pub fn run(
     Ok(())
 }
 
-/// Whether any of the instance's state, assets or unit files is on disk.
+/// Whether any of the instance's state, assets, unit files or VMM account is on the host.
 fn anything_exists(settings: &Settings, id: &InstanceId) -> bool {
     let units = UnitNames::new(id);
     [
@@ -59,6 +59,9 @@ fn anything_exists(settings: &Settings, id: &InstanceId) -> bool {
     ]
     .iter()
     .any(|p| p.symlink_metadata().is_ok())
+        // A setup killed before it recorded its VMM account leaves only the account.
+        || crate::host::accounts::users()
+            .is_ok_and(|users| crate::ops::confine::leftover_account(&users, id).is_some())
 }
 
 fn confirmed(id: &InstanceId, output: &mut Output<'_>) -> Result<bool> {

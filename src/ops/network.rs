@@ -382,6 +382,15 @@ pub fn remove_shared(settings: &Settings) -> Result<Cleanup> {
         );
     }
     let mut report = Cleanup::default();
+    // No instance is left, so every account in fireclaw's range is a leftover (0.2.0's destroy
+    // and an interrupted setup or destroy can leave one).
+    for user in crate::host::accounts::vmm_range_users()? {
+        crate::host::accounts::remove(&user.name)?;
+        report.removed.push(format!(
+            "VMM account and group {} (uid {}), which no instance owned",
+            user.name, user.id
+        ));
+    }
     let inputs = super::egress::gather(settings, false)?;
     for chain in super::egress::policy_chains(settings, &inputs) {
         if crate::host::firewall::remove_chain(&chain)
@@ -589,7 +598,17 @@ const QUICK_PROBE: Duration = Duration::from_secs(3);
 /// that never came up (`guest_came_up`) cannot be counted on to shut down, so its VMM is left
 /// to systemd's SIGTERM at once.
 pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -> Result<()> {
-    let target = target(settings, id)?;
+    let mut target = target(settings, id)?;
+    // A VMM started as root before `adopt` still listens on `API_SOCK` itself (root-owned
+    // place): stop that one through it.
+    if let Some(confined) = &target.confined
+        && std::fs::symlink_metadata(&target.api_sock).is_err()
+        && std::fs::symlink_metadata(&confined.link)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        target.api_sock = confined.link.clone();
+        target.confined = None;
+    }
     // Not `exists()`: in a confined VMM's dir that would follow a link it planted.
     if std::fs::symlink_metadata(&target.api_sock).is_err() {
         return Ok(());

@@ -13,6 +13,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 mod checks;
+mod confinement;
 mod egress;
 
 use checks::{Check, Level, check};
@@ -522,6 +523,7 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
     let unit_ids = vm_unit_ids(&settings.paths.unit_dir);
     let uses_020_scripts = unit_checks(settings, &scanned, &unit_ids, checks);
     instance_checks(settings, &scanned, &unit_ids, checks);
+    confinement::instance_checks(settings, &scanned, checks);
     orphan_taps(&scanned, checks);
     if uses_020_scripts {
         tools_of_020_units(checks);
@@ -739,6 +741,7 @@ pub fn run(
     let mut checks = Vec::new();
     tools(&mut checks);
     kvm(&mut checks);
+    confinement::host_checks(&mut checks);
     images(settings, &mut checks);
     let instances = units_and_orphans(settings, &mut checks)?;
     network(settings, instances, services, &mut checks);
