@@ -69,6 +69,11 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
         with_initrd,
         seed_in_rootfs: true,
         time: Timestamp(1_700_000_000),
+        vmm_account: &fireclaw::instance::confinement::VmmAccount {
+            name: "fcvm-schema-bot".into(),
+            uid: fireclaw::instance::confinement::VMM_ID_FIRST,
+            gid: fireclaw::instance::confinement::VMM_ID_FIRST,
+        },
     })
     .unwrap();
     let text = |name: &str| {

@@ -315,15 +315,17 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
     );
 }
 
-/// Where each kind of secret belongs: 0600 root files of its own instance, nowhere else.
-const SECRET_HOMES: [&str; 6] = [
-    ".env",
-    "provision.vars",
-    ".token",
-    "seed.img",
-    "user-data",
+/// Where each kind of secret belongs, with mode, owner and group: files of its own instance,
+/// root's alone, except what its confined VMM must read (the seed image, group-readable by the
+/// VMM's group) and own (its disk); nowhere else.
+const SECRET_HOMES: [(&str, &str); 6] = [
+    (".env", "600 root root"),
+    ("provision.vars", "600 root root"),
+    (".token", "600 root root"),
+    ("seed.img", "640 root fcvm-a"),
+    ("user-data", "600 root root"),
     // The seed inside the instance's own rootfs copy (user-data carries the guest host key).
-    "images/rootfs.ext4",
+    ("images/rootfs.ext4", "600 fcvm-a fcvm-a"),
 ];
 
 #[test]
@@ -407,26 +409,28 @@ fn secrets_appear_only_in_their_0600_files_never_in_output_units_logs_or_the_jou
         assert!(!units.contains(secret), "{name} in a unit file");
         let hits = fleet.host.sh(&format!(
             "grep -rlaF -- '{secret}' /var/lib/fireclaw /srv/firecracker /etc /run /tmp /var/tmp /var/log /root /home 2>/dev/null \
-             | xargs -r stat -c '%a %U %n'"
+             | xargs -r stat -c '%a %U %G %n'"
         ));
         assert!(
             !hits.trim().is_empty(),
             "{name} found nowhere: the audit is blind"
         );
         for hit in hits.lines() {
-            let mut fields = hit.splitn(3, ' ');
-            let (mode, owner, path) = (
+            let mut fields = hit.splitn(4, ' ');
+            let access = [
                 fields.next().unwrap(),
                 fields.next().unwrap(),
                 fields.next().unwrap(),
-            );
+            ]
+            .join(" ");
+            let path = fields.next().unwrap();
             let home = SECRET_HOMES
                 .iter()
-                .any(|h| path.ends_with(&format!("/{h}")));
+                .find(|(h, _)| path.ends_with(&format!("/{h}")));
             let own_instance = path.starts_with("/var/lib/fireclaw/.vm-a/")
                 || path.starts_with("/srv/firecracker/vm-demo/a/");
             assert!(
-                mode == "600" && owner == "root" && home && own_instance,
+                home.is_some_and(|(_, expected)| access == *expected) && own_instance,
                 "{name} in {hit}"
             );
         }

@@ -84,11 +84,34 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
         "the lifecycle rewrote a 0.2.0 unit"
     );
 
+    // Until adopted, its VMM runs as root, and doctor says so.
+    let vmm_check = |fleet: &Fleet| {
+        let report: serde_json::Value =
+            serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "vmm old")
+            .cloned()
+            .unwrap_or_else(|| panic!("no vmm check: {report}"))
+    };
+    let before = vmm_check(&fleet);
+    assert_eq!(before["status"], "warn", "{before}");
+    assert!(
+        before["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fireclaw adopt old")
+    );
+
     let out = fleet.fireclaw_ok("adopt old");
     assert!(out.contains("backup-0.2.0"), "{out}");
+    assert!(out.contains("fcvm-old"), "{out}");
     let adopted = unit(&fleet);
     assert!(
-        adopted.contains("ExecStartPre=/opt/fireclaw-test/bin/fireclaw vm-net-up old"),
+        adopted.contains("ExecStartPre=+/opt/fireclaw-test/bin/fireclaw vm-net-up old")
+            && adopted.contains("\nUser=fcvm-old\n"),
         "{adopted}"
     );
     let backup = fleet
@@ -109,11 +132,19 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
             .sh("bridge -d link show dev told9")
             .contains("isolated on")
     );
+    // Now confined: the VMM runs as its account, and doctor finds everything as set.
+    let vmm_user = fleet
+        .host
+        .sh("ps -o user= -p $(systemctl show -p MainPID --value firecracker-vmdemo-old.service)");
+    assert_eq!(vmm_user.trim(), "fcvm-old");
+    let after = vmm_check(&fleet);
+    assert_eq!(after["status"], "pass", "{after}");
 
     fleet.fireclaw_ok("destroy old --force");
     assert!(!fleet.host.ok("test -e /var/lib/fireclaw/.vm-old"));
     assert!(!fleet.host.ok("test -e /srv/firecracker/vm-demo/old"));
     assert!(!fleet.host.ok("ip link show told9"));
+    assert!(!fleet.host.ok("grep -q '^fcvm-old:' /etc/passwd /etc/group"));
     assert!(
         !fleet
             .host

@@ -14,6 +14,7 @@ use crate::host::probe;
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::instance::layout::{AssetPaths, default_api_sock};
+use crate::instance::state::{FireclawState, Phase};
 use crate::instance::values::InstanceId;
 use crate::ops::instance::{Loaded, lock_and_load};
 use crate::ops::legacy::is_020_unit;
@@ -22,9 +23,7 @@ use crate::ops::network::{HostSteps, HostSystem};
 use crate::output::Output;
 use crate::render::artifacts::{Body, HostTools, UnitsPlan, VmmSize, unit_files};
 use crate::settings::Settings;
-use crate::store::{
-    ensure_private_dir, lock_allocation, read_fireclaw_state, update_fireclaw_state, write_atomic,
-};
+use crate::store::{ensure_private_dir, lock_allocation, read_fireclaw_state, write_atomic};
 
 pub fn run(
     settings: &Settings,
@@ -59,9 +58,15 @@ pub fn run(
                 let _allocation = lock_allocation(&settings.paths.state_root)?;
                 host.create_vmm_account(id)?
             };
-            let record = update_fireclaw_state(&loaded.paths, |state| {
-                state.vmm_account = Some(account.clone());
-            });
+            // A 0.2.0 instance has no fireclaw.json: it is a working instance, not a half-made one.
+            let mut state = read_fireclaw_state(&loaded.paths)?
+                .unwrap_or_else(|| FireclawState::new(Phase::Provisioned));
+            state.vmm_account = Some(account.clone());
+            let record = write_atomic(
+                &loaded.paths.fireclaw_json,
+                state.render().as_bytes(),
+                0o600,
+            );
             if let Err(error) = record {
                 let _ = host.remove_vmm_account(&account.name);
                 return Err(error.into());

@@ -552,7 +552,13 @@ pub fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     ensure_tap(&mut netlink, &target.tap, &bridge, owner)?;
     disable_ipv6(&target.tap)?;
     if let Some(confined) = &target.confined {
-        super::confine::ensure_vmm_dir(&confined.assets, &confined.account)?;
+        // Something the VMM planted there does not go away by retrying.
+        super::confine::ensure_vmm_dir(&confined.assets, &confined.account).map_err(|error| {
+            PermanentNetError::new(format!(
+                "prepare the VMM's own dir: {}",
+                error_chain(error.as_ref())
+            ))
+        })?;
         ensure_socket_link(&confined.link, &target.api_sock)?;
     }
     remove_stale_socket(&target.api_sock)?;

@@ -77,7 +77,7 @@ impl Fleet {
     /// keeps by design, are left out.
     pub fn host_snapshot(&self) -> String {
         self.host.sh(
-            "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --;              systemctl list-units --all --no-legend --plain 'firecracker-vmdemo-*' 'vmdemo-proxy-*' | awk '{print $1, $2, $3}'; echo --;              ip -br link | awk '{print $1}' | grep -v '^v' ; echo --;              iptables -S; iptables -t nat -S; echo --;              find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' -not -path '/var/lib/fireclaw/.failed*' | sort",
+            "ls /etc/systemd/system | grep -v '^v[a-z0-9]' ; echo --;              systemctl list-units --all --no-legend --plain 'firecracker-vmdemo-*' 'vmdemo-proxy-*' | awk '{print $1, $2, $3}'; echo --;              ip -br link | awk '{print $1}' | grep -v '^v' ; echo --;              iptables -S; iptables -t nat -S; echo --;              find /var/lib/fireclaw /srv/firecracker/vm-demo -not -path '*/.locks*' -not -path '/var/lib/fireclaw/.failed*' -not -path /var/lib/fireclaw/.vmm-id-next | sort; echo --;              grep -h '^fcvm-' /etc/passwd /etc/group || true",
         )
     }
 
