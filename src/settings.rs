@@ -650,9 +650,20 @@ mod spec_tests {
         );
         // The same id fits under the default FC_ROOT (24 + 1 + 63 + 19 = 107 bytes).
         resolve(&[("OPENAI_API_KEY", "k")], &["--instance", &id]).unwrap();
-        // And --api-sock moves the socket somewhere short.
-        resolve(
+        // --api-sock moves the socket users see somewhere short, but the confined VMM binds its
+        // own in FC_ROOT/<id>/vmm/ (1 + 30 + 1 + 63 + 13 = 108 bytes)...
+        let err = resolve(
             &[("FC_ROOT", &fc_root), ("OPENAI_API_KEY", "k")],
+            &["--instance", &id, "--api-sock", "/run/fc/a.sock"],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, SpecError::VmmSocketPathTooLong { length: 108, .. }),
+            "{err}"
+        );
+        // ...which fits one byte shorter.
+        resolve(
+            &[("FC_ROOT", &fc_root[..30]), ("OPENAI_API_KEY", "k")],
             &["--instance", &id, "--api-sock", "/run/fc/a.sock"],
         )
         .unwrap();

@@ -84,7 +84,10 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
     let status = sandbox.sh(&format!("cat /proc/{pid}/status"));
     assert!(status.contains("\nNoNewPrivs:\t1\n"), "{status}");
     assert!(status.contains("\nCapEff:\t0000000000000000\n"), "{status}");
-    assert_eq!(sandbox.sh(&format!("ps -o user= -p {pid}")).trim(), "fcvm-real");
+    assert_eq!(
+        sandbox.sh(&format!("ps -o user= -p {pid}")).trim(),
+        "fcvm-real"
+    );
     // The guest's memory is one anonymous mapping of exactly its size (512 MiB here); all
     // other resident memory is the VMM's own.
     let rss_kib = sandbox.sh(&format!(

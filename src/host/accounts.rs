@@ -331,7 +331,9 @@ mod tests {
         std::fs::write(&target, "x").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
+        // SAFETY: geteuid and getegid cannot fail.
         let uid = unsafe { libc::geteuid() };
+        // SAFETY: as above.
         let gid = unsafe { libc::getegid() };
         let error = set_owner_and_mode(&link, false, uid, gid, 0o666).unwrap_err();
         assert!(matches!(error, AccountError::NotPlain { .. }), "{error}");

@@ -18,6 +18,11 @@ pub const VMM_ID_FIRST: u32 = 1_950_000_000;
 /// How many ids the range holds.
 pub const VMM_ID_COUNT: u32 = 100_000;
 
+// shadow's default SUB_UID_MAX (600100000) and systemd's container range (up to 1879048191)
+// end below the range; it ends below 2^31, which some tools read as signed.
+const _: () = assert!(VMM_ID_FIRST > 1_879_048_191);
+const _: () = assert!((VMM_ID_FIRST as u64) + (VMM_ID_COUNT as u64) < 1 << 31);
+
 /// Every VMM account's name starts with this, so one is recognisable in `ps` and `/etc/passwd`.
 pub const ACCOUNT_PREFIX: &str = "fcvm-";
 /// The longest account name `useradd` accepts.
@@ -200,10 +205,6 @@ mod tests {
 
     #[test]
     fn the_range_is_above_subordinate_and_container_ids() {
-        // shadow's default SUB_UID_MAX and systemd's container range end below it; it stays
-        // below 2^31, which some tools read as signed.
-        assert!(VMM_ID_FIRST > 600_100_000 && VMM_ID_FIRST > 1_879_048_191);
-        assert!(u64::from(VMM_ID_FIRST) + u64::from(VMM_ID_COUNT) < 1 << 31);
         assert!(in_vmm_range(VMM_ID_FIRST) && !in_vmm_range(VMM_ID_FIRST - 1));
         assert!(!in_vmm_range(VMM_ID_FIRST + VMM_ID_COUNT));
     }

@@ -35,6 +35,10 @@ pub enum SpecError {
         "API socket path {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id, FC_ROOT or --api-sock)"
     )]
     SocketPathTooLong { path: String, length: usize },
+    #[error(
+        "the VMM's own API socket {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id or FC_ROOT)"
+    )]
+    VmmSocketPathTooLong { path: String, length: usize },
     #[error("saved {key} cannot be used")]
     Saved {
         key: &'static str,
@@ -117,6 +121,15 @@ impl SetupSpec {
             return Err(SpecError::SocketPathTooLong {
                 path: spec.api_sock.display().to_string(),
                 length: socket,
+            });
+        }
+        // The socket the confined VMM binds in its own dir (`API_SOCK` links to it).
+        let vmm_socket = super::layout::AssetPaths::new(&spec.fc_root, &spec.id).vmm_api_sock;
+        let length = vmm_socket.as_os_str().len();
+        if length > MAX_SOCKET_PATH {
+            return Err(SpecError::VmmSocketPathTooLong {
+                path: vmm_socket.display().to_string(),
+                length,
             });
         }
         for (what, path) in [

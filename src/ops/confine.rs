@@ -140,7 +140,12 @@ pub fn ensure_vmm_dir(assets: &AssetPaths, account: &VmmAccount) -> Result<()> {
         }
     }
     accounts::set_owner_and_mode(&assets.vmm_dir, true, account.uid, account.gid, 0o700)?;
-    accounts::create_vmm_file(&assets.vmm_dir, "firecracker.log", account.uid, account.gid)?;
+    let log_name = assets
+        .vmm_log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    accounts::create_vmm_file(&assets.vmm_dir, &log_name, account.uid, account.gid)?;
     Ok(())
 }
 

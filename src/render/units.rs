@@ -236,8 +236,8 @@ fn protect_home(instance_dir: &std::path::Path) -> &'static str {
 fn vm_sandboxing(out: &mut String, confinement: &UnitConfinement) {
     // No syscall filter of systemd's: Firecracker installs its own seccomp filters (which
     // systemd 252 lists only in @known), and that nothing it calls while a guest runs falls
-    // outside a filter could not be shown here (docs/SECURITY.md).
-    out.push_str("# The VMM's confinement (docs/SECURITY.md).\n");
+    // outside a filter could not be shown here (README: Security model).
+    out.push_str("# The VMM's confinement (README: Security model).\n");
     for (name, value) in vm_hardening(confinement) {
         let value = if name == "ReadWritePaths" {
             systemd_word(&value)
@@ -296,7 +296,7 @@ pub fn proxy_unit(config: &ProxyUnitConfig) -> String {
     );
     // socat exits 143 on SIGTERM.
     out.push_str("SuccessExitStatus=143\nRestart=always\nRestartSec=2\n");
-    out.push_str("# The proxy's confinement (docs/SECURITY.md).\n");
+    out.push_str("# The proxy's confinement (README: Security model).\n");
     for (name, value) in proxy_hardening(config.vm_ip) {
         let _ = writeln!(out, "{name}={value}");
     }
