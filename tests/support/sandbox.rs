@@ -2,11 +2,12 @@
 //! machine's root; docs/ARCHITECTURE.md). Each sandbox has its own cgroup subtree in every mounted
 //! hierarchy, its own network namespace, `/sys` and `/dev` (with kvm and tun), and the binaries
 //! under test bound read-only at `/opt/fireclaw-test/bin`. A host sandbox (private network) also
-//! has the stand-in harness, socket-activated, that does the test side of each Firecracker
-//! stand-in. Nothing a test does inside reaches
-//! the machine. `reboot` powers the system off cleanly and boots the same on-disk upper dir
-//! again; `power_cut` kills it without stopping anything first. Dropping a sandbox tears it
-//! down: container killed, overlay unmounted, dirs and cgroups removed.
+//! has real-host device permissions on private nodes (`/dev/kvm` root:kvm 0660, `/dev/net/tun`
+//! 0666; the machine's stay as they are) and the stand-in harness, socket-activated, that does
+//! the test side of each Firecracker stand-in. Nothing a test does inside reaches the machine.
+//! `reboot` powers the system off cleanly and boots the same on-disk upper dir again;
+//! `power_cut` kills it without stopping anything first. Dropping a sandbox tears it down:
+//! container killed, overlay unmounted, dirs and cgroups removed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -462,6 +463,39 @@ fn mask_machine_services(upper: &Path) {
     }
 }
 
+/// Gives a host sandbox real-host device permissions on nodes of its own (docs/ARCHITECTURE.md):
+/// the bound nodes are the machine's, and a `chmod` or `chgrp` of them would change the
+/// machine's. Each is unmounted and a private node made in its place; were one still bound,
+/// its `rm` would fail (EBUSY) and `set -e` would stop before any `chown`. Runs early in every
+/// boot (before sysinit.target), so before any VM unit.
+const DEVICES_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+getent group kvm >/dev/null || groupadd --system kvm
+private_node() {
+    path=$1 major=$2 minor=$3 group=$4 mode=$5
+    while findmnt -rn --mountpoint "$path" >/dev/null; do
+        umount "$path"
+    done
+    rm -f "$path"
+    mknod -m "$mode" "$path" c "$major" "$minor"
+    chown "root:$group" "$path"
+}
+private_node /dev/kvm 10 232 kvm 0660
+private_node /dev/net/tun 10 200 root 0666
+"#;
+
+const DEVICES_UNIT: &str = "[Unit]\n\
+Description=Real-host device permissions on private /dev/kvm and /dev/net/tun\n\
+DefaultDependencies=no\n\
+After=systemd-sysusers.service\n\
+Before=sysinit.target\n\n\
+[Service]\n\
+Type=oneshot\n\
+RemainAfterExit=yes\n\
+ExecStart=/usr/local/sbin/fireclaw-sandbox-devices\n\n\
+[Install]\n\
+WantedBy=sysinit.target\n";
+
 /// The stand-in harness (standins/src/bin/standin_harness.rs) listens from sockets.target on,
 /// before any VM unit starts. Neither unit stops at shutdown (no default dependencies): VM
 /// units stopping then still report their calls and wait for their guests through it.
@@ -496,6 +530,16 @@ fn install_host_services(upper: &Path) {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
     };
     write(
+        "usr/local/sbin/fireclaw-sandbox-devices",
+        DEVICES_SCRIPT,
+        0o755,
+    );
+    write(
+        "etc/systemd/system/fireclaw-sandbox-devices.service",
+        DEVICES_UNIT,
+        0o644,
+    );
+    write(
         "etc/systemd/system/fireclaw-standin-harness.socket",
         HARNESS_SOCKET,
         0o644,
@@ -505,13 +549,15 @@ fn install_host_services(upper: &Path) {
         &harness_service(),
         0o644,
     );
-    let wants = upper.join("etc/systemd/system/sockets.target.wants");
-    std::fs::create_dir_all(&wants).unwrap();
-    std::os::unix::fs::symlink(
-        "/etc/systemd/system/fireclaw-standin-harness.socket",
-        wants.join("fireclaw-standin-harness.socket"),
-    )
-    .unwrap();
+    for (unit, target) in [
+        ("fireclaw-sandbox-devices.service", "sysinit.target"),
+        ("fireclaw-standin-harness.socket", "sockets.target"),
+    ] {
+        let wants = upper.join(format!("etc/systemd/system/{target}.wants"));
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit))
+            .unwrap();
+    }
 }
 
 /// Removes sandboxes whose test process died without tearing them down.
