@@ -1,6 +1,6 @@
 //! The guest stand-in (docs/ARCHITECTURE.md): for each VM, a sibling systemd-nspawn container that
 //! joins a network namespace inside the host sandbox, reached only through the tap that the
-//! Firecracker stand-in relays. Its NIC carries the MAC the Firecracker config gives. It is
+//! stand-in harness relays for the Firecracker stand-in. Its NIC carries the MAC the Firecracker config gives. It is
 //! configured by the real, pinned cloud-init (installed into the guest's disk only, from the
 //! cache `scripts/test-deps` fills) through its own NoCloud datasource, from the seed fireclaw
 //! wrote, as a VM with the instance's kernel would see it (`SeedSource`): the seed image's files
@@ -21,11 +21,12 @@
 //! `packages:`, which the machine already has) does not retry. cloud-init's status is
 //! asserted (`sandbox_lifecycle::the_real_cloud_init_configures_the_guest_from_the_seed`).
 //!
-//! A supervisor thread acts out the VM's life from the handshake files the Firecracker stand-in
-//! writes in `/run/fireclaw-guests/<tap>/` (shared with the host sandbox): it boots a guest for
-//! each new generation while the stand-in holds `vmm.lock`, halts it (SIGRTMIN+3 to its systemd)
-//! on a `shutdown` request, kills it when the stand-in dies, and reports `gone-<generation>` when
-//! it has ended, including after a reboot inside the guest.
+//! A supervisor thread acts out the VM's life from the handshake files the stand-in harness writes
+//! for each Firecracker stand-in in `/run/fireclaw-guests/<tap>/` (shared with the host sandbox):
+//! it boots a guest for each new generation while the harness holds `vmm.lock` (as long as that
+//! stand-in lives), halts it (SIGRTMIN+3 to its systemd) on a `shutdown` request, kills it when
+//! the stand-in dies, and reports `gone-<generation>` when it has ended, including after a reboot
+//! inside the guest.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -438,7 +439,7 @@ impl Drop for GuestHost {
 }
 
 /// In the host sandbox: the guest's namespace `g<tap>`, a veth from `v<tap>` to its `eth0` (with
-/// the VM's MAC), and the stand-in's relay pointed at `v<tap>`. The guest's cloud-init
+/// the VM's MAC), and the harness's relay of the tap pointed at `v<tap>`. The guest's cloud-init
 /// configures the address and route of `eth0` from its seed.
 /// `v<tap>` is only a wire for the relay: without ARP and IPv6 the host's own stack never answers
 /// on it, so every guest packet reaches the host through the tap and the bridge, as from a VM.
@@ -464,7 +465,7 @@ fn wire_namespace(host_leader: u32, tap: &str, mac: &str) {
     );
 }
 
-/// Whether the Firecracker stand-in still holds its lock.
+/// Whether the Firecracker stand-in still lives (the harness holds its lock meanwhile).
 fn vmm_alive(dir: &Path) -> bool {
     let Ok(file) = OpenOptions::new().write(true).open(dir.join("vmm.lock")) else {
         return false;

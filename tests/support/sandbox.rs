@@ -1,10 +1,13 @@
 //! A private Linux system with a real systemd for root tests (systemd-nspawn on an overlay of the
 //! machine's root; docs/ARCHITECTURE.md). Each sandbox has its own cgroup subtree in every mounted
 //! hierarchy, its own network namespace, `/sys` and `/dev` (with kvm and tun), and the binaries
-//! under test bound read-only at `/opt/fireclaw-test/bin`. Nothing a test does inside reaches
-//! the machine. `reboot` powers the system off cleanly and boots the same on-disk upper dir
-//! again; `power_cut` kills it without stopping anything first. Dropping a sandbox tears it
-//! down: container killed, overlay unmounted, dirs and cgroups removed.
+//! under test bound read-only at `/opt/fireclaw-test/bin`. A host sandbox (private network) also
+//! has real-host device permissions on private nodes (`/dev/kvm` root:kvm 0660, `/dev/net/tun`
+//! 0666; the machine's stay as they are) and the stand-in harness, socket-activated, that does
+//! the test side of each Firecracker stand-in. Nothing a test does inside reaches the machine.
+//! `reboot` powers the system off cleanly and boots the same on-disk upper dir again;
+//! `power_cut` kills it without stopping anything first. Dropping a sandbox tears it down:
+//! container killed, overlay unmounted, dirs and cgroups removed.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -113,6 +116,7 @@ impl Sandbox {
             (build.join("fireclaw"), "fireclaw"),
             (build.join("firecracker_standin"), "firecracker"),
             (build.join("sandbox_install"), "sandbox_install"),
+            (build.join("standin_harness"), "standin_harness"),
         ] {
             std::fs::copy(&from, base.join("bin").join(to)).unwrap_or_else(|e| {
                 panic!(
@@ -128,6 +132,9 @@ impl Sandbox {
         }
         std::fs::set_permissions(base.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
         mask_machine_services(&base.join("upper"));
+        if matches!(network, Network::Private) {
+            install_host_services(&base.join("upper"));
+        }
         prepare(&base.join("upper"));
         let mut nspawn_args = match network {
             Network::Private => vec!["--private-network".to_owned()],
@@ -453,6 +460,103 @@ fn mask_machine_services(upper: &Path) {
         if name.to_string_lossy().ends_with(".service") {
             let _ = std::os::unix::fs::symlink("/dev/null", masks.join(&name));
         }
+    }
+}
+
+/// Gives a host sandbox real-host device permissions on nodes of its own (docs/ARCHITECTURE.md):
+/// the bound nodes are the machine's, and a `chmod` or `chgrp` of them would change the
+/// machine's. Each is unmounted and a private node made in its place; were one still bound,
+/// its `rm` would fail (EBUSY) and `set -e` would stop before any `chown`. Runs early in every
+/// boot (before sysinit.target), so before any VM unit.
+const DEVICES_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+getent group kvm >/dev/null || groupadd --system kvm
+private_node() {
+    path=$1 major=$2 minor=$3 group=$4 mode=$5
+    while findmnt -rn --mountpoint "$path" >/dev/null; do
+        umount "$path"
+    done
+    rm -f "$path"
+    mknod -m "$mode" "$path" c "$major" "$minor"
+    chown "root:$group" "$path"
+}
+private_node /dev/kvm 10 232 kvm 0660
+private_node /dev/net/tun 10 200 root 0666
+"#;
+
+const DEVICES_UNIT: &str = "[Unit]\n\
+Description=Real-host device permissions on private /dev/kvm and /dev/net/tun\n\
+DefaultDependencies=no\n\
+After=systemd-sysusers.service\n\
+Before=sysinit.target\n\n\
+[Service]\n\
+Type=oneshot\n\
+RemainAfterExit=yes\n\
+ExecStart=/usr/local/sbin/fireclaw-sandbox-devices\n\n\
+[Install]\n\
+WantedBy=sysinit.target\n";
+
+/// The stand-in harness (standins/src/bin/standin_harness.rs) listens from sockets.target on,
+/// before any VM unit starts. Neither unit stops at shutdown (no default dependencies): VM
+/// units stopping then still report their calls and wait for their guests through it.
+const HARNESS_SOCKET: &str = "[Unit]\n\
+Description=Stand-in harness socket\n\
+DefaultDependencies=no\n\
+Before=sockets.target\n\n\
+[Socket]\n\
+ListenStream=/run/fireclaw-standin/harness.sock\n\
+SocketMode=0666\n\
+Accept=no\n\n\
+[Install]\n\
+WantedBy=sockets.target\n";
+
+fn harness_service() -> String {
+    format!(
+        "[Unit]\n\
+         Description=Stand-in harness: guest handshake, calls log and tap relay of Firecracker stand-ins\n\
+         DefaultDependencies=no\n\
+         Requires=fireclaw-standin-harness.socket\n\n\
+         [Service]\n\
+         ExecStart={BIN_IN_SANDBOX}/standin_harness\n"
+    )
+}
+
+/// Writes and enables the host sandbox's own services into its upper dir.
+fn install_host_services(upper: &Path) {
+    let write = |path: &str, text: &str, mode: u32| {
+        let target = upper.join(path);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::write(&target, text).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write(
+        "usr/local/sbin/fireclaw-sandbox-devices",
+        DEVICES_SCRIPT,
+        0o755,
+    );
+    write(
+        "etc/systemd/system/fireclaw-sandbox-devices.service",
+        DEVICES_UNIT,
+        0o644,
+    );
+    write(
+        "etc/systemd/system/fireclaw-standin-harness.socket",
+        HARNESS_SOCKET,
+        0o644,
+    );
+    write(
+        "etc/systemd/system/fireclaw-standin-harness.service",
+        &harness_service(),
+        0o644,
+    );
+    for (unit, target) in [
+        ("fireclaw-sandbox-devices.service", "sysinit.target"),
+        ("fireclaw-standin-harness.socket", "sockets.target"),
+    ] {
+        let wants = upper.join(format!("etc/systemd/system/{target}.wants"));
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), wants.join(unit))
+            .unwrap();
     }
 }
 

@@ -1,96 +1,36 @@
-//! Firecracker stand-in for tests (not shipped). Takes Firecracker's `--api-sock` and
-//! `--config-file`, reads the same config file, and fails the way Firecracker 1.16 does when the
-//! API socket path exists, the tap named in the config is missing, or the logger's directory is
-//! missing. It opens the tap, relays its frames to and from the interface named in
-//! `/run/fireclaw-standin/<tap>.peer` once it exists (what a test put behind the tap), serves `GET /` and
-//! `PUT /actions`, and records every API call in `/run/fireclaw-standin/<tap>.calls`. On
-//! `SendCtrlAltDel` it exits 0, as Firecracker does once a `reboot=k` guest has gone down.
-//!
-//! Guest mode, when `/run/fireclaw-guests/` exists (a dir the test shares with its guest
-//! supervisor), in `/run/fireclaw-guests/<tap>/`: the stand-in holds `vmm.lock` while alive, starts a new boot generation with the
-//! kernel's, rootfs' and seed image's paths and the NIC's MAC from the config, turns `SendCtrlAltDel` into a `shutdown` request, and exits 0 once the
-//! supervisor reports the generation `gone` (also when the guest rebooted by itself).
+//! Firecracker stand-in for tests (not shipped). It takes Firecracker's flags and config file and
+//! at start does only what Firecracker 1.16 does, in its order: reads the config file, binds the
+//! API socket, opens the config's log file, the kernel (and initrd), each drive (read-write
+//! unless `is_read_only`), `/dev/net/tun` with TUNSETIFF on the tap, then `/dev/kvm`. When one of
+//! them fails it fails as Firecracker does (`src/firecracker/src/main.rs` and the errors below
+//! it): the error's `Debug` on stderr after `Error: `, its `Display` in the log (stdout until the
+//! config's log file is open), exit code 1; an unreadable config file panics, and Firecracker
+//! aborts (SIGABRT) on a panic. So it runs confined as Firecracker runs (its own
+//! user, a read-only system, AF_UNIX only), and all that serves the tests is done by the harness
+//! it greets with the tap's fd when `/run/fireclaw-standin/harness.sock` exists (the wire and
+//! what the harness does: `fireclaw_standins::harness_wire`). Then it prints a kernel's first
+//! console line, serves `GET /` and `PUT /actions`, and on `SendCtrlAltDel` exits 0, as
+//! Firecracker does once a `reboot=k` guest has gone down: at once, or, in guest mode, when the
+//! harness reports the guest gone (also after a reboot inside the guest). Two differences on
+//! purpose: run as root, it refuses a tap that does not exist (Firecracker would create one that
+//! no bridge holds), and it logs nothing on stdout while all goes well (stdout is the console,
+//! whose lines the tests read).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
-const STATE_DIR: &str = "/run/fireclaw-standin";
-const GUESTS_DIR: &str = "/run/fireclaw-guests";
+use fireclaw_standins::harness_wire::{self, Hello, ToHarness, ToStandIn};
 
-/// The handshake with the test's guest supervisor.
-struct GuestLink {
-    tap: String,
-    dir: PathBuf,
-    generation: u64,
-    _lock: File,
-}
-
-impl GuestLink {
-    fn start(tap: &str, boot: &BootFiles, mac: &str) -> Option<Self> {
-        if !Path::new(GUESTS_DIR).is_dir() {
-            return None;
-        }
-        let dir = Path::new(GUESTS_DIR).join(tap);
-        std::fs::create_dir_all(&dir).ok()?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("vmm.lock"))
-            .ok()?;
-        lock.lock().ok()?;
-        let generation = std::fs::read_to_string(dir.join("generation"))
-            .ok()
-            .and_then(|g| g.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            + 1;
-        let _ = std::fs::remove_file(dir.join("shutdown"));
-        std::fs::write(dir.join("seed"), boot.seed.to_string_lossy().as_bytes()).ok()?;
-        std::fs::write(dir.join("rootfs"), boot.rootfs.to_string_lossy().as_bytes()).ok()?;
-        std::fs::write(dir.join("kernel"), boot.kernel.to_string_lossy().as_bytes()).ok()?;
-        std::fs::write(dir.join("mac"), mac).ok()?;
-        std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
-        Some(Self {
-            tap: tap.to_owned(),
-            dir,
-            generation,
-            _lock: lock,
-        })
-    }
-
-    fn gone(&self) -> bool {
-        self.dir.join(format!("gone-{}", self.generation)).exists()
-    }
-
-    /// Exits 0 once the guest of this generation has gone, as Firecracker does.
-    fn exit_when_gone(self: Arc<Self>) {
-        std::thread::spawn(move || {
-            loop {
-                if self.gone() {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    let calls = Path::new(STATE_DIR).join(format!("{}.calls", self.tap));
-                    if let Ok(mut log) = OpenOptions::new().append(true).create(true).open(calls) {
-                        let _ = writeln!(log, "EXIT {}.{:09}", now.as_secs(), now.subsec_nanos());
-                    }
-                    println!("reboot: Restarting system");
-                    let _ = std::io::stdout().flush();
-                    std::process::exit(0);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-        });
-    }
-}
+const VERSION: &str = "1.16.0";
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -104,22 +44,16 @@ struct Config {
 
 #[derive(serde::Deserialize)]
 struct BootSource {
-    kernel_image_path: PathBuf,
+    kernel_image_path: String,
+    initrd_path: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
 struct Drive {
-    path_on_host: PathBuf,
+    path_on_host: String,
     #[serde(default)]
     is_root_device: bool,
-}
-
-/// What the guest boots from, as the config names it: the guest supervisor decides from the
-/// kernel whether the guest can read the seed image, or finds its seed in the rootfs.
-struct BootFiles {
-    kernel: PathBuf,
-    rootfs: PathBuf,
-    seed: PathBuf,
+    is_read_only: Option<bool>,
 }
 
 #[derive(serde::Deserialize)]
@@ -132,241 +66,490 @@ struct Interface {
 
 #[derive(serde::Deserialize)]
 struct Logger {
-    log_path: PathBuf,
+    log_path: Option<PathBuf>,
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("Error: {message}");
-    ExitCode::from(1)
+/// Firecracker's logger: `<local time> [<instance id>:<thread>] <message>` lines, on stdout
+/// until the config's logger has opened its file.
+struct Log {
+    id: String,
+    file: Option<File>,
+}
+
+impl Log {
+    fn line(&mut self, message: &str) {
+        let text = format!("{} [{}:main] {message}\n", local_time(), self.id);
+        let _ = match &mut self.file {
+            Some(file) => file.write_all(text.as_bytes()),
+            None => {
+                let mut stdout = io::stdout();
+                stdout
+                    .write_all(text.as_bytes())
+                    .and_then(|()| stdout.flush())
+            }
+        };
+    }
+}
+
+/// Local time as Firecracker's `utils::time::LocalTime` prints it.
+fn local_time() -> String {
+    // SAFETY: timespec and tm are plain data, valid for writes; the calls only fill them.
+    let (now, tm) = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut now);
+        libc::localtime_r(&raw const now.tv_sec, &raw mut tm);
+        (now, tm)
+    };
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.tv_nsec
+    )
+}
+
+/// A start-up error as Firecracker prints its `MainError::RunWithApi`: `debug` is the chain's
+/// `Debug` and `display` its `Display`, built from the variants' names and doc messages in
+/// Firecracker's source (`api_server_adapter.rs`, `main.rs`, `vmm/src/resources.rs` and the
+/// errors each wraps, named at each constructor).
+struct Failure {
+    debug: String,
+    display: String,
+}
+
+impl Failure {
+    /// `ApiServerError` (`src/firecracker/src/api_server_adapter.rs`).
+    fn api(debug: String, display: String) -> Self {
+        Self {
+            debug: format!("RunWithApi({debug})"),
+            display: format!("RunWithApi error: {display}"),
+        }
+    }
+
+    /// `BuildFromJsonError::ParseFromJson` (`main.rs`) of a `ResourcesError`.
+    fn config(debug: String, display: String) -> Self {
+        Self::api(
+            format!("BuildFromJson(ParseFromJson({debug}))"),
+            format!(
+                "Failed to build MicroVM from Json: Configuration for VMM from one single json failed: {display}"
+            ),
+        )
+    }
+
+    /// `BuildFromJsonError::StartMicroVM` (`main.rs`) of a `StartMicrovmError`.
+    fn boot(debug: String, display: String) -> Self {
+        Self::api(
+            format!("BuildFromJson(StartMicroVM({debug}))"),
+            format!(
+                "Failed to build MicroVM from Json: Could not Start MicroVM from one single json: {display}"
+            ),
+        )
+    }
+
+    /// `ResourcesError::NetDevice(NetworkInterfaceError::CreateNetworkDevice(NetError))`
+    /// (`vmm/src/vmm_config/net.rs`, `vmm/src/devices/virtio/net/mod.rs`).
+    fn net(debug: String, display: String) -> Self {
+        Self::config(
+            format!("NetDevice(CreateNetworkDevice({debug}))"),
+            format!("Network device error: Could not create the network device: {display}"),
+        )
+    }
+
+    /// `TapError::IfreqExecuteError` (`vmm/src/devices/virtio/net/tap.rs`).
+    fn tap_ifreq(error: &io::Error, name: &str) -> Self {
+        Self::net(
+            format!("TapOpen(IfreqExecuteError({error:?}, {name:?}))"),
+            format!(
+                "Open tap device failed: Error while creating ifreq structure: {error}. Invalid TUN/TAP Backend provided by {name}. Check our documentation on setting up the network devices."
+            ),
+        )
+    }
+
+    /// What only the stand-in refuses.
+    fn stand_in(message: &str) -> Self {
+        Self {
+            debug: message.to_owned(),
+            display: message.to_owned(),
+        }
+    }
+
+    /// What `main` does with the error: log it, print it on stderr, log the exit code.
+    fn report(self, log: &mut Log) -> ExitCode {
+        log.line(&self.display);
+        eprintln!("Error: {}", self.debug);
+        log.line("Firecracker exiting with error. exit_code=1");
+        ExitCode::from(1)
+    }
+}
+
+/// What a running VMM holds open, and what it serves.
+struct Vmm {
+    listener: UnixListener,
+    tap_name: String,
+    harness: Option<Harness>,
+    _held: Vec<File>,
+    _kvm: OwnedFd,
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version") {
-        println!("Firecracker v1.16.0");
+        println!("Firecracker v{VERSION}");
         return ExitCode::SUCCESS;
     }
     let value = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1))
-            .map(PathBuf::from)
+            .cloned()
     };
     let (Some(api_sock), Some(config_path)) = (value("--api-sock"), value("--config-file")) else {
-        return fail("Arguments parsing error: --api-sock and --config-file are required");
+        eprintln!("Error: Arguments parsing error: --api-sock and --config-file are required");
+        return ExitCode::from(1);
     };
-    let config: Config = match std::fs::read_to_string(&config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(config) => config,
-        Err(e) => {
-            return fail(&format!(
-                "Configuration for VMM from one single json failed: {e}"
-            ));
-        }
+    let mut log = Log {
+        id: value("--id").unwrap_or_else(|| "anonymous-instance".to_owned()),
+        file: None,
     };
-    if api_sock.exists() {
-        return fail(&format!(
-            "Failed to open the API socket at: {}. Check that it is not already used.",
-            api_sock.display()
-        ));
+    match start(Path::new(&api_sock), Path::new(&config_path), &mut log) {
+        Ok(vmm) => vmm.run(),
+        Err(failure) => failure.report(&mut log),
     }
-    if let Some(logger) = &config.logger
-        && let Err(e) = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&logger.log_path)
-    {
-        return fail(&format!("Failed to initialize logger: {e}"));
-    }
-    if !config.boot_source.kernel_image_path.is_file() {
-        return fail(
-            "Cannot load kernel due to invalid memory configuration or invalid kernel image",
-        );
-    }
-    for drive in &config.drives {
-        if !drive.path_on_host.is_file() {
-            return fail(&format!(
-                "Unable to open block device {}",
-                drive.path_on_host.display()
-            ));
-        }
-    }
-    let Some((tap_name, guest_mac)) = config
-        .network_interfaces
-        .first()
-        .map(|i| (i.host_dev_name.clone(), i.guest_mac.clone()))
-    else {
-        return fail("the stand-in needs one network interface");
-    };
-    if !Path::new("/sys/class/net").join(&tap_name).exists() {
-        return fail(&format!(
-            "Open tap device failed: Error while creating ifreq structure: No such device. Invalid TUN/TAP Backend provided by {tap_name}."
-        ));
-    }
-    let tap = match open_tap(&tap_name) {
-        Ok(tap) => Arc::new(tap),
-        Err(e) => return fail(&format!("Open tap device failed: {e}")),
-    };
-    let _ = std::fs::create_dir_all(STATE_DIR);
-    let calls = Path::new(STATE_DIR).join(format!("{tap_name}.calls"));
-    // The peer may be wired up by the test only after the VMM announced itself: wait for it.
-    let peer_file = Path::new(STATE_DIR).join(format!("{tap_name}.peer"));
-    let relay_tap = tap.clone();
-    std::thread::spawn(move || {
-        for _ in 0..600 {
-            if let Ok(peer) = std::fs::read_to_string(&peer_file)
-                && Path::new("/sys/class/net").join(peer.trim()).exists()
-            {
-                if let Err(e) = start_relay(relay_tap, peer.trim()) {
-                    eprintln!("Error: relay to {}: {e}", peer.trim());
-                }
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    });
-    let seed = config
-        .drives
-        .iter()
-        .map(|d| d.path_on_host.clone())
-        .find(|p| p.ends_with("seed.img"))
-        .unwrap_or_default();
-    let rootfs = config
-        .drives
-        .iter()
-        .find(|d| d.is_root_device)
-        .map(|d| d.path_on_host.clone())
-        .unwrap_or_default();
-    let boot = BootFiles {
-        kernel: config.boot_source.kernel_image_path.clone(),
-        rootfs,
-        seed,
-    };
-    let guest = GuestLink::start(&tap_name, &boot, &guest_mac).map(Arc::new);
-    if let Some(guest) = &guest {
-        guest.clone().exit_when_gone();
-    }
-    let listener = match UnixListener::bind(&api_sock) {
-        Ok(l) => l,
-        Err(e) => return fail(&format!("Failed to open the API socket: {e}")),
-    };
-    // The serial console: what a guest kernel would print first.
-    println!("[    0.000000] Linux version (fireclaw firecracker stand-in) on {tap_name}");
-    let _ = std::io::stdout().flush();
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        if serve(stream, &calls) {
-            match &guest {
-                // The guest shuts down; the watcher exits once it has gone.
-                Some(guest) => {
-                    let _ =
-                        std::fs::write(guest.dir.join("shutdown"), guest.generation.to_string());
-                }
-                None => {
-                    println!("reboot: Restarting system");
-                    let _ = std::io::stdout().flush();
-                    return ExitCode::SUCCESS;
-                }
-            }
-        }
-    }
-    ExitCode::SUCCESS
 }
 
-fn open_tap(name: &str) -> std::io::Result<File> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    let file = OpenOptions::new()
+/// Firecracker's start with a config file, step by step in its order.
+fn start(api_sock: &Path, config_path: &Path, log: &mut Log) -> Result<Vmm, Failure> {
+    // main.rs reads the file with `expect`: a failure panics, and Firecracker is built with
+    // panic=abort. Its panic hook logs the location of that `expect` in v1.16.0.
+    let text = match std::fs::read_to_string(config_path) {
+        Ok(text) => text,
+        Err(e) => {
+            log.line(&format!(
+                "Firecracker panicked at src/firecracker/src/main.rs:388:20:\nUnable to open or read from the configuration file: {e:?}"
+            ));
+            std::process::abort();
+        }
+    };
+    // api_server_adapter.rs binds the socket before it applies the config.
+    let listener = UnixListener::bind(api_sock).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            let path = api_sock.display().to_string();
+            Failure::api(
+                format!("FailedToBindSocket({path:?})"),
+                format!(
+                    "Failed to open the API socket at: {path}. Check that it is not already used."
+                ),
+            )
+        } else {
+            // micro_http's ServerError::IOError.
+            Failure::api(
+                format!("FailedToBindAndRunHttpServer(IOError({e:?}))"),
+                format!("Failed to bind and run the HTTP server: IO error: {e}"),
+            )
+        }
+    })?;
+    // resources.rs `VmResources::from_json`: logger, boot source, drives, network.
+    let config: Config = serde_json::from_str(&text).map_err(|e| {
+        Failure::config(format!("InvalidJson({e:?})"), format!("Invalid JSON: {e}"))
+    })?;
+    if let Some(path) = config.logger.and_then(|l| l.log_path) {
+        // logger/logging.rs `open_file_nonblock`: creates the file, opens it read-write.
+        let file = OpenOptions::new()
+            .custom_flags(libc::O_NONBLOCK)
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                Failure::config(
+                    format!("Logger(LoggerUpdateError({e:?}))"),
+                    format!("Logger error: Failed to open target file: {e}"),
+                )
+            })?;
+        log.file = Some(file);
+    }
+    let mut held = Vec::new();
+    // vmm_config/boot_source.rs `BootConfig::new`.
+    let boot_source = |debug: String, display: String| {
+        Failure::config(
+            format!("BootSource({debug})"),
+            format!("Boot source error: {display}"),
+        )
+    };
+    held.push(
+        File::open(&config.boot_source.kernel_image_path).map_err(|e| {
+            boot_source(
+                format!("InvalidKernelPath({e:?})"),
+                format!("The kernel file cannot be opened: {e}"),
+            )
+        })?,
+    );
+    if let Some(initrd) = &config.boot_source.initrd_path {
+        held.push(File::open(initrd).map_err(|e| {
+            boot_source(
+                format!("InvalidInitrdPath({e:?})"),
+                format!(
+                    "The initrd file cannot be opened due to invalid path or invalid permissions. {e}"
+                ),
+            )
+        })?);
+    }
+    // devices/virtio/block/virtio/device.rs `DiskProperties::open_file`, wrapped by
+    // vmm_config/drive.rs `DriveError::CreateBlockDevice` and block/mod.rs `BlockError`.
+    for drive in &config.drives {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!drive.is_read_only.unwrap_or(false))
+            .open(&drive.path_on_host)
+            .map_err(|e| {
+                let path = &drive.path_on_host;
+                Failure::config(
+                    format!("BlockDevice(CreateBlockDevice(VirtioBackend(BackingFile({e:?}, {path:?}))))"),
+                    format!(
+                        "Block device error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {path}"
+                    ),
+                )
+            })?;
+        held.push(file);
+    }
+    let Some(interface) = config.network_interfaces.first() else {
+        return Err(Failure::stand_in(
+            "the stand-in needs one network interface",
+        ));
+    };
+    let tap = open_tap(&interface.host_dev_name)?;
+    // builder.rs `build_microvm_for_boot` → vstate/kvm.rs `Kvm::new` → kvm-ioctls `Kvm::new`
+    // (O_RDWR|O_CLOEXEC); its error is vmm-sys-util's errno `Error(i32)`.
+    let kvm: OwnedFd = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/net/tun")?;
-    let mut request = [0u8; 40];
-    request[..name.len()].copy_from_slice(name.as_bytes());
-    request[16..18].copy_from_slice(&(0x0002i16 | 0x1000i16).to_ne_bytes());
-    // SAFETY: `request` is a valid struct ifreq for the duration of the call.
-    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
+        .open("/dev/kvm")
+        .map_err(|e| {
+            Failure::boot(
+                format!("Kvm(Kvm(Error({})))", e.raw_os_error().unwrap_or(0)),
+                // The `\` and line break are in the doc comment the message comes from.
+                format!(
+                    "Kvm error: Error creating KVM object: {e} Make sure the user launching the firecracker process is \\\nconfigured on the /dev/kvm file's ACL."
+                ),
+            )
+        })?
+        .into();
+    log.line("Successfully started microvm that was configured from one single json");
+    let hello = Hello {
+        tap: interface.host_dev_name.clone(),
+        mac: interface.guest_mac.clone(),
+        kernel: PathBuf::from(&config.boot_source.kernel_image_path),
+        rootfs: config
+            .drives
+            .iter()
+            .find(|d| d.is_root_device)
+            .map(|d| PathBuf::from(&d.path_on_host))
+            .unwrap_or_default(),
+        seed: config
+            .drives
+            .iter()
+            .map(|d| PathBuf::from(&d.path_on_host))
+            .find(|p| p.ends_with("seed.img"))
+            .unwrap_or_default(),
+    };
+    let harness = Harness::connect(&hello, &tap);
+    held.push(tap);
+    Ok(Vmm {
+        listener,
+        tap_name: hello.tap,
+        harness,
+        _held: held,
+        _kvm: kvm,
+    })
 }
 
-/// Copies frames both ways between the tap and an AF_PACKET socket on `peer`.
-fn start_relay(tap: Arc<File>, peer: &str) -> std::io::Result<()> {
-    let index = std::fs::read_to_string(format!("/sys/class/net/{peer}/ifindex"))?
-        .trim()
-        .parse::<i32>()
-        .map_err(|_| std::io::Error::other("bad ifindex"))?;
-    let protocol = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket creation, checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            protocol as i32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+/// devices/virtio/net/tap.rs `Tap::open_named`, then `set_vnet_hdr_size` as `Net::new` does.
+fn open_tap(name: &str) -> Result<File, Failure> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+    const IFF_TAP: i16 = 0x0002;
+    const IFF_NO_PI: i16 = 0x1000;
+    const IFF_VNET_HDR: i16 = 0x4000;
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/net/tun")
+        .map_err(|e| {
+            Failure::net(
+                format!("TapOpen(OpenTun({e:?}))"),
+                format!("Open tap device failed: Couldn't open /dev/net/tun: {e}"),
+            )
+        })?;
+    if name.len() >= 16 {
+        return Err(Failure::net(
+            "TapOpen(InvalidIfname)".to_owned(),
+            "Open tap device failed: Invalid interface name".to_owned(),
+        ));
     }
-    // SAFETY: fd is new and owned here.
-    let packet = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-    // SAFETY: sockaddr_ll is plain data.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_protocol = protocol;
-    address.sll_ifindex = index;
-    // SAFETY: address is valid for its size.
-    let bound = unsafe {
-        libc::bind(
-            packet.as_raw_fd(),
-            (&raw const address).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if bound < 0 {
-        return Err(std::io::Error::last_os_error());
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root && !Path::new("/sys/class/net").join(name).exists() {
+        return Err(Failure::tap_ifreq(
+            &io::Error::from_raw_os_error(libc::ENODEV),
+            name,
+        ));
     }
-    let (tap_in, packet_out) = (tap.clone(), packet.clone());
-    std::thread::spawn(move || {
-        let mut buffer = vec![0u8; 65536];
-        while let Ok(n) = (&*tap_in).read(&mut buffer) {
-            // SAFETY: buffer holds n valid bytes.
-            unsafe { libc::send(packet_out.as_raw_fd(), buffer.as_ptr().cast(), n, 0) };
+    let mut request = [0u8; 40];
+    request[..name.len()].copy_from_slice(name.as_bytes());
+    request[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).to_ne_bytes());
+    // SAFETY: `request` is a valid struct ifreq (40 bytes) for the duration of the call.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) } < 0 {
+        return Err(Failure::tap_ifreq(&io::Error::last_os_error(), name));
+    }
+    let size = harness_wire::VNET_HDR_LEN as libc::c_int;
+    // SAFETY: the ioctl reads one int from a valid pointer.
+    if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETVNETHDRSZ, &raw const size) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(Failure::net(
+            format!("TapSetVnetHdrSize(SetSizeOfVnetHdr({e:?}))"),
+            format!(
+                "Setting vnet header size failed: Error while setting size of the vnet header: {e}"
+            ),
+        ));
+    }
+    Ok(tun)
+}
+
+/// The stand-in's end of the harness connection.
+struct Harness {
+    writer: Mutex<UnixStream>,
+    acks: Mutex<mpsc::Receiver<()>>,
+    exits: Mutex<Option<mpsc::Receiver<()>>>,
+    guest: bool,
+}
+
+impl Harness {
+    /// Greets the harness, if the sandbox has one; a stand-in without it has no relay and no
+    /// calls log.
+    fn connect(hello: &Hello, tap: &File) -> Option<Self> {
+        if !Path::new(harness_wire::SOCKET).exists() {
+            return None;
         }
-    });
-    std::thread::spawn(move || {
-        let mut buffer = vec![0u8; 65536];
-        loop {
-            // SAFETY: sockaddr_ll and buffer are valid for their sizes.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: buffer, from and from_len are valid for writes of their sizes.
-            let n = unsafe {
-                libc::recvfrom(
-                    packet.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
-                    (&raw mut from).cast(),
-                    &raw mut from_len,
-                )
-            };
-            if n < 0 {
-                break;
+        match Self::try_connect(hello, tap) {
+            Ok(harness) => Some(harness),
+            Err(e) => {
+                eprintln!(
+                    "stand-in: the harness at {} did not answer: {e}",
+                    harness_wire::SOCKET
+                );
+                None
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            let _ = (&*tap).write(&buffer[..n as usize]);
         }
-    });
-    Ok(())
+    }
+
+    fn try_connect(hello: &Hello, tap: &File) -> io::Result<Self> {
+        let stream = UnixStream::connect(harness_wire::SOCKET)?;
+        let greeting = harness_wire::line(&ToHarness::Hello(hello.clone()))?;
+        harness_wire::send_with_fd(&stream, &greeting, tap.as_raw_fd())?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut first = String::new();
+        reader.read_line(&mut first)?;
+        let ToStandIn::Ready { guest } = harness_wire::parse(&first)? else {
+            return Err(io::Error::other(format!("unexpected {first:?}")));
+        };
+        stream.set_read_timeout(None)?;
+        let (ack, acks) = mpsc::channel();
+        let (exit, exits) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                match harness_wire::parse(&line) {
+                    Ok(ToStandIn::Ack) => {
+                        let _ = ack.send(());
+                    }
+                    Ok(ToStandIn::Exit) => {
+                        let _ = exit.send(());
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Ok(Self {
+            writer: Mutex::new(stream),
+            acks: Mutex::new(acks),
+            exits: Mutex::new(Some(exits)),
+            guest,
+        })
+    }
+
+    fn send(&self, message: &ToHarness) -> io::Result<()> {
+        let bytes = harness_wire::line(message)?;
+        let writer = self.writer.lock().unwrap();
+        (&*writer).write_all(&bytes)
+    }
+
+    /// Has the harness log an API call; returns once it is in the log.
+    fn call(&self, line: String) {
+        let acks = self.acks.lock().unwrap();
+        if self.send(&ToHarness::Call(line)).is_ok() {
+            let _ = acks.recv_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Vmm {
+    /// Serves the API until the VM is to end; returns the exit code.
+    fn run(self) -> ExitCode {
+        // The serial console: what a guest kernel would print first.
+        println!(
+            "[    0.000000] Linux version (fireclaw firecracker stand-in) on {}",
+            self.tap_name
+        );
+        let _ = io::stdout().flush();
+        let harness = self.harness.map(Arc::new);
+        let (exit, exits) = mpsc::channel::<()>();
+        // The harness's `Exit` (the guest has gone) ends the VMM too.
+        if let Some(from_harness) = harness
+            .as_ref()
+            .and_then(|h| h.exits.lock().unwrap().take())
+        {
+            let exit = exit.clone();
+            std::thread::spawn(move || {
+                if from_harness.recv().is_ok() {
+                    let _ = exit.send(());
+                }
+            });
+        }
+        let listener = self.listener;
+        let api_harness = harness.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if serve(stream, api_harness.as_deref()) {
+                    match &api_harness {
+                        // The guest shuts down; the harness says when it has gone.
+                        Some(harness) if harness.guest => {
+                            let _ = harness.send(&ToHarness::Shutdown);
+                        }
+                        _ => {
+                            let _ = exit.send(());
+                        }
+                    }
+                }
+            }
+        });
+        let _ = exits.recv();
+        println!("reboot: Restarting system");
+        let _ = io::stdout().flush();
+        ExitCode::SUCCESS
+    }
 }
 
 /// Answers one request; returns true when the VMM should exit.
-fn serve(mut stream: UnixStream, calls: &Path) -> bool {
+fn serve(mut stream: UnixStream, harness: Option<&Harness>) -> bool {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let (method, path, body) = loop {
@@ -411,8 +594,8 @@ fn serve(mut stream: UnixStream, calls: &Path) -> bool {
             );
         }
     };
-    if let Ok(mut log) = OpenOptions::new().append(true).create(true).open(calls) {
-        let _ = writeln!(log, "{method} {path} {body}");
+    if let Some(harness) = harness {
+        harness.call(format!("{method} {path} {body}"));
     }
     let respond = |stream: &mut UnixStream, status: &str, body: &str| {
         let _ = write!(
