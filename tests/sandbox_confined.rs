@@ -167,9 +167,10 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
     fleet.fireclaw_ok("stop a");
     fleet.host.sh(&format!("rm {dir}/firecracker.log"));
 
-    // A tap of someone else's: taken over while nothing holds it, refused while held.
+    // A tap of someone else's (`nobody`: systemd runs a unit only as a user with a passwd
+    // entry): taken over while nothing holds it, refused while held.
     fleet.host.sh(&format!(
-        "ip link delete {tap}; ip tuntap add dev {tap} mode tap user 4242 group 4242"
+        "ip link delete {tap}; ip tuntap add dev {tap} mode tap user nobody group nogroup"
     ));
     fleet.fireclaw_ok(&format!("start a {WAITS}"));
     assert_eq!(
@@ -181,9 +182,9 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
     );
     fleet.fireclaw_ok("stop a");
     fleet.host.sh(&format!(
-        "ip link delete {tap} 2>/dev/null; ip tuntap add dev {tap} mode tap user 4242 group 4242; \
-         systemd-run --unit hold-tap --property=User=4242 --property=Group=4242 \
-         python3 -c 'import fcntl,os,struct,time; f=os.open(\"/dev/net/tun\",os.O_RDWR); fcntl.ioctl(f,0x400454ca,struct.pack(\"16sH\",b\"{tap}\",0x1002)); time.sleep(300)' && sleep 1"
+        "ip link delete {tap} 2>/dev/null; ip tuntap add dev {tap} mode tap user nobody group nogroup; \
+         systemd-run --unit hold-tap --property=User=nobody --property=Group=nogroup \
+         /usr/bin/python3 -c 'import fcntl,os,struct,time; f=os.open(\"/dev/net/tun\",os.O_RDWR); fcntl.ioctl(f,0x400454ca,struct.pack(\"16sH\",b\"{tap}\",0x1002)); time.sleep(300)' && sleep 1"
     ));
     let start = fleet.fireclaw(&format!("start a {WAITS}"));
     assert!(!start.status.success());

@@ -239,10 +239,12 @@ fn vm_sandboxing(out: &mut String, confinement: &UnitConfinement) {
     // outside a filter could not be shown here (README: Security model).
     out.push_str("# The VMM's confinement (README: Security model).\n");
     for (name, value) in vm_hardening(confinement) {
+        // Only paths take specifiers; `CPUQuota=` reads its `%` literally ("500%%" is invalid).
         let value = if name == "ReadWritePaths" {
-            systemd_word(&value)
+            // Quoted and `%` escaped; `$` is literal here (no variables outside Exec lines).
+            systemd_assignment(&value)
         } else {
-            value.replace('%', "%%")
+            value
         };
         let _ = writeln!(out, "{name}={value}");
     }
