@@ -26,8 +26,12 @@ impl Instance {
     fn proxy_unit(&self) -> String {
         format!("vmdemo-proxy-{}.service", self.id)
     }
+    /// `API_SOCK`: a link to the socket the confined VMM binds in its own dir.
     fn socket(&self) -> String {
         format!("/srv/firecracker/vm-demo/{}/firecracker.socket", self.id)
+    }
+    fn vmm_socket(&self) -> String {
+        format!("/srv/firecracker/vm-demo/{}/vmm/api.sock", self.id)
     }
     fn netns(&self) -> String {
         format!("g{}", self.tap)
@@ -133,7 +137,7 @@ fn vm_unit_builds_the_network_runs_the_vmm_as_main_pid_and_answers_on_the_api() 
     assert!(
         comm.starts_with(&format!(
             "{BIN_IN_SANDBOX}/firecracker --api-sock {}",
-            a.socket()
+            a.vmm_socket()
         )),
         "main process is {comm}"
     );
@@ -168,7 +172,11 @@ fn vm_unit_builds_the_network_runs_the_vmm_as_main_pid_and_answers_on_the_api() 
     assert!(info.contains("\"state\":\"Running\""), "{info}");
     let console = sandbox.sh("cat /srv/firecracker/vm-demo/a/logs/console.log");
     assert!(console.contains("Linux version"), "console: {console}");
-    assert!(sandbox.ok("test -f /srv/firecracker/vm-demo/a/logs/firecracker.log"));
+    assert!(sandbox.ok("test -f /srv/firecracker/vm-demo/a/vmm/firecracker.log"));
+    assert_eq!(
+        sandbox.sh(&format!("readlink {}", a.socket())).trim(),
+        a.vmm_socket()
+    );
     eprintln!("sandbox boot: {:.1}s", sandbox.boot_secs);
 }
 
