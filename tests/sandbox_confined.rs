@@ -115,9 +115,14 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
     assert!(!as_vmm(&fleet, "a", "ls /srv/firecracker/vm-demo/a/logs"));
 
     // doctor: everything as set; a drop-in that loosens the unit is named.
-    let check = check_named(&doctor(&fleet), "vmm a");
+    let report = doctor(&fleet);
+    let check = check_named(&report, "vmm a");
     assert_eq!(check["status"], "pass", "{check}");
-    assert_eq!(check_named(&doctor(&fleet), "kvm group")["status"], "pass");
+    assert_eq!(check_named(&report, "kvm group")["status"], "pass");
+    // nspawn mounts the v1 controllers read-only: doctor says the limits do not bite here.
+    assert_eq!(check_named(&report, "resource limits")["status"], "warn");
+    let limits = check_named(&report, "limits a");
+    assert_eq!(limits["status"], "warn", "{limits}");
     fleet.host.sh(
         "mkdir -p /etc/systemd/system/firecracker-vmdemo-a.service.d && \
          printf '[Service]\\nNoNewPrivileges=no\\nUser=root\\n' > /etc/systemd/system/firecracker-vmdemo-a.service.d/loose.conf && \
@@ -155,6 +160,14 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
             "rm -f {dir}/firecracker.log {dir}/real.sock && ln -s /etc/shadow {dir}/firecracker.log"
         )
     ));
+    let check = check_named(&doctor(&fleet), "vmm a");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{dir}/firecracker.log is link")),
+        "{check}"
+    );
     let start = fleet.fireclaw(&format!("start a {WAITS}"));
     assert!(!start.status.success());
     let journal = fleet
@@ -198,6 +211,37 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
     fleet.host.sh("systemctl stop hold-tap");
     fleet.fireclaw_ok(&format!("start a {WAITS}"));
 
+    // start-vm.sh run by hand starts Firecracker as the account too.
+    fleet.fireclaw_ok("stop a");
+    fleet
+        .host
+        .sh("systemd-run --unit by-hand /srv/firecracker/vm-demo/a/start-vm.sh");
+    fleet.host.sh(
+        "for i in $(seq 100); do curl -sf --unix-socket /srv/firecracker/vm-demo/a/firecracker.socket http://localhost/ >/dev/null && exit 0; sleep 0.1; done; exit 1",
+    );
+    let by_hand = fleet
+        .host
+        .sh("cat /proc/$(systemctl show -p MainPID --value by-hand.service)/status");
+    assert!(
+        by_hand.contains(&format!("\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"))
+            && by_hand.contains("\nCapEff:\t0000000000000000\n")
+            && by_hand.contains("\nNoNewPrivs:\t1\n"),
+        "{by_hand}"
+    );
+    fleet
+        .host
+        .sh("/srv/firecracker/vm-demo/a/stop-vm.sh; systemctl stop by-hand || true");
+
+    // A link the VMM leaves in its dir does not lead destroy out of it.
+    fleet
+        .host
+        .sh("mkdir -p /root/canary && echo keep > /root/canary/file");
+    assert!(as_vmm(
+        &fleet,
+        "a",
+        &format!("ln -s /root/canary {dir}/escape")
+    ));
+
     // destroy: no account, group or file of either is left.
     fleet.fireclaw_ok("destroy a --force");
     fleet.fireclaw_ok("destroy b --force");
@@ -217,4 +261,5 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
             .trim(),
         ""
     );
+    assert_eq!(fleet.host.sh("cat /root/canary/file").trim(), "keep");
 }

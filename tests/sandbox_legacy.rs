@@ -124,6 +124,15 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
             .ok("test -f /srv/firecracker/vm-demo/old/backup-0.2.0/start-vm.sh")
     );
     assert!(fleet.fireclaw_ok("adopt old").contains("nothing to do"));
+    let ctrl_alt_dels = |fleet: &Fleet| {
+        fleet
+            .host
+            .sh("grep -c SendCtrlAltDel /run/fireclaw-standin/told9.calls || true")
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before_restart = ctrl_alt_dels(&fleet);
     let out = fleet.fireclaw_ok("restart old --ssh-timeout 60 --health-timeout 30");
     assert!(out.contains("healthy"), "{out}");
     assert!(
@@ -132,6 +141,15 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
             .sh("bridge -d link show dev told9")
             .contains("isolated on")
     );
+    // The VMM that ran as root before adopt was stopped cleanly through its own socket.
+    let journal = fleet
+        .host
+        .sh("journalctl -u firecracker-vmdemo-old.service --no-pager -o cat");
+    assert!(
+        !journal.contains("leaving the stop to systemd") && !journal.contains("did not shut down"),
+        "{journal}"
+    );
+    assert_eq!(ctrl_alt_dels(&fleet), before_restart + 1);
     // Now confined: the VMM runs as its account, and doctor finds everything as set.
     let vmm_user = fleet
         .host

@@ -514,7 +514,7 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
     );
     assert_eq!(
         left,
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n",
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\n.vmm-id-next\nssh\n0\n",
         "{out}"
     );
     // Ctrl-C during the SSH wait: the wait ends at once, the setup rolls back as a failure
@@ -547,7 +547,7 @@ fn a_guest_that_never_answers_fails_within_its_bound_and_its_console_is_kept() {
         fleet.host.sh(
             "ls -A /var/lib/fireclaw /srv/firecracker/vm-demo; ls /etc/systemd/system | grep vmdemo; ip -br link | grep -c '^ta' || true",
         ),
-        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\nssh\n0\n"
+        "/srv/firecracker/vm-demo:\n\n/var/lib/fireclaw:\n.alloc.lock\n.bridge-made-by-fireclaw\n.failed\n.ip_forward-was-off\n.locks\n.net.lock\n.vmm-id-next\nssh\n0\n"
     );
     eprintln!("{out}");
 }

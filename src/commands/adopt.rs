@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use crate::host::probe;
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
+use crate::instance::confinement::VmmAccount;
 use crate::instance::layout::{AssetPaths, default_api_sock};
-use crate::instance::state::{FireclawState, Phase};
+use crate::instance::state::FireclawState;
 use crate::instance::values::InstanceId;
 use crate::ops::instance::{Loaded, lock_and_load};
 use crate::ops::legacy::is_020_unit;
@@ -33,15 +34,60 @@ pub fn run(
 ) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, id, output)?;
     let unit_dir = &settings.paths.unit_dir;
-    let from_020 = is_020_unit(&loaded.units.vm_path(unit_dir));
-    let recorded = read_fireclaw_state(&loaded.paths)?.and_then(|s| s.vmm_account);
-    if !from_020 && recorded.is_some() {
+    let vm_unit_path = loaded.units.vm_path(unit_dir);
+    let from_020 = is_020_unit(&vm_unit_path);
+    let state = read_fireclaw_state(&loaded.paths)?;
+    let recorded = state.as_ref().and_then(|s| s.vmm_account.clone());
+    // Confined only once both say so: an adopt cut short may have written one and not the other.
+    let unit_confined = std::fs::read_to_string(&vm_unit_path).is_ok_and(|text| {
+        recorded
+            .as_ref()
+            .is_some_and(|a| text.contains(&format!("\nUser={}\n", a.name)))
+    });
+    if !from_020 && unit_confined {
         output.line(&format!(
             "Instance {id} already runs under fireclaw's confined units; nothing to do."
         ));
         return Ok(());
     }
+    // Everything that can be refused is checked before anything changes.
+    let (Ok(memory_mib), Ok(vcpus)) = (
+        loaded.env.get("VM_MEM_MIB").parse::<u32>(),
+        loaded.env.get("VM_VCPU").parse::<u8>(),
+    ) else {
+        anyhow::bail!(
+            "instance {id}: VM_VCPU '{}' or VM_MEM_MIB '{}' in its .env is not a number; fix it first",
+            crate::instance::values::escaped(loaded.env.get("VM_VCPU")),
+            crate::instance::values::escaped(loaded.env.get("VM_MEM_MIB"))
+        );
+    };
     let tools = trusted_tools()?;
+    crate::ops::confine::check_kvm_access()?;
+    crate::ops::confine::check_reachable(
+        &settings.paths.fc_root,
+        &[&settings.paths.fc_root, &settings.base_images_dir],
+    )?;
+    let assets = AssetPaths::new(&settings.paths.fc_root, id);
+    let socket_length = assets.vmm_api_sock.as_os_str().len();
+    if socket_length > crate::instance::spec::MAX_SOCKET_PATH {
+        anyhow::bail!(
+            "the VMM's own API socket {} would be {socket_length} bytes; the kernel allows {} (a shorter FC_ROOT is needed to confine this instance)",
+            assets.vmm_api_sock.display(),
+            crate::instance::spec::MAX_SOCKET_PATH
+        );
+    }
+    if let Some(account) = &recorded
+        && !crate::host::accounts::users()?
+            .iter()
+            .any(|u| u.name == account.name && u.id == account.uid)
+    {
+        anyhow::bail!(
+            "instance {id}: fireclaw.json names VMM account {} (uid {}), which this host does not have; remove \"vmm_account\" from {} (as going back to 0.2.0 does) and run adopt again",
+            account.name,
+            account.uid,
+            loaded.paths.fireclaw_json.display()
+        );
+    }
     let host = HostSystem { settings };
     let mut changed = Vec::new();
     if from_020 {
@@ -51,55 +97,45 @@ pub fn run(
             backup.display()
         ));
     }
-    let account = match recorded {
+    let account = match recorded.clone() {
         Some(account) => account,
         None => {
-            let account = {
-                let _allocation = lock_allocation(&settings.paths.state_root)?;
-                host.create_vmm_account(id)?
-            };
-            // A 0.2.0 instance has no fireclaw.json: it is a working instance, not a half-made one.
-            let mut state = read_fireclaw_state(&loaded.paths)?
-                .unwrap_or_else(|| FireclawState::new(Phase::Provisioned));
-            state.vmm_account = Some(account.clone());
-            let record = write_atomic(
-                &loaded.paths.fireclaw_json,
-                state.render().as_bytes(),
-                0o600,
-            );
-            if let Err(error) = record {
-                let _ = host.remove_vmm_account(&account.name);
-                return Err(error.into());
+            let users = crate::host::accounts::users()?;
+            // An adopt cut short made the account but did not record it yet: take it up.
+            if let Some(user) = crate::ops::confine::leftover_account(&users, id)
+                .and_then(|name| users.into_iter().find(|u| u.name == name))
+            {
+                VmmAccount {
+                    name: user.name,
+                    uid: user.id,
+                    gid: user.gid,
+                }
+            } else {
+                let account = {
+                    let _allocation = lock_allocation(&settings.paths.state_root)?;
+                    host.create_vmm_account(id)?
+                };
+                changed.push(format!(
+                    "its VMM account {} (uid {}) created",
+                    account.name, account.uid
+                ));
+                account
             }
-            changed.push(format!(
-                "its VMM account {} (uid {}) created and recorded in fireclaw.json",
-                account.name, account.uid
-            ));
-            account
         }
     };
-    let assets = AssetPaths::new(&settings.paths.fc_root, id);
-    if move_vmm_log(&assets)? {
-        changed.push(format!(
-            "Firecracker's log moved to {} (in vm-config.json)",
-            assets.vmm_log.display()
-        ));
-    }
     host.confine_files(&assets, assets.initrd.exists(), &account)?;
     changed.push(format!(
         "{} handed over: the VMM owns its disk and {}, may read its kernel, seed and config; the rest stays root's",
         assets.dir.display(),
         assets.vmm_dir.display()
     ));
-    let memory_mib = loaded.env.get("VM_MEM_MIB").parse::<u32>();
-    let vcpus = loaded.env.get("VM_VCPU").parse::<u8>();
-    let (Ok(memory_mib), Ok(vcpus)) = (memory_mib, vcpus) else {
-        anyhow::bail!(
-            "instance {id}: VM_VCPU '{}' or VM_MEM_MIB '{}' in its .env is not a number; fix it first",
-            crate::instance::values::escaped(loaded.env.get("VM_VCPU")),
-            crate::instance::values::escaped(loaded.env.get("VM_MEM_MIB"))
-        );
-    };
+    // Only once `vmm/` exists: a VM started before the units are rewritten still finds its log.
+    if move_vmm_log(&assets)? {
+        changed.push(format!(
+            "Firecracker's log moved to {} (in vm-config.json)",
+            assets.vmm_log.display()
+        ));
+    }
     let files = unit_files(&UnitsPlan {
         id,
         tools: &tools,
@@ -122,11 +158,35 @@ pub fn run(
             write_atomic(&artifact.path, text.as_bytes(), artifact.mode)?;
         }
     }
+    // fireclaw's VM unit applies the guest network policy itself (`vm-net-up`); the drop-in
+    // that did it for 0.2.0's unit would now run as the VMM's account and fail the start.
+    if crate::ops::legacy::dropin_path(settings, &loaded.units.vm).exists() {
+        crate::ops::egress::remove_legacy_dropin(settings, &loaded.units.vm)?;
+        changed.push(
+            "the policy drop-in of 0.2.0's unit removed (fireclaw's unit applies the policy itself)"
+                .to_owned(),
+        );
+    }
     services.daemon_reload()?;
     changed.push(format!(
         "units {} and {} and the wrapper scripts rewritten: Firecracker runs as {} under systemd's sandboxing",
         loaded.units.vm, loaded.units.proxy, account.name
     ));
+    // Recorded last, so `vm-net-up` treats the VM as confined only once its unit is.
+    if recorded.is_none() {
+        // A 0.2.0 instance has no fireclaw.json: it is a working instance, not a half-made one.
+        let mut state = state.unwrap_or_else(FireclawState::adopted_from_020);
+        state.vmm_account = Some(account.clone());
+        write_atomic(
+            &loaded.paths.fireclaw_json,
+            state.render().as_bytes(),
+            0o600,
+        )?;
+        changed.push(format!(
+            "the account recorded in {}",
+            loaded.paths.fireclaw_json.display()
+        ));
+    }
     let running = unit_state(services, &loaded.units.vm)?.is_active();
     output.line(&format!("Instance {id} now has a confined VMM:"));
     for change in &changed {

@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::host::process::{ProcessError, run_checked};
@@ -42,7 +42,9 @@ pub enum AccountError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} is a link or not a {expected}; refusing to change it")]
+    #[error(
+        "{path} is a link, has a second name (hard link) or is not a {expected}; refusing to change it"
+    )]
     NotPlain {
         path: PathBuf,
         expected: &'static str,
@@ -111,12 +113,34 @@ pub fn free_id(users: &[Entry], groups: &[Entry], reserved: &[u32], floor: u32) 
         .or_else(|| (start > VMM_ID_FIRST).then(|| free_id(users, groups, reserved, 0))?)
 }
 
-/// Users in fireclaw's id range, with their names.
+/// Users in fireclaw's id range with fireclaw's name prefix: the VMM accounts on this host.
 pub fn vmm_range_users() -> Result<Vec<Entry>, AccountError> {
-    Ok(users()?
+    Ok(users()?.into_iter().filter(is_vmm_account).collect())
+}
+
+/// Groups that look like a VMM's but have no user of that name: what a setup killed between
+/// `groupadd` and `useradd` leaves.
+pub fn vmm_range_lone_groups() -> Result<Vec<Entry>, AccountError> {
+    let users = users()?;
+    Ok(groups()?
         .into_iter()
-        .filter(|u| in_vmm_range(u.id))
+        .filter(|g| is_vmm_account(g) && !users.iter().any(|u| u.name == g.name))
         .collect())
+}
+
+fn is_vmm_account(entry: &Entry) -> bool {
+    in_vmm_range(entry.id)
+        && entry
+            .name
+            .starts_with(crate::instance::confinement::ACCOUNT_PREFIX)
+}
+
+/// Whether the system's name service (`/etc/passwd`, and LDAP, sssd or userdb where the host
+/// uses them) knows `id` as a uid or a gid.
+pub fn id_known_to_nss(id: u32) -> bool {
+    // SAFETY: getpwuid and getgrgid return a pointer into static storage or NULL; only the
+    // NULL test is made, before any other call could reuse that storage.
+    unsafe { !libc::getpwuid(id).is_null() || !libc::getgrgid(id).is_null() }
 }
 
 /// Creates the group and then the user of `account`: a system account with no home, no login
@@ -129,8 +153,15 @@ pub fn create(account: &VmmAccount, comment: &str) -> Result<(), AccountError> {
     };
     let users = users()?;
     let groups = groups()?;
-    if users.iter().any(|u| u.name == account.name) || groups.iter().any(|g| g.name == account.name)
+    let user_exists = users.iter().any(|u| u.name == account.name);
+    // A lone group of this name in the range is ours, left by a setup killed before useradd.
+    if !user_exists
+        && groups
+            .iter()
+            .any(|g| g.name == account.name && is_vmm_account(g))
     {
+        run_checked("groupdel", &[&account.name]).map_err(fail)?;
+    } else if user_exists || groups.iter().any(|g| g.name == account.name) {
         return Err(AccountError::NameTaken {
             name: account.name.clone(),
         });
@@ -222,7 +253,9 @@ pub fn set_owner_and_mode(
         Err(e) => return Err(fail(e)),
     };
     let metadata = file.metadata().map_err(fail)?;
-    if !dir && !metadata.is_file() {
+    // A second name for the file (a hard link the VMM made to something of root's) would hand
+    // that to the VMM too.
+    if !dir && (!metadata.is_file() || metadata.nlink() != 1) {
         return Err(AccountError::NotPlain {
             path: path.to_owned(),
             expected: "file",
@@ -275,7 +308,8 @@ pub fn create_vmm_file(dir: &Path, name: &str, uid: u32, gid: u32) -> Result<(),
     }
     // SAFETY: fd is a new descriptor nothing else owns.
     let file = std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    if !file.metadata().map_err(fail)?.is_file() {
+    let metadata = file.metadata().map_err(fail)?;
+    if !metadata.is_file() || metadata.nlink() != 1 {
         return Err(AccountError::NotPlain {
             path,
             expected: "file",

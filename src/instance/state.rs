@@ -300,6 +300,9 @@ pub struct FireclawState {
     pub vmm_account: Option<VmmAccount>,
 }
 
+/// `created_by` of an instance fireclaw 0.2.0 made.
+const CREATED_BY_020: &str = "fireclaw 0.2.0";
+
 impl FireclawState {
     pub const FORMAT: u32 = 1;
 
@@ -311,6 +314,20 @@ impl FireclawState {
             allow_private_egress: Vec::new(),
             vmm_account: None,
         }
+    }
+
+    /// What `adopt` writes for an instance fireclaw 0.2.0 made (which had no `fireclaw.json`):
+    /// a working instance, whose guest key was pinned on first use, not before its first boot.
+    pub fn adopted_from_020() -> Self {
+        Self {
+            created_by: CREATED_BY_020.to_owned(),
+            ..Self::new(Phase::Provisioned)
+        }
+    }
+
+    /// Whether fireclaw 0.2.0 made the instance (and `adopt` wrote this file later).
+    pub fn made_by_020(&self) -> bool {
+        self.created_by == CREATED_BY_020
     }
 
     pub fn parse(text: &str) -> Result<Self, StateError> {
@@ -465,6 +482,14 @@ OPENAI_API_KEY=sk-new
         );
         assert!(GatewayToken::from_file_text("\n").is_err());
         assert!(!format!("{token:?}").contains("abab"));
+    }
+
+    #[test]
+    fn an_adopted_020_instance_is_known_as_such_and_a_new_one_is_not() {
+        let adopted = FireclawState::parse(&FireclawState::adopted_from_020().render()).unwrap();
+        assert!(adopted.made_by_020());
+        assert_eq!(adopted.phase, Phase::Provisioned);
+        assert!(!FireclawState::new(Phase::Allocated).made_by_020());
     }
 
     #[test]

@@ -54,8 +54,17 @@ pub fn choose_account(settings: &Settings, id: &InstanceId) -> Result<VmmAccount
     let users = accounts::users()?;
     let groups = accounts::groups()?;
     let reserved = ids_owning_files(&settings.paths.fc_root);
-    let uid =
-        accounts::free_id(&users, &groups, &reserved, floor).ok_or(AccountError::RangeFull)?;
+    // Ids the name service knows from elsewhere (LDAP, sssd) are taken as well.
+    let (mut reserved, mut floor) = (reserved, floor);
+    let uid = loop {
+        let uid =
+            accounts::free_id(&users, &groups, &reserved, floor).ok_or(AccountError::RangeFull)?;
+        if !accounts::id_known_to_nss(uid) {
+            break uid;
+        }
+        reserved.push(uid);
+        floor = uid;
+    };
     Ok(VmmAccount {
         name: account_name(id),
         uid,
@@ -149,10 +158,21 @@ pub fn ensure_vmm_dir(assets: &AssetPaths, account: &VmmAccount) -> Result<()> {
     Ok(())
 }
 
-/// Makes `FC_ROOT` and the dirs above it searchable by the VMM accounts: a root-owned dir of
-/// mode 0700 (what fireclaw creates) gets 0711, so it still cannot be listed; any other dir the
-/// accounts cannot search is refused with the fix, since it is not fireclaw's to change.
-pub fn make_reachable(fc_root: &Path) -> Result<()> {
+/// Makes `FC_ROOT` and the dirs above it searchable by the VMM accounts. A root-owned dir of
+/// mode 0700 (what fireclaw before confinement created) gets 0711, so it still cannot be
+/// listed, when it is `FC_ROOT` itself or holds nothing but the way to fireclaw's own roots
+/// (`FC_ROOT`, `BASE_IMAGES_DIR`): searching it then reaches nothing else. Any other dir the
+/// accounts cannot search is not fireclaw's to change, and is refused with the fix.
+pub fn make_reachable(fc_root: &Path, own_roots: &[&Path]) -> Result<()> {
+    reachable(fc_root, own_roots, true)
+}
+
+/// What `make_reachable` would refuse, changing nothing (`adopt` checks it first).
+pub fn check_reachable(fc_root: &Path, own_roots: &[&Path]) -> Result<()> {
+    reachable(fc_root, own_roots, false)
+}
+
+fn reachable(fc_root: &Path, own_roots: &[&Path], change: bool) -> Result<()> {
     for dir in fc_root.ancestors() {
         let metadata =
             std::fs::metadata(dir).with_context(|| format!("inspect {}", dir.display()))?;
@@ -160,9 +180,12 @@ pub fn make_reachable(fc_root: &Path) -> Result<()> {
         if mode & 0o001 != 0 {
             continue;
         }
-        if metadata.uid() == 0 && mode == 0o700 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-                .with_context(|| format!("make {} searchable (0711)", dir.display()))?;
+        if metadata.uid() == 0 && mode == 0o700 && (dir == fc_root || only_leads_to(dir, own_roots))
+        {
+            if change {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                    .with_context(|| format!("make {} searchable (0711)", dir.display()))?;
+            }
             continue;
         }
         bail!(
@@ -174,6 +197,17 @@ pub fn make_reachable(fc_root: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether every entry of `dir` is on the way to one of `roots`.
+fn only_leads_to(dir: &Path, roots: &[&Path]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().all(|entry| {
+        let path = entry.path();
+        roots.iter().any(|root| root.starts_with(&path))
+    })
 }
 
 #[cfg(test)]
@@ -205,10 +239,24 @@ mod tests {
         let root = dir.path().join("fc");
         std::fs::create_dir(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o750)).unwrap();
-        let error = make_reachable(&root).unwrap_err().to_string();
+        let error = make_reachable(&root, &[]).unwrap_err().to_string();
         assert!(error.contains("mode 0750"), "{error}");
         assert!(error.contains("chmod o+x"), "{error}");
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
-        make_reachable(&root).unwrap();
+        make_reachable(&root, &[]).unwrap();
+    }
+
+    #[test]
+    fn only_a_dir_holding_nothing_but_the_way_to_fireclaws_roots_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("srv-firecracker");
+        let fc_root = top.join("vm-demo");
+        let images = top.join("base/images");
+        std::fs::create_dir_all(&fc_root).unwrap();
+        std::fs::create_dir_all(&images).unwrap();
+        assert!(only_leads_to(&top, &[&fc_root, &images]));
+        assert!(!only_leads_to(&top, &[&fc_root]));
+        std::fs::write(top.join("secret"), "x").unwrap();
+        assert!(!only_leads_to(&top, &[&fc_root, &images]));
     }
 }

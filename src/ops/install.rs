@@ -337,27 +337,37 @@ fn reserve_allocation(
     });
     let env = match (reserved, created) {
         (Ok(Ok(env)), Some(account)) => {
-            let recorded = update_fireclaw_state(
-                &StatePaths::new(&settings.paths.state_root, &spec.id),
-                |state| {
-                    state.vmm_account = Some(account.clone());
-                },
-            );
+            let paths = StatePaths::new(&settings.paths.state_root, &spec.id);
+            let recorded = update_fireclaw_state(&paths, |state| {
+                state.vmm_account = Some(account.clone());
+            });
             if let Err(error) = recorded {
+                // Undo the reservation as `reserve` undoes its own failures.
                 let _ = network.remove_vmm_account(&account.name);
+                let _ = std::fs::remove_dir_all(&paths.dir);
                 return Err(error.into());
             }
             (env, account)
         }
         (result, created) => {
-            if let Some(account) = created {
-                network.remove_vmm_account(&account.name)?;
-            }
-            let env = result??;
-            bail!(
-                "internal: {} was reserved without a VMM account",
-                env.instance_id()?
-            );
+            let cleanup =
+                created.and_then(|account| network.remove_vmm_account(&account.name).err());
+            let error = match result {
+                Ok(Ok(env)) => anyhow::anyhow!(
+                    "internal: {} was reserved without a VMM account",
+                    env.instance_id().unwrap_or("?")
+                ),
+                Ok(Err(error)) => error,
+                Err(error) => error.into(),
+            };
+            return Err(match cleanup {
+                Some(cleanup) => error.context(format!(
+                    "and removing its VMM account failed too ({}); clean up with: fireclaw destroy {} --force",
+                    error_chain(cleanup.as_ref()),
+                    spec.id
+                )),
+                None => error,
+            });
         }
     };
     let (env, account) = env;
@@ -459,7 +469,12 @@ fn write_state_files(state_paths: &StatePaths, rendered: &RenderedInstance) -> R
 
 fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstance) -> Result<()> {
     let assets = AssetPaths::new(&settings.paths.fc_root, id);
-    ensure_private_dir(&settings.paths.fc_root)?;
+    // Searchable, not listable: each VMM account reaches its own files below.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&settings.paths.fc_root)
+        .with_context(|| format!("create {}", settings.paths.fc_root.display()))?;
     // create_dir, not create_dir_all: an asset dir that appeared since the check is an error.
     std::fs::DirBuilder::new()
         .mode(0o700)

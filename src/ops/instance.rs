@@ -104,7 +104,7 @@ pub fn load(settings: &Settings, id: &InstanceId) -> Result<Loaded> {
         saved => PathBuf::from(saved),
     };
     // fireclaw pinned its own instances' keys before first boot; 0.2.0 pinned on first use.
-    let policy = if state.is_some() {
+    let policy = if state.as_ref().is_some_and(|s| !s.made_by_020()) {
         HostKeyPolicy::Pinned
     } else {
         HostKeyPolicy::TrustOnFirstUse

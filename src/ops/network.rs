@@ -81,7 +81,10 @@ impl HostSteps for HostSystem<'_> {
         with_initrd: bool,
         account: &VmmAccount,
     ) -> Result<()> {
-        super::confine::make_reachable(&self.settings.paths.fc_root)?;
+        super::confine::make_reachable(
+            &self.settings.paths.fc_root,
+            &[&self.settings.paths.fc_root, &self.settings.base_images_dir],
+        )?;
         super::confine::ensure_vmm_dir(assets, account)?;
         super::confine::hand_over(&expected_files(assets, with_initrd), account)
     }
@@ -268,7 +271,7 @@ fn ensure_tap(
                 create_persistent_tap(name, owner).map_err(|e| match e {
                     TapError::Busy { .. } => PermanentNetError::caused_by(
                         &format!(
-                            "tap {name} is held by another process and is not owned by this instance's VMM account (uid {uid}); stop that process or remove the tap (ip link delete {name})"
+                            "tap {name} is held by another process and is not owned by this instance's VMM (uid {uid}); stop that process or remove the tap (ip link delete {name})"
                         ),
                         e,
                     )
@@ -384,11 +387,15 @@ pub fn remove_shared(settings: &Settings) -> Result<Cleanup> {
     let mut report = Cleanup::default();
     // No instance is left, so every account in fireclaw's range is a leftover (0.2.0's destroy
     // and an interrupted setup or destroy can leave one).
-    for user in crate::host::accounts::vmm_range_users()? {
-        crate::host::accounts::remove(&user.name)?;
+    let lone_groups = crate::host::accounts::vmm_range_lone_groups()?;
+    for entry in crate::host::accounts::vmm_range_users()?
+        .into_iter()
+        .chain(lone_groups)
+    {
+        crate::host::accounts::remove(&entry.name)?;
         report.removed.push(format!(
-            "VMM account and group {} (uid {}), which no instance owned",
-            user.name, user.id
+            "VMM account {} (id {}), which no instance owned",
+            entry.name, entry.id
         ));
     }
     let inputs = super::egress::gather(settings, false)?;
@@ -468,6 +475,10 @@ fn leftover_files(settings: &Settings) -> Vec<String> {
             "your host-wide private-egress allowlist",
         ),
         (".failed", "evidence of failed setups"),
+        (
+            ".vmm-id-next",
+            "the next VMM account id, so ids of removed instances are not handed out again soon",
+        ),
     ] {
         if root.join(name).exists() {
             left.push(format!("{}: {why}", root.join(name).display()));
@@ -545,10 +556,14 @@ pub fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     let mut netlink = Netlink::open()?;
     // The policy is in place before the tap joins the bridge.
     let (bridge, notes) = shared_locked(settings, &mut netlink, false)?;
-    let owner = target
-        .confined
-        .as_ref()
-        .map(|c| (c.account.uid, c.account.gid));
+    // A tap with no owner takes any process that can open /dev/net/tun, a confined VMM of
+    // another instance included: an unconfined VMM's tap is root's.
+    let owner = Some(
+        target
+            .confined
+            .as_ref()
+            .map_or((0, 0), |c| (c.account.uid, c.account.gid)),
+    );
     ensure_tap(&mut netlink, &target.tap, &bridge, owner)?;
     disable_ipv6(&target.tap)?;
     if let Some(confined) = &target.confined {

@@ -9,11 +9,12 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::checks::{Check, Level, check};
 use crate::host::{accounts, tap};
-use crate::instance::confinement::{Kind, VmmAccount, expected_files, in_vmm_range, limits};
+use crate::instance::confinement::{KVM_GROUP, Kind, VmmAccount, expected_files, limits};
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
+use crate::instance::state::Phase;
 use crate::instance::values::{InstanceId, escaped};
 use crate::output::error_chain;
-use crate::render::units::{UnitConfinement, vm_hardening};
+use crate::render::units::{UnitConfinement, proxy_hardening, vm_hardening};
 use crate::settings::Settings;
 use crate::store::{ScannedInstance, read_fireclaw_state};
 
@@ -26,19 +27,49 @@ pub fn host_checks(checks: &mut Vec<Check>) {
         ),
         Err(error) => check("kvm group", Level::Fail, error_chain(error.as_ref())),
     });
-    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers");
-    checks.push(match controllers {
-        Ok(list) if list.split_whitespace().any(|c| c == "memory") => check(
+    checks.push(resource_limits_check(
+        &std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default(),
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    ));
+}
+
+/// Whether this host can enforce the VM units' limits: a cgroup v2 memory controller, or a
+/// writable v1 one (systemd 252 applies `MemoryMax=` as `memory.limit_in_bytes` and
+/// `CPUWeight=` as `cpu.shares` there). A container that sees its controllers read-only (as
+/// the test sandboxes do) enforces none. Each running VM's applied limit is `limits <id>`.
+pub fn resource_limits_check(v2_controllers: &str, mountinfo: &str) -> Check {
+    if v2_controllers.split_whitespace().any(|c| c == "memory") {
+        return check(
             "resource limits",
             Level::Pass,
-            "cgroup v2: systemd enforces the VM units' MemoryMax=, CPUWeight= and CPUQuota=",
-        ),
-        _ => check(
+            "cgroup v2: systemd enforces the VM units' MemoryMax=, TasksMax=, CPUWeight= and CPUQuota=",
+        );
+    }
+    let writable_v1_memory = mountinfo.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        let mount_options = fields.get(5).copied().unwrap_or("");
+        fields.get(dash + 1) == Some(&"cgroup")
+            && fields
+                .get(dash + 3)
+                .is_some_and(|o| o.split(',').any(|o| o == "memory"))
+            && mount_options.split(',').any(|o| o == "rw")
+    });
+    if writable_v1_memory {
+        check(
+            "resource limits",
+            Level::Pass,
+            "cgroup v1 (legacy or hybrid): systemd applies MemoryMax= as memory.limit_in_bytes and CPUWeight= as cpu.shares; each running VM's applied limit is checked as 'limits <id>'",
+        )
+    } else {
+        check(
             "resource limits",
             Level::Warn,
-            "this host runs the legacy or hybrid cgroup hierarchy, where systemd does not enforce the VM units' MemoryMax= or CPUWeight=; boot with systemd.unified_cgroup_hierarchy=1 to enforce them",
-        ),
-    });
+            "no writable memory controller (cgroup v1 controllers mounted read-only, as in a container): the VM units' MemoryMax=, CPUWeight= and CPUQuota= are not enforced here",
+        )
+    }
 }
 
 /// The per-instance checks and the accounts no instance owns.
@@ -46,13 +77,21 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
     let users = accounts::users().unwrap_or_default();
     let mut owned = Vec::new();
     for instance in scanned {
-        let Ok(env) = &instance.env else { continue };
         let Ok(id) = instance.name.parse::<InstanceId>() else {
             continue;
         };
         let state = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
             .ok()
             .flatten();
+        // Owned even when the rest of its state cannot be read: never advise removing it.
+        if let Some(account) = state.as_ref().and_then(|s| s.vmm_account.as_ref()) {
+            owned.push(account.name.clone());
+        }
+        // A half-made or unreadable instance has its own finding ("instance <id>").
+        let Ok(env) = &instance.env else { continue };
+        if state.as_ref().is_some_and(|s| s.phase < Phase::Units) {
+            continue;
+        }
         let name = format!("vmm {}", escaped(&instance.name));
         let Some(account) = state.and_then(|s| s.vmm_account) else {
             checks.push(check(
@@ -64,7 +103,6 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
             ));
             continue;
         };
-        owned.push(account.name.clone());
         let mut problems = Vec::new();
         match users.iter().find(|u| u.name == account.name) {
             Some(user) if user.id == account.uid && user.gid == account.gid => {}
@@ -89,7 +127,23 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
             env.get("VM_VCPU").parse::<u8>().unwrap_or(0),
             env.get("VM_MEM_MIB").parse::<u32>().unwrap_or(0),
         );
-        problems.extend(unit_problems(&id, &assets, &account, size));
+        let units = UnitNames::new(&id);
+        let mut vm_settings = vec![
+            ("User", account.name.clone()),
+            ("Group", account.name.clone()),
+            ("SupplementaryGroups", KVM_GROUP.to_owned()),
+        ];
+        vm_settings.extend(vm_hardening(&UnitConfinement {
+            account: account.name.clone(),
+            instance_dir: assets.dir.clone(),
+            limits: limits(size.0, size.1),
+        }));
+        problems.extend(unit_problems(&units.vm, &expectations(&vm_settings)));
+        if let Ok(vm_ip) = env.vm_ip() {
+            let mut proxy_settings = vec![("DynamicUser", "yes".to_owned())];
+            proxy_settings.extend(proxy_hardening(vm_ip));
+            problems.extend(unit_problems(&units.proxy, &expectations(&proxy_settings)));
+        }
         checks.push(if problems.is_empty() {
             check(
                 &name,
@@ -102,18 +156,30 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
         } else {
             check(&name, Level::Fail, problems.join("; "))
         });
-    }
-    for user in users.iter().filter(|u| in_vmm_range(u.id)) {
-        if !owned.contains(&user.name) {
-            checks.push(check(
-                &format!("account {}", user.name),
-                Level::Warn,
-                format!(
-                    "uid {} is in fireclaw's VMM range but no instance owns it (left by 0.2.0's destroy, or an interrupted setup); remove it with: fireclaw destroy <id> --force, or fireclaw host cleanup once no instance is left, or: userdel {}",
-                    user.id, user.name
-                ),
-            ));
+        if let Some(applied) = applied_limits(&id, limits(size.0, size.1).memory_max_bytes) {
+            checks.push(applied);
         }
+    }
+    let vmm_users = accounts::vmm_range_users().unwrap_or_default();
+    for user in vmm_users.iter().filter(|u| !owned.contains(&u.name)) {
+        checks.push(check(
+            &format!("account {}", user.name),
+            Level::Warn,
+            format!(
+                "uid {} is in fireclaw's VMM range but no instance owns it (left by an interrupted setup or destroy); remove it with: userdel {} (or fireclaw destroy <id> --force for the instance it was made for, or fireclaw host cleanup once no instance is left)",
+                user.id, user.name
+            ),
+        ));
+    }
+    for group in accounts::vmm_range_lone_groups().unwrap_or_default() {
+        checks.push(check(
+            &format!("account {}", group.name),
+            Level::Warn,
+            format!(
+                "group {} (gid {}) is in fireclaw's VMM range without its user (left by a setup killed while creating it); the next setup of that instance takes it up, or remove it with: groupdel {}",
+                group.name, group.id, group.name
+            ),
+        ));
     }
 }
 
@@ -161,95 +227,181 @@ fn kind_name(metadata: &std::fs::Metadata) -> &'static str {
     }
 }
 
-/// How `systemctl show` spells a sandboxing setting the renderer writes, for the settings
-/// whose shown form is the written value.
-fn shown_property(name: &str) -> Option<&str> {
-    const SAME: [&str; 27] = [
-        "NoNewPrivileges",
-        "PrivateTmp",
-        "PrivateMounts",
-        "DevicePolicy",
-        "ProtectSystem",
-        "ReadWritePaths",
-        "ProtectHome",
-        "ProtectKernelTunables",
-        "ProtectKernelModules",
-        "ProtectKernelLogs",
-        "ProtectControlGroups",
-        "ProtectClock",
-        "ProtectHostname",
-        "ProtectProc",
-        "ProcSubset",
-        "RestrictNamespaces",
-        "RestrictAddressFamilies",
-        "RestrictRealtime",
-        "RestrictSUIDSGID",
-        "LockPersonality",
-        "MemoryDenyWriteExecute",
-        "SystemCallArchitectures",
-        "UMask",
-        "RemoveIPC",
-        "KeyringMode",
-        "MemoryMax",
-        "TasksMax",
-    ];
-    SAME.iter()
-        .find(|same| **same == name)
-        .copied()
-        .or(match name {
-            "LimitNOFILE" => Some("LimitNOFILE"),
-            "CPUWeight" => Some("CPUWeight"),
-            _ => None,
-        })
-}
-
-/// The VM unit's loaded properties (drop-ins included) against what the renderer writes for
-/// this instance.
-fn unit_problems(
-    id: &InstanceId,
-    assets: &AssetPaths,
-    account: &VmmAccount,
-    (vcpus, memory_mib): (u8, u32),
-) -> Vec<String> {
+/// Whether the kernel holds the running VM unit to its memory limit: what the unit's cgroup
+/// says, read from the v2 file or the v1 memory controller's (systemd applies `MemoryMax=` as
+/// `memory.limit_in_bytes` there). `None` when the VM is not running.
+fn applied_limits(id: &InstanceId, memory_max: u64) -> Option<Check> {
     let unit = UnitNames::new(id).vm;
-    let confinement = UnitConfinement {
-        account: account.name.clone(),
-        instance_dir: assets.dir.clone(),
-        limits: limits(vcpus, memory_mib),
-    };
-    let mut wanted: Vec<(String, String)> = vec![
-        ("User".into(), account.name.clone()),
-        ("Group".into(), account.name.clone()),
-    ];
-    for (name, value) in vm_hardening(&confinement) {
-        if let Some(shown) = shown_property(name) {
-            wanted.push((shown.to_owned(), value));
-        }
-    }
-    let names: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
     let output = crate::host::process::run(
         "systemctl",
-        &["show", &unit, &format!("--property={}", names.join(","))],
+        &["show", &unit, "--property=ControlGroup", "--value"],
+    )
+    .ok()?;
+    let group = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if group.is_empty() {
+        return None;
+    }
+    let name = format!("limits {}", escaped(id.as_str()));
+    let files = [
+        format!("/sys/fs/cgroup{group}/memory.max"),
+        format!("/sys/fs/cgroup/memory{group}/memory.limit_in_bytes"),
+    ];
+    let Some((file, value)) = files.iter().find_map(|file| {
+        std::fs::read_to_string(file)
+            .ok()
+            .map(|v| (file.clone(), v.trim().to_owned()))
+    }) else {
+        return Some(check(
+            &name,
+            Level::Warn,
+            format!(
+                "this host has no memory controller for {unit}'s cgroup, so its MemoryMax= ({memory_max} bytes) is not enforced"
+            ),
+        ));
+    };
+    Some(if value == memory_max.to_string() {
+        check(
+            &name,
+            Level::Pass,
+            format!("the kernel holds the VM to {memory_max} bytes ({file})"),
+        )
+    } else {
+        check(
+            &name,
+            Level::Warn,
+            format!(
+                "MemoryMax= is {memory_max} bytes but {file} says {value}: this host does not enforce the VM unit's limits (a container without its own cgroups, or an older systemd)"
+            ),
+        )
+    })
+}
+
+/// What `systemctl show` must print for one setting the renderer writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// `name=value`, exactly.
+    Equal(String, String),
+    /// Every `name=` line together, as a set (`DeviceAllow=` prints one line per device, and
+    /// `ProtectClock=yes` adds `char-rtc r`).
+    Lines(String, Vec<String>),
+    /// A syscall allow-list is in force (shown expanded; `~` alone means none).
+    AllowList(String),
+}
+
+/// How `systemctl show` (systemd 252, measured) prints `name=value` as the renderer writes it.
+pub fn shown(name: &str, value: &str) -> Shown {
+    let equal = |name: &str, value: &str| Shown::Equal(name.to_owned(), value.to_owned());
+    match name {
+        "IPAddressDeny" if value == "any" => equal(name, "::/0 0.0.0.0/0"),
+        "CPUQuota" => {
+            let percent = value.trim_end_matches('%').parse::<u64>().unwrap_or(0);
+            // Per second of wall time: 100% is one second of CPU.
+            let shown = if percent % 100 == 0 {
+                format!("{}s", percent / 100)
+            } else {
+                format!("{}ms", percent * 10)
+            };
+            equal("CPUQuotaPerSecUSec", &shown)
+        }
+        "SystemCallErrorNumber" if value == "EPERM" => equal(name, "1"),
+        "SystemCallFilter" => Shown::AllowList(name.to_owned()),
+        "DeviceAllow" => Shown::Lines(name.to_owned(), vec![value.to_owned()]),
+        _ => equal(name, value),
+    }
+}
+
+/// The settings `doctor` expects of a unit: the renderer's, in `systemctl show`'s words, with
+/// the `DeviceAllow=` lines gathered into one set.
+pub fn expectations(settings: &[(&str, String)]) -> Vec<Shown> {
+    let mut out: Vec<Shown> = Vec::new();
+    for (name, value) in settings {
+        match shown(name, value) {
+            Shown::Lines(name, lines) => {
+                if let Some(Shown::Lines(_, all)) = out
+                    .iter_mut()
+                    .find(|e| matches!(e, Shown::Lines(n, _) if *n == name))
+                {
+                    all.extend(lines);
+                } else {
+                    out.push(Shown::Lines(name, lines));
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn property_name(expected: &Shown) -> &str {
+    match expected {
+        Shown::Equal(name, _) | Shown::Lines(name, _) | Shown::AllowList(name) => name,
+    }
+}
+
+/// A unit's loaded properties (drop-ins included) against `expected`.
+fn unit_problems(unit: &str, expected: &[Shown]) -> Vec<String> {
+    let mut names: Vec<&str> = expected.iter().map(property_name).collect();
+    names.dedup();
+    let output = crate::host::process::run(
+        "systemctl",
+        &["show", unit, &format!("--property={}", names.join(","))],
     );
     let Ok(output) = output else {
         return vec![format!("could not read unit {unit} (systemctl show)")];
     };
-    let shown = String::from_utf8_lossy(&output.stdout);
-    compare_properties(&unit, &wanted, &shown)
+    compare_properties(unit, expected, &String::from_utf8_lossy(&output.stdout))
 }
 
-/// Each wanted `name=value` that `systemctl show` output lacks.
-pub fn compare_properties(unit: &str, wanted: &[(String, String)], shown: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (name, value) in wanted {
-        let found = shown
+/// Each expectation that `systemctl show` output does not meet.
+pub fn compare_properties(unit: &str, expected: &[Shown], shown: &str) -> Vec<String> {
+    let values = |name: &str| -> Vec<&str> {
+        shown
             .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name}=")));
-        if found != Some(value.as_str()) {
-            problems.push(format!(
-                "unit {unit} has {name}={}, fireclaw writes {name}={value}",
-                found.unwrap_or("<unset>")
-            ));
+            .filter_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .collect()
+    };
+    let mut problems = Vec::new();
+    for expectation in expected {
+        match expectation {
+            Shown::Equal(name, value) => {
+                let found = values(name);
+                if found.last() != Some(&value.as_str()) {
+                    problems.push(format!(
+                        "unit {unit} has {name}={}, fireclaw writes {name}={value}",
+                        found.last().unwrap_or(&"<unset>")
+                    ));
+                }
+            }
+            Shown::Lines(name, wanted) => {
+                let found = values(name);
+                // ProtectClock=yes adds read access to the real-time clock by itself.
+                let extra: Vec<&&str> = found
+                    .iter()
+                    .filter(|f| !wanted.iter().any(|w| w == **f) && **f != "char-rtc r")
+                    .collect();
+                let missing: Vec<&String> = wanted
+                    .iter()
+                    .filter(|w| !found.contains(&w.as_str()))
+                    .collect();
+                if !extra.is_empty() || !missing.is_empty() {
+                    problems.push(format!(
+                        "unit {unit} has {name}={}, fireclaw writes {name}={}",
+                        found.join(", "),
+                        wanted.join(", ")
+                    ));
+                }
+            }
+            Shown::AllowList(name) => {
+                let found = values(name);
+                if found
+                    .last()
+                    .is_none_or(|v| v.is_empty() || v.starts_with('~'))
+                {
+                    problems.push(format!(
+                        "unit {unit} has no {name} allow-list, fireclaw writes one"
+                    ));
+                }
+            }
         }
     }
     problems
@@ -259,20 +411,77 @@ pub fn compare_properties(unit: &str, wanted: &[(String, String)], shown: &str) 
 mod tests {
     use super::*;
 
+    /// What `systemctl show` printed for a confined VM unit on systemd 252 (abridged).
+    const SHOWN: &str = "User=fcvm-a\nCPUQuotaPerSecUSec=3s\nDeviceAllow=char-rtc r\n\
+DeviceAllow=/dev/net/tun rw\nDeviceAllow=/dev/kvm rw\nIPAddressDeny=::/0 0.0.0.0/0\n\
+CapabilityBoundingSet=\nSystemCallFilter=~\n";
+
     #[test]
-    fn a_property_systemd_shows_differently_is_named_with_both_values() {
-        let wanted = vec![
-            ("User".to_owned(), "fcvm-a".to_owned()),
-            ("NoNewPrivileges".to_owned(), "yes".to_owned()),
-        ];
-        assert!(compare_properties("u", &wanted, "User=fcvm-a\nNoNewPrivileges=yes\n").is_empty());
+    fn the_renderers_settings_match_what_systemd_shows_for_them() {
+        let expected = expectations(&[
+            ("User", "fcvm-a".to_owned()),
+            ("CPUQuota", "300%".to_owned()),
+            ("DeviceAllow", "/dev/kvm rw".to_owned()),
+            ("DeviceAllow", "/dev/net/tun rw".to_owned()),
+            ("IPAddressDeny", "any".to_owned()),
+            ("CapabilityBoundingSet", String::new()),
+        ]);
+        assert!(compare_properties("u", &expected, SHOWN).is_empty());
+    }
+
+    #[test]
+    fn a_loosened_setting_is_named_with_both_values() {
+        let expected = expectations(&[
+            ("User", "fcvm-a".to_owned()),
+            ("DeviceAllow", "/dev/kvm rw".to_owned()),
+            ("DeviceAllow", "/dev/net/tun rw".to_owned()),
+            ("CapabilityBoundingSet", String::new()),
+            ("SystemCallFilter", "@system-service".to_owned()),
+        ]);
+        let loosened = SHOWN.replace("User=fcvm-a", "User=root").replace(
+            "CapabilityBoundingSet=",
+            "CapabilityBoundingSet=cap_sys_admin",
+        ) + "DeviceAllow=/dev/sda rw\n";
         assert_eq!(
-            compare_properties("u", &wanted, "User=root\nNoNewPrivileges=yes\n"),
-            ["unit u has User=root, fireclaw writes User=fcvm-a"]
+            compare_properties("u", &expected, &loosened),
+            [
+                "unit u has User=root, fireclaw writes User=fcvm-a",
+                "unit u has DeviceAllow=char-rtc r, /dev/net/tun rw, /dev/kvm rw, /dev/sda rw, fireclaw writes DeviceAllow=/dev/kvm rw, /dev/net/tun rw",
+                "unit u has CapabilityBoundingSet=cap_sys_admin, fireclaw writes CapabilityBoundingSet=",
+                "unit u has no SystemCallFilter allow-list, fireclaw writes one",
+            ]
         );
         assert_eq!(
-            compare_properties("u", &wanted, "User=fcvm-a\n"),
-            ["unit u has NoNewPrivileges=<unset>, fireclaw writes NoNewPrivileges=yes"]
+            compare_properties("u", &expected, "User=fcvm-a\n")[0],
+            "unit u has DeviceAllow=, fireclaw writes DeviceAllow=/dev/kvm rw, /dev/net/tun rw"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforceable_with_v2_or_a_writable_v1_memory_controller() {
+        let v1 = |mode: &str| {
+            format!(
+                "57 50 0:32 / /sys/fs/cgroup/memory {mode},nosuid,nodev,noexec,relatime shared:25 - cgroup cgroup rw,memory\n"
+            )
+        };
+        assert_eq!(
+            resource_limits_check("cpuset cpu io memory pids\n", "").status,
+            Level::Pass
+        );
+        assert_eq!(resource_limits_check("", &v1("rw")).status, Level::Pass);
+        // The test sandboxes: nspawn mounts the v1 controllers read-only.
+        assert_eq!(resource_limits_check("", &v1("ro")).status, Level::Warn);
+    }
+
+    #[test]
+    fn quotas_are_shown_per_second_of_cpu() {
+        assert_eq!(
+            shown("CPUQuota", "500%"),
+            Shown::Equal("CPUQuotaPerSecUSec".into(), "5s".into())
+        );
+        assert_eq!(
+            shown("CPUQuota", "150%"),
+            Shown::Equal("CPUQuotaPerSecUSec".into(), "1500ms".into())
         );
     }
 }
