@@ -131,6 +131,8 @@ pub fn run(
     ));
     // Only once `vmm/` exists: a VM started before the units are rewritten still finds its log.
     if move_vmm_log(&assets)? {
+        // The rewritten config is handed over again (the VMM reads it as its account).
+        host.confine_files(&assets, assets.initrd.exists(), &account)?;
         changed.push(format!(
             "Firecracker's log moved to {} (in vm-config.json)",
             assets.vmm_log.display()

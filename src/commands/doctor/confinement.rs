@@ -286,13 +286,22 @@ pub enum Shown {
     Lines(String, Vec<String>),
     /// A syscall allow-list is in force (shown expanded; `~` alone means none).
     AllowList(String),
+    /// `name=` with these words in any order (address lists come back in no fixed order).
+    Words(String, Vec<String>),
 }
 
 /// How `systemctl show` (systemd 252, measured) prints `name=value` as the renderer writes it.
 pub fn shown(name: &str, value: &str) -> Shown {
     let equal = |name: &str, value: &str| Shown::Equal(name.to_owned(), value.to_owned());
     match name {
-        "IPAddressDeny" if value == "any" => equal(name, "::/0 0.0.0.0/0"),
+        "IPAddressDeny" | "IPAddressAllow" => {
+            let words = if value == "any" {
+                vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()]
+            } else {
+                value.split_whitespace().map(str::to_owned).collect()
+            };
+            Shown::Words(name.to_owned(), words)
+        }
         "CPUQuota" => {
             let percent = value.trim_end_matches('%').parse::<u64>().unwrap_or(0);
             // Per second of wall time: 100% is one second of CPU.
@@ -334,7 +343,10 @@ pub fn expectations(settings: &[(&str, String)]) -> Vec<Shown> {
 
 fn property_name(expected: &Shown) -> &str {
     match expected {
-        Shown::Equal(name, _) | Shown::Lines(name, _) | Shown::AllowList(name) => name,
+        Shown::Equal(name, _)
+        | Shown::Lines(name, _)
+        | Shown::AllowList(name)
+        | Shown::Words(name, _) => name,
     }
 }
 
@@ -391,6 +403,23 @@ pub fn compare_properties(unit: &str, expected: &[Shown], shown: &str) -> Vec<St
                     ));
                 }
             }
+            Shown::Words(name, wanted) => {
+                let found = values(name);
+                let mut have: Vec<&str> = found
+                    .last()
+                    .map(|v| v.split_whitespace().collect())
+                    .unwrap_or_default();
+                let mut want: Vec<&str> = wanted.iter().map(String::as_str).collect();
+                have.sort_unstable();
+                want.sort_unstable();
+                if have != want {
+                    problems.push(format!(
+                        "unit {unit} has {name}={}, fireclaw writes {name}={}",
+                        found.last().unwrap_or(&"<unset>"),
+                        wanted.join(" ")
+                    ));
+                }
+            }
             Shown::AllowList(name) => {
                 let found = values(name);
                 if found
@@ -413,7 +442,7 @@ mod tests {
 
     /// What `systemctl show` printed for a confined VM unit on systemd 252 (abridged).
     const SHOWN: &str = "User=fcvm-a\nCPUQuotaPerSecUSec=3s\nDeviceAllow=char-rtc r\n\
-DeviceAllow=/dev/net/tun rw\nDeviceAllow=/dev/kvm rw\nIPAddressDeny=::/0 0.0.0.0/0\n\
+DeviceAllow=/dev/net/tun rw\nDeviceAllow=/dev/kvm rw\nIPAddressDeny=0.0.0.0/0 ::/0\n\
 CapabilityBoundingSet=\nSystemCallFilter=~\n";
 
     #[test]
