@@ -102,6 +102,13 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
         rss_kib.trim(),
         guest_kib.trim()
     );
+    let own_kib =
+        rss_kib.trim().parse::<u64>().unwrap() - guest_kib.trim().parse::<u64>().unwrap_or(0);
+    // What MemoryMax= allows beyond the guest for the VMM itself and the helpers beside it.
+    assert!(
+        own_kib < fireclaw::instance::confinement::VMM_OVERHEAD_MIB * 1024,
+        "the VMM's own {own_kib} KiB exceed VMM_OVERHEAD_MIB"
+    );
     let started = std::time::Instant::now();
     sandbox.sh("systemctl stop firecracker-vmdemo-real.service");
     let journal = sandbox.sh("journalctl -u firecracker-vmdemo-real.service --no-pager -o cat");

@@ -177,6 +177,19 @@ fn a_kill_in_provision_stop_or_destroy_is_finished_by_running_it_again() {
     );
     fleet.fireclaw_ok("destroy a --force");
     assert_eq!(fleet.host_snapshot(), before);
+
+    // Killed after the VMM account went, before the state: the state still names the
+    // instance, and destroy finishes it.
+    fleet.healthy("a");
+    let out = fleet.fireclaw_env(
+        &format!("{CRASH_AT}=destroy:account-removed"),
+        "destroy a --force",
+    );
+    assert!(out.contains("rc=137"), "{out}");
+    assert!(!fleet.host.ok("id fcvm-a"), "the account outlived the kill");
+    assert!(list_row(&fleet, "a").is_some());
+    fleet.fireclaw_ok("destroy a --force");
+    assert_eq!(fleet.host_snapshot(), before);
     assert_healthy(&fleet, "keep");
 }
 
