@@ -1,7 +1,8 @@
 //! Instances made by fireclaw 0.2.0 under this binary: an instance built exactly as 0.2.0 leaves
 //! it (tests/support/legacy.rs) goes through list, status, provision, token, shell, stop, start,
 //! restart and destroy without its units being rewritten, and `adopt` rewrites them in
-//! fireclaw's shape after keeping a backup. Root only: run through `scripts/test`.
+//! fireclaw's confined shape after keeping a backup; so does an instance fireclaw made before
+//! its VMM was confined. Root only: run through `scripts/test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -168,4 +169,86 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
             .host
             .ok("ls /etc/systemd/system | grep -q vmdemo-proxy-old")
     );
+}
+
+/// Turns a confined instance back into the shape fireclaw made before the VMM was confined:
+/// no account in `fireclaw.json` or on the host, everything root's, Firecracker's log under
+/// `logs/`, `API_SOCK` a plain path, and units whose VMM runs as root.
+fn make_pre_confinement(fleet: &Fleet, id: &str) {
+    fleet.fireclaw_ok(&format!("stop {id}"));
+    let fc = format!("/srv/firecracker/vm-demo/{id}");
+    let unit = format!("/etc/systemd/system/firecracker-vmdemo-{id}.service");
+    fleet.host.sh(&format!(
+        "set -e; \
+         python3 -c 'import json,sys; p=sys.argv[1]; s=json.load(open(p)); s.pop(\"vmm_account\"); json.dump(s, open(p, \"w\"), indent=2)' /var/lib/fireclaw/.vm-{id}/fireclaw.json; \
+         sed -i 's|{fc}/vmm/firecracker.log|{fc}/logs/firecracker.log|' {fc}/config/vm-config.json; \
+         rm -rf {fc}/vmm {fc}/firecracker.socket; touch {fc}/logs/firecracker.log; \
+         chown -R root:root {fc}; chmod 0700 {fc} {fc}/images {fc}/config; chmod 0600 {fc}/images/* {fc}/config/*; \
+         sed -i -e '/^# The VMM.s confinement/,/^CPUQuota=/d' -e '/^User=/d' -e '/^Group=/d' -e '/^SupplementaryGroups=/d' \
+                -e 's|^\\(Exec[A-Za-z]*\\)=+|\\1=|' -e 's|{fc}/vmm/api.sock|{fc}/firecracker.socket|' {unit}; \
+         sed -i -e '/^umask 077$/d' -e 's|exec setpriv [^/]*-- |exec |' -e 's|{fc}/vmm/api.sock|{fc}/firecracker.socket|' {fc}/start-vm.sh; \
+         userdel fcvm-{id}; systemctl daemon-reload"
+    ));
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
+    let fleet = Fleet::new("preconfined");
+    fleet.healthy("pre");
+    make_pre_confinement(&fleet, "pre");
+    let waits = "--ssh-timeout 60 --health-timeout 30";
+    let vmm_user = |fleet: &Fleet| {
+        fleet
+            .host
+            .sh("ps -o user= -p $(systemctl show -p MainPID --value firecracker-vmdemo-pre.service)")
+            .trim()
+            .to_owned()
+    };
+    let vmm_check = |fleet: &Fleet| {
+        let report: serde_json::Value =
+            serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
+        support::doctor_report::check_named(&report, "vmm pre")
+    };
+
+    // It keeps working as it was: its VMM runs as root, and doctor says so.
+    let out = fleet.fireclaw_ok(&format!("start pre {waits}"));
+    assert!(out.contains("healthy"), "{out}");
+    assert_eq!(vmm_user(&fleet), "root");
+    assert!(
+        fleet
+            .host
+            .ok("test -S /srv/firecracker/vm-demo/pre/firecracker.socket")
+    );
+    let check = vmm_check(&fleet);
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fireclaw adopt pre")
+    );
+
+    // adopt confines it while it runs; the next start runs it as its account.
+    let out = fleet.fireclaw_ok("adopt pre");
+    assert!(
+        out.contains("fcvm-pre") && !out.contains("backup-0.2.0"),
+        "{out}"
+    );
+    assert_eq!(vmm_user(&fleet), "root", "adopt restarted the running VM");
+    let out = fleet.fireclaw_ok(&format!("restart pre {waits}"));
+    assert!(out.contains("healthy"), "{out}");
+    assert_eq!(vmm_user(&fleet), "fcvm-pre");
+    assert_eq!(
+        fleet
+            .host
+            .sh("readlink /srv/firecracker/vm-demo/pre/firecracker.socket")
+            .trim(),
+        "/srv/firecracker/vm-demo/pre/vmm/api.sock"
+    );
+    let check = vmm_check(&fleet);
+    assert_eq!(check["status"], "pass", "{check}");
+    assert!(fleet.fireclaw_ok("adopt pre").contains("nothing to do"));
+    fleet.fireclaw_ok("destroy pre --force");
+    assert!(!fleet.host.ok("id fcvm-pre"));
 }
