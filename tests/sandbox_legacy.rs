@@ -13,6 +13,13 @@ use support::legacy::make_020_instance;
 
 const KEY: &str = "sk-legacy-secret";
 
+/// doctor's `vmm <id>` check.
+fn vmm_check(fleet: &Fleet, id: &str) -> serde_json::Value {
+    let report: serde_json::Value =
+        serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
+    support::doctor_report::check_named(&report, &format!("vmm {id}"))
+}
+
 fn unit(fleet: &Fleet) -> String {
     fleet
         .host
@@ -86,18 +93,7 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
     );
 
     // Until adopted, its VMM runs as root, and doctor says so.
-    let vmm_check = |fleet: &Fleet| {
-        let report: serde_json::Value =
-            serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "vmm old")
-            .cloned()
-            .unwrap_or_else(|| panic!("no vmm check: {report}"))
-    };
-    let before = vmm_check(&fleet);
+    let before = vmm_check(&fleet, "old");
     assert_eq!(before["status"], "warn", "{before}");
     assert!(
         before["detail"]
@@ -156,7 +152,7 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
         .host
         .sh("ps -o user= -p $(systemctl show -p MainPID --value firecracker-vmdemo-old.service)");
     assert_eq!(vmm_user.trim(), "fcvm-old");
-    let after = vmm_check(&fleet);
+    let after = vmm_check(&fleet, "old");
     assert_eq!(after["status"], "pass", "{after}");
 
     fleet.fireclaw_ok("destroy old --force");
@@ -205,11 +201,6 @@ fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
             .trim()
             .to_owned()
     };
-    let vmm_check = |fleet: &Fleet| {
-        let report: serde_json::Value =
-            serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
-        support::doctor_report::check_named(&report, "vmm pre")
-    };
 
     // It keeps working as it was: its VMM runs as root, and doctor says so.
     let out = fleet.fireclaw_ok(&format!("start pre {waits}"));
@@ -220,7 +211,7 @@ fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
             .host
             .ok("test -S /srv/firecracker/vm-demo/pre/firecracker.socket")
     );
-    let check = vmm_check(&fleet);
+    let check = vmm_check(&fleet, "pre");
     assert_eq!(check["status"], "warn", "{check}");
     assert!(
         check["detail"]
@@ -246,7 +237,7 @@ fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
             .trim(),
         "/srv/firecracker/vm-demo/pre/vmm/api.sock"
     );
-    let check = vmm_check(&fleet);
+    let check = vmm_check(&fleet, "pre");
     assert_eq!(check["status"], "pass", "{check}");
     assert!(fleet.fireclaw_ok("adopt pre").contains("nothing to do"));
     fleet.fireclaw_ok("destroy pre --force");

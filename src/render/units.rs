@@ -163,6 +163,19 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     out
 }
 
+/// What both units keep from the kernel and from other processes, in the order they list it.
+const KERNEL_AND_PROCESS: [(&str, &str); 9] = [
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectHostname", "yes"),
+    ("ProtectProc", "invisible"),
+    ("ProcSubset", "pid"),
+    ("RestrictNamespaces", "yes"),
+];
+
 /// The settings that confine a VMM, as `(name, value)` pairs in the order the unit lists them,
 /// values unescaped: `doctor` compares an installed unit's properties with these.
 pub fn vm_hardening(confinement: &UnitConfinement) -> Vec<(&'static str, String)> {
@@ -185,17 +198,12 @@ pub fn vm_hardening(confinement: &UnitConfinement) -> Vec<(&'static str, String)
         "ReadWritePaths",
         confinement.instance_dir.to_string_lossy().into_owned(),
     ));
+    settings.push((
+        "ProtectHome",
+        protect_home(&confinement.instance_dir).to_owned(),
+    ));
+    settings.extend(KERNEL_AND_PROCESS.map(|(k, v)| (k, v.to_owned())));
     for (name, value) in [
-        ("ProtectHome", protect_home(&confinement.instance_dir)),
-        ("ProtectKernelTunables", "yes"),
-        ("ProtectKernelModules", "yes"),
-        ("ProtectKernelLogs", "yes"),
-        ("ProtectControlGroups", "yes"),
-        ("ProtectClock", "yes"),
-        ("ProtectHostname", "yes"),
-        ("ProtectProc", "invisible"),
-        ("ProcSubset", "pid"),
-        ("RestrictNamespaces", "yes"),
         // Firecracker needs only its API socket; the tap is a device, not a socket.
         ("RestrictAddressFamilies", "AF_UNIX"),
         ("RestrictRealtime", "yes"),
@@ -319,15 +327,10 @@ pub fn proxy_hardening(vm_ip: Ipv4Addr) -> Vec<(&'static str, String)> {
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
-        ("ProtectKernelTunables", "yes"),
-        ("ProtectKernelModules", "yes"),
-        ("ProtectKernelLogs", "yes"),
-        ("ProtectControlGroups", "yes"),
-        ("ProtectClock", "yes"),
-        ("ProtectHostname", "yes"),
-        ("ProtectProc", "invisible"),
-        ("ProcSubset", "pid"),
-        ("RestrictNamespaces", "yes"),
+    ]
+    .into_iter()
+    .chain(KERNEL_AND_PROCESS)
+    .chain([
         ("RestrictAddressFamilies", "AF_INET"),
         ("RestrictRealtime", "yes"),
         ("RestrictSUIDSGID", "yes"),
@@ -337,8 +340,7 @@ pub fn proxy_hardening(vm_ip: Ipv4Addr) -> Vec<(&'static str, String)> {
         ("SystemCallFilter", "@system-service"),
         ("SystemCallErrorNumber", "EPERM"),
         ("IPAddressDeny", "any"),
-    ]
-    .into_iter()
+    ])
     .map(|(k, v)| (k, v.to_owned()))
     .collect();
     settings.push(("IPAddressAllow", format!("127.0.0.0/8 {vm_ip}/32")));
