@@ -54,7 +54,7 @@ pub trait HostSteps {
     ) -> Result<()>;
 }
 
-/// The real network of this host.
+/// This host: its links, firewall, accounts and files.
 pub struct HostSystem<'a> {
     pub settings: &'a Settings,
 }

@@ -166,7 +166,7 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
             &format!("account {}", user.name),
             Level::Warn,
             format!(
-                "uid {} is in fireclaw's VMM range but no instance owns it (left by an interrupted setup or destroy); remove it with: userdel {} (or fireclaw destroy <id> --force for the instance it was made for, or fireclaw host cleanup once no instance is left)",
+                "uid {} is in fireclaw's VMM range but no instance owns it (left by an interrupted setup or destroy, or by fireclaw 0.2.0 destroying an adopted instance); remove it with: userdel {} (or fireclaw destroy <id> --force for the instance it was made for, or fireclaw host cleanup once no instance is left)",
                 user.id, user.name
             ),
         ));
