@@ -1,7 +1,7 @@
 //! Putting an instance's VMM in its confined shape on this host: choosing and creating its
 //! account (under the allocation lock), making `FC_ROOT` reachable for it, creating its own
 //! dir and log, and handing it exactly the files `instance::confinement` lists. Every change
-//! goes through a descriptor opened with `O_NOFOLLOW`.
+//! to a file the VMM can reach goes through a descriptor opened with `O_NOFOLLOW`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
