@@ -18,16 +18,6 @@ fn doctor(fleet: &Fleet) -> serde_json::Value {
     serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap()
 }
 
-fn vmm_pid(fleet: &Fleet, id: &str) -> String {
-    fleet
-        .host
-        .sh(&format!(
-            "systemctl show -p MainPID --value firecracker-vmdemo-{id}.service"
-        ))
-        .trim()
-        .to_owned()
-}
-
 /// Runs `command` in the sandbox as the VMM account of `id`, as an escaped VMM would.
 fn as_vmm(fleet: &Fleet, id: &str, command: &str) -> bool {
     fleet.host.ok(&format!(
@@ -49,7 +39,7 @@ fn the_vmm_runs_as_its_own_account_with_no_privileges_and_reaches_nothing_else()
     // The VMM process: its account, no capabilities, no new privileges; still the main PID.
     let status = fleet
         .host
-        .sh(&format!("cat /proc/{}/status", vmm_pid(&fleet, "a")));
+        .sh(&format!("cat /proc/{}/status", fleet.vmm_pid("a")));
     let field = |name: &str| {
         status
             .lines()

@@ -20,6 +20,15 @@ fn vmm_check(fleet: &Fleet, id: &str) -> serde_json::Value {
     support::doctor_report::check_named(&report, &format!("vmm {id}"))
 }
 
+/// The user an instance's VMM runs as.
+fn vmm_user(fleet: &Fleet, id: &str) -> String {
+    fleet
+        .host
+        .sh(&format!("ps -o user= -p {}", fleet.vmm_pid(id)))
+        .trim()
+        .to_owned()
+}
+
 fn unit(fleet: &Fleet) -> String {
     fleet
         .host
@@ -148,10 +157,7 @@ fn a_020_instance_works_under_this_binary_and_adopt_rewrites_its_units() {
     );
     assert_eq!(ctrl_alt_dels(&fleet), before_restart + 1);
     // Now confined: the VMM runs as its account, and doctor finds everything as set.
-    let vmm_user = fleet
-        .host
-        .sh("ps -o user= -p $(systemctl show -p MainPID --value firecracker-vmdemo-old.service)");
-    assert_eq!(vmm_user.trim(), "fcvm-old");
+    assert_eq!(vmm_user(&fleet, "old"), "fcvm-old");
     let after = vmm_check(&fleet, "old");
     assert_eq!(after["status"], "pass", "{after}");
 
@@ -194,18 +200,11 @@ fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
     fleet.healthy("pre");
     make_pre_confinement(&fleet, "pre");
     let waits = "--ssh-timeout 60 --health-timeout 30";
-    let vmm_user = |fleet: &Fleet| {
-        fleet
-            .host
-            .sh("ps -o user= -p $(systemctl show -p MainPID --value firecracker-vmdemo-pre.service)")
-            .trim()
-            .to_owned()
-    };
 
     // It keeps working as it was: its VMM runs as root, and doctor says so.
     let out = fleet.fireclaw_ok(&format!("start pre {waits}"));
     assert!(out.contains("healthy"), "{out}");
-    assert_eq!(vmm_user(&fleet), "root");
+    assert_eq!(vmm_user(&fleet, "pre"), "root");
     assert!(
         fleet
             .host
@@ -226,10 +225,14 @@ fn an_instance_made_before_confinement_runs_as_root_until_adopt_confines_it() {
         out.contains("fcvm-pre") && !out.contains("backup-0.2.0"),
         "{out}"
     );
-    assert_eq!(vmm_user(&fleet), "root", "adopt restarted the running VM");
+    assert_eq!(
+        vmm_user(&fleet, "pre"),
+        "root",
+        "adopt restarted the running VM"
+    );
     let out = fleet.fireclaw_ok(&format!("restart pre {waits}"));
     assert!(out.contains("healthy"), "{out}");
-    assert_eq!(vmm_user(&fleet), "fcvm-pre");
+    assert_eq!(vmm_user(&fleet, "pre"), "fcvm-pre");
     assert_eq!(
         fleet
             .host

@@ -53,9 +53,9 @@ pub fn choose_account(settings: &Settings, id: &InstanceId) -> Result<VmmAccount
         .unwrap_or(VMM_ID_FIRST);
     let users = accounts::users()?;
     let groups = accounts::groups()?;
-    let reserved = ids_owning_files(&settings.paths.fc_root);
+    let mut reserved = ids_owning_files(&settings.paths.fc_root);
+    let mut floor = floor;
     // Ids the name service knows from elsewhere (LDAP, sssd) are taken as well.
-    let (mut reserved, mut floor) = (reserved, floor);
     let uid = loop {
         let uid =
             accounts::free_id(&users, &groups, &reserved, floor).ok_or(AccountError::RangeFull)?;

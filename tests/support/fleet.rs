@@ -81,6 +81,16 @@ impl Fleet {
         )
     }
 
+    /// The main PID of an instance's VM unit (its VMM), as text; "0" when it is not running.
+    pub fn vmm_pid(&self, id: &str) -> String {
+        self.host
+            .sh(&format!(
+                "systemctl show -p MainPID --value firecracker-vmdemo-{id}.service"
+            ))
+            .trim()
+            .to_owned()
+    }
+
     pub fn fireclaw_ok(&self, args: &str) -> String {
         let output = self.fireclaw(args);
         assert!(
