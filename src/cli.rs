@@ -59,14 +59,26 @@ pub enum Command {
     )]
     Status(StatusArgs),
     /// Start an instance's VM, guest service and proxy, then wait until healthy.
-    #[command(after_help = "Examples:\n  sudo fireclaw start my-bot")]
-    Start(StartArgs),
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw start my-bot\n  sudo fireclaw start my-bot --cold   # a suspended one, fresh from its disk"
+    )]
+    Start(StartOnlyArgs),
     /// Stop proxy, guest service and VM, and disable the units (stays stopped across reboots).
     #[command(after_help = "Examples:\n  sudo fireclaw stop my-bot")]
     Stop(InstanceArg),
     /// Stop, then start.
     #[command(after_help = "Examples:\n  sudo fireclaw restart my-bot --health-timeout 120")]
     Restart(StartArgs),
+    /// Write the VM's memory to disk and stop it; resume continues where it stopped.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw suspend my-bot\n  sudo fireclaw suspend --all      # before host maintenance"
+    )]
+    Suspend(SuspendArgs),
+    /// Load a suspended VM's memory and let it run on, then wait until healthy.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw resume my-bot\n  sudo fireclaw resume --all       # after host maintenance"
+    )]
+    Resume(ResumeArgs),
     /// Show and follow the guest service's journal, the host units' journal, or the VM's console.
     #[command(
         after_help = "Examples:\n  sudo fireclaw logs my-bot\n  sudo fireclaw logs my-bot host -n 50 --no-follow\n  sudo fireclaw logs my-bot console -n 200\n  sudo fireclaw logs my-bot --since \"10 min ago\""
@@ -106,6 +118,9 @@ pub enum Command {
     /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.
     #[command(hide = true, name = "vm-net-up")]
     VmNetUp(InstanceArg),
+    /// ExecStartPost of the VM unit: load a due snapshot, mark it consumed, resume.
+    #[command(hide = true, name = "vm-resume")]
+    VmResume(InstanceArg),
     /// ExecStop of the VM unit: clean guest shutdown through the API socket.
     #[command(hide = true, name = "vm-shutdown")]
     VmShutdown(InstanceArg),
@@ -253,6 +268,45 @@ pub struct StartArgs {
     /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
+    #[command(flatten)]
+    pub waits: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartOnlyArgs {
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Boot from the disk even when the instance is suspended, discarding its snapshot.
+    #[arg(long)]
+    pub cold: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SuspendArgs {
+    /// The instance (see fireclaw list).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub id: Option<InstanceId>,
+    /// Every running instance, one after another.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The instance (see fireclaw list).
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub id: Option<InstanceId>,
+    /// Every suspended instance, one after another.
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub waits: WaitArgs,
 }

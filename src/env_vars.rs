@@ -39,6 +39,9 @@ pub const FIRECLAW_TEST_CRASH_AT: &str = "FIRECLAW_TEST_CRASH_AT";
 pub const INVOCATION_ID: &str = "INVOCATION_ID";
 /// Set by systemd for `ExecStop=`: the PID of the unit's main process (the VMM).
 pub const MAINPID: &str = "MAINPID";
+/// The VM unit's Firecracker arguments after `--api-sock` (`--config-file ...` or none before
+/// a snapshot load), from the file `vm-net-up` writes.
+pub const FIRECLAW_VMM_BOOT: &str = "FIRECLAW_VMM_BOOT";
 /// Any value turns colour off (no-color.org).
 pub const NO_COLOR: &str = "NO_COLOR";
 /// Where host tools are looked up.

@@ -22,6 +22,7 @@ fn vm_config(confined: bool) -> VmUnitConfig {
         api_sock: dir.join("vmm/api.sock"),
         vm_config: dir.join("config/vm-config.json"),
         console_log: dir.join("logs/console.log"),
+        boot_env: "/var/lib/fireclaw/.vm-my-bot/vmm-boot.env".into(),
         environment: PinnedEnvironment(vec![("STATE_ROOT", "/var/lib/fireclaw".into())]),
         confinement: confined.then(|| UnitConfinement {
             account: "fcvm-my-bot".into(),

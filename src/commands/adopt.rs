@@ -1,5 +1,5 @@
 //! `fireclaw adopt <id>`: an instance made by 0.2.0, or by fireclaw before its VMM was
-//! confined, gets the confined shape: its own VMM account (recorded in `fireclaw.json`), its
+//! confined or before it could suspend, gets the current shape: its own VMM account (recorded in `fireclaw.json`), its
 //! files handed over as `setup` hands them, Firecracker's log moved into the VMM's dir, and
 //! fireclaw's confined units and wrapper scripts, rendered by the same renderer `setup` uses
 //! from its saved state. 0.2.0's units and scripts are first copied to
@@ -38,13 +38,15 @@ pub fn run(
     let from_020 = is_020_unit(&vm_unit_path);
     let state = read_fireclaw_state(&loaded.paths)?;
     let recorded = state.as_ref().and_then(|s| s.vmm_account.clone());
-    // Confined only once both say so: an adopt cut short may have written one and not the other.
-    let unit_confined = std::fs::read_to_string(&vm_unit_path).is_ok_and(|text| {
+    // Current only once both say so (an adopt cut short may have written one and not the
+    // other) and the unit can resume a snapshot (units of fireclaw before suspend cannot).
+    let unit_current = std::fs::read_to_string(&vm_unit_path).is_ok_and(|text| {
         recorded
             .as_ref()
             .is_some_and(|a| text.contains(&format!("\nUser={}\n", a.name)))
+            && text.contains(" vm-resume ")
     });
-    if !from_020 && unit_confined {
+    if !from_020 && unit_current {
         output.line(&format!(
             "Instance {id} already runs under fireclaw's confined units; nothing to do."
         ));

@@ -15,6 +15,7 @@ use crate::host::systemd::{ServiceManager, UnitState};
 use crate::instance::layout::StatePaths;
 use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
 use crate::instance::state::Phase;
+use crate::instance::suspension::{Suspension, age_text};
 use crate::instance::values::InstanceId;
 use crate::instance::values::escaped;
 use crate::ops::instance::{NoInstance, load};
@@ -47,6 +48,40 @@ pub struct InstanceView {
     pub gateway_health: Option<String>,
     /// Why the row is an error row.
     pub error: Option<String>,
+    /// The snapshot of a suspended instance (`fireclaw suspend`); `null` otherwise.
+    pub suspended: Option<SuspendedView>,
+}
+
+/// A suspended instance's snapshot in the fleet views.
+#[derive(Debug, Clone, Serialize)]
+pub struct SuspendedView {
+    /// Seconds since the Unix epoch when the snapshot was written.
+    pub taken_at: u64,
+    pub age_secs: u64,
+    /// Apparent size of the memory and state files together.
+    pub snapshot_bytes: u64,
+}
+
+impl SuspendedView {
+    fn of(record: &Suspension) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            taken_at: record.taken_at,
+            age_secs: now.saturating_sub(record.taken_at),
+            snapshot_bytes: record.total_bytes(),
+        }
+    }
+
+    /// "1024 MiB, taken 3h 5m ago".
+    fn text(&self) -> String {
+        format!(
+            "{} MiB snapshot, taken {} ago",
+            self.snapshot_bytes.div_ceil(1 << 20),
+            age_text(self.age_secs)
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -114,16 +149,16 @@ pub fn gather(
     for (index, instance) in scanned.iter().enumerate() {
         let vm = unit_active(states.get(index * 2));
         let proxy = unit_active(states.get(index * 2 + 1));
-        let phase = instance
-            .name
-            .parse::<InstanceId>()
-            .ok()
-            .and_then(|id| {
-                read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
-                    .ok()
-                    .flatten()
-            })
-            .map(|s| s.phase);
+        let state = instance.name.parse::<InstanceId>().ok().and_then(|id| {
+            read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
+                .ok()
+                .flatten()
+        });
+        let phase = state.as_ref().map(|s| s.phase);
+        let suspended = state
+            .as_ref()
+            .and_then(|s| s.suspended.as_ref())
+            .map(SuspendedView::of);
         if let Err(error) = &instance.env {
             output.warn(&format!(
                 "instance '{}': {}",
@@ -131,7 +166,9 @@ pub fn gather(
                 error_chain(error)
             ));
         }
-        views.push(view_of(instance, vm, proxy, phase));
+        let mut view = view_of(instance, vm, proxy, phase);
+        view.suspended = suspended;
+        views.push(view);
     }
     Ok(views)
 }
@@ -156,6 +193,7 @@ fn view_of(
         proxy_health: None,
         gateway_health: None,
         error: None,
+        suspended: None,
     };
     match &instance.env {
         Ok(env) => {
@@ -204,6 +242,7 @@ fn paint(text: &str, colour: bool) -> String {
     let code = match text {
         "up" | "active" => "32",
         "down" | "failed" | "error" => "31",
+        "suspended" => "33",
         _ => return text.to_owned(),
     };
     format!("\x1b[{code}m{text}\x1b[0m")
@@ -220,7 +259,11 @@ fn table(views: &[InstanceView], colour: bool) -> String {
                 v.port
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "error".into()),
-                v.vm.clone(),
+                // A suspended VM is not running; the snapshot is what there is to know.
+                match (&v.suspended, v.vm.as_str()) {
+                    (Some(_), "inactive" | "failed") => "suspended".into(),
+                    _ => v.vm.clone(),
+                },
                 v.proxy.clone(),
                 v.health.clone(),
                 match (&v.phase, &v.error) {
@@ -404,6 +447,13 @@ fn print_status(
         units.proxy,
         paint(&view.proxy, colour)
     ));
+    if let Some(suspended) = &view.suspended {
+        output.line(&format!(
+            "  suspended      {}; resume it with: fireclaw resume {}",
+            suspended.text(),
+            view.id
+        ));
+    }
     output.line(&format!(
         "  guest service  {} {}",
         units.guest,
@@ -451,7 +501,33 @@ mod tests {
             proxy_health: Some(health.into()),
             gateway_health: None,
             error: None,
+            suspended: None,
         }
+    }
+
+    #[test]
+    fn a_suspended_instance_shows_as_such_with_its_snapshot() {
+        let mut asleep = view("asleep", "down");
+        asleep.vm = "inactive".into();
+        asleep.proxy = "inactive".into();
+        asleep.suspended = Some(SuspendedView {
+            taken_at: 1_790_000_000,
+            age_secs: 3 * 3600 + 5 * 60,
+            snapshot_bytes: (1 << 30) + 40_000,
+        });
+        let text = table(&[asleep.clone()], false);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("  suspended  inactive  down"), "{text}");
+        assert_eq!(
+            asleep.suspended.as_ref().unwrap().text(),
+            "1025 MiB snapshot, taken 3h 5m ago"
+        );
+        let json = serde_json::to_value(&asleep).unwrap();
+        assert_eq!(json["suspended"]["snapshot_bytes"], (1u64 << 30) + 40_000);
+        assert_eq!(json["vm"], "inactive");
+        // A running VM with a record (a suspend cut short) shows its unit's real state.
+        asleep.vm = "active".into();
+        assert!(table(&[asleep], false).contains("  active  "));
     }
 
     #[test]

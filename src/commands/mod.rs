@@ -14,6 +14,7 @@ mod setup;
 mod shell;
 mod start;
 mod stop;
+mod suspend;
 mod token;
 mod version;
 mod vm_helpers;
@@ -52,14 +53,19 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     // before provisioning rolls back, and the others (named here with their instance) say how
     // to finish. What the remaining commands would leave needs no care.
     let finishable = match &cli.command {
-        Command::Start(args) | Command::Restart(args) => Some(args.id.clone()),
+        Command::Start(args) => Some(args.start.id.clone()),
+        Command::Restart(args) => Some(args.id.clone()),
+        Command::Suspend(args) => args.id.clone(),
+        Command::Resume(args) => args.id.clone(),
         Command::Stop(args) => Some(args.id.clone()),
         Command::Provision(args) => Some(args.id.clone()),
         // Asked on a terminal, a destroy must stay stoppable at its question.
         Command::Destroy(args) if args.yes || args.force => Some(args.id.clone()),
         _ => None,
     };
-    if finishable.is_some() || matches!(cli.command, Command::Setup(_)) {
+    let fleet_wide = matches!(&cli.command, Command::Suspend(a) if a.all)
+        || matches!(&cli.command, Command::Resume(a) if a.all);
+    if finishable.is_some() || fleet_wide || matches!(cli.command, Command::Setup(_)) {
         crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
     }
     let verb = verb_name(&cli.command);
@@ -76,6 +82,8 @@ fn verb_name(command: &Command) -> &'static str {
         Command::Start(_) => "start",
         Command::Restart(_) => "restart",
         Command::Stop(_) => "stop",
+        Command::Suspend(_) => "suspend",
+        Command::Resume(_) => "resume",
         Command::Provision(_) => "provision",
         Command::Destroy(_) => "destroy",
         _ => "",
@@ -97,7 +105,16 @@ fn dispatch(
         Command::Status(args) => {
             fleet::status(settings, args.id.as_ref(), args.json, services, output)
         }
-        Command::Start(args) => start::start(settings, &args.id, &args.waits, services, output),
+        Command::Start(args) => start::start(
+            settings,
+            &args.start.id,
+            &args.start.waits,
+            args.cold,
+            services,
+            output,
+        ),
+        Command::Suspend(args) => suspend::suspend(settings, &args, services, output),
+        Command::Resume(args) => suspend::resume(settings, &args, services, output),
         Command::Stop(args) => stop::run(settings, &args.id, services, output),
         Command::Restart(args) => start::restart(settings, &args.id, &args.waits, services, output),
         Command::Logs(args) => logs::run(settings, &args, services),
@@ -109,6 +126,7 @@ fn dispatch(
         Command::Adopt(args) => adopt::run(settings, &args.id, services, output),
         Command::VmNetUp(args) => vm_helpers::net_up_command(settings, &args.id, services, output),
         Command::VmShutdown(args) => vm_helpers::shutdown(settings, &args.id, output),
+        Command::VmResume(args) => vm_helpers::resume_command(settings, &args.id, services, output),
         Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),
         Command::Completions(_) | Command::Man | Command::Version(_) => Ok(()),
     }

@@ -26,6 +26,7 @@ pub fn run(
     output: &mut Output<'_>,
 ) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, &args.id, output)?;
+    loaded.ensure_not_suspended()?;
     let update = validated_update(settings, args, &loaded)?;
     save(settings, args, &loaded, &update, output)?;
 

@@ -1,5 +1,5 @@
 //! `fireclaw stop <id>`: proxy, guest service, VM, then both units disabled, so the instance
-//! stays stopped across host reboots.
+//! stays stopped across host reboots. A suspended instance keeps its snapshot.
 
 use anyhow::Result;
 
@@ -18,6 +18,13 @@ pub fn run(
 ) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, id, output)?;
     stop(&loaded, services, &stop_shell(&loaded), output)?;
+    if loaded.ensure_not_suspended().is_err() {
+        // Its snapshot stays: stopping a suspended instance changes nothing it holds.
+        output.line(&format!(
+            "Instance {id} is suspended and stays so across reboots; resume it with: fireclaw resume {id}, or boot it fresh with: fireclaw start {id} --cold"
+        ));
+        return Ok(());
+    }
     output.line(&format!(
         "Instance {id} is stopped and stays stopped across reboots; start it with: fireclaw start {id}"
     ));

@@ -1,6 +1,8 @@
 //! A minimal client for Firecracker's API socket: HTTP/1.1 over a unix stream, one request per
-//! connection, JSON bodies with serde, responses parsed with httparse. fireclaw uses two calls:
-//! `GET /` (is the VMM alive, which version) and `PUT /actions` with `SendCtrlAltDel`.
+//! connection, JSON bodies with serde, responses parsed with httparse. fireclaw uses `GET /`
+//! (is the VMM alive, which version, paused or running), `PUT /actions` with `SendCtrlAltDel`,
+//! and for suspend and resume `PATCH /vm` (pause, resume), `PUT /snapshot/create`, and on a
+//! VMM started without a config `PUT /logger` and `PUT /snapshot/load`.
 //! Failures come back as `{"fault_message": ...}`. A confined VMM's socket lives in a dir
 //! that VMM can write, where it could plant a link to another service's socket: a client made
 //! with `expect_peer` checks who answers (`SO_PEERCRED`) before it sends anything.
@@ -71,6 +73,17 @@ pub struct InstanceInfo {
     pub state: String,
     #[serde(default)]
     pub vmm_version: String,
+}
+
+/// What a snapshot load needs: the files and this start's tap (taps are reattached by name).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotLoad<'a> {
+    pub state: &'a Path,
+    pub memory: &'a Path,
+    pub tap: &'a str,
+    /// Move the guest's kvm-clock to the host's wall clock at load (Firecracker 1.16 and later,
+    /// x86_64 only).
+    pub clock_realtime: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -219,6 +232,58 @@ impl ApiClient {
         })
     }
 
+    /// Stops the guest's vCPUs (`PATCH /vm`, `Paused`); devices keep their state.
+    pub fn pause(&self) -> Result<(), ApiError> {
+        self.call("PATCH", "/vm", Some(br#"{"state":"Paused"}"#))
+            .map(drop)
+    }
+
+    /// Lets a paused or freshly loaded guest run again (`PATCH /vm`, `Resumed`).
+    pub fn resume(&self) -> Result<(), ApiError> {
+        self.call("PATCH", "/vm", Some(br#"{"state":"Resumed"}"#))
+            .map(drop)
+    }
+
+    /// Writes a full snapshot of a paused VM: its device state and its whole memory.
+    pub fn create_snapshot(&self, state: &Path, memory: &Path) -> Result<(), ApiError> {
+        let body = serde_json::json!({
+            "snapshot_type": "Full",
+            "snapshot_path": state,
+            "mem_file_path": memory,
+        })
+        .to_string();
+        self.call("PUT", "/snapshot/create", Some(body.as_bytes()))
+            .map(drop)
+    }
+
+    /// Configures the logger of a VMM started without a config file (a snapshot does not
+    /// carry it), as the config file would.
+    pub fn configure_logger(&self, log: &Path) -> Result<(), ApiError> {
+        let body = serde_json::json!({
+            "log_path": log,
+            "level": crate::render::firecracker::LOG_LEVEL,
+        })
+        .to_string();
+        self.call("PUT", "/logger", Some(body.as_bytes())).map(drop)
+    }
+
+    /// Loads a snapshot into a VMM started without a config file, leaving the guest paused.
+    pub fn load_snapshot(&self, load: &SnapshotLoad<'_>) -> Result<(), ApiError> {
+        let body = serde_json::json!({
+            "snapshot_path": load.state,
+            "mem_backend": { "backend_type": "File", "backend_path": load.memory },
+            "resume_vm": false,
+            "network_overrides": [{
+                "iface_id": crate::render::firecracker::NET_IFACE_ID,
+                "host_dev_name": load.tap,
+            }],
+            "clock_realtime": load.clock_realtime,
+        })
+        .to_string();
+        self.call("PUT", "/snapshot/load", Some(body.as_bytes()))
+            .map(drop)
+    }
+
     /// Asks the guest to shut down, as pressing Ctrl-Alt-Del would.
     pub fn send_ctrl_alt_del(&self) -> Result<(), ApiError> {
         let body = serde_json::json!({ "action_type": "SendCtrlAltDel" }).to_string();
@@ -280,6 +345,52 @@ mod tests {
         assert_eq!(info.state, "Running");
         assert_eq!(info.vmm_version, "1.16.0");
         assert!(server.join().unwrap().starts_with("GET / HTTP/1.1\r\n"));
+    }
+
+    #[test]
+    fn suspend_and_resume_calls_carry_firecrackers_fields() {
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        let api = ApiClient::new(&socket, Duration::from_secs(2));
+        api.pause().unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("PATCH /vm HTTP/1.1\r\n"), "{request}");
+        assert!(request.ends_with(r#"{"state":"Paused"}"#), "{request}");
+
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        ApiClient::new(&socket, Duration::from_secs(2))
+            .create_snapshot(Path::new("/v/s.vmstate"), Path::new("/v/s.mem"))
+            .unwrap();
+        let request = server.join().unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"snapshot_type":"Full","snapshot_path":"/v/s.vmstate","mem_file_path":"/v/s.mem"})
+        );
+
+        let (_dir, socket, server) = serve_once("HTTP/1.1 204 No Content\r\n\r\n".into());
+        ApiClient::new(&socket, Duration::from_secs(2))
+            .load_snapshot(&SnapshotLoad {
+                state: Path::new("/v/s.vmstate"),
+                memory: Path::new("/v/s.mem"),
+                tap: "tbot2",
+                clock_realtime: true,
+            })
+            .unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("PUT /snapshot/load HTTP/1.1\r\n"));
+        let body: serde_json::Value =
+            serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "snapshot_path": "/v/s.vmstate",
+                "mem_backend": {"backend_type": "File", "backend_path": "/v/s.mem"},
+                "resume_vm": false,
+                "network_overrides": [{"iface_id": "eth0", "host_dev_name": "tbot2"}],
+                "clock_realtime": true,
+            })
+        );
     }
 
     #[test]

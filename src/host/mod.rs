@@ -16,6 +16,7 @@ pub mod process;
 pub mod rootfs_build;
 pub mod rootfs_seed;
 pub mod signature;
+pub mod snapshot;
 pub mod systemd;
 pub mod tap;
 pub mod trust;

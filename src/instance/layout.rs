@@ -18,6 +18,9 @@ pub struct StatePaths {
     /// Which VMM process (host boot and PID) last had its guest answer SSH: a stop of any
     /// other skips the wait for a clean shutdown a guest that never came up cannot do.
     pub guest_answered: PathBuf,
+    /// How the VMM's next start boots (`FIRECLAW_VMM_BOOT`, read by the VM unit as an
+    /// environment file): from its config file, or waiting for a snapshot load. Root's only.
+    pub vmm_boot_env: PathBuf,
 }
 
 impl StatePaths {
@@ -30,6 +33,7 @@ impl StatePaths {
             known_hosts: dir.join("known_hosts"),
             fireclaw_json: dir.join("fireclaw.json"),
             guest_answered: dir.join("guest-answered"),
+            vmm_boot_env: dir.join("vmm-boot.env"),
             dir,
         }
     }
@@ -67,6 +71,9 @@ pub fn public_key_path(key: &Path) -> PathBuf {
 
 /// The confined VMM's own dir inside `FC_ROOT/<id>/`.
 pub const VMM_DIR: &str = "vmm";
+/// The snapshot files in the VMM's dir.
+pub const SNAPSHOT_STATE_FILE: &str = "snapshot.vmstate";
+pub const SNAPSHOT_MEMORY_FILE: &str = "snapshot.mem";
 
 /// `FC_ROOT/<id>/firecracker.socket`.
 pub fn default_api_sock(fc_root: &Path, id: &str) -> PathBuf {
@@ -95,6 +102,9 @@ pub struct AssetPaths {
     pub vmm_dir: PathBuf,
     pub vmm_api_sock: PathBuf,
     pub vmm_log: PathBuf,
+    /// A suspended VM's device state and memory (`fireclaw suspend`), written by its VMM.
+    pub snapshot_state: PathBuf,
+    pub snapshot_memory: PathBuf,
     pub start_script: PathBuf,
     pub stop_script: PathBuf,
 }
@@ -119,6 +129,8 @@ impl AssetPaths {
             console_log: logs.join("console.log"),
             vmm_api_sock: vmm_dir.join("api.sock"),
             vmm_log: vmm_dir.join("firecracker.log"),
+            snapshot_state: vmm_dir.join(SNAPSHOT_STATE_FILE),
+            snapshot_memory: vmm_dir.join(SNAPSHOT_MEMORY_FILE),
             vmm_dir,
             start_script: dir.join(START_SCRIPT),
             stop_script: dir.join("stop-vm.sh"),

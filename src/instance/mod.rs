@@ -14,4 +14,5 @@ pub mod plan;
 pub mod secrets;
 pub mod spec;
 pub mod state;
+pub mod suspension;
 pub mod values;

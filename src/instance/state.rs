@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::confinement::VmmAccount;
 use super::plain::{PlainDoc, PlainError};
+use super::suspension::Suspension;
 use super::values::{PrivateCidr, escaped};
 
 /// `.env` keys, in the order 0.2.0 writes them (after the format line).
@@ -298,6 +299,11 @@ pub struct FireclawState {
     /// 0.2.0, or by fireclaw before the VMM was confined, and not yet adopted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_account: Option<VmmAccount>,
+    /// The snapshot a suspended instance resumes from; absent when the instance is not
+    /// suspended (or its snapshot was consumed by a load). Not a phase: see
+    /// `instance::suspension`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<Suspension>,
 }
 
 /// `created_by` of an instance fireclaw 0.2.0 made.
@@ -313,6 +319,7 @@ impl FireclawState {
             created_by: format!("fireclaw {}", env!("CARGO_PKG_VERSION")),
             allow_private_egress: Vec::new(),
             vmm_account: None,
+            suspended: None,
         }
     }
 
@@ -490,6 +497,75 @@ OPENAI_API_KEY=sk-new
         assert!(adopted.made_by_020());
         assert_eq!(adopted.phase, Phase::Provisioned);
         assert!(!FireclawState::new(Phase::Allocated).made_by_020());
+    }
+
+    /// `fireclaw.json` as the previous release (before suspend) reads it: the same serde rules,
+    /// its own phases and fields, unknown fields ignored.
+    mod previous_release {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum Phase {
+            Allocated,
+            Assets,
+            Units,
+            Booted,
+            Provisioned,
+        }
+
+        #[derive(Debug, serde::Deserialize)]
+        pub struct VmmAccount {
+            pub name: String,
+            pub uid: u32,
+            pub gid: u32,
+        }
+
+        #[derive(Debug, serde::Deserialize)]
+        pub struct FireclawState {
+            pub format: u32,
+            pub phase: Phase,
+            pub created_by: String,
+            #[serde(default)]
+            pub allow_private_egress: Vec<String>,
+            #[serde(default)]
+            pub vmm_account: Option<VmmAccount>,
+        }
+    }
+
+    #[test]
+    fn the_previous_release_reads_the_state_of_a_suspended_instance() {
+        use crate::instance::suspension::SnapshotOrigin;
+        let mut state = FireclawState::new(Phase::Provisioned);
+        state.vmm_account = Some(VmmAccount {
+            name: "fcvm-a".into(),
+            uid: 1_950_000_000,
+            gid: 1_950_000_000,
+        });
+        state.suspended = Some(Suspension {
+            taken_at: 1_790_000_000,
+            memory_bytes: 1 << 30,
+            state_bytes: 50_000,
+            origin: SnapshotOrigin {
+                format_version: "v10.0.0".into(),
+                host_kernel: "6.1.0-28-amd64".into(),
+                cpu_model: "AMD EPYC 7B13".into(),
+            },
+        });
+        let text = state.render();
+        assert!(text.contains("\"suspended\""), "{text}");
+        let previous: previous_release::FireclawState = serde_json::from_str(&text).unwrap();
+        assert!(matches!(
+            previous.phase,
+            previous_release::Phase::Provisioned
+        ));
+        assert_eq!(previous.format, FireclawState::FORMAT);
+        let account = previous.vmm_account.unwrap();
+        assert_eq!(
+            (account.name.as_str(), account.uid, account.gid),
+            ("fcvm-a", 1_950_000_000, 1_950_000_000)
+        );
+        assert!(previous.created_by.starts_with("fireclaw "));
+        assert!(previous.allow_private_egress.is_empty());
+        assert_eq!(FireclawState::parse(&text).unwrap(), state);
     }
 
     #[test]

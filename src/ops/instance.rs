@@ -59,6 +59,13 @@ pub struct NeverProvisioned {
 }
 
 /// An instance as found on disk.
+/// A command that needs a running guest was asked of a suspended instance.
+#[derive(Debug, thiserror::Error)]
+#[error("instance '{id}' is suspended; resume it first with: fireclaw resume {id}")]
+pub struct IsSuspended {
+    pub id: InstanceId,
+}
+
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub id: InstanceId,
@@ -80,6 +87,17 @@ impl Loaded {
     }
 
     /// Refuses to bring up an instance whose setup never got through provisioning.
+    /// Refuses a suspended instance (`provision`, `shell`, `logs guest`, `restart`): its guest
+    /// is not running, and booting its disk would leave the snapshot behind it.
+    pub fn ensure_not_suspended(&self) -> Result<(), IsSuspended> {
+        match &self.state {
+            Some(state) if state.suspended.is_some() => Err(IsSuspended {
+                id: self.id.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn ensure_provisioned(&self) -> Result<(), NeverProvisioned> {
         match &self.state {
             Some(state) if state.phase < Phase::Provisioned => Err(NeverProvisioned {

@@ -88,7 +88,7 @@ pub fn unit_state(services: &dyn ServiceManager, unit: &str) -> Result<UnitState
         .ok_or_else(|| anyhow!("systemd reported nothing for {unit}"))
 }
 
-fn progress(output: &mut Output<'_>, id: &InstanceId, step: &str) {
+pub fn progress(output: &mut Output<'_>, id: &InstanceId, step: &str) {
     output.progress(&format!("{id}: {step}"));
 }
 
@@ -284,6 +284,7 @@ pub fn ensure_vm_running(
 /// of ssh's bare "No route to host".
 pub fn ensure_reachable(loaded: &Loaded, services: &dyn ServiceManager) -> Result<()> {
     let id = &loaded.id;
+    loaded.ensure_not_suspended()?;
     let state = unit_state(services, &loaded.units.vm)?;
     if !state.is_active() {
         return Err(anyhow!(

@@ -1,7 +1,8 @@
 //! Operations several verbs share, between `commands` (which parse arguments, call these and
 //! print) and the host and guest adapters: finding and locking an instance (`instance`),
 //! creating one (`install`) and removing one (`teardown`), bringing it up and stopping it
-//! (`lifecycle`), the host network and the guest network policy (`network`, `egress`), and
+//! (`lifecycle`), suspending and resuming it through snapshots (`suspend`), the host network and
+//! the guest network policy (`network`, `egress`), and
 //! recognising what fireclaw 0.2.0 made (`legacy`). Operations reach systemd only through
 //! `ServiceManager`, the guest only through `GuestShell`, and the network steps of install and
 //! teardown only through `HostSteps`, so unit tests drive them with recording fakes.
@@ -14,6 +15,7 @@ pub mod instance;
 pub mod legacy;
 pub mod lifecycle;
 pub mod network;
+pub mod suspend;
 pub mod teardown;
 
 #[cfg(test)]

@@ -109,21 +109,21 @@ pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 /// A problem that retrying cannot fix: the unit should fail instead of restarting in a loop.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct PermanentNetError {
+pub struct PermanentStartError {
     message: String,
     #[source]
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
-impl PermanentNetError {
-    fn new(message: String) -> Self {
+impl PermanentStartError {
+    pub fn new(message: String) -> Self {
         Self {
             message,
             cause: None,
         }
     }
 
-    fn caused_by(message: &str, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+    pub fn caused_by(message: &str, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             message: message.to_owned(),
             cause: Some(Box::new(cause)),
@@ -156,16 +156,16 @@ impl NetTarget {
 fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
     let paths = StatePaths::new(&settings.paths.state_root, id);
     let env = read_env(&paths)
-        .map_err(|e| PermanentNetError::caused_by("read the instance's state", e))?;
+        .map_err(|e| PermanentStartError::caused_by("read the instance's state", e))?;
     let tap = env
         .tap()
-        .map_err(|e| PermanentNetError::caused_by("read the instance's tap", e))?
+        .map_err(|e| PermanentStartError::caused_by("read the instance's tap", e))?
         .to_owned();
     let api_sock = env
         .api_sock()
         .unwrap_or_else(|| default_api_sock(&settings.paths.fc_root, id.as_str()));
     let state = read_fireclaw_state(&paths)
-        .map_err(|e| PermanentNetError::caused_by("read the instance's fireclaw.json", e))?;
+        .map_err(|e| PermanentStartError::caused_by("read the instance's fireclaw.json", e))?;
     let Some(account) = state.and_then(|s| s.vmm_account) else {
         return Ok(NetTarget {
             tap,
@@ -182,6 +182,24 @@ fn target(settings: &Settings, id: &InstanceId) -> Result<NetTarget> {
             assets,
             link: api_sock,
         }),
+    })
+}
+
+/// Where fireclaw reaches an instance's VMM: its API socket (in its own dir when confined),
+/// the uid that must answer there, and its tap.
+#[derive(Debug, Clone)]
+pub struct VmmEndpoint {
+    pub api_sock: PathBuf,
+    pub vmm_uid: Option<u32>,
+    pub tap: String,
+}
+
+pub fn vmm_endpoint(settings: &Settings, id: &InstanceId) -> Result<VmmEndpoint> {
+    let target = target(settings, id)?;
+    Ok(VmmEndpoint {
+        vmm_uid: target.vmm_uid(),
+        api_sock: target.api_sock,
+        tap: target.tap,
     })
 }
 
@@ -203,7 +221,7 @@ fn ensure_socket_link(link: &Path, socket: &Path) -> Result<()> {
             std::fs::remove_file(link).with_context(|| format!("remove {}", link.display()))?;
         }
         Ok(_) => {
-            return Err(PermanentNetError::new(format!(
+            return Err(PermanentStartError::new(format!(
                 "{} is in the way of the API socket link and is not a socket; move it away",
                 link.display()
             ))
@@ -222,7 +240,7 @@ fn ensure_bridge(netlink: &mut Netlink, settings: &Settings) -> Result<Link> {
     let bridge = match netlink.link(name)? {
         Some(link) if link.is_bridge() => link,
         Some(link) => {
-            return Err(PermanentNetError::new(format!(
+            return Err(PermanentStartError::new(format!(
                 "interface {name} exists but is a {} device, not a bridge; remove it (ip link delete {name}) or set {}",
                 link.kind.as_deref().unwrap_or("plain"),
                 env_vars::BRIDGE_NAME
@@ -269,7 +287,7 @@ fn ensure_tap(
             {
                 // A tap of someone else's: take it over only while nothing holds it.
                 create_persistent_tap(name, owner).map_err(|e| match e {
-                    TapError::Busy { .. } => PermanentNetError::caused_by(
+                    TapError::Busy { .. } => PermanentStartError::caused_by(
                         &format!(
                             "tap {name} is held by another process and is not owned by this instance's VMM (uid {uid}); stop that process or remove the tap (ip link delete {name})"
                         ),
@@ -282,7 +300,7 @@ fn ensure_tap(
             link
         }
         Some(link) => {
-            return Err(PermanentNetError::new(format!(
+            return Err(PermanentStartError::new(format!(
                 "interface {name} exists but is a {} device, not this instance's tap; remove it with: ip link delete {name}",
                 link.kind.as_deref().unwrap_or("plain")
             ))
@@ -499,7 +517,7 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
             std::fs::remove_file(path)
                 .with_context(|| format!("remove stale API socket {}", path.display()))
         }
-        Ok(_) => Err(PermanentNetError::new(format!(
+        Ok(_) => Err(PermanentStartError::new(format!(
             "{} is in the way of the API socket and is not a socket; move it away",
             path.display()
         ))
@@ -569,7 +587,7 @@ pub fn net_up(settings: &Settings, id: &InstanceId) -> Result<Vec<String>> {
     if let Some(confined) = &target.confined {
         // Something the VMM planted there does not go away by retrying.
         super::confine::ensure_vmm_dir(&confined.assets, &confined.account).map_err(|error| {
-            PermanentNetError::new(format!(
+            PermanentStartError::new(format!(
                 "prepare the VMM's own dir: {}",
                 error_chain(error.as_ref())
             ))
@@ -632,6 +650,23 @@ pub fn shutdown(settings: &Settings, id: &InstanceId, output: &mut Output<'_>) -
     }
     // Not `exists()`: in a confined VMM's dir that would follow a link it planted.
     if std::fs::symlink_metadata(&target.api_sock).is_err() {
+        return Ok(());
+    }
+    // A suspend stops a paused VM whose snapshot is written: no guest shutdown, which would
+    // run the guest on from its paused state (and a paused guest cannot act on it anyway).
+    let suspending = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
+        .ok()
+        .flatten()
+        .is_some_and(|state| state.suspended.is_some());
+    let paused = ApiClient::new(&target.api_sock, Duration::from_secs(2))
+        .expect_peer(target.vmm_uid())
+        .instance_info()
+        .is_ok_and(|info| info.state == "Paused");
+    if suspending || paused {
+        output.progress(&format!(
+            "instance '{id}': its VM is paused{}; stopping the VMM without a guest shutdown",
+            if suspending { " for a suspend" } else { "" }
+        ));
         return Ok(());
     }
     if !guest_came_up(settings, id) {

@@ -219,6 +219,7 @@ pub fn unit_files(plan: &UnitsPlan<'_>) -> UnitFiles {
         },
         vm_config: assets.vm_config.clone(),
         console_log: assets.console_log.clone(),
+        boot_env: StatePaths::new(&plan.paths.state_root, plan.id).vmm_boot_env,
         environment: pinned_environment(plan.paths, plan.network),
         confinement,
     };

@@ -69,6 +69,11 @@ struct Logger<'a> {
     level: &'static str,
 }
 
+/// The guest NIC's id in the config (a snapshot load reattaches its tap by this id).
+pub const NET_IFACE_ID: &str = "eth0";
+/// Firecracker's log level (a snapshot load configures the logger the config file would).
+pub const LOG_LEVEL: &str = "Info";
+
 pub fn vm_config(input: &VmConfigInput) -> String {
     let config = VmConfig {
         boot_source: BootSource {
@@ -96,13 +101,13 @@ pub fn vm_config(input: &VmConfigInput) -> String {
             smt: false,
         },
         network_interfaces: [NetworkInterface {
-            iface_id: "eth0",
+            iface_id: NET_IFACE_ID,
             guest_mac: &input.mac,
             host_dev_name: &input.tap,
         }],
         logger: Logger {
             log_path: &input.log_path,
-            level: "Info",
+            level: LOG_LEVEL,
         },
     };
     // Paths are validated UTF-8 and the structs hold plain fields: serialisation cannot fail.

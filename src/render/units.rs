@@ -9,8 +9,10 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use crate::env_vars::FIRECLAW_VMM_BOOT;
 use crate::instance::confinement::{KVM_GROUP, Limits};
 use crate::instance::layout::GUEST_GATEWAY_PORT;
+use crate::instance::suspension::VmmBoot;
 
 /// Settings the helper commands need, pinned into the unit so that `vm-net-up` sees the same
 /// `STATE_ROOT`, `FC_ROOT` and bridge as the `setup` that wrote it.
@@ -25,6 +27,9 @@ pub struct VmUnitConfig {
     pub api_sock: PathBuf,
     pub vm_config: PathBuf,
     pub console_log: PathBuf,
+    /// Written by `vm-net-up` before each start: whether Firecracker boots from its config
+    /// file or waits for a snapshot load (`vmm_boot_environment`).
+    pub boot_env: PathBuf,
     pub environment: PinnedEnvironment,
     /// `None`: the VMM runs as root (an instance made before confinement, and not adopted).
     pub confinement: Option<UnitConfinement>,
@@ -139,13 +144,34 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     // Bridge, tap, isolation and rules are rebuilt before every start, so the network survives
     // host reboots and VMM crashes; a failure here fails the start job at once.
     let _ = writeln!(out, "ExecStartPre={root}{fireclaw} vm-net-up {id}");
+    // Firecracker has no flag to load a snapshot: a start that resumes one runs it without
+    // `--config-file`, and `vm-resume` loads it over the API. `vm-net-up` decides which and
+    // writes the variable; systemd reads the file after ExecStartPre. The config is named
+    // relative to the working directory, so the variable holds no path to quote.
+    let (config_dir, config_file) = config_location(&config.vm_config);
+    // The value runs to the end of the line; quotes would be taken literally.
+    let _ = writeln!(out, "WorkingDirectory={}", systemd_raw_value(&config_dir));
     let _ = writeln!(
         out,
-        "ExecStart={} --api-sock {} --config-file {}",
+        "Environment={}",
+        systemd_assignment(&format!(
+            "{FIRECLAW_VMM_BOOT}={}",
+            boot_arguments(VmmBoot::Cold, &config_file)
+        ))
+    );
+    let _ = writeln!(
+        out,
+        "EnvironmentFile=-{}",
+        systemd_raw_value(&config.boot_env.to_string_lossy())
+    );
+    let _ = writeln!(
+        out,
+        "ExecStart={} --api-sock {} ${FIRECLAW_VMM_BOOT}",
         path_word(&config.firecracker),
         path_word(&config.api_sock),
-        path_word(&config.vm_config)
     );
+    // Loads a due snapshot, marks it consumed, then lets the guest run; nothing otherwise.
+    let _ = writeln!(out, "ExecStartPost={root}{fireclaw} vm-resume {id}");
     let _ = writeln!(out, "ExecStop={root}{fireclaw} vm-shutdown {id}");
     // Runs after clean stops, crashes and failed starts alike.
     let _ = writeln!(out, "ExecStopPost={root}{fireclaw} vm-net-down {id}");
@@ -161,6 +187,40 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     }
     out.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     out
+}
+
+/// The dir and file name of the Firecracker config.
+fn config_location(vm_config: &std::path::Path) -> (String, String) {
+    let dir = vm_config
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = vm_config
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, file)
+}
+
+/// Firecracker's arguments after `--api-sock` for each way of booting.
+fn boot_arguments(boot: VmmBoot, config_file: &str) -> String {
+    match boot {
+        VmmBoot::Cold => format!("--config-file {config_file}"),
+        VmmBoot::Load => String::new(),
+    }
+}
+
+/// The environment file `vm-net-up` writes before each start of a VM unit (`boot_env`).
+pub fn vmm_boot_environment(boot: VmmBoot, vm_config: &std::path::Path) -> String {
+    let (_, config_file) = config_location(vm_config);
+    let how = match boot {
+        VmmBoot::Cold => "boots from its config file",
+        VmmBoot::Load => "waits for the snapshot load of vm-resume",
+    };
+    format!(
+        "# Written by fireclaw vm-net-up: the VMM's next start {how}.\n{FIRECLAW_VMM_BOOT}={}\n",
+        boot_arguments(boot, &config_file)
+    )
 }
 
 /// What both units keep from the kernel and from other processes, in the order they list it.
@@ -423,6 +483,7 @@ mod tests {
             api_sock: dir.join("firecracker.socket"),
             vm_config: dir.join("config/vm-config.json"),
             console_log: dir.join("logs/console.log"),
+            boot_env: "/var/lib/fireclaw/.vm-my-bot/vmm-boot.env".into(),
             environment: PinnedEnvironment(vec![
                 ("STATE_ROOT", "/var/lib/fireclaw".into()),
                 ("FC_ROOT", fc_root.into()),

@@ -15,6 +15,7 @@ use serde::Serialize;
 mod checks;
 mod confinement;
 mod egress;
+mod snapshots;
 
 use checks::{Check, Level, check};
 
@@ -469,14 +470,7 @@ fn capacity(settings: &Settings, checks: &mut Vec<Check>) {
 }
 
 fn free_bytes(path: &Path) -> Option<u64> {
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    Some(stat.f_bavail * stat.f_frsize)
+    crate::host::snapshot::free_bytes(path).ok()
 }
 
 /// The first word of a systemd command line, with its double quotes and escapes undone.
@@ -524,6 +518,7 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
     let uses_020_scripts = unit_checks(settings, &scanned, &unit_ids, checks);
     instance_checks(settings, &scanned, &unit_ids, checks);
     confinement::instance_checks(settings, &scanned, checks);
+    snapshots::instance_checks(settings, &scanned, checks);
     orphan_taps(&scanned, checks);
     if uses_020_scripts {
         tools_of_020_units(checks);

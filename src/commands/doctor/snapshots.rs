@@ -1,0 +1,198 @@
+//! doctor's checks of suspended instances and snapshot files (`snapshot <id>`): a recorded
+//! snapshot whose files are missing or changed, one this host can no longer load (its kernel,
+//! CPU model or Firecracker's snapshot format changed since), one kept for a long time, and
+//! snapshot files no record names (left by an interrupted suspend or resume), which hold a
+//! guest's memory, secrets included, and take its size on disk.
+
+use super::checks::{Check, Level, check};
+use crate::host::snapshot::{file_size, here};
+use crate::instance::layout::{AssetPaths, StatePaths};
+use crate::instance::state::FireclawState;
+use crate::instance::suspension::{SnapshotOrigin, Suspension, age_text, cannot_load};
+use crate::instance::values::InstanceId;
+use crate::settings::Settings;
+use crate::store::{ScannedInstance, read_fireclaw_state};
+
+/// A snapshot older than this is reported: its guest wakes with everything that long out of
+/// date, and it holds its memory's size on disk meanwhile.
+const STALE_AFTER_SECS: u64 = 30 * 86_400;
+
+pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
+    // Without a Firecracker on PATH there is nothing to compare a snapshot's format with.
+    let facts = crate::host::probe::which("firecracker").and_then(|binary| here(&binary).ok());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for instance in scanned {
+        let Ok(id) = instance.name.parse::<InstanceId>() else {
+            continue;
+        };
+        let state = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id))
+            .ok()
+            .flatten();
+        let assets = AssetPaths::new(&settings.paths.fc_root, &id);
+        let sizes = [
+            file_size(&assets.snapshot_state),
+            file_size(&assets.snapshot_memory),
+        ];
+        if let Some(found) = snapshot_check(&id, state.as_ref(), sizes, facts.as_ref(), now) {
+            checks.push(found);
+        }
+    }
+}
+
+/// The finding for one instance, from its state, the sizes of its snapshot files (state,
+/// memory) and this host's facts; `None` when it has neither a snapshot nor its files.
+pub fn snapshot_check(
+    id: &InstanceId,
+    state: Option<&FireclawState>,
+    sizes: [Option<u64>; 2],
+    here: Option<&SnapshotOrigin>,
+    now: u64,
+) -> Option<Check> {
+    let name = format!("snapshot {id}");
+    let Some(record) = state.and_then(|s| s.suspended.as_ref()) else {
+        let left: u64 = sizes.iter().flatten().sum();
+        return sizes.iter().any(Option::is_some).then(|| {
+            check(
+                &name,
+                Level::Warn,
+                format!(
+                    "snapshot files no suspend recorded ({} MiB, a guest's memory with its secrets), left by an interrupted suspend or resume; nothing will load them: remove them with: fireclaw start {id} --cold",
+                    left.div_ceil(1 << 20)
+                ),
+            )
+        });
+    };
+    Some(recorded_check(&name, id, record, sizes, here, now))
+}
+
+fn recorded_check(
+    name: &str,
+    id: &InstanceId,
+    record: &Suspension,
+    sizes: [Option<u64>; 2],
+    here: Option<&SnapshotOrigin>,
+    now: u64,
+) -> Check {
+    let age = now.saturating_sub(record.taken_at);
+    let summary = format!(
+        "suspended {} ago, {} MiB on disk",
+        age_text(age),
+        record.total_bytes().div_ceil(1 << 20)
+    );
+    if sizes != [Some(record.state_bytes), Some(record.memory_bytes)] {
+        return check(
+            name,
+            Level::Fail,
+            format!(
+                "suspended, but its snapshot files are missing or not as written; boot it fresh from its disk with: fireclaw start {id} --cold"
+            ),
+        );
+    }
+    if let Some(why) = here.and_then(|facts| cannot_load(&record.origin, facts)) {
+        return check(
+            name,
+            Level::Warn,
+            format!(
+                "{summary}; this host can no longer load it ({why}): boot back into what it was taken on to resume it, or boot it fresh with: fireclaw start {id} --cold"
+            ),
+        );
+    }
+    if age > STALE_AFTER_SECS {
+        return check(
+            name,
+            Level::Warn,
+            format!(
+                "{summary}: resume it with: fireclaw resume {id}, or discard it with: fireclaw start {id} --cold"
+            ),
+        );
+    }
+    check(
+        name,
+        Level::Pass,
+        format!("{summary}; resume it with: fireclaw resume {id}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::state::Phase;
+
+    fn origin(kernel: &str) -> SnapshotOrigin {
+        SnapshotOrigin {
+            format_version: "v10.0.0".into(),
+            host_kernel: kernel.into(),
+            cpu_model: "cpu".into(),
+        }
+    }
+
+    fn suspended(taken_at: u64) -> FireclawState {
+        let mut state = FireclawState::new(Phase::Provisioned);
+        state.suspended = Some(Suspension {
+            taken_at,
+            memory_bytes: 256 << 20,
+            state_bytes: 1000,
+            origin: origin("6.1.0"),
+        });
+        state
+    }
+
+    fn finding(
+        state: Option<&FireclawState>,
+        sizes: [Option<u64>; 2],
+        kernel: &str,
+        now: u64,
+    ) -> Option<(Level, String)> {
+        snapshot_check(
+            &"a".parse().unwrap(),
+            state,
+            sizes,
+            Some(&origin(kernel)),
+            now,
+        )
+        .map(|c| (c.status, c.detail))
+    }
+
+    const FILES: [Option<u64>; 2] = [Some(1000), Some(256 << 20)];
+
+    #[test]
+    fn a_loadable_snapshot_passes_with_its_age_and_size() {
+        let state = suspended(1000);
+        let (level, detail) = finding(Some(&state), FILES, "6.1.0", 1000 + 7200).unwrap();
+        assert_eq!(level, Level::Pass);
+        assert!(
+            detail.starts_with("suspended 2h 0m ago, 257 MiB on disk"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_this_host_cannot_load_is_named_with_what_changed() {
+        let state = suspended(1000);
+        let (level, detail) = finding(Some(&state), FILES, "6.2.0", 2000).unwrap();
+        assert_eq!(level, Level::Warn);
+        assert!(
+            detail.contains("host kernel 6.1.0 then, 6.2.0 now"),
+            "{detail}"
+        );
+        assert!(detail.contains("fireclaw start a --cold"), "{detail}");
+    }
+
+    #[test]
+    fn missing_files_fail_and_old_snapshots_and_unrecorded_files_warn() {
+        let state = suspended(1000);
+        let (level, _) = finding(Some(&state), [Some(1000), None], "6.1.0", 2000).unwrap();
+        assert_eq!(level, Level::Fail);
+        let (level, detail) = finding(Some(&state), FILES, "6.1.0", 1000 + 40 * 86_400).unwrap();
+        assert_eq!(level, Level::Warn);
+        assert!(detail.starts_with("suspended 40d 0h ago"), "{detail}");
+        let running = FireclawState::new(Phase::Provisioned);
+        let (level, detail) = finding(Some(&running), [None, Some(5 << 20)], "6.1.0", 0).unwrap();
+        assert_eq!(level, Level::Warn);
+        assert!(detail.contains("(5 MiB"), "{detail}");
+        assert_eq!(finding(Some(&running), [None, None], "6.1.0", 0), None);
+        assert_eq!(finding(None, [None, None], "6.1.0", 0), None);
+    }
+}
