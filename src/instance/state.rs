@@ -549,6 +549,7 @@ OPENAI_API_KEY=sk-new
                 host_kernel: "6.1.0-28-amd64".into(),
                 cpu_model: "AMD EPYC 7B13".into(),
             },
+            loading_since: None,
         });
         let text = state.render();
         assert!(text.contains("\"suspended\""), "{text}");

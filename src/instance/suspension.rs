@@ -34,6 +34,11 @@ pub struct Suspension {
     pub state_bytes: u64,
     #[serde(flatten)]
     pub origin: SnapshotOrigin,
+    /// Set by `vm-resume` just before it asks Firecracker to load the snapshot, and gone with
+    /// the record once the load succeeded: when still set at the next start, that load failed
+    /// or was cut short (a failed load ends Firecracker), and is not tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loading_since: Option<u64>,
 }
 
 impl Suspension {
@@ -139,6 +144,7 @@ mod tests {
             memory_bytes: 256 << 20,
             state_bytes: 40_000,
             origin: origin("6.1.0", "cpu", "v10.0.0"),
+            loading_since: None,
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["format_version"], "v10.0.0");

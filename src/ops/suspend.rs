@@ -54,6 +54,15 @@ pub fn suspension(loaded: &Loaded) -> Option<&Suspension> {
     loaded.state.as_ref().and_then(|s| s.suspended.as_ref())
 }
 
+/// A load of this snapshot was tried and did not complete.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the last load of the snapshot of instance '{id}' did not complete (Firecracker refused it or ended; its journal says why: fireclaw logs {id} host), so it is not tried again; boot it fresh from its disk with: fireclaw start {id} --cold"
+)]
+pub struct LoadFailedBefore {
+    pub id: InstanceId,
+}
+
 /// This host cannot load the snapshot.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -257,6 +266,7 @@ fn write_snapshot(
                 format_version,
                 ..facts
             },
+            loading_since: None,
         })
     })();
     let record = match written {
@@ -320,6 +330,9 @@ pub fn resume_due(settings: &Settings, loaded: &Loaded, services: &dyn ServiceMa
 /// Checks that the recorded snapshot can be loaded here: same host kernel, CPU model and
 /// snapshot format, and both files as they were written.
 pub fn check_loadable(settings: &Settings, id: &InstanceId, record: &Suspension) -> Result<()> {
+    if record.loading_since.is_some() {
+        return Err(LoadFailedBefore { id: id.clone() }.into());
+    }
     let facts = here(&firecracker_binary()?)?;
     if let Some(why) = cannot_load(&record.origin, &facts) {
         return Err(CannotLoad {
@@ -501,6 +514,11 @@ pub fn prepare_boot(settings: &Settings, id: &InstanceId, in_unit: bool) -> Resu
             ))
             .into());
         }
+        Some(record) if record.loading_since.is_some() => {
+            return Err(
+                PermanentStartError::new(LoadFailedBefore { id: id.clone() }.to_string()).into(),
+            );
+        }
         Some(_) => VmmBoot::Load,
         None => VmmBoot::Cold,
     };
@@ -580,6 +598,13 @@ pub fn load_due_snapshot(settings: &Settings, id: &InstanceId) -> Result<()> {
     quick
         .configure_logger(log)
         .with_context(|| format!("configure the logger of instance '{id}'"))?;
+    // Firecracker ends when a load fails, and a start of this unit may then be retried by
+    // systemd: marked first, a failed load is never tried again.
+    update_fireclaw_state(&paths, |state| {
+        if let Some(suspended) = &mut state.suspended {
+            suspended.loading_since = Some(now_secs());
+        }
+    })?;
     ApiClient::new(&endpoint.api_sock, API_SNAPSHOT)
         .expect_peer(endpoint.vmm_uid)
         .load_snapshot(&SnapshotLoad {

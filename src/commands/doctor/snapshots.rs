@@ -90,6 +90,15 @@ fn recorded_check(
             ),
         );
     }
+    if record.loading_since.is_some() {
+        return check(
+            name,
+            Level::Fail,
+            format!(
+                "{summary}; its last load did not complete and is not tried again (see: fireclaw logs {id} host); boot it fresh with: fireclaw start {id} --cold"
+            ),
+        );
+    }
     if let Some(why) = here.and_then(|facts| cannot_load(&record.origin, facts)) {
         return check(
             name,
@@ -135,6 +144,7 @@ mod tests {
             memory_bytes: 256 << 20,
             state_bytes: 1000,
             origin: origin("6.1.0"),
+            loading_since: None,
         });
         state
     }
@@ -188,6 +198,16 @@ mod tests {
         let (level, detail) = finding(Some(&state), FILES, "6.1.0", 1000 + 40 * 86_400).unwrap();
         assert_eq!(level, Level::Warn);
         assert!(detail.starts_with("suspended 40d 0h ago"), "{detail}");
+        let mut tried = suspended(1000);
+        if let Some(record) = &mut tried.suspended {
+            record.loading_since = Some(1500);
+        }
+        let (level, detail) = finding(Some(&tried), FILES, "6.1.0", 2000).unwrap();
+        assert_eq!(level, Level::Fail);
+        assert!(
+            detail.contains("its last load did not complete"),
+            "{detail}"
+        );
         let running = FireclawState::new(Phase::Provisioned);
         let (level, detail) = finding(Some(&running), [None, Some(5 << 20)], "6.1.0", 0).unwrap();
         assert_eq!(level, Level::Warn);
