@@ -878,6 +878,69 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(counter(&guests), frozen_at);
     host.sh(&ping);
+
+    // A load that resumes at once, and a clean shutdown of the loaded VM: the guest goes down
+    // and the VMM exits 0 once it has gone.
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
+        204
+    );
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/create",
+            &create_body(&vmstate, &memory)
+        )
+        .0,
+        204
+    );
+    host.sh("systemctl kill -s KILL fc-cold");
+    wait_until(
+        "the frozen guest is kept once more",
+        std::time::Duration::from_secs(10),
+        || guests.kept(SNAP_TAP),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_vmm(&host, "fc-resumed", "a", &api_only("a"), "Not started");
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/load",
+            &load_body(&vmstate, &memory, true)
+        ),
+        (204, String::new())
+    );
+    assert_eq!(vm_state(&host, "a"), "Running");
+    assert!(!guests.frozen(SNAP_TAP));
+    host.sh(&ping);
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#
+        )
+        .0,
+        204
+    );
+    wait_until(
+        "the loaded guest shuts down",
+        std::time::Duration::from_secs(60),
+        || !guests.running(SNAP_TAP),
+    );
+    assert_eq!(ended(&host, "fc-resumed"), "success 0");
+    assert!(
+        calls(&host, SNAP_TAP)
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("EXIT ")
+    );
     eprintln!(
         "sandbox boot: {:.1}s, guest boots: {:?}",
         host.boot_secs,
