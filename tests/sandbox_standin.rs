@@ -19,6 +19,7 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::process::Output;
 
+use support::guest::GuestHost;
 use support::sandbox::{BIN_IN_SANDBOX, Sandbox};
 
 /// The VMM's own user, as fireclaw makes one per instance.
@@ -470,4 +471,479 @@ fn a_confined_standin_fails_as_firecracker_1_16_does_when_it_cannot_open_what_it
         failed.status
     );
     eprintln!("sandbox boot: {:.1}s", sandbox.boot_secs);
+}
+
+/// The tap and address of the VM whose guest is paused, snapshotted and loaded.
+const SNAP_TAP: &str = "tsnap";
+const GUEST_IP: &str = "10.9.0.2";
+/// `firecracker --snapshot-version` of 1.16.1 (persist.rs `SNAPSHOT_VERSION`).
+const SNAPSHOT_VERSION: &str = "v10.0.0\n";
+
+/// An instance as `instance` makes it, bootable by the guest supervisor: the fixture kernel
+/// (with iso9660, so the guest reads the seed image), a NoCloud seed image giving the guest
+/// `GUEST_IP`, the tap addressed on the host side, and the VMM's own dir for its snapshots.
+fn guest_instance(sandbox: &Sandbox, id: &str) {
+    instance(sandbox, id, SNAP_TAP);
+    sandbox.write(
+        &format!("{}/images/vmlinux", dir(id)),
+        &support::kernel_fixture::vmlinux_with_everything(),
+    );
+    sandbox.sh(&format!(
+        "mkdir -p /root/seed && cd /root/seed && \
+         printf 'instance-id: {id}\\nlocal-hostname: {id}\\n' > meta-data && \
+         printf '#cloud-config\\n{{}}\\n' > user-data && \
+         printf 'version: 2\\nethernets:\\n  eth0:\\n    match:\\n      macaddress: \"{MAC}\"\\n    set-name: eth0\\n    addresses:\\n      - \"{GUEST_IP}/24\"\\n' > network-config && \
+         genisoimage -quiet -output {d}/images/seed.img -volid cidata -joliet -rock user-data meta-data network-config && \
+         mkdir -p {d}/vmm && chown -R {USER}: {d} && \
+         ip addr add 10.9.0.1/24 dev {SNAP_TAP} && ip link set {SNAP_TAP} up",
+        d = dir(id)
+    ));
+}
+
+/// The stand-in with only its API socket, as fireclaw starts a VMM that is to load a snapshot.
+fn api_only(id: &str) -> String {
+    format!("{BIN_IN_SANDBOX}/firecracker --api-sock {}", socket(id))
+}
+
+/// Starts `command` confined as unit `unit` (with the unit's `UMask=0077`, stderr in
+/// `/run/<unit>.stderr`) and waits for its API to report `state`.
+fn run_vmm(sandbox: &Sandbox, unit: &str, id: &str, command: &str, state: &str) {
+    sandbox.sh(&format!(
+        "rm -f {s}; systemd-run -q --unit={unit} {props} {WITH_KVM} -p UMask=0077 \
+         -p StandardOutput=append:{d}/logs/console.log -p StandardError=file:/run/{unit}.stderr {command}",
+        s = socket(id),
+        props = confined(id),
+        d = dir(id),
+    ));
+    let info = sandbox.sh(&format!(
+        "for i in $(seq 50); do curl -sf --unix-socket {} http://localhost/ && exit 0; sleep 0.1; done; \
+         systemctl status {unit} --no-pager; exit 1",
+        socket(id)
+    ));
+    assert!(info.contains(&format!("\"state\":\"{state}\"")), "{info}");
+}
+
+/// One API request to the VMM of `id`: its status code and body.
+fn api(sandbox: &Sandbox, id: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let out = sandbox.sh(&format!(
+        "curl -s -w '\\n%{{http_code}}' -X {method} --unix-socket {} http://localhost{path} \
+         -H 'Content-Type: application/json' -d '{body}'",
+        socket(id)
+    ));
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_owned())
+}
+
+fn vm_state(sandbox: &Sandbox, id: &str) -> String {
+    let (_, body) = api(sandbox, id, "GET", "/", "");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    info["state"].as_str().unwrap().to_owned()
+}
+
+fn fault(message: &str) -> String {
+    serde_json::json!({ "fault_message": message }).to_string()
+}
+
+/// How a unit that was to end ended (`Result ExecMainStatus`), once it has.
+fn ended(sandbox: &Sandbox, unit: &str) -> String {
+    sandbox.sh(&format!(
+        "for i in $(seq 50); do systemctl is-active -q {unit} || break; sleep 0.1; done; \
+         echo $(systemctl show -p Result --value {unit}) $(systemctl show -p ExecMainStatus --value {unit})"
+    ))
+    .trim()
+    .to_owned()
+}
+
+fn wait_until(what: &str, bound: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + bound;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn counter(guests: &GuestHost) -> u64 {
+    guests
+        .read(SNAP_TAP, "/var/lib/counter")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn create_body(vmstate: &str, memory: &str) -> String {
+    serde_json::json!({"snapshot_type": "Full", "snapshot_path": vmstate, "mem_file_path": memory})
+        .to_string()
+}
+
+fn load_body(vmstate: &str, memory: &str, resume: bool) -> String {
+    serde_json::json!({
+        "snapshot_path": vmstate,
+        "mem_backend": {"backend_type": "File", "backend_path": memory},
+        "resume_vm": resume,
+        "network_overrides": [{"iface_id": "eth0", "host_dev_name": SNAP_TAP}],
+        "clock_realtime": false,
+    })
+    .to_string()
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_frozen_guest() {
+    let host = Sandbox::boot_for_guests("standin-snap");
+    let guests = GuestHost::start(&host);
+    guest_instance(&host, "a");
+    let d = dir("a");
+    let (vmstate, memory) = (
+        format!("{d}/vmm/snapshot.vmstate"),
+        format!("{d}/vmm/snapshot.mem"),
+    );
+    run_vmm(&host, "fc-boot", "a", &firecracker("a"), "Running");
+    wait_until(
+        "the guest boots",
+        std::time::Duration::from_secs(180),
+        || guests.running(SNAP_TAP),
+    );
+    let ping = format!(
+        "for i in $(seq 50); do ping -c 1 -W 1 {GUEST_IP} >/dev/null && exit 0; sleep 0.2; done; exit 1"
+    );
+    host.sh(&ping);
+
+    // A running VM cannot be snapshotted: its vCPUs refuse to save their state.
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/create",
+            &create_body(&vmstate, &memory)
+        ),
+        (
+            400,
+            fault(
+                "Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running"
+            )
+        )
+    );
+    assert!(!host.ok(&format!("ls {vmstate} || ls {memory}")));
+
+    guests.sh(
+        SNAP_TAP,
+        "systemd-run -q --unit=counter /bin/sh -c 'i=0; while :; do i=$((i+1)); \
+         echo $i > /var/lib/counter.new; mv /var/lib/counter.new /var/lib/counter; sleep 0.15; done'",
+    );
+    let counter_pid = guests.sh(SNAP_TAP, "systemctl show -p MainPID --value counter");
+    wait_until(
+        "the counter counts",
+        std::time::Duration::from_secs(10),
+        || counter(&guests) >= 3,
+    );
+
+    // Paused: the guest is frozen and the counter stands still; nothing reaches the guest.
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        (204, String::new())
+    );
+    assert!(guests.frozen(SNAP_TAP));
+    assert_eq!(vm_state(&host, "a"), "Paused");
+    let stopped = counter(&guests);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(counter(&guests), stopped);
+    assert!(!host.ok(&format!("ping -c 1 -W 1 {GUEST_IP}")));
+    // Pausing a paused VM changes nothing.
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
+        204
+    );
+
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/create",
+            &create_body(&vmstate, &memory)
+        ),
+        (204, String::new())
+    );
+    // Made by the VMM's account under UMask=0077; the memory file is the guest memory's size.
+    assert_eq!(
+        host.sh(&format!("stat -c '%s %U %a' {memory} {vmstate} | head -1")),
+        format!("{} {USER} 600\n", 128 * 1024 * 1024)
+    );
+    assert_eq!(
+        host.sh(&format!("stat -c '%U %a' {vmstate}")),
+        format!("{USER} 600\n")
+    );
+    let firecracker_bin = format!("{BIN_IN_SANDBOX}/firecracker");
+    assert_eq!(
+        host.sh(&format!("{firecracker_bin} --snapshot-version")),
+        SNAPSHOT_VERSION
+    );
+    assert_eq!(
+        host.sh(&format!("{firecracker_bin} --describe-snapshot {vmstate}")),
+        SNAPSHOT_VERSION
+    );
+    let not_a_snapshot = host.exec(&format!("{firecracker_bin} --describe-snapshot {memory}"));
+    // Firecracker reads no more than 10 MB of a state file.
+    assert_eq!(not_a_snapshot.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&not_a_snapshot.stderr),
+        "Error: PrintSnapshotDataFormat(SnapshotVersion(SizeLimitExceeded(10000000)))\n"
+    );
+
+    // The VMM dies paused after a snapshot: its guest stays frozen, kept for a load.
+    host.sh("systemctl kill -s KILL fc-boot");
+    wait_until(
+        "the frozen guest is kept",
+        std::time::Duration::from_secs(10),
+        || guests.kept(SNAP_TAP),
+    );
+    assert!(guests.frozen(SNAP_TAP));
+
+    // A call that configures a boot makes the load fail, as in Firecracker; the VMM serves on.
+    run_vmm(&host, "fc-boot-path", "a", &api_only("a"), "Not started");
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":128}"#
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/load",
+            &load_body(&vmstate, &memory, false)
+        ),
+        (
+            400,
+            fault(
+                "Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources."
+            )
+        )
+    );
+    assert_eq!(vm_state(&host, "a"), "Not started");
+    host.sh("systemctl stop fc-boot-path");
+
+    // Another Firecracker on the host, another snapshot version: the load is refused and the
+    // VMM exits.
+    host.sh("echo v11.0.0 > /run/fireclaw-standin/snapshot-version");
+    assert_eq!(
+        host.sh(&format!("{firecracker_bin} --snapshot-version")),
+        "v11.0.0\n"
+    );
+    run_vmm(&host, "fc-newer", "a", &api_only("a"), "Not started");
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/load",
+            &load_body(&vmstate, &memory, false)
+        ),
+        (
+            400,
+            fault(
+                "Load snapshot error: Failed to restore from snapshot: Failed to get snapshot state from file: Failed to load snapshot state from file: Invalid data version: 10.0.0"
+            )
+        )
+    );
+    assert_eq!(ended(&host, "fc-newer"), "exit-code 1");
+    assert_eq!(
+        host.sh("cat /run/fc-newer.stderr"),
+        "Error: RunWithApi(BuildMicroVmError(Restore))\n"
+    );
+    host.sh("rm /run/fireclaw-standin/snapshot-version");
+    assert!(guests.kept(SNAP_TAP) && guests.frozen(SNAP_TAP));
+    assert_eq!(counter(&guests), stopped);
+
+    // The load fireclaw makes: logger, load without resume (Paused, still frozen), resume.
+    run_vmm(&host, "fc-load", "a", &api_only("a"), "Not started");
+    let logger = format!(
+        r#"{{"log_path":"{d}/logs/firecracker.log","level":"Info","show_level":false,"show_log_origin":false}}"#
+    );
+    assert_eq!(api(&host, "a", "PUT", "/logger", &logger).0, 204);
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/load",
+            &load_body(&vmstate, &memory, false)
+        ),
+        (204, String::new())
+    );
+    assert_eq!(vm_state(&host, "a"), "Paused");
+    assert!(guests.frozen(SNAP_TAP) && !guests.kept(SNAP_TAP));
+    assert_eq!(counter(&guests), stopped);
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Resumed"}"#),
+        (204, String::new())
+    );
+    assert_eq!(vm_state(&host, "a"), "Running");
+    assert!(!guests.frozen(SNAP_TAP));
+    // The same process counts on from where it stood.
+    wait_until(
+        "the counter counts on",
+        std::time::Duration::from_secs(10),
+        || counter(&guests) > stopped,
+    );
+    let resumed = counter(&guests);
+    assert!(resumed <= stopped + 20, "{stopped} → {resumed}");
+    assert_eq!(
+        guests.sh(SNAP_TAP, "systemctl show -p MainPID --value counter"),
+        counter_pid
+    );
+    host.sh(&ping);
+    let log = calls(&host, SNAP_TAP);
+    assert!(
+        log.ends_with(&format!(
+            "GET / \nPUT /logger {logger}\nPUT /snapshot/load {}\nGET / \nPATCH /vm {{\"state\":\"Resumed\"}}\nGET / \n",
+            load_body(&vmstate, &memory, false)
+        )),
+        "{log}"
+    );
+    // The failed load of the other version was logged too (its VMM had read the tap's name).
+    assert!(log.contains(&format!(
+        "GET / \nPUT /snapshot/load {}\n",
+        load_body(&vmstate, &memory, false)
+    )));
+
+    // Paused and snapshotted again, and killed: a load of the first snapshot finds no frozen
+    // guest for it (a guest is attached once) and the VMM exits.
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
+        204
+    );
+    let (vmstate2, memory2) = (
+        format!("{d}/vmm/second.vmstate"),
+        format!("{d}/vmm/second.mem"),
+    );
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/create",
+            &create_body(&vmstate2, &memory2)
+        )
+        .0,
+        204
+    );
+    host.sh("systemctl kill -s KILL fc-load");
+    wait_until(
+        "the frozen guest is kept again",
+        std::time::Duration::from_secs(10),
+        || guests.kept(SNAP_TAP),
+    );
+    // The harness lets go of the killed VMM's tap within half a second.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_vmm(&host, "fc-again", "a", &api_only("a"), "Not started");
+    let (code, body) = api(
+        &host,
+        "a",
+        "PUT",
+        "/snapshot/load",
+        &load_body(&vmstate, &memory, false),
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.starts_with(r#"{"fault_message":"Load snapshot error: Failed to restore from snapshot: the stand-in has no frozen guest for this snapshot: "#),
+        "{body}"
+    );
+    assert_eq!(ended(&host, "fc-again"), "exit-code 1");
+    assert!(guests.kept(SNAP_TAP));
+
+    // A cold boot discards the frozen guest and boots the disk afresh: the counter is gone.
+    let frozen_at = counter(&guests);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_vmm(&host, "fc-cold", "a", &firecracker("a"), "Running");
+    wait_until(
+        "a fresh guest boots",
+        std::time::Duration::from_secs(180),
+        || !guests.kept(SNAP_TAP) && !guests.frozen(SNAP_TAP) && guests.running(SNAP_TAP),
+    );
+    assert_eq!(
+        guests
+            .sh(SNAP_TAP, "systemctl is-active counter || true")
+            .trim(),
+        "inactive"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(counter(&guests), frozen_at);
+    host.sh(&ping);
+
+    // A load that resumes at once, and a clean shutdown of the loaded VM: the guest goes down
+    // and the VMM exits 0 once it has gone.
+    assert_eq!(
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
+        204
+    );
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/create",
+            &create_body(&vmstate, &memory)
+        )
+        .0,
+        204
+    );
+    host.sh("systemctl kill -s KILL fc-cold");
+    wait_until(
+        "the frozen guest is kept once more",
+        std::time::Duration::from_secs(10),
+        || guests.kept(SNAP_TAP),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_vmm(&host, "fc-resumed", "a", &api_only("a"), "Not started");
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/snapshot/load",
+            &load_body(&vmstate, &memory, true)
+        ),
+        (204, String::new())
+    );
+    assert_eq!(vm_state(&host, "a"), "Running");
+    assert!(!guests.frozen(SNAP_TAP));
+    host.sh(&ping);
+    assert_eq!(
+        api(
+            &host,
+            "a",
+            "PUT",
+            "/actions",
+            r#"{"action_type":"SendCtrlAltDel"}"#
+        )
+        .0,
+        204
+    );
+    wait_until(
+        "the loaded guest shuts down",
+        std::time::Duration::from_secs(60),
+        || !guests.running(SNAP_TAP),
+    );
+    assert_eq!(ended(&host, "fc-resumed"), "success 0");
+    assert!(
+        calls(&host, SNAP_TAP)
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("EXIT ")
+    );
+    eprintln!(
+        "sandbox boot: {:.1}s, guest boots: {:?}",
+        host.boot_secs,
+        guests.boot_secs()
+    );
 }

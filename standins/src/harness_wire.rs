@@ -1,28 +1,52 @@
 //! The wire between the Firecracker stand-in and the stand-in harness (`standin_harness`), which
 //! runs as root on the test's side of every host sandbox, socket-activated at [`SOCKET`]. The
 //! stand-in, confined like Firecracker, only opens its own files, the tap and `/dev/kvm`; all
-//! that serves the tests (the guest handshake, the calls log, the relay to the guest) is the
-//! harness's. One connection per VMM, for the VMM's whole life; each message is one line of
-//! JSON, so a body with newlines cannot split one:
+//! that serves the tests (the guest handshake, the calls log, the relay to the guest, freezing
+//! and thawing the guest) is the harness's. One connection per VMM, for the VMM's whole life;
+//! each message is one line of JSON, so a body with newlines cannot split one:
 //!
-//! 1. stand-in → harness, once it has opened everything Firecracker opens: `Hello` (tap, guest
-//!    MAC, kernel, rootfs, seed), in one `sendmsg` that carries the tap's fd (SCM_RIGHTS). The
-//!    tap is open as Firecracker opens it, so each frame on it has a [`VNET_HDR_LEN`] header.
+//! 1. stand-in → harness, once it has opened everything Firecracker opens, one of:
+//!    - `Hello` (tap, guest MAC, kernel, rootfs, seed) for a cold boot from its config file, in
+//!      one `sendmsg` that carries the tap's fd (SCM_RIGHTS). The tap is open as Firecracker
+//!      opens it, so each frame on it has a [`VNET_HDR_LEN`] header.
+//!    - `Restore { hello, guest }` for a snapshot load, with the tap's fd the same way: `guest`
+//!      is the token the snapshot recorded, naming the frozen guest the VM's memory stands for.
+//!    - `CallsOnly { tap }` (no fd) from a VMM whose load failed before it opened the tap: the
+//!      harness only logs its calls (step 3) until it exits.
 //! 2. harness → stand-in: `Ready { guest }` once the guest handshake is written (`guest`: the
-//!    test shares [`GUESTS_DIR`]). From now until the connection ends the harness holds
-//!    `<GUESTS_DIR>/<tap>/vmm.lock` and relays the tap to the peer named in `<tap>.peer`.
+//!    test shares [`GUESTS_DIR`]); after a `Restore`, once the guest supervisor has attached the
+//!    frozen guest to this VMM, or `Refused(reason)` when it has no frozen guest by that token
+//!    (the VMM then fails its load; the harness still logs its calls). From `Ready` until the
+//!    connection ends the harness holds `<GUESTS_DIR>/<tap>/vmm.lock` and relays the tap to the
+//!    peer named in `<tap>.peer`, except while the VM is paused (a restored VM starts paused).
 //! 3. stand-in → harness: `Call("METHOD PATH BODY")` for each API request; the harness appends
 //!    it to `<STATE_DIR>/<tap>.calls` and answers `Ack`, and only then does the stand-in answer
-//!    its API client, so the log is complete when the client has its answer.
-//! 4. stand-in → harness: `Shutdown` on `SendCtrlAltDel` in guest mode; the harness asks the
+//!    its API client, so the log is complete when the client has its answer. A VMM started
+//!    without a config file has no connection before its load: it sends the calls it served
+//!    until then right after step 2.
+//! 4. stand-in → harness: `Pause` / `Resume` (the VM's state changes), answered `Done` once the
+//!    guest supervisor has frozen or thawed the guest's cgroup, and `Snapshot` (the VM is paused
+//!    and its snapshot is to be written), answered `Snapshotted { guest }` once the supervisor
+//!    keeps the frozen guest, should this VMM die before a resume, for the token `guest` (one
+//!    per pause, so every snapshot of one pause names the same guest; `None` without guests).
+//!    Either may be answered `Refused(reason)`.
+//! 5. stand-in → harness: `Shutdown` on `SendCtrlAltDel` in guest mode; the harness asks the
 //!    guest supervisor (`shutdown` holding the generation).
-//! 5. harness → stand-in: `Exit` once the supervisor reports `gone-<generation>` (after a
+//! 6. harness → stand-in: `Exit` once the supervisor reports `gone-<generation>` (after a
 //!    shutdown, or a reboot inside the guest), after appending `EXIT <secs>.<nanos>` to the
 //!    calls log; the stand-in prints `reboot: Restarting system` and exits 0.
-//! 6. The connection's end (the VMM exited or was killed) ends the rest: the harness stops the
+//! 7. The connection's end (the VMM exited or was killed) ends the rest: the harness stops the
 //!    relay, closes its copy of the tap's fd within half a second (a tap without
 //!    IFF_MULTI_QUEUE takes one fd only: the next VMM's TUNSETIFF would fail with EBUSY) and
-//!    releases `vmm.lock`.
+//!    releases `vmm.lock`. The supervisor then kills the guest, unless the VM was paused and a
+//!    snapshot was made during that pause: then the guest stays frozen for a later `Restore`.
+//!
+//! The harness and the guest supervisor talk through files in `<GUESTS_DIR>/<tap>/`: besides
+//! the handshake (`generation`, `kernel`, `rootfs`, `seed`, `mac`, `shutdown`, `gone-<n>`), a
+//! load writes `attach` (`<generation> <token>`) before its `generation` and the supervisor
+//! answers `attached-<generation>` or `refused-<generation>` (the reason); pause, resume and
+//! snapshot are a `request` (`<id> <generation> <verb> [token]`) the supervisor answers in
+//! `answer` (`<id> ok` or `<id> error <reason>`); both files are replaced whole (rename).
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -52,16 +76,28 @@ pub struct Hello {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ToHarness {
     Hello(Hello),
+    Restore { hello: Hello, guest: Option<String> },
+    CallsOnly { tap: String },
     Call(String),
+    Pause,
+    Resume,
+    Snapshot,
     Shutdown,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum ToStandIn {
     Ready { guest: bool },
+    Refused(String),
     Ack,
+    Done,
+    Snapshotted { guest: Option<String> },
     Exit,
 }
+
+/// Where a test puts a snapshot version for the stand-in to write and accept instead of its own
+/// (as a Firecracker upgrade or downgrade on the host would change it).
+pub const SNAPSHOT_VERSION_OVERRIDE: &str = "/run/fireclaw-standin/snapshot-version";
 
 /// One message as its line.
 pub fn line<T: serde::Serialize>(message: &T) -> io::Result<Vec<u8>> {

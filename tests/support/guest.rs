@@ -26,7 +26,10 @@
 //! it boots a guest for each new generation while the harness holds `vmm.lock` (as long as that
 //! stand-in lives), halts it (SIGRTMIN+3 to its systemd) on a `shutdown` request, kills it when
 //! the stand-in dies, and reports `gone-<generation>` when it has ended, including after a reboot
-//! inside the guest.
+//! inside the guest. It pauses and resumes a guest by freezing and thawing its container's cgroup
+//! (the `request`s the harness writes for the stand-in's `PATCH /vm`), and keeps a frozen guest
+//! whose stand-in died after a snapshot of that pause, named by the snapshot's token, until a
+//! load's generation attaches it (`attach`; once per token) or a cold boot replaces it.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -307,9 +310,141 @@ fn prepare_guest(upper: &Path, seed: &SeedSource, presets: &[(String, String)]) 
 struct Guest {
     sandbox: Sandbox,
     generation: u64,
+    /// The container lives (frozen or not).
     running: bool,
+    /// Its cgroup is frozen: the VM is paused.
+    frozen: bool,
+    /// The token of a snapshot made during the current pause.
+    snapshot: Option<String>,
+    /// Frozen with no VMM, kept for a load of the snapshot named `snapshot`.
+    kept: bool,
     /// The seed image this guest's disk was made from.
     seed: Vec<u8>,
+}
+
+/// The cgroup freezer of a guest container. nspawn and all it runs stay in the sandbox's own
+/// cgroup `<hierarchy>/<sandbox name>` of every mounted hierarchy (tests/support/sandbox.rs), so
+/// freezing that cgroup freezes the whole guest: the v1 `freezer` hierarchy's where the machine
+/// has one (a hybrid layout), otherwise the unified hierarchy's `cgroup.freeze`.
+enum Freezer {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl Freezer {
+    fn of(sandbox: &Sandbox) -> Self {
+        let name = sandbox.base().file_name().unwrap().to_owned();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mut unified = None;
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [_, mount, kind, options, ..] = fields[..] else {
+                continue;
+            };
+            if kind == "cgroup" && options.split(',').any(|o| o == "freezer") {
+                return Self::V1(Path::new(mount).join(&name));
+            }
+            if kind == "cgroup2" {
+                unified = Some(Path::new(mount).join(&name));
+            }
+        }
+        Self::V2(unified.expect("no cgroup freezer on this machine"))
+    }
+
+    /// Freezes the guest and waits until every task in it is frozen.
+    fn freeze(&self) -> Result<(), String> {
+        let written = match self {
+            Self::V1(dir) => std::fs::write(dir.join("freezer.state"), "FROZEN"),
+            Self::V2(dir) => std::fs::write(dir.join("cgroup.freeze"), "1"),
+        };
+        written.map_err(|e| format!("freezing the guest's cgroup: {e}"))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.frozen() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.thaw();
+        Err("the guest's cgroup did not freeze within 10 s".to_owned())
+    }
+
+    /// Sends SIGKILL to every task of the frozen guest, down its whole cgroup tree, so that none
+    /// runs again once thawed (one killed only by its PID namespace's end could act meanwhile).
+    fn kill_all(&self) {
+        fn kill_tree(dir: &Path) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                // SAFETY: kill() on a pid of this guest's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    kill_tree(&entry.path());
+                }
+            }
+        }
+        match self {
+            Self::V1(dir) | Self::V2(dir) => kill_tree(dir),
+        }
+    }
+
+    fn thaw(&self) {
+        let _ = match self {
+            Self::V1(dir) => std::fs::write(dir.join("freezer.state"), "THAWED"),
+            Self::V2(dir) => std::fs::write(dir.join("cgroup.freeze"), "0"),
+        };
+    }
+
+    fn frozen(&self) -> bool {
+        match self {
+            Self::V1(dir) => std::fs::read_to_string(dir.join("freezer.state"))
+                .is_ok_and(|state| state.trim() == "FROZEN"),
+            Self::V2(dir) => std::fs::read_to_string(dir.join("cgroup.events"))
+                .is_ok_and(|events| events.lines().any(|l| l == "frozen 1")),
+        }
+    }
+}
+
+impl Guest {
+    /// Kills the guest, keeping its disk; a frozen one is thawed after every task in it was sent
+    /// SIGKILL, so it dies without running again (a frozen task acts on it once thawed).
+    fn kill(&mut self) {
+        if self.frozen {
+            let freezer = Freezer::of(&self.sandbox);
+            freezer.kill_all();
+            freezer.thaw();
+        }
+        self.sandbox.kill_keep_disk();
+        self.running = false;
+        self.frozen = false;
+        self.kept = false;
+        self.snapshot = None;
+    }
+
+    /// Acts out one of the harness's requests for this guest's VMM.
+    fn act(&mut self, verb: &str, argument: Option<&str>) -> Result<(), String> {
+        match (verb, argument) {
+            ("pause", None) => {
+                Freezer::of(&self.sandbox).freeze()?;
+                self.frozen = true;
+                self.snapshot = None;
+                Ok(())
+            }
+            ("resume", None) => {
+                Freezer::of(&self.sandbox).thaw();
+                self.frozen = false;
+                self.snapshot = None;
+                Ok(())
+            }
+            ("snapshot", Some(token)) if self.frozen => {
+                self.snapshot = Some(token.to_owned());
+                Ok(())
+            }
+            ("snapshot", Some(_)) => Err("the guest is not frozen".to_owned()),
+            _ => Err(format!("unknown request {verb}")),
+        }
+    }
 }
 
 /// Runs the guest supervisor for one host sandbox until dropped.
@@ -396,7 +531,21 @@ impl GuestHost {
         std::fs::read_to_string(upper).unwrap_or_default()
     }
 
-    /// Whether the guest of `tap` runs.
+    /// Whether the guest of `tap` is frozen (its VM paused), as its cgroup says.
+    pub fn frozen(&self, tap: &str) -> bool {
+        self.guests
+            .lock()
+            .unwrap()
+            .get(tap)
+            .is_some_and(|g| g.running && Freezer::of(&g.sandbox).frozen())
+    }
+
+    /// Whether the guest of `tap` is kept frozen, without a VMM, for a load of its snapshot.
+    pub fn kept(&self, tap: &str) -> bool {
+        self.guests.lock().unwrap().get(tap).is_some_and(|g| g.kept)
+    }
+
+    /// Whether the guest of `tap` runs (a frozen guest does: its container lives).
     pub fn running(&self, tap: &str) -> bool {
         self.guests
             .lock()
@@ -410,6 +559,8 @@ impl GuestHost {
         let guests = self.guests.lock().unwrap();
         let guest = guests.get(tap).expect("no guest for that tap");
         assert!(guest.running, "the guest of {tap} is not running");
+        // Anything that talks to the guest's systemd would wait for the thaw.
+        assert!(!guest.frozen, "the guest of {tap} is frozen");
         guest.sandbox.sh(script)
     }
 
@@ -430,11 +581,16 @@ impl Drop for GuestHost {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // Dropping each guest's Sandbox kills it and removes its disk, even after a panic.
-        self.guests
+        // Dropping each guest's Sandbox kills it and removes its disk, even after a panic; a
+        // frozen one would never see its kill, nor let its cgroup go.
+        let mut guests = self
+            .guests
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for guest in guests.values_mut().filter(|g| g.frozen) {
+            guest.kill();
+        }
+        guests.clear();
     }
 }
 
@@ -486,6 +642,50 @@ fn read_u64(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The token a load's generation asks to attach (`attach`: `<generation> <token>`), if this
+/// generation is a load's.
+fn attach_request(dir: &Path, generation: u64) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("attach")).ok()?;
+    let (asked, token) = text.trim().split_once(' ')?;
+    (asked.parse::<u64>().ok()? == generation).then(|| token.to_owned())
+}
+
+fn refuse_attach(dir: &Path, generation: u64, token: &str, kept: Option<&str>) {
+    let reason = match kept {
+        Some(kept) => format!("the frozen guest of this tap is {kept}, not {token}"),
+        None => format!("no frozen guest {token} (a guest is attached at most once)"),
+    };
+    let _ = std::fs::write(dir.join(format!("refused-{generation}")), reason);
+}
+
+/// Answers the harness's `request` (`<id> <generation> <verb> [token]`) in `answer`, once.
+fn answer_request(dir: &Path, guest: Option<&mut Guest>) {
+    let Ok(request) = std::fs::read_to_string(dir.join("request")) else {
+        return;
+    };
+    let mut words = request.split_whitespace();
+    let (Some(id), Some(generation), Some(verb)) = (words.next(), words.next(), words.next())
+    else {
+        return;
+    };
+    let answered = std::fs::read_to_string(dir.join("answer")).unwrap_or_default();
+    if answered.split_whitespace().next() == Some(id) {
+        return;
+    }
+    let outcome = match guest {
+        Some(guest) if guest.generation.to_string() == generation => guest.act(verb, words.next()),
+        _ => Err(format!("no running guest of generation {generation}")),
+    };
+    let answer = match outcome {
+        Ok(()) => format!("{id} ok"),
+        Err(reason) => format!("{id} error {reason}"),
+    };
+    let partial = dir.join("answer.partial");
+    if std::fs::write(&partial, answer).is_ok() {
+        let _ = std::fs::rename(&partial, dir.join("answer"));
+    }
+}
+
 fn supervise(
     shared: &Path,
     host_root: &Path,
@@ -511,20 +711,60 @@ fn supervise(
             if guest.sandbox.has_exited() {
                 guest.sandbox.settle();
                 guest.running = false;
+                guest.frozen = false;
+                let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
+                continue;
+            }
+            if guest.kept {
+                // Frozen for a load: a new VMM either attaches it or boots afresh.
+                if !alive || generation <= guest.generation {
+                    continue;
+                }
+                if let Some(token) = attach_request(&dir, generation) {
+                    if guest.snapshot.as_deref() == Some(token.as_str()) {
+                        guest.generation = generation;
+                        guest.kept = false;
+                        guest.snapshot = None;
+                        let _ = std::fs::remove_file(dir.join("kept"));
+                        let _ = std::fs::write(dir.join(format!("attached-{generation}")), "");
+                    } else {
+                        refuse_attach(&dir, generation, &token, guest.snapshot.as_deref());
+                    }
+                    continue;
+                }
+                // A cold boot discards the frozen memory: the guest goes, and boots again below.
+                guest.kill();
+                let _ = std::fs::remove_file(dir.join("kept"));
                 let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
             } else if !alive {
-                // The VMM died: so does its guest, at once.
-                guest.sandbox.kill_keep_disk();
-                guest.running = false;
-                let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
-            } else if read_u64(&dir.join("shutdown")) == guest.generation {
-                let _ = std::fs::remove_file(dir.join("shutdown"));
-                guest.sandbox.signal(libc::SIGRTMIN() + 3);
+                if guest.frozen
+                    && let Some(token) = &guest.snapshot
+                {
+                    // Paused and snapshotted: the guest waits, frozen, for a load.
+                    guest.kept = true;
+                    let _ = std::fs::write(dir.join("kept"), token);
+                } else {
+                    // The VMM died: so does its guest, at once.
+                    guest.kill();
+                    let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
+                }
+                continue;
+            } else {
+                if read_u64(&dir.join("shutdown")) == guest.generation {
+                    let _ = std::fs::remove_file(dir.join("shutdown"));
+                    guest.sandbox.signal(libc::SIGRTMIN() + 3);
+                }
+                answer_request(&dir, Some(guest));
+                continue;
             }
-            continue;
         }
         let booted = guests.get(&tap).map(|g| g.generation).unwrap_or(0);
         if !alive || generation <= booted {
+            answer_request(&dir, None);
+            continue;
+        }
+        if let Some(token) = attach_request(&dir, generation) {
+            refuse_attach(&dir, generation, &token, None);
             continue;
         }
         let on_machine = |file: &str| {
@@ -580,6 +820,9 @@ fn supervise(
                         sandbox,
                         generation,
                         running: true,
+                        frozen: false,
+                        snapshot: None,
+                        kept: false,
                         seed: seed_bytes,
                     },
                 );

@@ -3,10 +3,13 @@
 //! for each Firecracker stand-in what a VMM confined as Firecracker is may not: the guest
 //! handshake with the test's guest supervisor in `/run/fireclaw-guests/<tap>/` (`vmm.lock` held
 //! while the VMM lives, a new boot generation with the kernel's, rootfs' and seed's paths and
-//! the MAC, `shutdown` requests, and the VMM's exit once the generation is `gone`), the log of
-//! API calls in `/run/fireclaw-standin/<tap>.calls`, and the relay of the tap's frames to and
-//! from the interface named in `/run/fireclaw-standin/<tap>.peer` over an AF_PACKET socket. One
-//! session per connection; the wire and the order of its steps: `fireclaw_standins::harness_wire`.
+//! the MAC, `shutdown` requests, and the VMM's exit once the generation is `gone`; for a snapshot
+//! load, attaching the frozen guest the snapshot names; pause, resume and snapshot requests the
+//! supervisor acts out on the guest's cgroup), the log of API calls in
+//! `/run/fireclaw-standin/<tap>.calls`, and the relay of the tap's frames to and from the
+//! interface named in `/run/fireclaw-standin/<tap>.peer` over an AF_PACKET socket, held while the
+//! VM is paused. One session per connection; the wire and the order of its steps:
+//! `fireclaw_standins::harness_wire`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,8 +19,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fireclaw_standins::harness_wire::{
     self, GUESTS_DIR, Hello, STATE_DIR, ToHarness, ToStandIn, VNET_HDR_LEN,
@@ -132,11 +136,35 @@ fn listener_from_systemd() -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// One VMM's life, from its hello to the end of its connection.
+/// How long the guest supervisor may take to answer: it answers between guest boots, and a
+/// boot of another guest can hold it for most of a minute.
+const SUPERVISOR_WAIT: Duration = Duration::from_secs(120);
+
+/// One VMM's life, from its first message to the end of its connection.
 fn session(stream: UnixStream) -> io::Result<()> {
-    let (hello, tap) = receive_hello(&stream)?;
-    let guest = GuestLink::start(&hello);
+    let (first, tap) = receive_first(&stream)?;
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let (hello, guest, paused) = match first {
+        ToHarness::Hello(hello) => {
+            let guest = GuestLink::start(&hello);
+            (hello, guest, false)
+        }
+        ToHarness::Restore { hello, guest } => match GuestLink::attach(&hello, guest.as_deref()) {
+            Ok(link) => (hello, link, true),
+            Err(reason) => {
+                // The tap goes at once: a cold boot may follow as soon as this VMM has exited.
+                drop(tap);
+                send(&writer, &ToStandIn::Refused(reason))?;
+                return log_calls_only(&stream, &hello.tap, &writer);
+            }
+        },
+        ToHarness::CallsOnly { tap } => {
+            send(&writer, &ToStandIn::Ready { guest: false })?;
+            return log_calls_only(&stream, &tap, &writer);
+        }
+        _ => return Err(io::Error::other("the first message was no greeting")),
+    };
+    let tap = tap.ok_or_else(|| io::Error::other("the greeting carried no tap fd"))?;
     send(
         &writer,
         &ToStandIn::Ready {
@@ -145,29 +173,69 @@ fn session(stream: UnixStream) -> io::Result<()> {
     )?;
     let calls = Path::new(STATE_DIR).join(format!("{}.calls", hello.tap));
     let stop = Arc::new(Stop::new()?);
+    let paused = Arc::new(AtomicBool::new(paused));
     let relay = {
-        let (stop, tap_name) = (stop.clone(), hello.tap.clone());
-        std::thread::spawn(move || relay_when_wired(tap, &tap_name, &stop))
+        let (stop, tap_name, paused) = (stop.clone(), hello.tap.clone(), paused.clone());
+        std::thread::spawn(move || relay_when_wired(tap, &tap_name, &stop, &paused))
     };
     let watcher = guest.as_ref().map(|guest| {
         let gone = guest.dir.join(format!("gone-{}", guest.generation));
         let (calls, writer, stop) = (calls.clone(), writer.clone(), stop.clone());
         std::thread::spawn(move || exit_when_gone(&gone, &calls, &writer, &stop))
     });
+    // The token of the current pause, which every snapshot made during it records. A restored
+    // VM starts in a pause of its own: its frozen guest's old token was spent on the attach.
+    let mut pauses = 0u64;
+    let mut pause_token = |guest: &GuestLink| {
+        pauses += 1;
+        format!("{}.{}.{pauses}", hello.tap, guest.generation)
+    };
+    let mut current_pause = match (&guest, paused.load(Ordering::Relaxed)) {
+        (Some(guest), true) => Some(pause_token(guest)),
+        _ => None,
+    };
     for line in BufReader::new(&stream).lines() {
         let Ok(line) = line else { break };
-        match harness_wire::parse::<ToHarness>(&line) {
+        let answer = match harness_wire::parse::<ToHarness>(&line) {
             Ok(ToHarness::Call(call)) => {
                 append(&calls, &call);
-                let _ = send(&writer, &ToStandIn::Ack);
+                ToStandIn::Ack
             }
             Ok(ToHarness::Shutdown) => {
                 if let Some(guest) = &guest {
                     guest.request_shutdown();
                 }
+                continue;
             }
-            _ => {}
-        }
+            Ok(ToHarness::Pause) => match guest.as_ref().map(|g| g.ask("pause")) {
+                Some(Err(reason)) => ToStandIn::Refused(reason),
+                _ => {
+                    paused.store(true, Ordering::Relaxed);
+                    current_pause = guest.as_ref().map(&mut pause_token);
+                    ToStandIn::Done
+                }
+            },
+            Ok(ToHarness::Resume) => match guest.as_ref().map(|g| g.ask("resume")) {
+                Some(Err(reason)) => ToStandIn::Refused(reason),
+                _ => {
+                    paused.store(false, Ordering::Relaxed);
+                    current_pause = None;
+                    ToStandIn::Done
+                }
+            },
+            Ok(ToHarness::Snapshot) => match (&guest, &current_pause) {
+                (None, _) => ToStandIn::Snapshotted { guest: None },
+                (Some(_), None) => ToStandIn::Refused("the VM is not paused".to_owned()),
+                (Some(link), Some(token)) => match link.ask(&format!("snapshot {token}")) {
+                    Ok(()) => ToStandIn::Snapshotted {
+                        guest: Some(token.clone()),
+                    },
+                    Err(reason) => ToStandIn::Refused(reason),
+                },
+            },
+            _ => continue,
+        };
+        let _ = send(&writer, &answer);
     }
     // The VMM has gone (exited or killed): its lock goes at once, and the tap's fd as soon as
     // the relay threads have seen the stop.
@@ -180,13 +248,26 @@ fn session(stream: UnixStream) -> io::Result<()> {
     Ok(())
 }
 
-/// The hello line, and the tap's fd that came with its first byte.
-fn receive_hello(stream: &UnixStream) -> io::Result<(Hello, OwnedFd)> {
+/// The rest of a session without a VM: its calls are logged until the VMM exits.
+fn log_calls_only(stream: &UnixStream, tap: &str, writer: &Mutex<UnixStream>) -> io::Result<()> {
+    let calls = Path::new(STATE_DIR).join(format!("{tap}.calls"));
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        if let Ok(ToHarness::Call(call)) = harness_wire::parse::<ToHarness>(&line) {
+            append(&calls, &call);
+            let _ = send(writer, &ToStandIn::Ack);
+        }
+    }
+    Ok(())
+}
+
+/// The first line, and the tap's fd if one came with its first byte.
+fn receive_first(stream: &UnixStream) -> io::Result<(ToHarness, Option<OwnedFd>)> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut bytes = Vec::new();
     let mut tap = None;
     let mut buffer = [0u8; 4096];
-    // The stand-in sends nothing more before `Ready`: the bytes end with the hello's line.
+    // The stand-in sends nothing more before `Ready`: the bytes end with the first line.
     while !bytes.ends_with(b"\n") {
         let (n, fd) = harness_wire::receive_with_fd(stream, &mut buffer)?;
         if n == 0 {
@@ -196,11 +277,8 @@ fn receive_hello(stream: &UnixStream) -> io::Result<(Hello, OwnedFd)> {
         bytes.extend_from_slice(&buffer[..n]);
     }
     stream.set_read_timeout(None)?;
-    let ToHarness::Hello(hello) = harness_wire::parse(&String::from_utf8_lossy(&bytes))? else {
-        return Err(io::Error::other("the first message was not a hello"));
-    };
-    let tap = tap.ok_or_else(|| io::Error::other("the hello carried no tap fd"))?;
-    Ok((hello, tap))
+    let first = harness_wire::parse(&String::from_utf8_lossy(&bytes))?;
+    Ok((first, tap))
 }
 
 fn send(writer: &Mutex<UnixStream>, message: &ToStandIn) -> io::Result<()> {
@@ -221,6 +299,7 @@ fn append(path: &Path, line: &str) {
 struct GuestLink {
     dir: PathBuf,
     generation: u64,
+    requests: AtomicU64,
     _lock: File,
 }
 
@@ -228,6 +307,37 @@ impl GuestLink {
     /// A new boot generation, when the test shares the guests' dir; the lock is held until
     /// this is dropped.
     fn start(hello: &Hello) -> Option<Self> {
+        Self::begin(hello, None)
+    }
+
+    /// A new generation that attaches the frozen guest named `token` instead of booting one;
+    /// `Ok(None)` without guests (nothing to attach), `Err` with the supervisor's reason when it
+    /// has no frozen guest by that token.
+    fn attach(hello: &Hello, token: Option<&str>) -> Result<Option<Self>, String> {
+        if !Path::new(GUESTS_DIR).is_dir() {
+            return Ok(None);
+        }
+        let Some(token) = token else {
+            return Err("the snapshot names no frozen guest (it was made without one)".to_owned());
+        };
+        let link = Self::begin(hello, Some(token))
+            .ok_or_else(|| "the guest handshake could not be written".to_owned())?;
+        let attached = link.dir.join(format!("attached-{}", link.generation));
+        let refused = link.dir.join(format!("refused-{}", link.generation));
+        let deadline = Instant::now() + SUPERVISOR_WAIT;
+        while Instant::now() < deadline {
+            if attached.exists() {
+                return Ok(Some(link));
+            }
+            if let Ok(reason) = std::fs::read_to_string(&refused) {
+                return Err(reason);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the guest supervisor did not answer the attach".to_owned())
+    }
+
+    fn begin(hello: &Hello, attach: Option<&str>) -> Option<Self> {
         if !Path::new(GUESTS_DIR).is_dir() {
             return None;
         }
@@ -251,11 +361,18 @@ impl GuestLink {
         std::fs::write(dir.join("rootfs"), text(&hello.rootfs)).ok()?;
         std::fs::write(dir.join("kernel"), text(&hello.kernel)).ok()?;
         std::fs::write(dir.join("mac"), &hello.mac).ok()?;
-        // Last: the supervisor boots a generation as soon as it sees it.
+        match attach {
+            Some(token) => replace(&dir.join("attach"), &format!("{generation} {token}")).ok()?,
+            None => {
+                let _ = std::fs::remove_file(dir.join("attach"));
+            }
+        }
+        // Last: the supervisor acts on a generation as soon as it sees it.
         std::fs::write(dir.join("generation"), generation.to_string()).ok()?;
         Some(Self {
             dir,
             generation,
+            requests: AtomicU64::new(0),
             _lock: lock,
         })
     }
@@ -263,6 +380,40 @@ impl GuestLink {
     fn request_shutdown(&self) {
         let _ = std::fs::write(self.dir.join("shutdown"), self.generation.to_string());
     }
+
+    /// Asks the supervisor to act on this generation's guest (`pause`, `resume`,
+    /// `snapshot <token>`) and waits for its answer.
+    fn ask(&self, verb: &str) -> Result<(), String> {
+        let id = format!(
+            "{}.{}",
+            self.generation,
+            self.requests.fetch_add(1, Ordering::Relaxed) + 1
+        );
+        replace(
+            &self.dir.join("request"),
+            &format!("{id} {} {verb}", self.generation),
+        )
+        .map_err(|e| format!("writing the request: {e}"))?;
+        let deadline = Instant::now() + SUPERVISOR_WAIT;
+        while Instant::now() < deadline {
+            let answer = std::fs::read_to_string(self.dir.join("answer")).unwrap_or_default();
+            if let Some(outcome) = answer.strip_prefix(&format!("{id} ")) {
+                return match outcome.strip_prefix("error ") {
+                    Some(reason) => Err(reason.trim().to_owned()),
+                    None => Ok(()),
+                };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("the guest supervisor did not answer {verb}"))
+    }
+}
+
+/// Replaces a file whole, so its reader never sees half of it.
+fn replace(path: &Path, text: &str) -> io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Once the supervisor reports this generation gone: logs the VMM's exit and tells it to exit.
@@ -283,9 +434,10 @@ fn exit_when_gone(gone: &Path, calls: &Path, writer: &Mutex<UnixStream>, stop: &
 }
 
 /// Relays the tap to the peer the test names in `<tap>.peer`, once it is there (the test may
-/// wire it only after the VMM announced itself), until `stop`. The tap's fd is closed when this
-/// returns.
-fn relay_when_wired(tap: OwnedFd, tap_name: &str, stop: &Stop) {
+/// wire it only after the VMM announced itself), until `stop`, holding the frames while
+/// `paused` (a paused Firecracker reads nothing from its tap, and its frozen guest sends
+/// nothing). The tap's fd is closed when this returns.
+fn relay_when_wired(tap: OwnedFd, tap_name: &str, stop: &Stop, paused: &AtomicBool) {
     let peer_file = Path::new(STATE_DIR).join(format!("{tap_name}.peer"));
     for _ in 0..600 {
         if let Ok(peer) = std::fs::read_to_string(&peer_file)
@@ -294,8 +446,8 @@ fn relay_when_wired(tap: OwnedFd, tap_name: &str, stop: &Stop) {
             match packet_socket(peer.trim()) {
                 Ok(packet) => {
                     std::thread::scope(|scope| {
-                        scope.spawn(|| tap_to_peer(&tap, &packet, stop));
-                        peer_to_tap(&packet, &tap, stop);
+                        scope.spawn(|| tap_to_peer(&tap, &packet, stop, paused));
+                        peer_to_tap(&packet, &tap, stop, paused);
                     });
                 }
                 Err(e) => eprintln!("standin_harness: relay to {}: {e}", peer.trim()),
@@ -347,6 +499,16 @@ fn packet_socket(peer: &str) -> io::Result<OwnedFd> {
     Ok(packet)
 }
 
+/// Waits while the VM is paused; true when the session stopped meanwhile.
+fn hold_while_paused(stop: &Stop, paused: &AtomicBool) -> bool {
+    while paused.load(Ordering::Relaxed) {
+        if stop.wait(None, 50) == Wait::Stopped {
+            return true;
+        }
+    }
+    false
+}
+
 fn transient(error: &io::Error) -> bool {
     matches!(
         error.kind(),
@@ -355,10 +517,13 @@ fn transient(error: &io::Error) -> bool {
 }
 
 /// Frames the VM sends: each comes with its virtio-net header, which the wire does not carry.
-fn tap_to_peer(tap: &OwnedFd, packet: &OwnedFd, stop: &Stop) {
+fn tap_to_peer(tap: &OwnedFd, packet: &OwnedFd, stop: &Stop, paused: &AtomicBool) {
     let mut buffer = vec![0u8; VNET_HDR_LEN + 65536];
     loop {
-        match stop.wait(Some(tap), -1) {
+        if hold_while_paused(stop, paused) {
+            return;
+        }
+        match stop.wait(Some(tap), 100) {
             Wait::Readable => {}
             Wait::TimedOut => continue,
             Wait::Stopped => return,
@@ -381,10 +546,13 @@ fn tap_to_peer(tap: &OwnedFd, packet: &OwnedFd, stop: &Stop) {
 
 /// Frames for the VM: each gets a zeroed virtio-net header (no offload; the guest side sends
 /// complete checksums).
-fn peer_to_tap(packet: &OwnedFd, tap: &OwnedFd, stop: &Stop) {
+fn peer_to_tap(packet: &OwnedFd, tap: &OwnedFd, stop: &Stop, paused: &AtomicBool) {
     let mut buffer = vec![0u8; VNET_HDR_LEN + 65536];
     loop {
-        match stop.wait(Some(packet), -1) {
+        if hold_while_paused(stop, paused) {
+            return;
+        }
+        match stop.wait(Some(packet), 100) {
             Wait::Readable => {}
             Wait::TimedOut => continue,
             Wait::Stopped => return,
