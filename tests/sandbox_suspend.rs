@@ -333,12 +333,13 @@ fn fleet_wide_suspend_and_resume_and_every_refusal_changes_nothing() {
         "mount -t tmpfs -o size=1m,mode=0700,uid=$(id -u fcvm-a),gid=$(id -g fcvm-a) tmpfs /srv/firecracker/vm-demo/a/vmm",
     );
     fleet.fireclaw_ok(&format!("start a {WAITS}"));
+    let pauses = calls(&fleet, "a").matches("Paused").count();
     let error = failing(&fleet, "suspend a");
     assert!(
         error.contains("not enough room to suspend instance 'a'"),
         "{error}"
     );
-    assert!(!calls(&fleet, "a").contains("Paused"));
+    assert_eq!(calls(&fleet, "a").matches("Paused").count(), pauses);
     assert!(!fleet.guests.frozen(&fleet.tap("a")));
     assert!(state_json(&fleet, "a").get("suspended").is_none());
     assert_eq!(
@@ -352,6 +353,7 @@ fn fleet_wide_suspend_and_resume_and_every_refusal_changes_nothing() {
     // Another snapshot format on this host (a Firecracker upgrade): refused before any load,
     // and start --cold recovers.
     fleet.fireclaw_ok("suspend a");
+    let loaded = loads(&fleet, "a");
     fleet
         .host
         .sh("echo v11.0.0 > /run/fireclaw-standin/snapshot-version");
@@ -363,7 +365,7 @@ fn fleet_wide_suspend_and_resume_and_every_refusal_changes_nothing() {
         "{error}"
     );
     assert!(error.contains("fireclaw start a --cold"), "{error}");
-    assert_eq!(loads(&fleet, "a"), 0);
+    assert_eq!(loads(&fleet, "a"), loaded);
     assert!(state_json(&fleet, "a")["suspended"].is_object());
     let finding = check_named(&doctor(&fleet), "snapshot a");
     assert_eq!(finding["status"], "warn", "{finding}");
@@ -386,7 +388,7 @@ fn fleet_wide_suspend_and_resume_and_every_refusal_changes_nothing() {
     );
     let error = failing(&fleet, "start a");
     assert!(error.contains("host kernel 5.10.0-old then"), "{error}");
-    assert_eq!(loads(&fleet, "a"), 0);
+    assert_eq!(loads(&fleet, "a"), loaded);
     fleet.fireclaw_ok(&format!("start a --cold {WAITS}"));
 
     // A load that fails anyway (the file's format is not what was recorded): the start fails

@@ -22,17 +22,17 @@ use crate::faults::crash_point;
 use crate::guest::health::Health;
 use crate::guest::ssh::{GuestShell, sudo_command};
 use crate::host::firecracker_api::{ApiClient, SnapshotLoad};
+use crate::host::interrupt;
 use crate::host::snapshot::{
     described_version, file_size, free_bytes, here, remove_file, sync_file,
 };
 use crate::host::systemd::ServiceManager;
-use crate::host::{interrupt, probe};
-use crate::instance::layout::{AssetPaths, StatePaths};
+use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
 use crate::instance::state::FireclawState;
 use crate::instance::suspension::{SnapshotOrigin, Suspension, VmmBoot, cannot_load, room_needed};
 use crate::instance::values::InstanceId;
 use crate::output::{Output, error_chain};
-use crate::render::units::vmm_boot_environment;
+use crate::render::units::{vm_unit_program, vmm_boot_environment};
 use crate::settings::Settings;
 use crate::store::{read_fireclaw_state, update_fireclaw_state, write_atomic};
 
@@ -73,8 +73,13 @@ pub struct CannotLoad {
     pub why: String,
 }
 
-fn firecracker_binary() -> Result<PathBuf> {
-    probe::which("firecracker").ok_or_else(|| anyhow!("firecracker is not on PATH"))
+/// The Firecracker an instance's VM unit runs (its `ExecStart=`): the one that writes and
+/// loads its snapshots.
+fn firecracker_binary(settings: &Settings, id: &InstanceId) -> Result<PathBuf> {
+    let unit = UnitNames::new(id).vm_path(&settings.paths.unit_dir);
+    let text =
+        std::fs::read_to_string(&unit).with_context(|| format!("read {}", unit.display()))?;
+    vm_unit_program(&text).ok_or_else(|| anyhow!("{} names no Firecracker to run", unit.display()))
 }
 
 fn now_secs() -> u64 {
@@ -197,7 +202,7 @@ fn write_snapshot(
     let id = &loaded.id;
     let assets = AssetPaths::new(&settings.paths.fc_root, id);
     // Everything that can refuse comes first.
-    let firecracker = firecracker_binary()?;
+    let firecracker = firecracker_binary(settings, id)?;
     let facts = here(&firecracker)?;
     let needed = room_needed(memory_mib(loaded)?);
     // Files a suspend cut short left are replaced, so their room counts.
@@ -333,7 +338,7 @@ pub fn check_loadable(settings: &Settings, id: &InstanceId, record: &Suspension)
     if record.loading_since.is_some() {
         return Err(LoadFailedBefore { id: id.clone() }.into());
     }
-    let facts = here(&firecracker_binary()?)?;
+    let facts = here(&firecracker_binary(settings, id)?)?;
     if let Some(why) = cannot_load(&record.origin, &facts) {
         return Err(CannotLoad {
             id: id.clone(),

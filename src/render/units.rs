@@ -59,6 +59,30 @@ pub fn systemd_word(value: &str) -> String {
     double_quote_unless_safe(&value.replace('%', "%%").replace('$', "$$"))
 }
 
+/// The first word of a systemd command line, with its double quotes and escapes undone (the
+/// inverse of `systemd_word` for a program path).
+pub fn systemd_first_word(command: &str) -> String {
+    let mut chars = command.trim_start().chars();
+    let mut word = String::new();
+    match chars.next() {
+        Some('"') => {
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => word.extend(chars.next()),
+                    '"' => break,
+                    c => word.push(c),
+                }
+            }
+        }
+        Some(first) => {
+            word.push(first);
+            word.extend(chars.take_while(|c| !c.is_whitespace()));
+        }
+        None => {}
+    }
+    word.replace("%%", "%").replace("$$", "$")
+}
+
 /// Quotes an `Environment=` assignment: specifiers are expanded there, variables are not.
 pub fn systemd_assignment(value: &str) -> String {
     double_quote_unless_safe(&value.replace('%', "%%"))
@@ -104,6 +128,16 @@ pub fn shell_word(value: &str) -> String {
 
 fn path_word(path: &std::path::Path) -> String {
     systemd_word(&path.to_string_lossy())
+}
+
+/// The program of a VM unit's `ExecStart=`: the Firecracker it runs.
+pub fn vm_unit_program(unit_text: &str) -> Option<PathBuf> {
+    unit_text
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .map(systemd_first_word)
+        .filter(|program| program.starts_with('/'))
+        .map(PathBuf::from)
 }
 
 pub fn vm_unit(config: &VmUnitConfig) -> String {
@@ -514,6 +548,17 @@ mod tests {
         assert!(!unit.contains("ProtectSystem"), "{unit}");
         let script = start_script(&unconfined("/srv/firecracker/vm-demo"));
         assert!(!script.contains("setpriv"), "{script}");
+    }
+
+    #[test]
+    fn the_firecracker_of_a_unit_is_read_back_from_its_exec_start() {
+        let mut config = vm("/srv/my vms");
+        config.firecracker = "/opt/fire cracker/100%/firecracker".into();
+        assert_eq!(
+            vm_unit_program(&vm_unit(&config)),
+            Some(PathBuf::from("/opt/fire cracker/100%/firecracker"))
+        );
+        assert_eq!(vm_unit_program("[Service]\nExecStart=firecracker\n"), None);
     }
 
     #[test]

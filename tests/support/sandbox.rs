@@ -429,6 +429,10 @@ fn kill_cgroup_tree(dir: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+    // A frozen guest (a suspend's) dies only once thawed: the kill is pending until then, so
+    // none of its tasks runs again.
+    let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -17,6 +17,7 @@ mod confinement;
 mod egress;
 mod snapshots;
 
+use crate::render::units::systemd_first_word;
 use checks::{Check, Level, check};
 
 use crate::host::firewall::IPTABLES;
@@ -473,29 +474,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
     crate::host::snapshot::free_bytes(path).ok()
 }
 
-/// The first word of a systemd command line, with its double quotes and escapes undone.
-fn first_word(command: &str) -> String {
-    let mut chars = command.trim_start().chars();
-    let mut word = String::new();
-    match chars.next() {
-        Some('"') => {
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => word.extend(chars.next()),
-                    '"' => break,
-                    c => word.push(c),
-                }
-            }
-        }
-        Some(first) => {
-            word.push(first);
-            word.extend(chars.take_while(|c| !c.is_whitespace()));
-        }
-        None => {}
-    }
-    word.replace("%%", "%").replace("$$", "$")
-}
-
 /// Absolute program paths of a unit's Exec lines.
 fn unit_programs(text: &str) -> Vec<PathBuf> {
     text.lines()
@@ -504,7 +482,7 @@ fn unit_programs(text: &str) -> Vec<PathBuf> {
             l.split_once('=')
                 .map(|(_, v)| v.trim_start_matches(['-', '@', '+', '!']))
         })
-        .map(first_word)
+        .map(systemd_first_word)
         .filter(|p| p.starts_with('/'))
         .map(PathBuf::from)
         .collect()

@@ -6,10 +6,11 @@
 
 use super::checks::{Check, Level, check};
 use crate::host::snapshot::{file_size, here};
-use crate::instance::layout::{AssetPaths, StatePaths};
+use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
 use crate::instance::state::FireclawState;
 use crate::instance::suspension::{SnapshotOrigin, Suspension, age_text, cannot_load};
 use crate::instance::values::InstanceId;
+use crate::render::units::vm_unit_program;
 use crate::settings::Settings;
 use crate::store::{ScannedInstance, read_fireclaw_state};
 
@@ -18,8 +19,6 @@ use crate::store::{ScannedInstance, read_fireclaw_state};
 const STALE_AFTER_SECS: u64 = 30 * 86_400;
 
 pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
-    // Without a Firecracker on PATH there is nothing to compare a snapshot's format with.
-    let facts = crate::host::probe::which("firecracker").and_then(|binary| here(&binary).ok());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -35,6 +34,17 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
             file_size(&assets.snapshot_state),
             file_size(&assets.snapshot_memory),
         ];
+        // This host's facts with the snapshot format of the Firecracker the unit runs; none
+        // when that cannot be asked (the check then leaves the format out).
+        let facts = state
+            .as_ref()
+            .is_some_and(|s| s.suspended.is_some())
+            .then(|| {
+                let unit = UnitNames::new(&id).vm_path(&settings.paths.unit_dir);
+                let text = std::fs::read_to_string(unit).ok()?;
+                here(&vm_unit_program(&text)?).ok()
+            })
+            .flatten();
         if let Some(found) = snapshot_check(&id, state.as_ref(), sizes, facts.as_ref(), now) {
             checks.push(found);
         }
