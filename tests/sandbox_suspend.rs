@@ -138,10 +138,7 @@ fn a_resumed_guest_counts_on_from_where_it_stopped_and_a_consumed_snapshot_is_ne
     // The views and doctor say so.
     let list: serde_json::Value = serde_json::from_str(&fleet.fireclaw_ok("list --json")).unwrap();
     let row = &list["instances"][0];
-    assert_eq!(
-        row["suspended"]["snapshot_bytes"].as_u64().unwrap() > memory,
-        true
-    );
+    assert!(row["suspended"]["snapshot_bytes"].as_u64().unwrap() > memory);
     assert!(fleet.fireclaw_ok("list").contains(" suspended "));
     let status = fleet.fireclaw_ok("status a");
     assert!(status.contains("  suspended      "), "{status}");
