@@ -317,8 +317,8 @@ fn guests_reach_the_internet_but_not_the_host_metadata_private_ranges_or_each_ot
 
 /// Where each kind of secret belongs, with mode, owner and group: files of its own instance,
 /// root's alone, except what its confined VMM must read (the seed image, group-readable by the
-/// VMM's group) and own (its disk); nowhere else.
-const SECRET_HOMES: [(&str, &str); 6] = [
+/// VMM's group) and own (its disk, and a suspended guest's memory); nowhere else.
+const SECRET_HOMES: [(&str, &str); 7] = [
     (".env", "600 root root"),
     ("provision.vars", "600 root root"),
     (".token", "600 root root"),
@@ -326,6 +326,8 @@ const SECRET_HOMES: [(&str, &str); 6] = [
     ("user-data", "600 root root"),
     // The seed inside the instance's own rootfs copy (user-data carries the guest host key).
     ("images/rootfs.ext4", "600 fcvm-a fcvm-a"),
+    // A suspended guest's memory holds whatever the guest held (the stand-in's holds none).
+    ("vmm/snapshot.mem", "600 fcvm-a fcvm-a"),
 ];
 
 #[test]
@@ -351,8 +353,9 @@ fn secrets_appear_only_in_their_0600_files_never_in_output_units_logs_or_the_jou
         output.status.success()
     };
     let waits = "--ssh-timeout 60 --health-timeout 30";
+    // A small guest: the audit greps its memory file (sparse, read as zeros) while suspended.
     let create = format!(
-        "setup --instance a --skip-browser-install --disk-size 64M {waits} --openai-api-key {openai} --telegram-token {telegram} --telegram-users 42"
+        "setup --instance a --skip-browser-install --disk-size 64M --vm-mem-mib 128 {waits} --openai-api-key {openai} --telegram-token {telegram} --telegram-users 42"
     );
     assert!(run(&create));
     assert!(run(&format!(
@@ -371,6 +374,8 @@ fn secrets_appear_only_in_their_0600_files_never_in_output_units_logs_or_the_jou
         "stop a",
         "start a --ssh-timeout 60 --health-timeout 30",
         "provision a --model anthropic/claude-opus-4 --ssh-timeout 60 --health-timeout 30",
+        "suspend a",
+        "resume a --ssh-timeout 60 --health-timeout 30",
     ] {
         assert!(run(args), "fireclaw {args} failed:\n{outputs}");
     }
@@ -389,6 +394,16 @@ fn secrets_appear_only_in_their_0600_files_never_in_output_units_logs_or_the_jou
     let host_key = fleet.guest("a", "sed -n 3p /etc/ssh/ssh_host_ed25519_key");
     let host_key = host_key.trim();
     assert!(host_key.len() > 40, "no guest host key: {host_key}");
+    // The greps below run while a is suspended, its memory on disk.
+    assert!(run("suspend a"), "fireclaw suspend a failed:\n{outputs}");
+    // The memory file is the VMM's own, readable by root and that account only.
+    assert_eq!(
+        fleet
+            .host
+            .sh("stat -c '%a %U %G' /srv/firecracker/vm-demo/a/vmm/snapshot.mem")
+            .trim(),
+        "600 fcvm-a fcvm-a"
+    );
 
     let journal = fleet.host.sh("journalctl --no-pager -a -o cat");
     let units = fleet.host.sh("cat /etc/systemd/system/*.service");
