@@ -117,7 +117,7 @@ pub enum Command {
     Man,
     /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.
     #[command(hide = true, name = "vm-net-up")]
-    VmNetUp(InstanceArg),
+    VmNetUp(NetUpArgs),
     /// ExecStartPost of the VM unit: load a due snapshot, mark it consumed, resume.
     #[command(hide = true, name = "vm-resume")]
     VmResume(InstanceArg),
@@ -238,6 +238,16 @@ pub struct InstanceArg {
     /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
     pub id: InstanceId,
+}
+
+#[derive(Debug, Args)]
+pub struct NetUpArgs {
+    /// The instance.
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// Run by the VM unit, which can load a snapshot (not by `start-vm.sh`, which cannot).
+    #[arg(long)]
+    pub in_unit: bool,
 }
 
 /// A wait bound: a whole number of seconds from 1 to a day. Zero would fail every wait before

@@ -140,6 +140,17 @@ pub fn update_fireclaw_state(
     paths: &StatePaths,
     change: impl FnOnce(&mut FireclawState),
 ) -> Result<FireclawState, StoreError> {
+    // The VM unit's `vm-resume` updates the file too, without the instance lock (the command
+    // that started the unit may hold it): every update holds a lock on the state dir itself
+    // (a flock on its descriptor, so no file is added there).
+    let dir = File::open(&paths.dir).map_err(|source| StoreError::Lock {
+        path: paths.dir.clone(),
+        source,
+    })?;
+    dir.lock().map_err(|source| StoreError::Lock {
+        path: paths.dir.clone(),
+        source,
+    })?;
     let mut state = read_fireclaw_state(paths)?
         .unwrap_or_else(|| FireclawState::new(crate::instance::state::Phase::Allocated));
     change(&mut state);

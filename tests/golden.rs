@@ -109,7 +109,7 @@ impl Fixture {
     }
 }
 
-const SUBCOMMANDS: [&str; 21] = [
+const SUBCOMMANDS: [&str; 23] = [
     "doctor",
     "setup",
     "provision",
@@ -118,6 +118,8 @@ const SUBCOMMANDS: [&str; 21] = [
     "start",
     "stop",
     "restart",
+    "suspend",
+    "resume",
     "logs",
     "shell",
     "token",
@@ -271,6 +273,10 @@ fn first_failures_are_unchanged() {
         (&["destroy", "nobody", "--force"], &[]),
         (&["destroy", "good"], &[]),
         (&["adopt", "nobody"], &[]),
+        (&["suspend", "nobody"], &[]),
+        (&["resume", "nobody"], &[]),
+        (&["suspend"], &[]),
+        (&["resume", "good", "--all"], &[]),
         (
             &["setup", "--instance", "x", "--openai-api-key", "k"],
             &[("FIRECLAW_LOCK_WAIT", "abc")],

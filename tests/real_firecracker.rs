@@ -123,8 +123,9 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
 /// is `Paused` while the snapshot is written and `Running` after the VM unit's `vm-resume`
 /// loaded it; both files are the VMM's own, the memory file as big as the guest; Firecracker's
 /// `--describe-snapshot` agrees with what was recorded. Prints, as the benchmark the README
-/// names, the time `fireclaw suspend` took, the time from the unit's start to a running VM
-/// after a load, and each memory file's apparent and allocated size. Without SSH into the
+/// names, the time `fireclaw suspend` took up to its record (pause, write, flushes) and then for
+/// the stop, the time from the unit's start to a running VM after a load, and each memory
+/// file's apparent and allocated size. Without SSH into the
 /// guest (no guest key is installed here), the guest flush before the pause is only warned of.
 #[test]
 #[ignore = "needs root: sandbox"]
@@ -169,6 +170,18 @@ fn suspend_and_resume_against_the_real_vmm() {
         std::thread::sleep(std::time::Duration::from_secs(10));
         assert!(state(&sandbox).contains("\"state\":\"Running\""));
 
+        // Cut short right after its record: the VM is seen paused, its snapshot written.
+        let started = std::time::Instant::now();
+        let cut = sandbox.exec(&format!(
+            "export PATH={BIN_IN_SANDBOX}:$PATH; FIRECLAW_TEST_CRASH_AT=suspend:recorded fireclaw suspend {id}"
+        ));
+        assert_eq!(cut.status.code(), None, "not killed at suspend:recorded");
+        let write_secs = started.elapsed().as_secs_f64();
+        assert!(
+            state(&sandbox).contains("\"state\":\"Paused\""),
+            "{}",
+            state(&sandbox)
+        );
         let started = std::time::Instant::now();
         let suspended = sandbox.exec(&format!(
             "export PATH={BIN_IN_SANDBOX}:$PATH; fireclaw suspend {id}"
@@ -226,7 +239,7 @@ fn suspend_and_resume_against_the_real_vmm() {
             "test -e /srv/firecracker/vm-demo/{id}/vmm/snapshot.mem"
         )));
         eprintln!(
-            "{memory_mib} MiB guest: suspend {suspend_secs:.2}s, start with load {load_secs:.2}s, memory file {} MiB apparent, {} MiB allocated",
+            "{memory_mib} MiB guest: suspend up to its record {write_secs:.2}s (including a guest flush that cannot reach the guest), then the stop {suspend_secs:.2}s; start with load {load_secs:.2}s; memory file {} MiB apparent, {} MiB allocated",
             memory_mib,
             allocated >> 20
         );

@@ -44,7 +44,7 @@ pub fn run(
         recorded
             .as_ref()
             .is_some_and(|a| text.contains(&format!("\nUser={}\n", a.name)))
-            && text.contains(" vm-resume ")
+            && text.contains(crate::ops::suspend::RESUME_HELPER)
     });
     if !from_020 && unit_current {
         output.line(&format!(

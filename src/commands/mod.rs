@@ -124,7 +124,9 @@ fn dispatch(
         Command::Image(command) => image::run(settings, &command, output),
         Command::Host(command) => host::run(settings, &command, output),
         Command::Adopt(args) => adopt::run(settings, &args.id, services, output),
-        Command::VmNetUp(args) => vm_helpers::net_up_command(settings, &args.id, services, output),
+        Command::VmNetUp(args) => {
+            vm_helpers::net_up_command(settings, &args.id, args.in_unit, services, output)
+        }
         Command::VmShutdown(args) => vm_helpers::shutdown(settings, &args.id, output),
         Command::VmResume(args) => vm_helpers::resume_command(settings, &args.id, services, output),
         Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),

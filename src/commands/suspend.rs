@@ -10,7 +10,9 @@ use crate::instance::layout::UnitNames;
 use crate::instance::values::InstanceId;
 use crate::ops::instance::lock_and_load;
 use crate::ops::lifecycle::{Waits, print_summary, stop_shell};
-use crate::ops::suspend::{Suspended, resume as resume_instance, suspend as suspend_instance};
+use crate::ops::suspend::{
+    Suspended, resume as resume_instance, suspend as suspend_instance, vm_paused,
+};
 use crate::output::{Output, error_chain};
 use crate::settings::Settings;
 use crate::store::{read_fireclaw_state, scan_instances};
@@ -91,8 +93,8 @@ enum Wanted {
     Suspended,
 }
 
-/// The instances `--all` acts on: those whose VM unit is active (suspend) or that have a
-/// snapshot recorded (resume), in name order.
+/// The instances `--all` acts on: those whose VM unit is active (suspend), or that have a
+/// snapshot recorded or a paused VM (resume), in name order.
 fn instances(
     settings: &Settings,
     services: &dyn ServiceManager,
@@ -110,13 +112,17 @@ fn instances(
         .zip(states)
         .filter(|(id, state)| match wanted {
             Wanted::Running => state.is_active(),
-            Wanted::Suspended => read_fireclaw_state(&crate::instance::layout::StatePaths::new(
-                &settings.paths.state_root,
-                id,
-            ))
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.suspended.is_some()),
+            // Recorded, or left paused by a suspend cut short before its record.
+            Wanted::Suspended => {
+                read_fireclaw_state(&crate::instance::layout::StatePaths::new(
+                    &settings.paths.state_root,
+                    id,
+                ))
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.suspended.is_some())
+                    || (state.is_active() && vm_paused(settings, id))
+            }
         })
         .map(|(id, _)| id)
         .collect())

@@ -18,10 +18,10 @@ use crate::settings::Settings;
 pub fn net_up_command(
     settings: &Settings,
     id: &InstanceId,
+    in_unit: bool,
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let in_unit = std::env::var_os(crate::env_vars::INVOCATION_ID).is_some();
     let result = net_up(settings, id)
         .with_context(|| format!("bring up the network of instance '{id}'"))
         .map(|notes| {
@@ -42,7 +42,7 @@ pub fn resume_command(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let result = load_due_snapshot(settings, id);
+    let result = load_due_snapshot(settings, id, output);
     stop_on_permanent_error(result, id, services, output)
 }
 

@@ -21,6 +21,10 @@ pub enum SnapshotHostError {
     },
     #[error("{binary} printed no snapshot version for {what}")]
     NoVersion { binary: PathBuf, what: String },
+    #[error("open {path}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("run {binary} --describe-snapshot")]
+    Describe { binary: PathBuf, source: io::Error },
     #[error("read the free space of {path}")]
     FreeSpace { path: PathBuf, source: io::Error },
     #[error("flush {path} to disk")]
@@ -58,20 +62,92 @@ pub fn snapshot_version(binary: &Path) -> Result<String, SnapshotHostError> {
     })
 }
 
-/// The format version of a written snapshot state file (`--describe-snapshot`).
+/// The format version of a written snapshot state file (`--describe-snapshot`). The file is in
+/// the VMM's own dir, so fireclaw opens it (never through a link, never a FIFO or device) and
+/// hands Firecracker the open file as its stdin.
 pub fn described_version(binary: &Path, state: &Path) -> Result<String, SnapshotHostError> {
-    let program = binary.to_string_lossy();
-    let state_text = state.to_string_lossy();
-    let output = super::process::run_checked(&program, &["--describe-snapshot", &state_text])
-        .map_err(|source| SnapshotHostError::Firecracker {
+    let file = open_regular(state).map_err(|source| SnapshotHostError::Open {
+        path: state.to_owned(),
+        source,
+    })?;
+    let output = std::process::Command::new(binary)
+        .args(["--describe-snapshot", "/dev/stdin"])
+        .stdin(file)
+        .output()
+        .map_err(|source| SnapshotHostError::Describe {
             binary: binary.to_owned(),
-            what: "the snapshot's format version",
-            source: Box::new(source),
+            source,
         })?;
-    version_word(&output).ok_or_else(|| SnapshotHostError::NoVersion {
-        binary: binary.to_owned(),
-        what: state.display().to_string(),
-    })
+    let text = String::from_utf8_lossy(&output.stdout);
+    match version_word(&text) {
+        Some(version) if output.status.success() => Ok(version),
+        _ => Err(SnapshotHostError::NoVersion {
+            binary: binary.to_owned(),
+            what: format!(
+                "{} ({}: {})",
+                state.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }),
+    }
+}
+
+/// A regular file opened for reading without following a link and without blocking on a
+/// FIFO; anything else is refused.
+fn open_regular(path: &Path) -> io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// The last modification of the disk, `<seconds>.<nanoseconds>` since the epoch: a snapshot
+/// is loaded only over the disk exactly as it was left.
+pub fn disk_modified(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::symlink_metadata(path).ok()?;
+    Some(format!("{}.{:09}", metadata.mtime(), metadata.mtime_nsec()))
+}
+
+/// Whether a VM snapshotted on this host can have its kvm-clock moved to the host's wall
+/// clock at load (`clock_realtime`): KVM saves the real time with the clock only when the host
+/// runs on the TSC clocksource, on kernel 5.16 or later; asked otherwise, Firecracker fails
+/// the load.
+pub fn clock_realtime_supported() -> bool {
+    let clocksource =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .unwrap_or_default();
+    clocksource.trim() == "tsc" && kernel_at_least(&kernel_release(), (5, 16))
+}
+
+fn kernel_at_least(release: &str, wanted: (u32, u32)) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= wanted,
+        _ => false,
+    }
+}
+
+/// fsync of a dir, so the names of the files in it are on disk too.
+pub fn sync_dir(dir: &Path) -> Result<(), SnapshotHostError> {
+    let error = |source| SnapshotHostError::Sync {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(error)?
+        .sync_all()
+        .map_err(error)
 }
 
 /// `uname -r`.
@@ -133,15 +209,7 @@ pub fn sync_file(path: &Path) -> Result<(), SnapshotHostError> {
         path: path.to_owned(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(error)?;
-    if !file.metadata().map_err(error)?.is_file() {
-        return Err(error(io::Error::other("not a regular file")));
-    }
-    file.sync_all().map_err(error)
+    open_regular(path).map_err(error)?.sync_all().map_err(error)
 }
 
 /// Removes a file; absent is fine. Unlinking never follows a link.
@@ -177,6 +245,41 @@ mod tests {
     }
 
     #[test]
+    fn kernel_releases_are_compared_by_major_and_minor() {
+        assert!(kernel_at_least("6.1.0-28-amd64", (5, 16)));
+        assert!(kernel_at_least("5.16.0", (5, 16)));
+        assert!(!kernel_at_least("5.10.0-30-amd64", (5, 16)));
+        assert!(!kernel_at_least("", (5, 16)));
+    }
+
+    #[test]
+    fn a_state_file_is_described_through_stdin_and_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("snapshot.vmstate");
+        std::fs::write(&state, b"state").unwrap();
+        // A "Firecracker" that prints the version of what it reads on stdin.
+        let binary = dir.path().join("firecracker");
+        std::fs::write(
+            &binary,
+            "#!/bin/sh\n[ \"$2\" = /dev/stdin ] && read v < \"$2\" && echo \"v$v\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(&state, b"10.0.0\n").unwrap();
+        assert_eq!(described_version(&binary, &state).unwrap(), "v10.0.0");
+        let link = dir.path().join("planted");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        let error = described_version(&binary, &link).unwrap_err();
+        assert!(matches!(error, SnapshotHostError::Open { .. }), "{error}");
+        let fifo = dir.path().join("fifo");
+        let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string and mode.
+        assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+        assert!(described_version(&binary, &fifo).is_err());
+    }
+
+    #[test]
     fn the_cpu_model_comes_from_cpuinfo_on_x86_and_arm() {
         let x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n";
         assert_eq!(parse_cpu_model(x86), "AMD EPYC 7B13 64-Core Processor");
@@ -192,6 +295,10 @@ mod tests {
         std::fs::write(&file, b"memory").unwrap();
         sync_file(&file).unwrap();
         assert_eq!(file_size(&file), Some(6));
+        let modified = disk_modified(&file).unwrap();
+        let (seconds, nanos) = modified.split_once('.').unwrap();
+        assert!(seconds.parse::<u64>().unwrap() > 1_700_000_000);
+        assert_eq!(nanos.len(), 9);
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         assert!(sync_file(&link).is_err());

@@ -550,6 +550,8 @@ OPENAI_API_KEY=sk-new
                 cpu_model: "AMD EPYC 7B13".into(),
             },
             loading_since: None,
+            disk_modified: None,
+            clock_realtime: false,
         });
         let text = state.render();
         assert!(text.contains("\"suspended\""), "{text}");

@@ -39,6 +39,16 @@ pub struct Suspension {
     /// or was cut short (a failed load ends Firecracker), and is not tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loading_since: Option<u64>,
+    /// The disk's modification time when the snapshot was written (`<seconds>.<nanoseconds>`
+    /// since the epoch, a string so that no JSON tool rounds it): the snapshot's memory matches
+    /// that disk only, so a disk written since (booted by an older fireclaw, or by hand)
+    /// refuses the load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_modified: Option<String>,
+    /// Whether the load may move the guest's kvm-clock to the host's wall clock (the host ran
+    /// on the TSC clocksource with a kernel that saves the real time with the clock).
+    #[serde(default)]
+    pub clock_realtime: bool,
 }
 
 impl Suspension {
@@ -145,6 +155,8 @@ mod tests {
             state_bytes: 40_000,
             origin: origin("6.1.0", "cpu", "v10.0.0"),
             loading_since: None,
+            disk_modified: None,
+            clock_realtime: false,
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["format_version"], "v10.0.0");

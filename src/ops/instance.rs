@@ -58,7 +58,6 @@ pub struct NeverProvisioned {
     pub phase: Phase,
 }
 
-/// An instance as found on disk.
 /// A command that needs a running guest was asked of a suspended instance.
 #[derive(Debug, thiserror::Error)]
 #[error("instance '{id}' is suspended; resume it first with: fireclaw resume {id}")]
@@ -66,6 +65,7 @@ pub struct IsSuspended {
     pub id: InstanceId,
 }
 
+/// An instance as found on disk.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub id: InstanceId,
@@ -86,7 +86,6 @@ impl Loaded {
         quick
     }
 
-    /// Refuses to bring up an instance whose setup never got through provisioning.
     /// Refuses a suspended instance (`provision`, `shell`, `logs guest`, `restart`): its guest
     /// is not running, and booting its disk would leave the snapshot behind it.
     pub fn ensure_not_suspended(&self) -> Result<(), IsSuspended> {
@@ -98,6 +97,7 @@ impl Loaded {
         }
     }
 
+    /// Refuses to bring up an instance whose setup never got through provisioning.
     pub fn ensure_provisioned(&self) -> Result<(), NeverProvisioned> {
         match &self.state {
             Some(state) if state.phase < Phase::Provisioned => Err(NeverProvisioned {

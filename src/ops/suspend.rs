@@ -24,7 +24,8 @@ use crate::guest::ssh::{GuestShell, sudo_command};
 use crate::host::firecracker_api::{ApiClient, SnapshotLoad};
 use crate::host::interrupt;
 use crate::host::snapshot::{
-    described_version, file_size, free_bytes, here, remove_file, sync_file,
+    clock_realtime_supported, described_version, disk_modified, file_size, free_bytes, here,
+    remove_file, sync_dir, sync_file,
 };
 use crate::host::systemd::ServiceManager;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
@@ -47,7 +48,7 @@ const GUEST_SYNC_SECS: &str = "30";
 /// How far the guest's clock may be from the host's after a resume.
 const CLOCK_TOLERANCE_SECS: f64 = 2.0;
 /// The marker of a VM unit that can resume a snapshot (written by this fireclaw).
-const RESUME_HELPER: &str = " vm-resume ";
+pub const RESUME_HELPER: &str = " vm-resume ";
 
 /// The record of a suspended instance, if any.
 pub fn suspension(loaded: &Loaded) -> Option<&Suspension> {
@@ -57,7 +58,7 @@ pub fn suspension(loaded: &Loaded) -> Option<&Suspension> {
 /// A load of this snapshot was tried and did not complete.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the last load of the snapshot of instance '{id}' did not complete (Firecracker refused it or ended; its journal says why: fireclaw logs {id} host), so it is not tried again; boot it fresh from its disk with: fireclaw start {id} --cold"
+    "the last load of the snapshot of instance '{id}' did not complete (its journal says why: fireclaw logs {id} host -n 20 --no-follow), so systemd does not try it again; try it once more with: fireclaw resume {id}, or boot it fresh from its disk with: fireclaw start {id} --cold"
 )]
 pub struct LoadFailedBefore {
     pub id: InstanceId,
@@ -106,7 +107,7 @@ fn api(settings: &Settings, id: &InstanceId, timeout: Duration) -> Result<ApiCli
 }
 
 /// Whether the running VMM has its guest paused (a suspend cut short before it stopped it).
-fn vm_paused(settings: &Settings, id: &InstanceId) -> bool {
+pub fn vm_paused(settings: &Settings, id: &InstanceId) -> bool {
     api(settings, id, API_QUICK)
         .ok()
         .and_then(|api| api.instance_info().ok())
@@ -117,8 +118,9 @@ fn vm_paused(settings: &Settings, id: &InstanceId) -> bool {
 /// load one; both come with `setup` and `adopt` of this fireclaw.
 fn ensure_unit_can_resume(settings: &Settings, loaded: &Loaded) -> Result<()> {
     let id = &loaded.id;
+    let unit = loaded.units.vm_path(&settings.paths.unit_dir);
     let unit_text =
-        std::fs::read_to_string(loaded.units.vm_path(&settings.paths.unit_dir)).unwrap_or_default();
+        std::fs::read_to_string(&unit).with_context(|| format!("read {}", unit.display()))?;
     let confined = loaded
         .state
         .as_ref()
@@ -219,35 +221,41 @@ fn write_snapshot(
             free / (1 << 20)
         );
     }
-    let quick = api(settings, id, API_QUICK)?;
+    let endpoint = vmm_endpoint(settings, id)?;
+    let quick = ApiClient::new(&endpoint.api_sock, API_QUICK).expect_peer(endpoint.vmm_uid);
     quick
         .instance_info()
         .with_context(|| format!("reach the VMM of instance '{id}'"))?;
     interrupt::check()?;
 
+    let vm_unit = loaded.units.vm.as_str();
+    let proxy_unit = loaded.units.proxy.as_str();
     progress(output, id, "stopping the proxy");
-    services.stop(&[loaded.units.proxy.as_str()])?;
-    progress(output, id, "flushing the guest's file systems");
-    if let Err(error) = guest.run(&sudo_command(&["timeout", GUEST_SYNC_SECS, "sync"]), b"") {
-        output.warn(&format!(
-            "instance '{id}': the guest did not flush its file systems ({}); its disk holds what it had written so far",
-            error_chain(&error)
-        ));
-    }
-    remove_snapshot_files(&assets)?;
-    progress(output, id, "pausing the VM");
-    quick
-        .pause()
-        .with_context(|| format!("pause the VM of instance '{id}'"))?;
-    crash_point("suspend:paused");
+    services.stop(&[proxy_unit])?;
+    // From here a failure puts everything back: no record, so the files are not a snapshot.
     let written = (|| -> Result<Suspension> {
+        progress(output, id, "flushing the guest's file systems");
+        if let Err(error) = guest.run(&sudo_command(&["timeout", GUEST_SYNC_SECS, "sync"]), b"") {
+            output.warn(&format!(
+                "instance '{id}': the guest did not flush its file systems ({}); its disk holds what it had written so far",
+                error_chain(&error)
+            ));
+        }
+        remove_snapshot_files(&assets)?;
+        progress(output, id, "pausing the VM");
+        quick
+            .pause()
+            .with_context(|| format!("pause the VM of instance '{id}'"))?;
+        crash_point("suspend:paused");
         progress(output, id, "writing the snapshot");
-        ApiClient::new(&vmm_endpoint(settings, id)?.api_sock, API_SNAPSHOT)
-            .expect_peer(vmm_endpoint(settings, id)?.vmm_uid)
+        ApiClient::new(&endpoint.api_sock, API_SNAPSHOT)
+            .expect_peer(endpoint.vmm_uid)
             .create_snapshot(&assets.snapshot_state, &assets.snapshot_memory)
             .with_context(|| format!("write the snapshot of instance '{id}'"))?;
         crash_point("suspend:snapshot-written");
         let format_version = described_version(&firecracker, &assets.snapshot_state)?;
+        // Firecracker flushes its two files but not the disk, whose last writes from the
+        // guest sit in the host's cache.
         for file in [
             &assets.snapshot_state,
             &assets.snapshot_memory,
@@ -263,6 +271,9 @@ fn write_snapshot(
                 assets.vmm_dir.display()
             );
         };
+        // A host reboot must not start it again from its disk while the snapshot waits.
+        services.disable(&[vm_unit, proxy_unit])?;
+        crash_point("suspend:disabled");
         Ok(Suspension {
             taken_at: now_secs(),
             memory_bytes,
@@ -272,47 +283,33 @@ fn write_snapshot(
                 ..facts
             },
             loading_since: None,
+            disk_modified: disk_modified(&assets.rootfs),
+            clock_realtime: clock_realtime_supported(),
         })
     })();
     let record = match written {
         Ok(record) => record,
         Err(error) => {
-            // Not recorded, so not valid: the guest goes on as before.
             let _ = remove_snapshot_files(&assets);
+            // Resuming a running VM changes nothing, so it is asked whatever the failure was.
             let resumed = quick.resume();
-            let _ = services.enable_now(&[loaded.units.proxy.as_str()]);
+            let _ = services.enable_now(&[vm_unit, proxy_unit]);
             return Err(match resumed {
                 Ok(()) => error.context(format!(
                     "instance '{id}' was not suspended and runs on"
                 )),
                 Err(resume_error) => error.context(format!(
-                    "instance '{id}' was not suspended, and its VM stays paused ({}); continue it with: fireclaw resume {id}",
+                    "instance '{id}' was not suspended, and its VM may stay paused ({}); continue it with: fireclaw resume {id}",
                     error_chain(&resume_error)
                 )),
             });
         }
     };
-    // A host reboot must not start it again from its disk while the snapshot waits.
-    services.disable(&[loaded.units.vm.as_str(), loaded.units.proxy.as_str()])?;
-    crash_point("suspend:disabled");
     update_fireclaw_state(&loaded.paths, |state| {
         state.suspended = Some(record.clone());
     })?;
     crash_point("suspend:recorded");
     Ok(record)
-}
-
-/// fsync of a dir, so the files' names are on disk too.
-fn sync_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(dir)
-        .with_context(|| format!("open {}", dir.display()))?;
-    handle
-        .sync_all()
-        .with_context(|| format!("flush {} to disk", dir.display()))
 }
 
 /// Why `resume` has nothing to resume.
@@ -335,9 +332,6 @@ pub fn resume_due(settings: &Settings, loaded: &Loaded, services: &dyn ServiceMa
 /// Checks that the recorded snapshot can be loaded here: same host kernel, CPU model and
 /// snapshot format, and both files as they were written.
 pub fn check_loadable(settings: &Settings, id: &InstanceId, record: &Suspension) -> Result<()> {
-    if record.loading_since.is_some() {
-        return Err(LoadFailedBefore { id: id.clone() }.into());
-    }
     let facts = here(&firecracker_binary(settings, id)?)?;
     if let Some(why) = cannot_load(&record.origin, &facts) {
         return Err(CannotLoad {
@@ -352,6 +346,15 @@ pub fn check_loadable(settings: &Settings, id: &InstanceId, record: &Suspension)
         bail!(
             "the snapshot files of instance '{id}' in {} are missing or not as written; boot it fresh from its disk with: fireclaw start {id} --cold",
             assets.vmm_dir.display()
+        );
+    }
+    if record
+        .disk_modified
+        .as_ref()
+        .is_some_and(|then| disk_modified(&assets.rootfs).as_ref() != Some(then))
+    {
+        bail!(
+            "the disk of instance '{id}' was written after its snapshot was taken (booted by hand, or by another fireclaw), and its memory no longer matches it; boot it fresh from its disk with: fireclaw start {id} --cold"
         );
     }
     Ok(())
@@ -373,6 +376,18 @@ pub fn resume(
     match suspension(loaded) {
         Some(record) => {
             check_loadable(settings, id, record)?;
+            if record.loading_since.is_some() {
+                // Loads happen paused and the guest runs only after the record is gone, so
+                // one that did not complete can be tried again; systemd never does.
+                output.warn(&format!(
+                    "instance '{id}': the last load of its snapshot did not complete; trying it once more"
+                ));
+                update_fireclaw_state(&loaded.paths, |state| {
+                    if let Some(suspended) = &mut state.suspended {
+                        suspended.loading_since = None;
+                    }
+                })?;
+            }
             if running {
                 // Recorded but not yet stopped: finish the stop, then load as usual.
                 progress(output, id, "stopping the paused VM");
@@ -382,14 +397,27 @@ pub fn resume(
             services.reset_failed(&[vm_unit])?;
             if let Err(error) = services.enable_now(&[vm_unit]) {
                 let journal = services.journal_tail(vm_unit, 3);
-                return Err(anyhow::Error::from(error).context(format!(
-                    "the snapshot of instance '{id}' was not loaded{}; to boot it fresh from its disk instead: fireclaw start {id} --cold",
-                    if journal.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({vm_unit}: {journal})")
-                    }
-                )));
+                let journal = if journal.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({vm_unit}: {journal})")
+                };
+                let consumed = read_fireclaw_state(&loaded.paths)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|state| state.suspended.is_none());
+                let what = if consumed {
+                    // Loaded and consumed, then the start failed: systemd boots it from the
+                    // disk on its own.
+                    format!(
+                        "the snapshot of instance '{id}' was loaded, but its VM failed to start{journal}; it boots from its disk now, see: fireclaw status {id}"
+                    )
+                } else {
+                    format!(
+                        "the snapshot of instance '{id}' was not loaded{journal}; try it once more with: fireclaw resume {id}, or boot it fresh from its disk with: fireclaw start {id} --cold"
+                    )
+                };
+                return Err(anyhow::Error::from(error).context(what));
             }
             crash_point("resume:started");
         }
@@ -456,8 +484,8 @@ pub fn discard_snapshot(
 }
 
 /// The guest's wall clock after a load is behind by the time it was suspended (kvm-clock with
-/// `clock_realtime` moves it at load; other clocks do not): read it over SSH and step it to
-/// the host's when it is off by more than the tolerance. A failure is a warning: the guest's
+/// `clock_realtime` moves it at load, where the host allows that): read it over SSH and step
+/// it to the host's when it is off by more than half the tolerance, so it ends well within it. A failure is a warning: the guest's
 /// own time sync may still fix it.
 pub fn step_guest_clock(id: &InstanceId, guest: &dyn GuestShell, output: &mut Output<'_>) {
     let offset = || -> Option<f64> {
@@ -570,14 +598,20 @@ fn await_api(api: &ApiClient, id: &InstanceId) -> Result<()> {
 /// logger, load the snapshot paused, remove the record (consumed: a crash from here on boots
 /// from the disk), resume the guest and remove the files (the VMM keeps its mapping of the
 /// memory file until it exits). A load that fails is permanent: Firecracker has ended.
-pub fn load_due_snapshot(settings: &Settings, id: &InstanceId) -> Result<()> {
+pub fn load_due_snapshot(
+    settings: &Settings,
+    id: &InstanceId,
+    output: &mut Output<'_>,
+) -> Result<()> {
     if !load_is_due(settings, id) {
         return Ok(());
     }
     let paths = StatePaths::new(&settings.paths.state_root, id);
+    // Every failure before the guest runs again is permanent: a restart by systemd would
+    // fail the same way (and a failed load has ended Firecracker).
     let permanent = |what: &str, error: anyhow::Error| -> anyhow::Error {
         PermanentStartError::new(format!(
-            "{what}: {}; to boot it fresh from its disk instead: fireclaw start {id} --cold",
+            "{what}: {}; try it once more with: fireclaw resume {id}, or boot it fresh from its disk with: fireclaw start {id} --cold",
             error_chain(error.as_ref())
         ))
         .into()
@@ -591,10 +625,11 @@ pub fn load_due_snapshot(settings: &Settings, id: &InstanceId) -> Result<()> {
         .into());
     };
     check_loadable(settings, id, &record).map_err(|e| permanent("refusing the load", e))?;
-    let endpoint = vmm_endpoint(settings, id)?;
+    let endpoint =
+        vmm_endpoint(settings, id).map_err(|e| permanent("find the VMM's API socket", e))?;
     let assets = AssetPaths::new(&settings.paths.fc_root, id);
     let quick = ApiClient::new(&endpoint.api_sock, API_QUICK).expect_peer(endpoint.vmm_uid);
-    await_api(&quick, id)?;
+    await_api(&quick, id).map_err(|e| permanent("reach the VMM", e))?;
     let log = if endpoint.vmm_uid.is_some() {
         &assets.vmm_log
     } else {
@@ -602,21 +637,22 @@ pub fn load_due_snapshot(settings: &Settings, id: &InstanceId) -> Result<()> {
     };
     quick
         .configure_logger(log)
-        .with_context(|| format!("configure the logger of instance '{id}'"))?;
-    // Firecracker ends when a load fails, and a start of this unit may then be retried by
-    // systemd: marked first, a failed load is never tried again.
+        .map_err(|e| permanent("configure the VMM's logger", e.into()))?;
+    // Firecracker ends when a load fails, and systemd may then start this unit again: marked
+    // first, a load that did not complete is never tried again by systemd.
     update_fireclaw_state(&paths, |state| {
         if let Some(suspended) = &mut state.suspended {
             suspended.loading_since = Some(now_secs());
         }
-    })?;
+    })
+    .map_err(|e| permanent("record the load", e.into()))?;
     ApiClient::new(&endpoint.api_sock, API_SNAPSHOT)
         .expect_peer(endpoint.vmm_uid)
         .load_snapshot(&SnapshotLoad {
             state: &assets.snapshot_state,
             memory: &assets.snapshot_memory,
             tap: &endpoint.tap,
-            clock_realtime: cfg!(target_arch = "x86_64"),
+            clock_realtime: record.clock_realtime,
         })
         .map_err(|e| permanent(&format!("load the snapshot of instance '{id}'"), e.into()))?;
     crash_point("resume:loaded");
@@ -626,7 +662,13 @@ pub fn load_due_snapshot(settings: &Settings, id: &InstanceId) -> Result<()> {
     quick
         .resume()
         .with_context(|| format!("resume the VM of instance '{id}' after its load"))?;
-    remove_snapshot_files(&assets)?;
+    // The guest runs: a failure from here must not fail the start (systemd would kill it).
+    if let Err(error) = remove_snapshot_files(&assets) {
+        output.warn(&format!(
+            "instance '{id}': the consumed snapshot's files stay ({}); they are never loaded again",
+            error_chain(error.as_ref())
+        ));
+    }
     Ok(())
 }
 

@@ -177,7 +177,11 @@ pub fn vm_unit(config: &VmUnitConfig) -> String {
     };
     // Bridge, tap, isolation and rules are rebuilt before every start, so the network survives
     // host reboots and VMM crashes; a failure here fails the start job at once.
-    let _ = writeln!(out, "ExecStartPre={root}{fireclaw} vm-net-up {id}");
+    // `--in-unit`: this start is the unit's, which can load a snapshot (`start-vm.sh` cannot).
+    let _ = writeln!(
+        out,
+        "ExecStartPre={root}{fireclaw} vm-net-up {id} --in-unit"
+    );
     // Firecracker has no flag to load a snapshot: a start that resumes one runs it without
     // `--config-file`, and `vm-resume` loads it over the API. `vm-net-up` decides which and
     // writes the variable; systemd reads the file after ExecStartPre. The config is named
@@ -544,7 +548,9 @@ mod tests {
     fn an_unconfined_vm_unit_runs_everything_as_root_as_before() {
         let unit = vm_unit(&unconfined("/srv/firecracker/vm-demo"));
         assert!(!unit.contains("User="), "{unit}");
-        assert!(unit.contains("\nExecStartPre=/usr/local/bin/fireclaw vm-net-up my-bot\n"));
+        assert!(
+            unit.contains("\nExecStartPre=/usr/local/bin/fireclaw vm-net-up my-bot --in-unit\n")
+        );
         assert!(!unit.contains("ProtectSystem"), "{unit}");
         let script = start_script(&unconfined("/srv/firecracker/vm-demo"));
         assert!(!script.contains("setpriv"), "{script}");

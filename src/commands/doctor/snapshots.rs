@@ -45,30 +45,45 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
                 here(&vm_unit_program(&text)?).ok()
             })
             .flatten();
-        if let Some(found) = snapshot_check(&id, state.as_ref(), sizes, facts.as_ref(), now) {
+        // A VM paused with no record: a suspend cut short before it wrote one.
+        let paused = state.as_ref().is_none_or(|s| s.suspended.is_none())
+            && crate::ops::suspend::vm_paused(settings, &id);
+        if let Some(found) = snapshot_check(&id, state.as_ref(), sizes, paused, facts.as_ref(), now)
+        {
             checks.push(found);
         }
     }
 }
 
 /// The finding for one instance, from its state, the sizes of its snapshot files (state,
-/// memory) and this host's facts; `None` when it has neither a snapshot nor its files.
+/// memory), whether its running VM is paused, and this host's facts; `None` when it has
+/// neither a snapshot, nor its files, nor a paused VM.
 pub fn snapshot_check(
     id: &InstanceId,
     state: Option<&FireclawState>,
     sizes: [Option<u64>; 2],
+    paused: bool,
     here: Option<&SnapshotOrigin>,
     now: u64,
 ) -> Option<Check> {
     let name = format!("snapshot {id}");
     let Some(record) = state.and_then(|s| s.suspended.as_ref()) else {
+        if paused {
+            return Some(check(
+                &name,
+                Level::Warn,
+                format!(
+                    "its VM is paused, left so by a suspend cut short; continue it with: fireclaw resume {id}"
+                ),
+            ));
+        }
         let left: u64 = sizes.iter().flatten().sum();
         return sizes.iter().any(Option::is_some).then(|| {
             check(
                 &name,
                 Level::Warn,
                 format!(
-                    "snapshot files no suspend recorded ({} MiB, a guest's memory with its secrets), left by an interrupted suspend or resume; nothing will load them: remove them with: fireclaw start {id} --cold",
+                    "snapshot files no suspend recorded ({} MiB, a guest's memory with its secrets), left by an interrupted suspend or resume; nothing will load them: remove them with: fireclaw start {id} --cold (which keeps a running VM running)",
                     left.div_ceil(1 << 20)
                 ),
             )
@@ -103,9 +118,9 @@ fn recorded_check(
     if record.loading_since.is_some() {
         return check(
             name,
-            Level::Fail,
+            Level::Warn,
             format!(
-                "{summary}; its last load did not complete and is not tried again (see: fireclaw logs {id} host); boot it fresh with: fireclaw start {id} --cold"
+                "{summary}; its last load did not complete (see: fireclaw logs {id} host -n 20 --no-follow); try it once more with: fireclaw resume {id}, or boot it fresh with: fireclaw start {id} --cold"
             ),
         );
     }
@@ -155,6 +170,8 @@ mod tests {
             state_bytes: 1000,
             origin: origin("6.1.0"),
             loading_since: None,
+            disk_modified: None,
+            clock_realtime: false,
         });
         state
     }
@@ -169,6 +186,7 @@ mod tests {
             &"a".parse().unwrap(),
             state,
             sizes,
+            false,
             Some(&origin(kernel)),
             now,
         )
@@ -213,7 +231,7 @@ mod tests {
             record.loading_since = Some(1500);
         }
         let (level, detail) = finding(Some(&tried), FILES, "6.1.0", 2000).unwrap();
-        assert_eq!(level, Level::Fail);
+        assert_eq!(level, Level::Warn);
         assert!(
             detail.contains("its last load did not complete"),
             "{detail}"
@@ -224,5 +242,13 @@ mod tests {
         assert!(detail.contains("(5 MiB"), "{detail}");
         assert_eq!(finding(Some(&running), [None, None], "6.1.0", 0), None);
         assert_eq!(finding(None, [None, None], "6.1.0", 0), None);
+        let paused =
+            snapshot_check(&"a".parse().unwrap(), None, [None, None], true, None, 0).unwrap();
+        assert_eq!(paused.status, Level::Warn);
+        assert!(
+            paused.detail.ends_with("fireclaw resume a"),
+            "{}",
+            paused.detail
+        );
     }
 }
