@@ -39,19 +39,14 @@ fn copy_into(sandbox: &Sandbox, from: &PathBuf, inside: &str, mode: u32) {
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-#[test]
-#[ignore = "needs root: sandbox"]
-fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
+/// A sandbox with the real Firecracker (at `firecracker_at`), kernel and base rootfs in place,
+/// and the disk size in MiB an instance needs for that rootfs.
+fn with_real_parts(tag: &str, firecracker_at: &str) -> (Sandbox, u64) {
     let firecracker = required(env_vars::FIRECLAW_TEST_FIRECRACKER);
     let kernel = required(env_vars::FIRECLAW_TEST_KERNEL);
     let rootfs = required(env_vars::FIRECLAW_TEST_ROOTFS);
-    let sandbox = Sandbox::boot("realfc");
-    copy_into(
-        &sandbox,
-        &firecracker,
-        "/usr/local/lib/fireclaw-test/firecracker",
-        0o755,
-    );
+    let sandbox = Sandbox::boot(tag);
+    copy_into(&sandbox, &firecracker, firecracker_at, 0o755);
     copy_into(
         &sandbox,
         &kernel,
@@ -65,6 +60,13 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
         0o644,
     );
     let size = std::fs::metadata(&rootfs).unwrap().len().div_ceil(1 << 20) + 64;
+    (sandbox, size)
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
+    let (sandbox, size) = with_real_parts("realfc", "/usr/local/lib/fireclaw-test/firecracker");
     sandbox.sh(&format!(
         "{}=/usr/local/lib/fireclaw-test/firecracker \
          {BIN_IN_SANDBOX}/sandbox_install --instance real --openai-api-key k --disk-size {size}M \
@@ -130,24 +132,7 @@ fn vm_unit_runs_a_real_firecracker_and_stops_it_cleanly() {
 #[test]
 #[ignore = "needs root: sandbox"]
 fn suspend_and_resume_against_the_real_vmm() {
-    let firecracker = required(env_vars::FIRECLAW_TEST_FIRECRACKER);
-    let kernel = required(env_vars::FIRECLAW_TEST_KERNEL);
-    let rootfs = required(env_vars::FIRECLAW_TEST_ROOTFS);
-    let sandbox = Sandbox::boot("realsnap");
-    copy_into(&sandbox, &firecracker, "/usr/local/bin/firecracker", 0o755);
-    copy_into(
-        &sandbox,
-        &kernel,
-        "/srv/firecracker/base/images/vmlinux",
-        0o644,
-    );
-    copy_into(
-        &sandbox,
-        &rootfs,
-        "/srv/firecracker/base/images/rootfs.ext4",
-        0o644,
-    );
-    let size = std::fs::metadata(&rootfs).unwrap().len().div_ceil(1 << 20) + 64;
+    let (sandbox, size) = with_real_parts("realsnap", "/usr/local/bin/firecracker");
     for memory_mib in [256u64, 1024] {
         let id = format!("snap{memory_mib}");
         let unit = format!("firecracker-vmdemo-{id}.service");

@@ -575,6 +575,17 @@ fn create_body(vmstate: &str, memory: &str) -> String {
         .to_string()
 }
 
+/// `PUT /snapshot/load` of these files to the stand-in of instance "a".
+fn load(host: &Sandbox, vmstate: &str, memory: &str, resume: bool) -> (u16, String) {
+    api(
+        host,
+        "a",
+        "PUT",
+        "/snapshot/load",
+        &load_body(vmstate, memory, resume),
+    )
+}
+
 fn load_body(vmstate: &str, memory: &str, resume: bool) -> String {
     serde_json::json!({
         "snapshot_path": vmstate,
@@ -714,13 +725,7 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
         204
     );
     assert_eq!(
-        api(
-            &host,
-            "a",
-            "PUT",
-            "/snapshot/load",
-            &load_body(&vmstate, &memory, false)
-        ),
+        load(&host, &vmstate, &memory, false),
         (
             400,
             fault(
@@ -740,13 +745,7 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     );
     run_vmm(&host, "fc-newer", "a", &api_only("a"), "Not started");
     assert_eq!(
-        api(
-            &host,
-            "a",
-            "PUT",
-            "/snapshot/load",
-            &load_body(&vmstate, &memory, false)
-        ),
+        load(&host, &vmstate, &memory, false),
         (
             400,
             fault(
@@ -769,16 +768,7 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
         r#"{{"log_path":"{d}/logs/firecracker.log","level":"Info","show_level":false,"show_log_origin":false}}"#
     );
     assert_eq!(api(&host, "a", "PUT", "/logger", &logger).0, 204);
-    assert_eq!(
-        api(
-            &host,
-            "a",
-            "PUT",
-            "/snapshot/load",
-            &load_body(&vmstate, &memory, false)
-        ),
-        (204, String::new())
-    );
+    assert_eq!(load(&host, &vmstate, &memory, false), (204, String::new()));
     assert_eq!(vm_state(&host, "a"), "Paused");
     assert!(guests.frozen(SNAP_TAP) && !guests.kept(SNAP_TAP));
     assert_eq!(counter(&guests), stopped);
@@ -845,13 +835,7 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     // The harness lets go of the killed VMM's tap within half a second.
     std::thread::sleep(std::time::Duration::from_millis(500));
     run_vmm(&host, "fc-again", "a", &api_only("a"), "Not started");
-    let (code, body) = api(
-        &host,
-        "a",
-        "PUT",
-        "/snapshot/load",
-        &load_body(&vmstate, &memory, false),
-    );
+    let (code, body) = load(&host, &vmstate, &memory, false);
     assert_eq!(code, 400);
     assert!(
         body.starts_with(r#"{"fault_message":"Load snapshot error: Failed to restore from snapshot: the stand-in has no frozen guest for this snapshot: "#),
@@ -904,16 +888,7 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
     run_vmm(&host, "fc-resumed", "a", &api_only("a"), "Not started");
-    assert_eq!(
-        api(
-            &host,
-            "a",
-            "PUT",
-            "/snapshot/load",
-            &load_body(&vmstate, &memory, true)
-        ),
-        (204, String::new())
-    );
+    assert_eq!(load(&host, &vmstate, &memory, true), (204, String::new()));
     assert_eq!(vm_state(&host, "a"), "Running");
     assert!(!guests.frozen(SNAP_TAP));
     host.sh(&ping);

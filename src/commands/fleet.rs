@@ -64,12 +64,9 @@ pub struct SuspendedView {
 
 impl SuspendedView {
     fn of(record: &Suspension) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
         Self {
             taken_at: record.taken_at,
-            age_secs: now.saturating_sub(record.taken_at),
+            age_secs: crate::host::snapshot::unix_now_secs().saturating_sub(record.taken_at),
             snapshot_bytes: record.total_bytes(),
         }
     }

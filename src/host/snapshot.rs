@@ -150,6 +150,13 @@ pub fn sync_dir(dir: &Path) -> Result<(), SnapshotHostError> {
         .map_err(error)
 }
 
+/// Seconds since the Unix epoch, the unit of a snapshot record's times.
+pub fn unix_now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// `uname -r`.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")

@@ -373,13 +373,25 @@ pub fn bring_up(
 ) -> Result<(Health, Health)> {
     start_vm(loaded, services, output)?;
     await_ssh(loaded, services, guest, waits.ssh, output)?;
+    serve_and_gate(loaded, services, guest, waits.health, output)
+}
+
+/// Once the guest answers SSH (after a boot or a resume): the gateway service, the proxy, and
+/// both health gates.
+pub fn serve_and_gate(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    guest: &dyn GuestShell,
+    health_timeout: Duration,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
     progress(output, &loaded.id, "starting the gateway service");
     guest.run(
         &sudo_command(&["systemctl", "enable", "--now", &loaded.units.guest]),
         b"",
     )?;
     start_proxy(loaded, services, output)?;
-    await_health(loaded, guest, waits.health, output)
+    await_health(loaded, guest, health_timeout, output)
 }
 
 /// The guest shell `stop` uses: a short connection bound, since a guest that does not answer

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::instance::Loaded;
-use super::lifecycle::{Waits, await_health, await_ssh, progress, start_proxy, unit_state};
+use super::lifecycle::{Waits, await_ssh, progress, serve_and_gate, unit_state};
 use super::network::{PermanentStartError, vmm_endpoint};
 use crate::faults::crash_point;
 use crate::guest::health::Health;
@@ -25,7 +25,7 @@ use crate::host::firecracker_api::{ApiClient, SnapshotLoad};
 use crate::host::interrupt;
 use crate::host::snapshot::{
     clock_realtime_supported, described_version, disk_modified, file_size, free_bytes, here,
-    remove_file, sync_dir, sync_file,
+    remove_file, sync_dir, sync_file, unix_now_secs,
 };
 use crate::host::systemd::ServiceManager;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
@@ -81,12 +81,6 @@ fn firecracker_binary(settings: &Settings, id: &InstanceId) -> Result<PathBuf> {
     let text =
         std::fs::read_to_string(&unit).with_context(|| format!("read {}", unit.display()))?;
     vm_unit_program(&text).ok_or_else(|| anyhow!("{} names no Firecracker to run", unit.display()))
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn memory_mib(loaded: &Loaded) -> Result<u64> {
@@ -275,7 +269,7 @@ fn write_snapshot(
         services.disable(&[vm_unit, proxy_unit])?;
         crash_point("suspend:disabled");
         Ok(Suspension {
-            taken_at: now_secs(),
+            taken_at: unix_now_secs(),
             memory_bytes,
             state_bytes,
             origin: SnapshotOrigin {
@@ -449,13 +443,7 @@ pub fn resume(
     }
     await_ssh(loaded, services, guest, waits.ssh, output)?;
     step_guest_clock(id, guest, output);
-    progress(output, id, "starting the gateway service");
-    guest.run(
-        &sudo_command(&["systemctl", "enable", "--now", &loaded.units.guest]),
-        b"",
-    )?;
-    start_proxy(loaded, services, output)?;
-    await_health(loaded, guest, waits.health, output)
+    serve_and_gate(loaded, services, guest, waits.health, output)
 }
 
 /// Discards a snapshot (`start --cold`): a VMM still holding the paused guest is stopped
@@ -642,7 +630,7 @@ pub fn load_due_snapshot(
     // first, a load that did not complete is never tried again by systemd.
     update_fireclaw_state(&paths, |state| {
         if let Some(suspended) = &mut state.suspended {
-            suspended.loading_since = Some(now_secs());
+            suspended.loading_since = Some(unix_now_secs());
         }
     })
     .map_err(|e| permanent("record the load", e.into()))?;

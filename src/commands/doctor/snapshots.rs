@@ -5,7 +5,7 @@
 //! guest's memory, secrets included, and take its size on disk.
 
 use super::checks::{Check, Level, check};
-use crate::host::snapshot::{file_size, here};
+use crate::host::snapshot::{file_size, here, unix_now_secs};
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames};
 use crate::instance::state::FireclawState;
 use crate::instance::suspension::{SnapshotOrigin, Suspension, age_text, cannot_load};
@@ -19,9 +19,7 @@ use crate::store::{ScannedInstance, read_fireclaw_state};
 const STALE_AFTER_SECS: u64 = 30 * 86_400;
 
 pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = unix_now_secs();
     for instance in scanned {
         let Ok(id) = instance.name.parse::<InstanceId>() else {
             continue;
