@@ -44,6 +44,8 @@ use std::time::Duration;
 
 use fireclaw_standins::harness_wire::{self, Hello, ToHarness, ToStandIn};
 
+mod qemu;
+
 const VERSION: &str = "1.16.1";
 
 #[derive(serde::Deserialize)]
@@ -62,6 +64,7 @@ struct Config {
 struct BootSource {
     kernel_image_path: String,
     initrd_path: Option<String>,
+    boot_args: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -300,10 +303,52 @@ fn start(
             )
         })?
         .into();
+    let mut saved = SavedVm::from_config(&config);
+    let (harness, real) = match qemu::Mode::chosen().map_err(|e| Failure::stand_in(&e))? {
+        Some(mode) => {
+            let spec = qemu::MachineSpec {
+                kernel: &saved.kernel_image_path,
+                initrd: saved.initrd_path.as_deref(),
+                boot_args: config.boot_source.boot_args.as_deref(),
+                vcpus: saved.vcpu_count,
+                memory_mib: saved.mem_size_mib,
+                drives: saved
+                    .drives
+                    .iter()
+                    .map(|d| qemu::DriveSpec {
+                        path: &d.path_on_host,
+                        read_only: d.is_read_only,
+                        is_root: d.is_root_device,
+                    })
+                    .collect(),
+                mac: &interface.guest_mac,
+            };
+            let args = qemu::arguments(&mode, &spec);
+            let mut attempt = 1;
+            let machine = loop {
+                let machine =
+                    qemu::Machine::start(&mode, args.clone(), &[], &tap, machine_ended(ends))
+                        .map_err(|e| Failure::stand_in(&e))?;
+                if attempt == BOOT_ATTEMPTS || machine.speaks_within(SILENT_BOOT_BOUND) {
+                    break machine;
+                }
+                eprintln!(
+                    "firecracker stand-in: the emulated guest wrote nothing to its console in {}s (a TCG early-boot stall); booting it again",
+                    SILENT_BOOT_BOUND.as_secs()
+                );
+                machine.kill();
+                attempt += 1;
+            };
+            saved.qemu_args = Some(machine.args.clone());
+            (None, Some(machine))
+        }
+        None => (
+            Harness::connect(&ToHarness::Hello(saved.hello()), Some(&tap), ends)
+                .map(|(harness, _ready)| harness),
+            None,
+        ),
+    };
     log.line("Successfully started microvm that was configured from one single json");
-    let saved = SavedVm::from_config(&config);
-    let harness = Harness::connect(&ToHarness::Hello(saved.hello()), Some(&tap), ends)
-        .map(|(harness, _ready)| harness);
     held.push(tap);
     Ok(Vmm {
         id: log.id.clone(),
@@ -314,12 +359,32 @@ fn start(
             saved,
             _held: held,
             _kvm: kvm,
+            real,
         }),
         harness,
         unlogged: Vec::new(),
         metrics: None,
         ends: ends.clone(),
     })
+}
+
+/// A real machine whose guest is silent this long after QEMU started is booted again, at most
+/// this many times in all (see `qemu::Machine::speaks_within`).
+const SILENT_BOOT_BOUND: Duration = Duration::from_secs(20);
+const BOOT_ATTEMPTS: u32 = 3;
+
+/// How the VMM ends when its real machine's QEMU has ended: as after a guest reboot when the
+/// stand-in had QEMU quit, with an error when QEMU crashed or was killed.
+fn machine_ended(ends: &mpsc::Sender<End>) -> impl FnOnce(bool) + Send + 'static {
+    let ends = ends.clone();
+    move |clean| {
+        let _ = ends.send(if clean {
+            End::Rebooted
+        } else {
+            eprintln!("Error: the real machine's QEMU ended on its own");
+            End::Failed(ExitCode::from(1))
+        });
+    }
 }
 
 /// A `NetError` (`vmm/src/devices/virtio/net/mod.rs`) as its `Debug` and `Display`, which the
@@ -588,6 +653,8 @@ struct Machine {
     saved: SavedVm,
     _held: Vec<File>,
     _kvm: OwnedFd,
+    /// In real-machine mode, the QEMU that runs the guest.
+    real: Option<qemu::Machine>,
 }
 
 /// A VMM serving its API: started from a config file, or waiting for a snapshot to load.
@@ -643,7 +710,7 @@ fn main() -> ExitCode {
         Ok(vmm) => vmm,
         Err(failure) => return failure.report(&mut log),
     };
-    if vmm.state == State::Running {
+    if vmm.state == State::Running && vmm.real().is_none() {
         // The serial console: what a guest kernel would print first.
         println!(
             "[    0.000000] Linux version (fireclaw firecracker stand-in) on {}",
@@ -829,6 +896,9 @@ struct SavedVm {
     network_interfaces: Vec<SavedInterface>,
     /// The harness's token for the frozen guest this snapshot's memory stands for.
     guest: Option<String>,
+    /// In real-machine mode: QEMU's arguments, which a load starts QEMU with again.
+    #[serde(default)]
+    qemu_args: Option<Vec<String>>,
 }
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -874,6 +944,7 @@ impl SavedVm {
                 })
                 .collect(),
             guest: None,
+            qemu_args: None,
         }
     }
 
@@ -1054,8 +1125,14 @@ struct Restored {
 }
 
 impl Vmm {
+    /// The QEMU of a real-machine mode VM.
+    fn real(&self) -> Option<&qemu::Machine> {
+        self.machine.as_ref().and_then(|m| m.real.as_ref())
+    }
+
     /// Serves the API until the VM is to end; returns the exit code.
     fn run(mut self, mut log: Log, end: &mpsc::Receiver<End>) -> ExitCode {
+        let real = matches!(qemu::Mode::chosen(), Ok(Some(_)));
         let listener = self.listener.try_clone().unwrap();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -1066,8 +1143,11 @@ impl Vmm {
         match end.recv() {
             Ok(End::Failed(code)) => code,
             Ok(End::Rebooted) | Err(_) => {
-                println!("reboot: Restarting system");
-                let _ = io::stdout().flush();
+                // A real machine's kernel has printed its own last lines.
+                if !real {
+                    println!("reboot: Restarting system");
+                    let _ = io::stdout().flush();
+                }
                 ExitCode::SUCCESS
             }
         }
@@ -1141,6 +1221,12 @@ impl Vmm {
             ("PUT", "/actions") if body.contains("SendCtrlAltDel") => {
                 if !started {
                     return Reply::pre_boot();
+                }
+                if let Some(machine) = self.real() {
+                    return match machine.ctrl_alt_del() {
+                        Ok(()) => Reply::no_content(),
+                        Err(e) => Reply::fault(&format!("Internal VMM error: {e}")),
+                    };
                 }
                 Reply {
                     then: match &self.harness {
@@ -1236,6 +1322,15 @@ impl Vmm {
         if self.state == wanted {
             return Reply::no_content();
         }
+        if let Some(machine) = self.real() {
+            let done = match requested {
+                RequestedState::Paused => machine.pause(),
+                RequestedState::Resumed => machine.resume(),
+            };
+            if let Err(e) = done {
+                return Reply::fault(&format!("Internal VMM error: {e}"));
+            }
+        }
         if let Some(harness) = &self.harness
             && let Some(ToStandIn::Refused(reason)) = harness.ask(&message)
         {
@@ -1303,6 +1398,13 @@ impl Vmm {
             return fault(format!(
                 "Cannot perform sync_all on the snapshot backing file: {e}"
             ));
+        }
+        if let Some(machine) = self.real() {
+            // The memory as QEMU's migration stream of the paused guest.
+            return match machine.save_memory(&params.mem_file_path) {
+                Ok(()) => Reply::no_content(),
+                Err(e) => fault(format!("Cannot save the microVM memory: {e}")),
+            };
         }
         // vstate/vm.rs `snapshot_memory_to_file`: no truncate at open; a file of another size
         // is emptied first; then the guest memory's size (the stand-in's pages are all zero,
@@ -1394,6 +1496,13 @@ impl Vmm {
                 return fatal(fault);
             }
         };
+        match qemu::Mode::chosen() {
+            Ok(Some(mode)) => {
+                return self.load_real(&mode, restored, &memory, config.resume_vm, fatal);
+            }
+            Ok(None) => {}
+            Err(e) => return fatal(restore_fault(&e)),
+        }
         let hello = restored.saved.hello();
         let first = ToHarness::Restore {
             hello,
@@ -1423,6 +1532,7 @@ impl Vmm {
             saved,
             _held: held,
             _kvm: kvm,
+            real: None,
         });
         self.state = State::Paused;
         if config.resume_vm {
@@ -1442,6 +1552,57 @@ impl Vmm {
             }
             self.state = State::Running;
         }
+        Reply::no_content()
+    }
+
+    /// The load on a real machine: a new QEMU with the recorded arguments takes in the
+    /// migration stream, paused until it is resumed.
+    fn load_real(
+        &mut self,
+        mode: &qemu::Mode,
+        restored: Restored,
+        memory: &Path,
+        resume: bool,
+        fatal: impl Fn(String) -> Reply,
+    ) -> Reply {
+        let Restored {
+            saved,
+            mut held,
+            kvm,
+            tap,
+        } = restored;
+        let Some(args) = saved.qemu_args.clone() else {
+            return fatal(restore_fault(
+                "the snapshot was not taken of a real machine",
+            ));
+        };
+        let extra = ["-incoming", "defer", "-S"];
+        let machine =
+            match qemu::Machine::start(mode, args, &extra, &tap, machine_ended(&self.ends)) {
+                Ok(machine) => machine,
+                Err(e) => return fatal(restore_fault(&e)),
+            };
+        if let Err(e) = machine.load_memory(memory) {
+            machine.kill();
+            return fatal(restore_fault(&format!("Failed to load guest memory: {e}")));
+        }
+        held.push(tap);
+        self.state = State::Paused;
+        if resume {
+            if let Err(e) = machine.resume() {
+                machine.kill();
+                return fatal(format!(
+                    "Load snapshot error: Failed to resume microVM: {e}"
+                ));
+            }
+            self.state = State::Running;
+        }
+        self.machine = Some(Machine {
+            saved,
+            _held: held,
+            _kvm: kvm,
+            real: Some(machine),
+        });
         Reply::no_content()
     }
 
@@ -1550,8 +1711,9 @@ fn restore(saved: SavedVm, memory: &Path) -> Result<Restored, (String, String)> 
             )))
         })?
         .len();
-    // vstate/memory.rs `snapshot_file`: no mapping beyond the end of the file.
-    if saved.mem_size_mib * 1024 * 1024 > size {
+    // vstate/memory.rs `snapshot_file`: no mapping beyond the end of the file. (A real
+    // machine's memory file is QEMU's migration stream, which holds only the pages in use.)
+    if saved.qemu_args.is_none() && saved.mem_size_mib * 1024 * 1024 > size {
         return Err(failed(memory_fault(
             "Failed to restore guest memory: Total sum of memory regions exceeds largest possible file offset"
                 .to_owned(),
