@@ -5,7 +5,12 @@
 # again converges on the same state. Nothing is written to /tmp.
 set -euo pipefail
 
-say() { printf 'fireclaw-provision: %s\n' "$*" >&2; }
+# Each step also goes to the guest's journal (journalctl -t fireclaw-provision); no step names
+# a secret.
+say() {
+    printf 'fireclaw-provision: %s\n' "$*" >&2
+    logger -t fireclaw-provision -- "$*" 2>/dev/null || true
+}
 die() { say "error: $*"; exit 1; }
 
 # --- input ------------------------------------------------------------------------------------
@@ -17,7 +22,7 @@ while IFS= read -r line || [[ -n "$line" ]]; do
     case "$key" in
         FIRECLAW_STATE_FORMAT | INSTANCE_ID | TELEGRAM_TOKEN | TELEGRAM_USERS | MODEL | SKILLS | \
             GATEWAY_TOKEN | OPENCLAW_IMAGE | SKIP_BROWSER_INSTALL | DISK_SIZE | ANTHROPIC_API_KEY | \
-            OPENAI_API_KEY | MINIMAX_API_KEY)
+            OPENAI_API_KEY | MINIMAX_API_KEY | OPENCLAW_PULL)
             input[$key]=$value
             ;;
         *) die "unknown input key '${key}'" ;;
@@ -37,6 +42,12 @@ telegram_token=${input[TELEGRAM_TOKEN]:-}
 telegram_users=${input[TELEGRAM_USERS]:-}
 gateway_token=${input[GATEWAY_TOKEN]:-}
 [[ -n "$gateway_token" ]] || die "GATEWAY_TOKEN is missing"
+# When to pull the image (fireclaw.json's openclaw_pull; never in provision.vars).
+pull_policy=${input[OPENCLAW_PULL]:-always}
+case "$pull_policy" in
+    always | missing | never) ;;
+    *) die "OPENCLAW_PULL must be always, missing or never" ;;
+esac
 case "${input[SKIP_BROWSER_INSTALL]:-false}" in
     true | 1 | yes) skip_browser=true ;;
     *) skip_browser=false ;;
@@ -119,8 +130,14 @@ if printf '%s\n' '{"iptables": false, "ip6tables": false, "bridge": "none"}' |
 fi
 systemctl enable --now docker.service >/dev/null 2>&1
 
-say "pulling $image"
-retry 3 "$docker_bin" pull -q "$image" >/dev/null
+if [[ "$pull_policy" != always ]] && "$docker_bin" image inspect "$image" >/dev/null 2>&1; then
+    say "using $image, already in the guest (pull policy: $pull_policy)"
+elif [[ "$pull_policy" == never ]]; then
+    die "image $image is not in the guest and the pull policy is never: load it into the guest's Docker, or provision with --openclaw-pull missing"
+else
+    say "pulling $image"
+    retry 3 "$docker_bin" pull -q "$image" >/dev/null
+fi
 
 # --- OpenClaw ---------------------------------------------------------------------------------
 install -d -o "$user" -g "$user" -m 0700 "$config_root" "$config_dir"

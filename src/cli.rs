@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::instance::images::{ImageSource, Sha256Hex};
 use crate::instance::values::{
-    DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, PrivateEgress, Secret, Skills,
-    TelegramUsers, VcpuCount, parse_absolute_path, parse_telegram_token,
+    DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, PrivateEgress, PullPolicy, Secret,
+    Skills, TelegramUsers, VcpuCount, parse_absolute_path, parse_telegram_token,
 };
 
 #[derive(Debug, Parser)]
@@ -453,6 +453,10 @@ pub struct SetupArgs {
     /// Container image [env: OPENCLAW_IMAGE_DEFAULT] [default: ghcr.io/openclaw/openclaw:latest].
     #[arg(long, value_name = "IMAGE")]
     pub openclaw_image: Option<ImageRef>,
+    /// When to pull the image: always, missing (use one already in the guest) or never
+    /// [default: always]. Saved for later provision runs.
+    #[arg(long, value_name = "POLICY")]
+    pub openclaw_pull: Option<PullPolicy>,
     /// Localhost proxy port (>= 1024) [default: first free port above BASE_PORT].
     #[arg(long, value_name = "PORT")]
     pub host_port: Option<HostPort>,
@@ -520,6 +524,10 @@ pub struct ProvisionArgs {
     /// Container image.
     #[arg(long, value_name = "IMAGE")]
     pub openclaw_image: Option<ImageRef>,
+    /// When to pull the image from now on: always, missing (use one already in the guest) or
+    /// never.
+    #[arg(long, value_name = "POLICY")]
+    pub openclaw_pull: Option<PullPolicy>,
     #[command(flatten)]
     pub keys: KeyArgs,
     /// Skip installing Playwright Chromium in the guest from now on.

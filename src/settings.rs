@@ -348,6 +348,7 @@ impl Settings {
             base,
             keys: self.resolve_keys(&args.keys)?,
             skip_browser_install: args.skip_browser_install,
+            openclaw_pull: args.openclaw_pull.unwrap_or_default(),
             allow_private_egress: args.allow_private_egress.clone().unwrap_or_default(),
             ssh_key_path: self.ssh_key_path.clone(),
             fc_root: self.paths.fc_root.clone(),

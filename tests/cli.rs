@@ -257,6 +257,11 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
         (with(&["--base-kernel", "vmlinux"]), vec![], "absolute path"),
         (with(&["--skills", "git\nhub"]), vec![], "skill"),
         (
+            with(&["--openclaw-pull", "sometimes"]),
+            vec![],
+            "one of always, missing, never",
+        ),
+        (
             with(&["--telegram-token", "123:abc"]),
             vec![],
             "--telegram-users is required",

@@ -68,6 +68,7 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
         paths: &settings.paths,
         with_initrd,
         seed_in_rootfs: true,
+        base_has_packages: false,
         time: Timestamp(1_700_000_000),
         vmm_account: &fireclaw::instance::confinement::VmmAccount {
             name: "fcvm-schema-bot".into(),

@@ -77,7 +77,7 @@ fn doctor_names_every_provoked_problem() {
         ),
         (
             "guest kernel iso9660",
-            "pass no iso9660: the guest reads its seed from the rootfs",
+            "pass iso9660 not built in: the guest reads its seed from the rootfs (seed.img only if the guest loads isofs as a module itself)",
         ),
         (
             "base rootfs format",

@@ -53,6 +53,7 @@ fn files() -> Vec<(String, String)> {
             user_data(&UserDataConfig {
                 authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE client".into(),
                 host_key,
+                install_packages: true,
             }),
         ),
         ("meta-data".into(), meta_data("my-bot")),

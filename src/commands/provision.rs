@@ -34,7 +34,11 @@ pub fn run(
     cover_if_made_by_020(settings, &loaded, services)?;
     ensure_vm_running(&loaded, services, output)?;
     await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
-    provision(&loaded, &loaded.ssh, &update.vars.render(), output)?;
+    let pull = args
+        .openclaw_pull
+        .or_else(|| loaded.state.as_ref().map(|state| state.pull_policy()))
+        .unwrap_or_default();
+    provision(&loaded, &loaded.ssh, &update.vars.render(), pull, output)?;
     crash_point("provision:guest-done");
     if loaded.state.is_some() {
         set_phase(&loaded.paths, Phase::Provisioned)?;
@@ -55,6 +59,13 @@ fn validated_update(
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
     let vars = VarsFile::parse(&text).with_context(|| format!("read {}", path.display()))?;
     let update = settings.resolve_provision(args, &loaded.env, &vars)?;
+    if args.openclaw_pull.is_some() && loaded.state.is_none() {
+        bail!(
+            "instance '{}' was made by fireclaw 0.2.0 and has no fireclaw.json to keep a pull policy in; run fireclaw adopt {} first",
+            loaded.id,
+            loaded.id
+        );
+    }
     if args.allow_private_egress.is_some() && loaded.state.is_none() {
         bail!(
             "instance '{}' was made by fireclaw 0.2.0 and has no fireclaw.json to keep a private-egress allowlist in; its guest gets the default policy (the host-wide allowlist still applies)",
@@ -76,6 +87,9 @@ fn save(
     write_atomic(&loaded.paths.env, update.env.render().as_bytes(), 0o600)?;
     write_atomic(&loaded.paths.vars, update.vars.render().as_bytes(), 0o600)?;
     crash_point("provision:saved");
+    if let Some(pull) = args.openclaw_pull {
+        update_fireclaw_state(&loaded.paths, |state| state.openclaw_pull = Some(pull))?;
+    }
     if let Some(allow) = &args.allow_private_egress {
         update_fireclaw_state(&loaded.paths, |state| {
             state.allow_private_egress = allow.networks().to_vec();

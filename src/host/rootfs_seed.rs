@@ -192,6 +192,22 @@ fn list(image: &Path, dir: &str) -> Result<Option<Vec<Entry>>, RootfsSeedError> 
     Ok(Some(parse_listing(&text)))
 }
 
+const S_IFLNK: u32 = 0o120_000;
+
+/// Whether the image's `/usr/bin` holds each of `programs` (a file or a link): a base that
+/// already has them needs no `packages:` in its user-data, whose `apt-get update` a guest
+/// without a registry would wait out at first boot.
+pub fn has_programs(image: &Path, programs: &[&str]) -> Result<bool, RootfsSeedError> {
+    let Some(entries) = list(image, "/usr/bin")? else {
+        return Ok(false);
+    };
+    Ok(programs.iter().all(|program| {
+        entries
+            .iter()
+            .any(|entry| entry.name == *program && matches!(entry.mode & S_IFMT, S_IFREG | S_IFLNK))
+    }))
+}
+
 fn name_in(path: &str) -> (&str, &str) {
     match path.rsplit_once('/') {
         Some(("", name)) => ("/", name),
@@ -393,6 +409,24 @@ mod tests {
 
     fn cat(image: &Path, path: &str) -> Vec<u8> {
         debugfs(image, Path::new("/"), &["-R", &format!("cat {path}")], None).unwrap()
+    }
+
+    #[test]
+    fn programs_in_usr_bin_are_found_as_files_or_links_and_nothing_else_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/bin/curl-dir")).unwrap();
+        std::fs::write(tree.join("usr/bin/jq"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("jq", tree.join("usr/bin/curl")).unwrap();
+        let image = ext4_from(dir.path(), &tree);
+        assert!(has_programs(&image, &["jq", "curl"]).unwrap());
+        assert!(!has_programs(&image, &["jq", "curl-dir"]).unwrap());
+        assert!(!has_programs(&image, &["jq", "wget"]).unwrap());
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::remove_file(&image).unwrap();
+        let bare = ext4_from(dir.path(), &empty);
+        assert!(!has_programs(&bare, &["jq"]).unwrap());
     }
 
     #[test]

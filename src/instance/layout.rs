@@ -226,5 +226,8 @@ pub const GUEST_USER: &str = "ubuntu";
 pub const GUEST_GATEWAY_PORT: u16 = 18789;
 /// Boot arguments 0.2.0 passes to every guest kernel.
 pub const BOOT_ARGS: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// What the guest's provisioning needs beyond the base image: installed by cloud-init
+/// (user-data `packages:`) unless the base already has each in `/usr/bin`.
+pub const GUEST_PACKAGES: [&str; 2] = ["jq", "curl"];
 /// Resolvers the guest uses.
 pub const GUEST_NAMESERVERS: [&str; 2] = ["1.1.1.1", "8.8.8.8"];

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::values::{
     DiskSize, HostPort, ImageRef, InstanceId, InvalidValue, MemoryMib, Model, PrivateEgress,
-    Provider, Secret, Skills, TelegramUsers, VcpuCount,
+    Provider, PullPolicy, Secret, Skills, TelegramUsers, VcpuCount,
 };
 
 /// The kernel's limit for a unix socket path (`sun_path` is 108 bytes with the NUL).
@@ -96,6 +96,8 @@ pub struct SetupSpec {
     pub base: BaseImages,
     pub keys: ProviderKeys,
     pub skip_browser_install: bool,
+    /// When provisioning pulls the image.
+    pub openclaw_pull: PullPolicy,
     /// Private networks the guest may reach beyond the default policy.
     pub allow_private_egress: PrivateEgress,
     /// The SSH client key this instance is created with (`SSH_KEY_PATH`).

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::confinement::VmmAccount;
 use super::plain::{PlainDoc, PlainError};
 use super::suspension::Suspension;
-use super::values::{PrivateCidr, escaped};
+use super::values::{PrivateCidr, PullPolicy, escaped};
 
 /// `.env` keys, in the order 0.2.0 writes them (after the format line).
 pub const ENV_KEYS: [&str; 19] = [
@@ -304,6 +304,11 @@ pub struct FireclawState {
     /// `instance::suspension`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<Suspension>,
+    /// When provisioning pulls the OpenClaw image (`--openclaw-pull`); absent means `always`.
+    /// Kept here, not in `.env` or `provision.vars`, whose readers (0.2.0's too) refuse
+    /// unknown keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openclaw_pull: Option<PullPolicy>,
 }
 
 /// `created_by` of an instance fireclaw 0.2.0 made.
@@ -320,7 +325,13 @@ impl FireclawState {
             allow_private_egress: Vec::new(),
             vmm_account: None,
             suspended: None,
+            openclaw_pull: None,
         }
+    }
+
+    /// The pull policy provisioning follows.
+    pub fn pull_policy(&self) -> PullPolicy {
+        self.openclaw_pull.unwrap_or_default()
     }
 
     /// What `adopt` writes for an instance fireclaw 0.2.0 made (which had no `fireclaw.json`):

@@ -482,6 +482,49 @@ impl FromStr for ImageRef {
     }
 }
 
+/// When provisioning pulls the OpenClaw image (`--openclaw-pull`): `always` (0.2.0's way and
+/// the default), `missing` (an image already in the guest is used as it is), or `never` (the
+/// image must already be in the guest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    #[default]
+    Always,
+    Missing,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::Missing => "missing",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl FromStr for PullPolicy {
+    type Err = InvalidValue;
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "always" => Ok(Self::Always),
+            "missing" => Ok(Self::Missing),
+            "never" => Ok(Self::Never),
+            _ => Err(invalid(format!(
+                "pull policy '{}' is not one of always, missing, never",
+                escaped(value)
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

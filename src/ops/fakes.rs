@@ -157,6 +157,8 @@ impl ServiceManager for FakeServices<'_> {
 pub struct FakeGuest<'a> {
     pub log: &'a CallLog,
     pub reachable: bool,
+    /// What each command was fed on stdin, in order.
+    pub inputs: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'a> FakeGuest<'a> {
@@ -165,6 +167,7 @@ impl<'a> FakeGuest<'a> {
         Self {
             log,
             reachable: true,
+            inputs: std::sync::Mutex::default(),
         }
     }
 
@@ -173,6 +176,7 @@ impl<'a> FakeGuest<'a> {
         Self {
             log,
             reachable: false,
+            inputs: std::sync::Mutex::default(),
         }
     }
 
@@ -194,8 +198,11 @@ impl GuestShell for FakeGuest<'_> {
             Err(Self::unreachable())
         }
     }
-    fn run(&self, remote: &str, _stdin: &[u8]) -> Result<String, SshError> {
+    fn run(&self, remote: &str, stdin: &[u8]) -> Result<String, SshError> {
         self.log.push(format!("ssh {remote}"));
+        if let Ok(mut inputs) = self.inputs.lock() {
+            inputs.push(String::from_utf8_lossy(stdin).into_owned());
+        }
         if self.reachable {
             Ok(String::new())
         } else {

@@ -17,12 +17,12 @@ use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
 use crate::host::kernel_image::{Feature, KernelError, inspect_file};
-use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, write_seed};
+use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, has_programs, write_seed};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::host::{interrupt, probe};
 use crate::instance::confinement::VmmAccount;
-use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, public_key_path};
+use crate::instance::layout::{AssetPaths, GUEST_PACKAGES, StatePaths, UnitNames, public_key_path};
 use crate::instance::plan::{Allocation, allocate, instance_env};
 use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
@@ -54,6 +54,8 @@ pub struct BootMedia {
     pub with_initrd: bool,
     /// The seed also goes into the rootfs copy (an ext4 base), for kernels without iso9660.
     pub seed_in_rootfs: bool,
+    /// The base already has the programs user-data would otherwise install (`packages:`).
+    pub base_has_packages: bool,
 }
 
 /// The base kernel and rootfs exist (the initrd is optional).
@@ -88,10 +90,13 @@ pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
             probe::which("debugfs").context(
                 "debugfs is not on PATH; install e2fsprogs (it writes the cloud-init seed into the rootfs)",
             )?;
+            let base_has_packages = has_programs(rootfs, &GUEST_PACKAGES)
+                .with_context(|| format!("read base rootfs {}", rootfs.display()))?;
             Ok((
                 BootMedia {
                     with_initrd,
                     seed_in_rootfs: true,
+                    base_has_packages,
                 },
                 None,
             ))
@@ -100,6 +105,7 @@ pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
             BootMedia {
                 with_initrd,
                 seed_in_rootfs: false,
+                base_has_packages: false,
             },
             Some(format!(
                 "base rootfs {} is not ext4: the guest gets its cloud-init seed only from seed.img",
@@ -416,6 +422,7 @@ fn install_after_reserve(
         paths: &settings.paths,
         with_initrd: media.with_initrd,
         seed_in_rootfs: media.seed_in_rootfs,
+        base_has_packages: media.base_has_packages,
         time: Timestamp::now(),
         vmm_account,
     })?;
@@ -523,7 +530,7 @@ pub fn first_boot(
         crash_point("setup:booted");
         let vars = std::fs::read_to_string(&loaded.paths.vars)
             .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
-        provision(loaded, guest, &vars, output)?;
+        provision(loaded, guest, &vars, spec.openclaw_pull, output)?;
         set_phase(&loaded.paths, Phase::Provisioned)?;
         crash_point("setup:provisioned");
         Ok(())
@@ -592,6 +599,7 @@ mod tests {
     const SEED_IMAGE_ONLY: BootMedia = BootMedia {
         with_initrd: false,
         seed_in_rootfs: false,
+        base_has_packages: false,
     };
 
     /// Root-owned programs, so the trusted-path rule passes for them as for real binaries.

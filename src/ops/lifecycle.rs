@@ -18,7 +18,7 @@ use crate::guest::ssh::{GuestShell, SshError, sudo_command};
 use crate::host::systemd::{ServiceManager, UnitState};
 use crate::host::{interrupt, probe};
 use crate::instance::layout::{UnitNames, guest_answered_text};
-use crate::instance::values::InstanceId;
+use crate::instance::values::{InstanceId, PullPolicy};
 use crate::output::Output;
 use crate::store::write_atomic;
 
@@ -328,15 +328,23 @@ pub fn await_ssh(
     Ok(())
 }
 
-/// Runs guest provisioning with the instance's `provision.vars`.
+/// Runs guest provisioning with the instance's `provision.vars` and its pull policy, which
+/// travels with them on stdin but is never saved in `provision.vars` (0.2.0's script refuses
+/// keys it does not know).
 pub fn provision(
     loaded: &Loaded,
     guest: &dyn GuestShell,
     vars: &str,
+    pull: PullPolicy,
     output: &mut Output<'_>,
 ) -> Result<()> {
     progress(output, &loaded.id, "provisioning the guest");
-    provision_guest(guest, vars)?;
+    let mut input = vars.to_owned();
+    if !input.is_empty() && !input.ends_with('\n') {
+        input.push('\n');
+    }
+    input.push_str(&format!("OPENCLAW_PULL={pull}\n"));
+    provision_guest(guest, &input)?;
     Ok(())
 }
 
@@ -468,6 +476,30 @@ mod tests {
             paths,
             id,
         }
+    }
+
+    #[test]
+    fn provisioning_sends_the_pull_policy_after_the_vars_on_stdin_only() {
+        let log = CallLog::default();
+        let guest = FakeGuest::answering(&log);
+        let (result, _) = quiet(|output| {
+            provision(
+                &loaded(1),
+                &guest,
+                "MODEL=openai/gpt-5.5",
+                PullPolicy::Missing,
+                output,
+            )
+        });
+        result.unwrap();
+        let inputs = guest.inputs.lock().unwrap().clone();
+        assert_eq!(inputs.len(), 2, "{inputs:?}");
+        assert_eq!(inputs[1], "MODEL=openai/gpt-5.5\nOPENCLAW_PULL=missing\n");
+        let commands = log.calls();
+        assert!(
+            commands.iter().all(|c| !c.contains("OPENCLAW_PULL")),
+            "the policy is on no command line: {commands:?}"
+        );
     }
 
     /// A loopback port nothing listens on (bound, then released).

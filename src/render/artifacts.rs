@@ -60,6 +60,8 @@ pub struct InstancePlan<'a> {
     pub with_initrd: bool,
     /// Whether the seed also goes into the rootfs copy (an ext4 base; see `RootfsSeed`).
     pub seed_in_rootfs: bool,
+    /// The base has what user-data's `packages:` installs, so the list is left out.
+    pub base_has_packages: bool,
     pub time: Timestamp,
     /// The account the VMM runs as.
     pub vmm_account: &'a VmmAccount,
@@ -322,6 +324,7 @@ fn state_files(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
     let state = FireclawState {
         allow_private_egress: spec.allow_private_egress.networks().to_vec(),
         vmm_account: Some(plan.vmm_account.clone()),
+        openclaw_pull: Some(spec.openclaw_pull),
         ..FireclawState::new(Phase::Allocated)
     };
     Ok(vec![
@@ -346,6 +349,7 @@ fn vm_assets(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
     let user_data_text = user_data(&UserDataConfig {
         authorized_key: plan.authorized_key.to_owned(),
         host_key: plan.host_key.clone(),
+        install_packages: !plan.base_has_packages,
     });
     let meta_data_text = meta_data(spec.id.as_str());
     let network_text = network_config(&NetworkConfig {
@@ -487,6 +491,7 @@ mod tests {
             paths: &settings.paths,
             with_initrd,
             seed_in_rootfs: true,
+            base_has_packages: false,
             time: Timestamp(1_700_000_000),
             vmm_account: &VmmAccount {
                 name: "fcvm-my-bot".into(),

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::instance::layout::{GUEST_NAMESERVERS, GUEST_USER};
+use crate::instance::layout::{GUEST_NAMESERVERS, GUEST_PACKAGES, GUEST_USER};
 use crate::instance::secrets::HostKeyPair;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,9 @@ pub struct UserDataConfig {
     /// The client public key (`SSH_KEY_PATH.pub`), one line.
     pub authorized_key: String,
     pub host_key: HostKeyPair,
+    /// List [`GUEST_PACKAGES`] under `packages:` (cloud-init then runs `apt-get update` at
+    /// first boot): only for a base that lacks them.
+    pub install_packages: bool,
 }
 
 fn quoted(value: &str) -> String {
@@ -23,8 +26,9 @@ fn quoted(value: &str) -> String {
 
 pub fn user_data(config: &UserDataConfig) -> String {
     let mut out = String::from("#cloud-config\n");
-    // `docker` is created up front so the user can join it before docker.io is installed.
-    out.push_str("groups:\n  - docker\n");
+    // No top-level `groups:` for `docker`: cloud-init creates a missing group of the user's
+    // list itself, while a `groups:` entry that exists already (any base with Docker in it)
+    // is a warning that marks the whole boot degraded.
     let _ = writeln!(out, "users:\n  - name: {GUEST_USER}");
     out.push_str("    groups: [sudo, docker]\n");
     out.push_str("    shell: /bin/bash\n");
@@ -48,7 +52,12 @@ pub fn user_data(config: &UserDataConfig) -> String {
     );
     // `sudo` resolves the hostname on every call; without an /etc/hosts entry it waits for DNS.
     out.push_str("manage_etc_hosts: localhost\n");
-    out.push_str("packages:\n  - jq\n  - curl\n");
+    if config.install_packages {
+        out.push_str("packages:\n");
+        for package in GUEST_PACKAGES {
+            let _ = writeln!(out, "  - {package}");
+        }
+    }
     out
 }
 
@@ -107,7 +116,27 @@ mod tests {
         insta::assert_snapshot!(user_data(&UserDataConfig {
             authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKECLIENT root@host\n".into(),
             host_key: sample_host_key(),
+            install_packages: true,
         }));
+    }
+
+    #[test]
+    fn a_base_with_the_packages_gets_no_packages_list() {
+        let text = user_data(&UserDataConfig {
+            authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKECLIENT root@host\n".into(),
+            host_key: sample_host_key(),
+            install_packages: false,
+        });
+        assert!(!text.contains("packages:"), "{text}");
+        let listed = user_data(&UserDataConfig {
+            authorized_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKECLIENT root@host\n".into(),
+            host_key: sample_host_key(),
+            install_packages: true,
+        });
+        assert!(
+            listed.ends_with("packages:\n  - jq\n  - curl\n"),
+            "{listed}"
+        );
     }
 
     #[test]

@@ -290,7 +290,7 @@ fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) -> O
         check(
             "guest kernel iso9660",
             Level::Pass,
-            "no iso9660: the guest reads its seed from the rootfs",
+            "iso9660 not built in: the guest reads its seed from the rootfs (seed.img only if the guest loads isofs as a module itself)",
         )
     });
     Some(report.has(Feature::Iso9660))
@@ -822,7 +822,7 @@ mod tests {
         );
         assert_eq!(
             kernel_checks_of(&kernel_fixture::vmlinux_without_iso9660(), false)[2],
-            "pass guest kernel iso9660: no iso9660: the guest reads its seed from the rootfs"
+            "pass guest kernel iso9660: iso9660 not built in: the guest reads its seed from the rootfs (seed.img only if the guest loads isofs as a module itself)"
         );
     }
 

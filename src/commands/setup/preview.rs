@@ -114,17 +114,17 @@ pub fn dry_run(
     check_base_image("base rootfs", &spec.base.rootfs, true, &mut warnings);
     let with_initrd = check_base_image("base initrd", &spec.base.initrd, false, &mut warnings);
     // What setup would decide; when it would refuse, the preview still shows the rest.
-    let seed_in_rootfs = match boot_media(spec) {
+    let (seed_in_rootfs, base_has_packages) = match boot_media(spec) {
         Ok((media, warning)) => {
             warnings.extend(warning);
-            media.seed_in_rootfs
+            (media.seed_in_rootfs, media.base_has_packages)
         }
         Err(error) if spec.base.kernel.is_file() && spec.base.rootfs.is_file() => {
             warnings.push(format!("{}; setup would fail", error_chain(error.as_ref())));
-            false
+            (false, false)
         }
         // Already warned about above.
-        Err(_) => false,
+        Err(_) => (false, false),
     };
     if let Some(available) = probe::mem_available_mib()
         && u64::from(spec.memory.get()) > available
@@ -170,6 +170,7 @@ pub fn dry_run(
         paths: &settings.paths,
         with_initrd,
         seed_in_rootfs,
+        base_has_packages,
         time: Timestamp::now(),
         vmm_account: &vmm_account,
     })?;
