@@ -12,63 +12,14 @@ use support::fleet::Fleet;
 use support::legacy::make_020_instance;
 use support::secrets::runtime_secret;
 
-const PUBLIC: &str = "198.51.100.2";
-const METADATA: &str = "169.254.169.254";
-const PRIVATE: &str = "10.99.0.1";
-/// The host sandbox's own address on the uplink: "another host address".
-const HOST_UPLINK: &str = "198.51.100.1";
-const BRIDGE: &str = "172.16.0.1";
+use support::uplink::{self, BRIDGE, HOST_UPLINK, METADATA, Outcome, PRIVATE, PUBLIC};
 
-/// The uplink namespace with a server on port 8080 on each of its addresses, routes to it from
-/// the host, and a server on the host itself (every host address, port 8081).
 fn add_uplink(fleet: &Fleet) {
-    fleet.host.sh(&format!(
-        "ip netns add uplink && ip link add vup0 type veth peer name vup1 netns uplink && \
-         ip addr add {HOST_UPLINK}/24 dev vup0 && ip link set vup0 up && \
-         ip -n uplink link set lo up && ip -n uplink addr add {PUBLIC}/24 dev vup1 && \
-         ip -n uplink addr add {METADATA}/32 dev vup1 && ip -n uplink addr add {PRIVATE}/32 dev vup1 && \
-         ip -n uplink link set vup1 up && \
-         ip route add {METADATA}/32 via {PUBLIC} && ip route add 10.99.0.0/24 via {PUBLIC} && \
-         systemd-run --unit=uplink-server ip netns exec uplink socat TCP-LISTEN:8080,reuseaddr,fork SYSTEM:'read -r _; echo uplink-answer' && \
-         systemd-run --unit=host-server socat TCP-LISTEN:8081,reuseaddr,fork SYSTEM:'read -r _; echo host-answer' && \
-         for i in $(seq 50); do ip netns exec uplink ss -ltn | grep -q :8080 && ss -ltn | grep -q :8081 && exit 0; sleep 0.1; done; exit 1"
-    ));
-    // The host itself reaches all three, so a failure from a guest is the policy's doing.
-    for address in [PUBLIC, METADATA, PRIVATE] {
-        assert!(
-            fleet
-                .host
-                .sh(&format!(
-                    "curl -sS --http0.9 --max-time 5 http://{address}:8080/"
-                ))
-                .contains("uplink-answer")
-        );
-    }
-}
-
-/// What happened when the guest of `id` connected to `address:port`.
-#[derive(Debug, PartialEq, Eq)]
-enum Outcome {
-    Answered,
-    /// Refused at once: curl's "couldn't connect" (the REJECT's ICMP reaches the guest), not a
-    /// timeout (rc 28); every server here listens, so only the policy refuses.
-    RefusedFast,
-    /// Anything else: a timeout, an unanswered ARP.
-    Failed(String),
+    uplink::add(&fleet.host);
 }
 
 fn connect(fleet: &Fleet, id: &str, address: &str, port: u16) -> Outcome {
-    let out = fleet.guest(
-        id,
-        &format!("curl -sS --http0.9 --max-time 4 http://{address}:{port}/ 2>&1; echo \" rc=$?\""),
-    );
-    if out.contains("-answer") && out.contains("rc=0") {
-        Outcome::Answered
-    } else if out.contains("rc=7") {
-        Outcome::RefusedFast
-    } else {
-        Outcome::Failed(out)
-    }
+    Outcome::of(&fleet.guest(id, &uplink::connect_script(address, port)))
 }
 
 fn doctor_egress(fleet: &Fleet) -> (bool, Vec<serde_json::Value>) {

@@ -7,6 +7,8 @@ pub mod fleet;
 pub mod guest;
 pub mod kernel_fixture;
 pub mod legacy;
+pub mod real_guest;
 pub mod real_parts;
 pub mod sandbox;
 pub mod secrets;
+pub mod uplink;
