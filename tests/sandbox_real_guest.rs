@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use support::doctor_report::check_named;
 use support::real_guest::{OPENAI_KEY, RealGuestHost};
 use support::sandbox::BIN_IN_SANDBOX;
-use support::uplink::{self, BRIDGE, HOST_UPLINK, METADATA, Outcome, PRIVATE, PUBLIC};
+use support::uplink::{self, Outcome};
 
 const ID: &str = "rg";
 
@@ -473,19 +473,7 @@ fn real_guest_seed_img_egress_and_a_crash_after_boot() {
     let connect = |address: &str, port: u16| {
         Outcome::of(&fleet.guest("a", &uplink::connect_script(address, port)))
     };
-    assert_eq!(connect(PUBLIC, 8080), Outcome::Answered);
-    for (address, port) in [
-        (BRIDGE, 8081),
-        (HOST_UPLINK, 8081),
-        (METADATA, 8080),
-        (PRIVATE, 8080),
-    ] {
-        assert_eq!(
-            connect(address, port),
-            Outcome::RefusedFast,
-            "{address}:{port}"
-        );
-    }
+    uplink::assert_default_policy("a", connect);
 
     timed("seed.img guest boot to SSH", || {
         fleet.wait_for(

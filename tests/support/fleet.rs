@@ -114,14 +114,7 @@ impl Fleet {
     }
 
     pub fn env_value(&self, id: &str, key: &str) -> String {
-        let env = self
-            .host
-            .sh(&format!("cat /var/lib/fireclaw/.vm-{id}/.env"));
-        env.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_default()
-            .to_owned()
+        self.host.env_value(id, key)
     }
 
     pub fn tap(&self, id: &str) -> String {

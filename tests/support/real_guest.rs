@@ -132,14 +132,7 @@ impl RealGuestHost {
 
     /// A value of the instance's `.env`.
     pub fn env_value(&self, id: &str, key: &str) -> String {
-        let env = self
-            .host
-            .sh(&format!("cat /var/lib/fireclaw/.vm-{id}/.env"));
-        env.lines()
-            .rev()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_default()
-            .to_owned()
+        self.host.env_value(id, key)
     }
 
     /// The serial console of instance `id` (all instances' when `id` is empty, and those a

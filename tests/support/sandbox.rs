@@ -332,6 +332,16 @@ impl Sandbox {
         );
     }
 
+    /// A value of instance `id`'s `.env` (the last one, as fireclaw reads it), or "".
+    pub fn env_value(&self, id: &str, key: &str) -> String {
+        let env = self.sh(&format!("cat /var/lib/fireclaw/.vm-{id}/.env"));
+        env.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Runs a bash script inside (all namespaces of the container's PID 1).
     pub fn exec(&self, script: &str) -> Output {
         Command::new("nsenter")

@@ -52,6 +52,25 @@ pub fn connect_script(address: &str, port: u16) -> String {
     format!("curl -sS --http0.9 --max-time 4 http://{address}:{port}/ 2>&1; echo \" rc=$?\"")
 }
 
+/// The default guest policy, seen from one guest through `connect`: the uplink answers; the
+/// host (on the bridge and on another of its addresses), the metadata address and a private
+/// address are refused at once.
+pub fn assert_default_policy(who: &str, connect: impl Fn(&str, u16) -> Outcome) {
+    assert_eq!(connect(PUBLIC, 8080), Outcome::Answered, "{who}");
+    for (address, port) in [
+        (BRIDGE, 8081),
+        (HOST_UPLINK, 8081),
+        (METADATA, 8080),
+        (PRIVATE, 8080),
+    ] {
+        assert_eq!(
+            connect(address, port),
+            Outcome::RefusedFast,
+            "{who} -> {address}:{port}"
+        );
+    }
+}
+
 impl Outcome {
     pub fn of(output: &str) -> Self {
         if output.contains("-answer") && output.contains("rc=0") {
