@@ -420,9 +420,17 @@ impl Qmp {
         let reader = stream.try_clone().map_err(|e| format!("QMP socket: {e}"))?;
         let (answered, answers) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
-                let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
+            // Bytes, not `lines()`: a line that is not UTF-8 must not end the reader (and with
+            // it every later answer); only the socket's end does.
+            let mut reader = BufReader::new(reader);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let Ok(message) = serde_json::from_slice::<serde_json::Value>(&line) else {
                     continue;
                 };
                 if let Some(name) = message["event"].as_str() {
