@@ -322,23 +322,11 @@ fn start(
                     })
                     .collect(),
                 mac: &interface.guest_mac,
+                tsc_khz: qemu::host_tsc_khz(),
             };
             let args = qemu::arguments(&mode, &spec);
-            let mut attempt = 1;
-            let machine = loop {
-                let machine =
-                    qemu::Machine::start(&mode, args.clone(), &[], &tap, machine_ended(ends))
-                        .map_err(|e| Failure::stand_in(&e))?;
-                if attempt == BOOT_ATTEMPTS || machine.speaks_within(SILENT_BOOT_BOUND) {
-                    break machine;
-                }
-                eprintln!(
-                    "firecracker stand-in: the emulated guest wrote nothing to its console in {}s (a TCG early-boot stall); booting it again",
-                    SILENT_BOOT_BOUND.as_secs()
-                );
-                machine.kill();
-                attempt += 1;
-            };
+            let machine = qemu::Machine::start(&mode, args, &[], &tap, machine_ended(ends))
+                .map_err(|e| Failure::stand_in(&e))?;
             saved.qemu_args = Some(machine.args.clone());
             (None, Some(machine))
         }
@@ -367,11 +355,6 @@ fn start(
         ends: ends.clone(),
     })
 }
-
-/// A real machine whose guest is silent this long after QEMU started is booted again, at most
-/// this many times in all (see `qemu::Machine::speaks_within`).
-const SILENT_BOOT_BOUND: Duration = Duration::from_secs(20);
-const BOOT_ATTEMPTS: u32 = 3;
 
 /// How the VMM ends when its real machine's QEMU has ended: as after a guest reboot when the
 /// stand-in had QEMU quit, with an error when QEMU crashed or was killed.
