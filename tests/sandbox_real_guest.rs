@@ -493,13 +493,20 @@ fn real_guest_seed_img_egress_and_a_crash_after_boot() {
     assert!(!datasource.contains("/var/lib/cloud/seed"), "{datasource}");
     let addresses = fleet.guest("b", "ip -4 -o addr show eth0");
     assert!(addresses.contains(&format!("{b_ip}/24")), "{addresses}");
-    // Another guest: a server in b answers the host, yet a cannot reach it.
+    // Another guest: a server in b answers the host, yet a cannot reach it. The server reads
+    // the whole request before it answers: a socket closed with unread bytes is reset, and
+    // the reset may reach curl before the answer does.
     fleet.guest(
         "b",
-        "sudo systemd-run --unit=guest-server busybox nc -ll -p 8082 -e /bin/echo b-answer",
+        "printf '#!/bin/sh\\nwhile IFS= read -r line; do [ -z \"${line%?}\" ] && break; done\\necho b-answer\\n' | sudo tee /usr/local/bin/b-answer >/dev/null && sudo chmod 0755 /usr/local/bin/b-answer && sudo systemd-run --unit=guest-server busybox nc -ll -p 8082 -e /usr/local/bin/b-answer",
     );
-    fleet.wait_for("b's server", Duration::from_secs(30), || {
-        Outcome::of(&fleet.host.sh(&uplink::connect_script(&b_ip, 8082))) == Outcome::Answered
+    fleet.wait_for("b's server", Duration::from_secs(60), || {
+        let answer = fleet.host.sh(&uplink::connect_script(&b_ip, 8082));
+        let answered = Outcome::of(&answer) == Outcome::Answered;
+        if !answered {
+            eprintln!("b's server, not yet: {answer}");
+        }
+        answered
     });
     assert_ne!(connect(&b_ip, 8082), Outcome::Answered);
 

@@ -559,7 +559,10 @@ mod tests {
         let first = host_tsc_khz();
         let second = host_tsc_khz();
         assert!((100_000..10_000_000).contains(&first), "{first} kHz");
-        assert!(first.abs_diff(second) * 100 < first, "{first} kHz, then {second} kHz");
+        assert!(
+            first.abs_diff(second) * 100 < first,
+            "{first} kHz, then {second} kHz"
+        );
     }
 
     #[test]
