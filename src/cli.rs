@@ -42,7 +42,7 @@ pub enum Command {
     Doctor(JsonFlag),
     /// Create and provision a new instance.
     #[command(
-        after_help = "Examples:\n  fireclaw setup --instance my-bot --openai-api-key sk-... --dry-run\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot\n  sudo fireclaw setup --instance tg-bot --anthropic-api-key sk-ant-... \\\n       --telegram-token 123:ABC --telegram-users 111,222"
+        after_help = "Examples:\n  fireclaw setup --instance my-bot --openai-api-key sk-... --dry-run\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot\n  sudo ANTHROPIC_API_KEY=sk-ant-... fireclaw setup --instance tg-bot \\\n       --model anthropic/claude-opus-4-6 --telegram-token 123:ABC --telegram-users 111,222"
     )]
     Setup(Box<SetupArgs>),
     /// Update an instance's saved config and rerun guest provisioning (same IP, port and disk).
@@ -113,8 +113,12 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// This build's version and git commit, and the Firecracker on PATH.
     Version(JsonFlag),
-    /// Print the man page (roff), e.g. fireclaw man > /usr/local/share/man/man1/fireclaw.1.
-    Man,
+    /// Print a man page (roff): fireclaw(1), or a verb's (fireclaw man setup); or write them all
+    /// into a directory.
+    #[command(
+        after_help = "Examples:\n  fireclaw man setup | man -l -\n  sudo fireclaw man --dir /usr/local/share/man/man1 && sudo mandb -q"
+    )]
+    Man(ManArgs),
     /// ExecStartPre of the VM unit: bridge, tap, isolation, firewall rules.
     #[command(hide = true, name = "vm-net-up")]
     VmNetUp(NetUpArgs),
@@ -157,7 +161,7 @@ pub enum ImageCommand {
 
 #[derive(Debug, Args)]
 pub struct ImageFetchArgs {
-    /// Images directory [default: BASE_IMAGES_DIR].
+    /// Images directory [default: $BASE_IMAGES_DIR, else /srv/firecracker/base/images].
     #[arg(long, value_name = "DIR", value_parser = parse_path)]
     pub dir: Option<PathBuf>,
     /// Guest kernel, an uncompressed ELF vmlinux: https://, http:// (loopback, or with
@@ -200,7 +204,7 @@ pub struct ImageFetchArgs {
 
 #[derive(Debug, Args)]
 pub struct ImageListArgs {
-    /// Images directory [default: BASE_IMAGES_DIR].
+    /// Images directory [default: $BASE_IMAGES_DIR, else /srv/firecracker/base/images].
     #[arg(long, value_name = "DIR", value_parser = parse_path)]
     pub dir: Option<PathBuf>,
     /// Print JSON on stdout instead of text.
@@ -217,6 +221,16 @@ fn parse_http_url(value: &str) -> Result<String, String> {
         )),
         Err(e) => Err(e.0),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The verb whose page to print (image fetch, say) [default: the page of fireclaw itself].
+    #[arg(value_name = "VERB", conflicts_with = "dir")]
+    pub verbs: Vec<String>,
+    /// Write every page (fireclaw.1, fireclaw-setup.1, ...) into DIR, creating it if needed.
+    #[arg(long, value_name = "DIR", value_parser = parse_path)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -248,6 +262,14 @@ pub struct NetUpArgs {
     /// Run by the VM unit, which can load a snapshot (not by `start-vm.sh`, which cannot).
     #[arg(long)]
     pub in_unit: bool,
+}
+
+/// A `logs -n` value: how many lines of history, 0 to a million.
+fn parse_line_count(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(lines) if lines <= 1_000_000 => Ok(lines),
+        _ => Err("must be a whole number of lines from 0 to 1000000, like 50".to_owned()),
+    }
 }
 
 /// A wait bound: a whole number of seconds from 1 to a day. Zero would fail every wait before
@@ -292,13 +314,10 @@ pub struct StartOnlyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "all"])))]
 pub struct SuspendArgs {
     /// The instance (see fireclaw list).
-    #[arg(
-        value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    #[arg(value_name = "ID", conflicts_with = "all")]
     pub id: Option<InstanceId>,
     /// Every running instance, one after another.
     #[arg(long)]
@@ -306,13 +325,10 @@ pub struct SuspendArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["id", "all"])))]
 pub struct ResumeArgs {
     /// The instance (see fireclaw list).
-    #[arg(
-        value_name = "ID",
-        required_unless_present = "all",
-        conflicts_with = "all"
-    )]
+    #[arg(value_name = "ID", conflicts_with = "all")]
     pub id: Option<InstanceId>,
     /// Every suspended instance, one after another.
     #[arg(long)]
@@ -351,7 +367,7 @@ pub struct LogsArgs {
     pub source: LogSource,
     /// Lines of history to show first.
     #[arg(short = 'n', long, value_name = "N", default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+          value_parser = parse_line_count)]
     pub lines: u32,
     /// Only entries since TIME, as journalctl reads it ("1 hour ago", "2026-11-30 08:00", "today").
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
@@ -433,6 +449,28 @@ fn parse_path(value: &str) -> Result<PathBuf, String> {
     parse_absolute_path(value).map_err(|e| e.0)
 }
 
+/// A base image flag: a relative path is taken from the working directory, as a shell user
+/// means it, and kept absolute (the instance's config records it).
+fn parse_base_image_path(value: &str) -> Result<PathBuf, String> {
+    let given = std::path::Path::new(value);
+    if given.is_absolute() || value.contains(['\n', '\r']) {
+        return parse_path(value);
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| format!("'{value}' is relative and the working directory is unknown: {e}"))?;
+    let mut absolute = PathBuf::new();
+    for part in cwd.join(given).components() {
+        match part {
+            std::path::Component::ParentDir => {
+                absolute.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    parse_path(&absolute.to_string_lossy())
+}
+
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Instance id ([a-z0-9_-]+).
@@ -473,13 +511,13 @@ pub struct SetupArgs {
     #[arg(long, value_name = "PATH", value_parser = parse_path)]
     pub api_sock: Option<PathBuf>,
     /// Guest kernel [env: BASE_KERNEL] [default: <BASE_IMAGES_DIR>/vmlinux].
-    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_kernel: Option<PathBuf>,
     /// Base rootfs [env: BASE_ROOTFS] [default: <BASE_IMAGES_DIR>/rootfs.ext4].
-    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_rootfs: Option<PathBuf>,
     /// Initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
-    #[arg(long, value_name = "PATH", value_parser = parse_path)]
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_initrd: Option<PathBuf>,
     #[command(flatten)]
     pub keys: KeyArgs,

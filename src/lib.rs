@@ -31,14 +31,22 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 
 pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
-    let matches = match <cli::Cli as clap::CommandFactory>::command().try_get_matches_from(args) {
+    let args = help_as_flag(args.into_iter().collect());
+    let matches = match <cli::Cli as clap::CommandFactory>::command().try_get_matches_from(&args) {
         Ok(matches) => matches,
-        Err(error) => return usage_error(&error),
+        Err(error) => return usage_error(&error, &args),
     };
-    let verb = matches.subcommand_name().unwrap_or_default().to_owned();
+    // The verb as typed, a nested one whole ("egress show"), for "'fireclaw <verb>' needs root".
+    let verb = match matches.subcommand() {
+        Some((name, sub)) => match sub.subcommand_name() {
+            Some(nested) => format!("{name} {nested}"),
+            None => name.to_owned(),
+        },
+        None => String::new(),
+    };
     let cli = match <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(error) => return usage_error(&error),
+        Err(error) => return usage_error(&error, &args),
     };
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
     use std::io::IsTerminal;
@@ -93,9 +101,47 @@ pub fn error_line(error: &anyhow::Error) -> String {
     output::error_chain(error.as_ref())
 }
 
+/// `fireclaw help <verb>...` as `fireclaw <verb>... --help`: the same page, and a mistyped verb
+/// gets clap's suggestion as it does without `help`. `help --help` and `help help` are plain
+/// `help`.
+fn help_as_flag(args: Vec<OsString>) -> Vec<OsString> {
+    if args.get(1).is_none_or(|verb| verb != "help") {
+        return args;
+    }
+    let mut rewritten: Vec<OsString> = args[..1].to_vec();
+    rewritten.extend(
+        args[2..]
+            .iter()
+            .filter(|a| *a != "--help" && *a != "-h" && *a != "help")
+            .cloned(),
+    );
+    rewritten.push("--help".into());
+    rewritten
+}
+
+/// The verbs named on a command line, as far as they are verbs of fireclaw's (`["image",
+/// "fetch"]`), for pointing a refused command line at its own help.
+fn verb_path(args: &[OsString]) -> Vec<String> {
+    let mut command = <cli::Cli as clap::CommandFactory>::command();
+    let mut path = Vec::new();
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if arg.starts_with('-') {
+            continue;
+        }
+        match command.find_subcommand(arg) {
+            Some(sub) => {
+                path.push(sub.get_name().to_owned());
+                command = sub.clone();
+            }
+            None => break,
+        }
+    }
+    path
+}
+
 /// Help and version print in full; a refused command line prints clap's first line only
-/// (which names the flag and the reason), so every rejection is one line.
-fn usage_error(error: &clap::Error) -> ExitCode {
+/// (which names the flag and the reason) and the help to read, so every rejection is one line.
+fn usage_error(error: &clap::Error, args: &[OsString]) -> ExitCode {
     match error.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
@@ -108,10 +154,37 @@ fn usage_error(error: &clap::Error) -> ExitCode {
             }
         }
         _ => {
-            eprintln!("fireclaw: {} (see 'fireclaw help')", one_line(error));
+            let verbs = verb_path(args);
+            let help = if verbs.is_empty() {
+                "fireclaw help".to_owned()
+            } else {
+                format!("fireclaw help {}", verbs.join(" "))
+            };
+            eprintln!(
+                "fireclaw: {} (see '{help}')",
+                setup_hint(error, &verbs).unwrap_or_else(|| one_line(error))
+            );
             ExitCode::from(EXIT_USAGE)
         }
     }
+}
+
+/// `fireclaw setup my-bot`, as every other verb takes its id: the flag setup wants instead.
+fn setup_hint(error: &clap::Error, verbs: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    if verbs != ["setup"] || error.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(given)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if given.starts_with('-') {
+        return None;
+    }
+    let id: instance::values::InstanceId = given.parse().ok()?;
+    Some(format!(
+        "unexpected argument '{id}'; did you mean: fireclaw setup --instance {id}"
+    ))
 }
 
 /// A refused command line as one line. For a value our validators refused, their message is

@@ -38,12 +38,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
             output.text(&String::from_utf8_lossy(&script));
             return Ok(());
         }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page)?;
-            output.text(&String::from_utf8_lossy(&page));
-            return Ok(());
-        }
+        Command::Man(args) => return man(args, output),
         Command::Version(args) => return version::run(args.json, output),
         _ => {}
     }
@@ -130,6 +125,35 @@ fn dispatch(
         Command::VmShutdown(args) => vm_helpers::shutdown(settings, &args.id, output),
         Command::VmResume(args) => vm_helpers::resume_command(settings, &args.id, services, output),
         Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),
-        Command::Completions(_) | Command::Man | Command::Version(_) => Ok(()),
+        Command::Completions(_) | Command::Man(_) | Command::Version(_) => Ok(()),
     }
+}
+
+/// `fireclaw man [VERB...]` prints a page; `--dir` writes them all, each in full or not at all.
+fn man(args: &crate::cli::ManArgs, output: &mut Output<'_>) -> Result<()> {
+    use anyhow::Context;
+    let command = <Cli as clap::CommandFactory>::command;
+    let Some(dir) = &args.dir else {
+        let page = crate::render::man::page(command(), &args.verbs)?.with_context(|| {
+            format!(
+                "no man page for '{}'; the verbs are listed by: fireclaw help",
+                args.verbs.join(" ")
+            )
+        })?;
+        output.text(&page.roff);
+        return Ok(());
+    };
+    let pages = crate::render::man::pages(command())?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    for page in &pages {
+        let path = dir.join(&page.file_name);
+        crate::store::write_atomic(&path, page.roff.as_bytes(), 0o644)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    output.line(&format!(
+        "Wrote {} man pages into {} (fireclaw.1 and one per verb).",
+        pages.len(),
+        dir.display()
+    ));
+    Ok(())
 }

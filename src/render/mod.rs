@@ -7,5 +7,6 @@ pub mod cloud_init;
 pub mod egress;
 pub mod firecracker;
 pub mod guest_fstab;
+pub mod man;
 pub mod seed_image;
 pub mod units;

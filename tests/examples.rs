@@ -1,0 +1,261 @@
+//! Every example a user may copy: each `Examples:` block of every help text and every
+//! `fireclaw setup` line of the README. Each must parse; each setup example must also pass
+//! setup's validation, shown by its `--dry-run` (with a stand-in key for a `sk-...`
+//! placeholder) printing its preview. So an example can never rot again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use clap::CommandFactory;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fireclaw");
+const README: &str = include_str!("../README.md");
+
+/// An example as a person types it: the environment it sets and fireclaw's arguments.
+#[derive(Debug)]
+struct Example {
+    text: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+}
+
+/// The shell words of `line` up to a pipe, redirection, `&&`, `;` or comment.
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            ' ' | '\t' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '|' | '>' | ';' | '#' | '&' if !in_word => break,
+            _ => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// `line` (continuations joined) as an example, or `None` when it does not run fireclaw.
+fn example(line: &str) -> Option<Example> {
+    let mut words = words(line).into_iter().peekable();
+    let mut env = Vec::new();
+    loop {
+        let word = words.next()?;
+        if word == "sudo" || word.starts_with("--preserve-env") {
+            continue;
+        }
+        if let Some((name, value)) = word.split_once('=')
+            && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            env.push((name.to_owned(), stand_in(value)));
+            continue;
+        }
+        if word != "fireclaw" {
+            return None;
+        }
+        break;
+    }
+    Some(Example {
+        text: line.to_owned(),
+        env,
+        args: words.map(|w| stand_in(&w)).collect(),
+    })
+}
+
+/// A placeholder key (`sk-...`) as a key validation accepts.
+fn stand_in(value: &str) -> String {
+    if value.ends_with("...") {
+        format!("{}stand-in-key", value.trim_end_matches("..."))
+    } else {
+        value.to_owned()
+    }
+}
+
+/// The lines of a text block with `\` continuations joined.
+fn joined_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        match trimmed.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    lines
+}
+
+/// Every example in every `Examples:` block of the help, with the verb it belongs to.
+fn help_examples() -> Vec<(String, Example)> {
+    fn walk(command: &clap::Command, path: &str, out: &mut Vec<(String, Example)>) {
+        for help in [command.get_after_help(), command.get_after_long_help()]
+            .into_iter()
+            .flatten()
+        {
+            let text = help.to_string();
+            if let Some((_, block)) = text.split_once("Examples:") {
+                for line in joined_lines(block) {
+                    if let Some(example) = example(&line) {
+                        out.push((path.to_owned(), example));
+                    }
+                }
+            }
+        }
+        for sub in command.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&fireclaw::cli::Cli::command(), "fireclaw", &mut out);
+    out
+}
+
+/// Every `fireclaw setup` command line in the README's code blocks; a synopsis with
+/// `<placeholders>` is no example.
+fn readme_setup_examples() -> Vec<Example> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    let mut block = String::new();
+    for line in README.lines() {
+        if line.trim_start().starts_with("```") {
+            if in_code {
+                for line in joined_lines(&block) {
+                    if line.contains("fireclaw setup")
+                        && !line.contains('<')
+                        && let Some(example) = example(&line)
+                    {
+                        out.push(example);
+                    }
+                }
+                block.clear();
+            }
+            in_code = !in_code;
+        } else if in_code {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    out
+}
+
+/// Runs a setup example as a dry run in a scratch host; it must pass validation and print its
+/// preview (setup's own predictions, like missing base images here, may still fail it).
+fn assert_setup_example_validates(example: &Example) {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = |name: &str| scratch.path().join(name).to_str().unwrap().to_owned();
+    let mut args = example.args.clone();
+    if !args.iter().any(|a| a == "--dry-run") {
+        args.push("--dry-run".into());
+    }
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("STATE_ROOT", dir("state"))
+        .env("FC_ROOT", dir("fc"))
+        .env("BASE_IMAGES_DIR", dir("images"))
+        .env("SSH_KEY_PATH", dir("key"))
+        .env("BASE_PORT", "47510")
+        .args(&args);
+    for (name, value) in &example.env {
+        command.env(name, value);
+    }
+    // `sudo --preserve-env=OPENAI_API_KEY ...` takes the key from the user's environment.
+    if example.text.contains("--preserve-env=OPENAI_API_KEY") {
+        command.env("OPENAI_API_KEY", "sk-stand-in-key");
+    }
+    let output = command.output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    let predicted = output.status.code() == Some(1) && err.contains("setup would fail");
+    assert!(
+        output.status.success() || predicted,
+        "{}\n  exit {:?}: {err}",
+        example.text,
+        output.status.code()
+    );
+    assert!(
+        out.contains("Dry run: nothing was created or changed."),
+        "{}: no preview\n{out}{err}",
+        example.text
+    );
+}
+
+#[test]
+fn every_help_example_parses_and_every_setup_example_validates() {
+    let examples = help_examples();
+    assert!(examples.len() > 20, "{examples:#?}");
+    for (verb, example) in &examples {
+        let argv = std::iter::once("fireclaw".to_owned()).chain(example.args.iter().cloned());
+        if let Err(error) = <fireclaw::cli::Cli as clap::Parser>::try_parse_from(argv) {
+            panic!(
+                "the example of '{verb}' does not parse: {}\n{error}",
+                example.text
+            );
+        }
+        if example.args.first().is_some_and(|a| a == "setup") {
+            assert_setup_example_validates(example);
+        }
+    }
+    // The setup help's examples include the dry run, the key from the environment and
+    // Telegram.
+    let setup: Vec<&Example> = examples
+        .iter()
+        .filter(|(verb, _)| verb == "fireclaw setup")
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(setup.len(), 3, "{setup:#?}");
+}
+
+#[test]
+fn every_setup_line_of_the_readme_validates() {
+    let examples = readme_setup_examples();
+    assert!(examples.len() >= 2, "{examples:#?}");
+    for example in &examples {
+        assert_setup_example_validates(example);
+    }
+}
+
+#[test]
+fn an_example_is_read_as_a_shell_reads_it() {
+    let e =
+        example("sudo OPENAI_API_KEY=sk-... fireclaw setup --instance 'my bot' # note").unwrap();
+    assert_eq!(e.env, [("OPENAI_API_KEY".into(), "sk-stand-in-key".into())]);
+    assert_eq!(e.args, ["setup", "--instance", "my bot"]);
+    let e = example("sudo fireclaw doctor --json | jq '.checks[]'").unwrap();
+    assert_eq!(e.args, ["doctor", "--json"]);
+    assert!(example("cargo build --release").is_none());
+    assert_eq!(
+        joined_lines("  a \\\n   b\nc"),
+        ["a  b".to_owned(), "c".to_owned()]
+    );
+}
