@@ -254,7 +254,6 @@ fn every_bad_input_is_one_line_a_nonzero_exit_and_nothing_on_disk() {
         (with(&["--vm-vcpu", "0"]), vec![], "vCPU"),
         (with(&["--vm-mem-mib", "0"]), vec![], "memory"),
         (with(&["--disk-size", "40 GB"]), vec![], "disk size"),
-        (with(&["--base-kernel", "vmlinux"]), vec![], "absolute path"),
         (with(&["--skills", "git\nhub"]), vec![], "skill"),
         (
             with(&["--openclaw-pull", "sometimes"]),
@@ -696,7 +695,30 @@ fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional
     let before = tree(scratch.0.path());
     let output = dry_run_unprivileged(&binary, &args, &env);
     let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "{err}");
+    // No base images here: the dry run predicts that, first, and exits 1 after the preview.
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.lines().last().unwrap_or_default(),
+        "fireclaw: setup would fail: the problems are listed at the top",
+        "{err}"
+    );
+    let problems = out.find("Setup would fail:").expect(&out);
+    let missing = out.find("/vmlinux is missing").expect(&out);
+    let notes = out.find("Notes:").expect(&out);
+    let preview = out.find("Instance my-bot").expect(&out);
+    assert!(
+        problems < missing && missing < notes && notes < preview,
+        "{out}"
+    );
+    assert!(
+        !out[problems..notes].contains("SSH client key"),
+        "a note among the problems: {out}"
+    );
+    assert_eq!(
+        out.lines().last().unwrap_or_default(),
+        "Next: fix the problems listed at the top, then run this dry run again.",
+        "{out}"
+    );
     for secret in [SECRET_KEY, SECRET_TELEGRAM, "AAHcli-test-bot-secret"] {
         assert!(
             !out.contains(secret) && !err.contains(secret),
@@ -742,7 +764,7 @@ fn dry_run_as_a_user_prints_everything_redacted_and_marks_allocation_provisional
         // With root, the same dry run sees the existing instance and gives final values.
         let output = fireclaw(&args, &env);
         let out = stdout(&output);
-        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
         assert!(!out.contains("provisional"), "{out}");
         assert!(out.contains("VM IP       172.16.0.3"), "{out}");
         assert!(out.contains("host port   18892"), "{out}");
@@ -794,7 +816,8 @@ fn keys_from_the_environment_and_020_env_defaults_are_used() {
         ],
     );
     let out = stdout(&output);
-    assert!(output.status.success(), "{}", stderr(&output));
+    // No base images or firecracker here: a predicted failure, the preview printed whole.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(out.contains("MODEL=anthropic/claude-opus-4"));
     assert!(out.contains("SKILLS=github,tmux"));
     assert!(
@@ -808,7 +831,7 @@ fn keys_from_the_environment_and_020_env_defaults_are_used() {
 
 #[test]
 fn completions_and_man_page_cover_every_command() {
-    for shell in ["bash", "zsh", "fish"] {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let output = fireclaw(&["completions", shell], &[]);
         assert!(output.status.success(), "{shell}: {}", stderr(&output));
         let script = stdout(&output);
@@ -823,6 +846,42 @@ fn completions_and_man_page_cover_every_command() {
     let page = stdout(&fireclaw(&["man"], &[]));
     assert!(page.contains(".TH fireclaw 1"), "{page}");
     assert!(page.contains("setup") && page.contains("destroy"));
+    // Every page the main one names exists, with the verb's flags, examples, files and
+    // environment.
+    let setup = fireclaw(&["man", "setup"], &[]);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+    let setup = stdout(&setup);
+    for part in [
+        ".TH fireclaw-setup 1",
+        "\\-\\-telegram\\-token",
+        "Examples:",
+        ".SH FILES",
+        ".SH ENVIRONMENT",
+    ] {
+        assert!(setup.contains(part), "{part}: {setup}");
+    }
+    let scratch = Scratch::new("man");
+    let dir = scratch.join("share/man/man1");
+    let written = fireclaw(&["man", "--dir", dir.to_str().unwrap()], &[]);
+    assert!(written.status.success(), "{}", stderr(&written));
+    for named in page
+        .lines()
+        .filter_map(|l| l.strip_prefix("fireclaw\\-"))
+        .filter_map(|l| {
+            l.split_once("(1)")
+                .map(|(name, _)| name.replace("\\-", "-"))
+        })
+    {
+        let file = dir.join(format!("fireclaw-{named}.1"));
+        assert!(
+            file.is_file(),
+            "{} is named but not written",
+            file.display()
+        );
+    }
+    assert!(dir.join("fireclaw-image-fetch.1").is_file());
+    let refused = fireclaw(&["man", "stup"], &[]);
+    assert_eq!(refused.status.code(), Some(1));
 }
 
 #[test]
@@ -924,6 +983,23 @@ fn doctor_reports_failures_with_a_nonzero_exit_and_json() {
     };
     assert_eq!(find("base kernel")["status"], "fail");
     assert_eq!(find("base rootfs")["status"], "fail");
+    // Every command the README lists under host requirements.
+    for command in [
+        "systemctl",
+        "useradd",
+        "userdel",
+        "setpriv",
+        "iptables",
+        "iptables-restore",
+        "socat",
+        "ssh",
+        "debugfs",
+        "gpgv",
+        "mkfs.ext4",
+        "e2fsck",
+    ] {
+        find(&format!("command {command}"));
+    }
     assert_eq!(find("command firecracker")["status"], "fail");
     let text = fireclaw(&["doctor"], &env);
     assert!(
@@ -1019,12 +1095,29 @@ fn a_user_without_root_is_told_so_in_one_consistent_line() {
     std::fs::create_dir_all(state.join(".vm-a")).unwrap();
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let state_s = state.to_str().unwrap();
+    // Every verb: "cannot see" never reads as "does not exist".
     for (args, verb) in [
         (vec!["list"], "list"),
         (vec!["status", "a"], "status"),
-        (vec!["doctor"], "doctor"),
+        (vec!["status"], "status"),
         (vec!["token", "a"], "token"),
         (vec!["logs", "a", "--no-follow"], "logs"),
+        (vec!["shell", "a", "true"], "shell"),
+        (vec!["start", "a"], "start"),
+        (vec!["stop", "a"], "stop"),
+        (vec!["restart", "a"], "restart"),
+        (vec!["suspend", "a"], "suspend"),
+        (vec!["suspend", "--all"], "suspend"),
+        (vec!["resume", "a"], "resume"),
+        (vec!["resume", "--all"], "resume"),
+        (vec!["destroy", "a"], "destroy"),
+        (vec!["destroy", "a", "-y"], "destroy"),
+        (vec!["destroy", "a", "--force"], "destroy"),
+        (vec!["provision", "a"], "provision"),
+        (vec!["adopt", "a"], "adopt"),
+        (vec!["egress", "show"], "egress show"),
+        (vec!["egress", "apply"], "egress apply"),
+        (vec!["host", "cleanup"], "host cleanup"),
         (
             vec!["setup", "--instance", "b", "--openai-api-key", "sk-x"],
             "setup",
@@ -1067,7 +1160,9 @@ fn the_dry_run_preview_is_json_for_a_script_with_secrets_redacted() {
             ("FC_ROOT", fc.to_str().unwrap()),
         ],
     );
-    assert!(output.status.success(), "{}", stderr(&output));
+    // No base images: a predicted failure, in the JSON too.
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("and in \"problems\""));
     let text = stdout(&output);
     assert!(!text.contains(SECRET_KEY), "the key is in the preview");
     let view: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -1083,7 +1178,7 @@ fn the_dry_run_preview_is_json_for_a_script_with_secrets_redacted() {
         .unwrap();
     assert_eq!(vars["mode"], "0600");
     assert!(
-        view["warnings"]
+        view["problems"]
             .as_array()
             .unwrap()
             .iter()
@@ -1091,7 +1186,135 @@ fn the_dry_run_preview_is_json_for_a_script_with_secrets_redacted() {
         "{view}"
     );
     assert!(
+        view["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| !w.as_str().unwrap().contains("base kernel")),
+        "{view}"
+    );
+    assert!(
         !state.exists() && !fc.exists(),
         "the dry run wrote something"
+    );
+}
+
+#[test]
+fn doctor_as_a_user_marks_what_needs_root_and_shows_no_tool_error() {
+    let scratch = Scratch::new("userdoctor");
+    let binary = world_runnable_binary(&scratch);
+    let state = scratch.join("state");
+    std::fs::create_dir_all(state.join(".vm-a")).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let output = dry_run_unprivileged(
+        &binary,
+        &["doctor"],
+        &[
+            ("STATE_ROOT", state.to_str().unwrap()),
+            ("BASE_IMAGES_DIR", scratch.join("images").to_str().unwrap()),
+        ],
+    );
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(
+        out.starts_with("Not root: checks only root can make are marked skip"),
+        "{out}"
+    );
+    for name in ["instances", "guest egress firewall", "FORWARD policy"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("skip  {name:<24} not checked (needs root)"))),
+            "{name}: {out}"
+        );
+    }
+    for raw in ["Permission denied", "you must be root", "needs root: "] {
+        assert!(
+            !out.contains(raw) && !err.contains(raw),
+            "{raw}: {out}{err}"
+        );
+    }
+    assert!(!out.contains("not read-write for this user"), "{out}");
+}
+
+#[test]
+fn a_firecracker_the_vm_unit_cannot_run_is_refused_where_it_is_found() {
+    // A scratch dir under /tmp: the VM unit's PrivateTmp= hides it.
+    let scratch = Scratch::new("hiddenfc");
+    assert!(scratch.0.path().starts_with("/tmp") || scratch.0.path().starts_with("/var/tmp"));
+    let bin = scratch.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["firecracker", "socat"] {
+        std::fs::write(bin.join(tool), "#!/bin/sh\necho 'Firecracker v1.16.1'\n").unwrap();
+        std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let (state, fc) = (scratch.join("state"), scratch.join("fc"));
+    let env = [
+        ("PATH", path.as_str()),
+        ("STATE_ROOT", state.to_str().unwrap()),
+        ("FC_ROOT", fc.to_str().unwrap()),
+    ];
+    let hidden = format!(
+        "the firecracker at {} cannot run in the VM unit",
+        bin.join("firecracker").display()
+    );
+    let dry = fireclaw(
+        &[
+            "setup",
+            "--instance",
+            "a",
+            "--openai-api-key",
+            "k",
+            "--dry-run",
+        ],
+        &env,
+    );
+    assert_eq!(dry.status.code(), Some(1), "{}", stderr(&dry));
+    let out = stdout(&dry);
+    let problems = &out[..out.find("Instance a").unwrap()];
+    assert!(problems.contains(&hidden), "{out}");
+    let doctor = fireclaw(&["doctor", "--json"], &env);
+    let view: serde_json::Value = serde_json::from_str(&stdout(&doctor)).unwrap();
+    let check = view["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "command firecracker")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "fail", "{check}");
+    assert!(
+        check["detail"].as_str().unwrap().starts_with(&hidden),
+        "{check}"
+    );
+    assert!(!state.exists() && !fc.exists());
+}
+
+#[test]
+fn a_relative_base_image_path_is_taken_from_the_working_directory() {
+    let scratch = Scratch::new("relative");
+    let output = Command::new(BIN)
+        .current_dir(scratch.0.path())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("STATE_ROOT", scratch.join("state"))
+        .env("FC_ROOT", scratch.join("fc"))
+        .args([
+            "setup",
+            "--instance",
+            "a",
+            "--openai-api-key",
+            "k",
+            "--base-kernel",
+            "kernels/../junk.bin",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    let out = stdout(&output);
+    let absolute = scratch.join("junk.bin");
+    assert!(
+        out.contains(&format!("base kernel {} is missing", absolute.display())),
+        "{out}{}",
+        stderr(&output)
     );
 }

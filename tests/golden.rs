@@ -93,7 +93,10 @@ impl Fixture {
         out.push_str(rest);
         // The VMM account's id and whether `/dev/kvm` is ready depend on the host, not the inputs.
         out.lines()
-            .filter(|line| !(line.starts_with("warning: ") && line.contains("/dev/kvm")))
+            .filter(|line| {
+                !((line.starts_with("warning: ") || line.starts_with("  - "))
+                    && line.contains("/dev/kvm"))
+            })
             .map(|line| {
                 let trimmed = line.trim_start();
                 if trimmed.starts_with("\"uid\": 195") || trimmed.starts_with("\"gid\": 195") {
@@ -310,6 +313,55 @@ fn first_failures_are_unchanged() {
             && !Path::new(&fixture.path("fc")).join("x").exists()
             && !Path::new(&fixture.path("home")).join(".ssh").exists(),
         "setup wrote something"
+    );
+    insta::assert_snapshot!(all);
+}
+
+/// What a newcomer typed in the second round (issue 23) and what came back.
+#[test]
+fn newcomer_messages_are_unchanged() {
+    let fixture = Fixture::new();
+    // A state dir with nothing in it.
+    std::fs::create_dir_all(Path::new(&fixture.path("state")).join(".vm-empty")).unwrap();
+    let never_made = fixture.path("never-made/images");
+    let mut all = String::new();
+    for args in [
+        &["setup", "my-bot"][..],
+        &["help", "stup"],
+        &["help", "image", "fech"],
+        &["suspend"],
+        &["resume"],
+        &["logs", "x", "-n", "abc"],
+        &["image", "fetch", "--bogus"],
+        &["man", "stup"],
+        &["status", "empty"],
+        &[
+            "setup",
+            "--instance",
+            "x",
+            "--openai-api-key",
+            "k",
+            "--base-kernel",
+            "/bin/ls",
+            "--dry-run",
+        ],
+        &[
+            "image",
+            "fetch",
+            "--kernel",
+            "/nonexistent/nokernel",
+            "--dir",
+            &never_made,
+        ],
+    ] {
+        all.push_str(&fixture.run(args, &[]));
+    }
+    // `help --help` is the help of fireclaw itself; its first lines say enough.
+    let help = fixture.run(&["help", "--help"], &[]);
+    all.push_str(&(help.lines().take(6).collect::<Vec<_>>().join("\n") + "\n"));
+    assert!(
+        !Path::new(&fixture.path("never-made")).exists(),
+        "a refused image fetch created its directory"
     );
     insta::assert_snapshot!(all);
 }

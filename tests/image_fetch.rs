@@ -350,11 +350,8 @@ fn assert_refused(fixture: &Fixture, output: &Output, needle: &str) {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with("fireclaw: "), "{err}");
     assert!(last.contains(needle), "{last} does not mention {needle}");
-    let left: Vec<String> = fixture
-        .image_dir_entries()
-        .into_iter()
-        .filter(|n| n != ".fireclaw-images.lock")
-        .collect();
+    // Nothing at all: not even the lock file this run made.
+    let left = fixture.image_dir_entries();
     assert!(left.is_empty(), "left in the images dir: {left:?}");
 }
 
@@ -646,11 +643,8 @@ fn sigterm_during_a_download_stops_it_and_leaves_nothing_behind() {
         ),
         "{err}"
     );
-    let left: Vec<String> = fixture
-        .image_dir_entries()
-        .into_iter()
-        .filter(|n| n != ".fireclaw-images.lock")
-        .collect();
+    // Nothing at all: not even the lock file this run made.
+    let left = fixture.image_dir_entries();
     assert!(left.is_empty(), "left in the images dir: {left:?}");
 }
 
@@ -845,7 +839,11 @@ fn http_errors_unknown_formats_and_missing_tools_are_plain_errors() {
 
     // A missing local file, and a file that is no kernel and no rootfs.
     let output = fixture.fetch(&["--kernel", "/nonexistent/vmlinux", "--rootfs", rootfs]);
-    assert_refused(&fixture, &output, "read /nonexistent/vmlinux: No such file");
+    assert_refused(
+        &fixture,
+        &output,
+        "the kernel /nonexistent/vmlinux cannot be read: No such file",
+    );
     let junk = fixture.path("junk.bin");
     std::fs::write(&junk, vec![7u8; 4096]).unwrap();
     let output = fixture.fetch(&["--kernel", junk.to_str().unwrap(), "--rootfs", rootfs]);
@@ -903,14 +901,48 @@ fn plain_http_from_another_host_is_refused_before_any_connection() {
         assert!(!output.status.success(), "{args:?}");
         assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
         assert!(stderr(&output).contains(needle), "{}", stderr(&output));
-        assert!(
-            fixture
-                .image_dir_entries()
-                .iter()
-                .all(|n| n == ".fireclaw-images.lock")
-        );
+        assert!(!fixture.images().exists(), "{args:?} made the images dir");
     }
     assert!(fixture.server.requests().is_empty());
+}
+
+#[test]
+fn local_inputs_are_checked_before_any_download_and_a_failure_leaves_no_directory() {
+    let fixture = Fixture::new();
+    // A missing kernel file is named at once: no request, no directory, no lock.
+    let output = fixture.fetch(&["--kernel", "/nonexistent/nokernel"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("the kernel /nonexistent/nokernel cannot be read"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(fixture.server.requests().is_empty());
+    assert!(!fixture.images().exists());
+    // A failure after the directory and its lock were made removes both, parents included.
+    let kernel = fixture.path("vmlinux-local");
+    std::fs::write(&kernel, kernel_fixture()).unwrap();
+    let nested = fixture.path("new/parent/images");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/rootfs.ext4", closed.local_addr().unwrap());
+    drop(closed);
+    let output = fixture.fireclaw(
+        &[
+            "image",
+            "fetch",
+            "--dir",
+            nested.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--rootfs",
+            &url,
+            "--rootfs-sha256",
+            &"0".repeat(64),
+        ],
+        false,
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(!fixture.path("new").exists(), "{}", stderr(&output));
 }
 
 #[test]

@@ -232,6 +232,7 @@ fn trusted_tools() -> Result<HostTools> {
         firecracker: probe::which("firecracker").context("firecracker is not on PATH")?,
         socat: probe::which("socat").context("socat is not on PATH")?,
     };
+    crate::ops::confine::runnable_by_units(&tools.firecracker)?;
     for (what, path) in [
         ("fireclaw binary", &tools.fireclaw),
         ("firecracker binary", &tools.firecracker),

@@ -24,7 +24,7 @@ pub fn run(
     output: &mut Output<'_>,
 ) -> Result<()> {
     let id = &args.id;
-    if !anything_exists(settings, id) {
+    if !anything_exists(settings, id)? {
         return Err(NoInstance::new(settings, id).into());
     }
     if !(args.force || args.yes || confirmed(id, output)?) {
@@ -48,20 +48,27 @@ pub fn run(
     Ok(())
 }
 
-/// Whether any of the instance's state, assets, unit files or VMM account is on the host.
-fn anything_exists(settings: &Settings, id: &InstanceId) -> bool {
+/// Whether any of the instance's state, assets, unit files or VMM account is on the host. A
+/// path this user may not look at is an error (it is "needs root", never "no instance").
+fn anything_exists(settings: &Settings, id: &InstanceId) -> Result<bool> {
     let units = UnitNames::new(id);
-    [
+    for path in [
         StatePaths::new(&settings.paths.state_root, id).dir,
         AssetPaths::new(&settings.paths.fc_root, id).dir,
         units.vm_path(&settings.paths.unit_dir),
         units.proxy_path(&settings.paths.unit_dir),
-    ]
-    .iter()
-    .any(|p| p.symlink_metadata().is_ok())
-        // A setup killed before it recorded its VMM account leaves only the account.
-        || crate::host::accounts::users()
-            .is_ok_and(|users| crate::ops::confine::leftover_account(&users, id).is_some())
+    ] {
+        match path.symlink_metadata() {
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!("read {}", path.display())));
+            }
+        }
+    }
+    // A setup killed before it recorded its VMM account leaves only the account.
+    Ok(crate::host::accounts::users()
+        .is_ok_and(|users| crate::ops::confine::leftover_account(&users, id).is_some()))
 }
 
 fn confirmed(id: &InstanceId, output: &mut Output<'_>) -> Result<bool> {

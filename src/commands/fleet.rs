@@ -431,8 +431,12 @@ fn print_status(
     ));
     output.line(&format!(
         "  phase          {}",
-        view.phase
-            .map_or_else(|| "made by fireclaw 0.2.0".to_owned(), |p| p.to_string())
+        match (&view.phase, &view.error) {
+            (Some(phase), _) => phase.to_string(),
+            // No .env to read: nothing says which fireclaw made it.
+            (None, Some(_)) => "unknown: the instance's state is missing or unreadable".to_owned(),
+            (None, None) => "made by fireclaw 0.2.0".to_owned(),
+        }
     ));
     output.line(&format!(
         "  VM unit        {} {}",

@@ -181,6 +181,10 @@ pub enum KernelFormatError {
     BzImage,
     #[error("it is not an ELF file; the guest needs an uncompressed x86_64 ELF vmlinux")]
     NotElf,
+    #[error(
+        "it is not a Linux kernel image: an x86_64 ELF with no Linux version string and no kernel entry (start_kernel); the guest needs a vmlinux, e.g. from: fireclaw image fetch"
+    )]
+    NotKernel,
     #[error("it is a 32-bit ELF; the guest needs a 64-bit x86_64 vmlinux")]
     Elf32,
     #[error("it is a big-endian ELF; the guest needs a little-endian x86_64 vmlinux")]
@@ -237,7 +241,16 @@ pub fn inspect_file(path: &Path) -> Result<KernelReport, KernelError> {
 /// Whether `bytes` are an x86_64 ELF vmlinux, and which features it has built in.
 pub fn inspect(bytes: &[u8]) -> Result<KernelReport, KernelFormatError> {
     check_header(bytes)?;
-    let (read_from, present) = match symbol_names(bytes)? {
+    let names = symbol_names(bytes)?;
+    // Any x86_64 program is an ELF like this; a kernel also carries its banner (linux_banner,
+    // "Linux version ...") or, when it has a symbol table, its entry.
+    let has_entry = names
+        .as_ref()
+        .is_some_and(|n| n.contains(b"start_kernel".as_slice()));
+    if !has_entry && !contains(bytes, LINUX_BANNER) {
+        return Err(KernelFormatError::NotKernel);
+    }
+    let (read_from, present) = match names {
         Some(names) => (
             ReadFrom::Symbols,
             Feature::ALL
@@ -433,6 +446,20 @@ fn symbol_names(bytes: &[u8]) -> Result<Option<HashSet<&[u8]>>, KernelFormatErro
 /// The features whose strings occur anywhere in the file, in one pass over it: a 256-entry
 /// table of first bytes skips every position no needle can start at, which matters for a
 /// 30 MiB vmlinux.
+/// The start of the kernel's banner, which every Linux image holds.
+const LINUX_BANNER: &[u8] = b"Linux version ";
+
+/// Whether `needle` occurs in `bytes`.
+fn contains(bytes: &[u8], needle: &[u8]) -> bool {
+    let Some(&first) = needle.first() else {
+        return true;
+    };
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(at, &byte)| byte == first && bytes[at..].starts_with(needle))
+}
+
 fn strings_present(bytes: &[u8]) -> Vec<Feature> {
     let needles: Vec<(Feature, &[u8])> = Feature::ALL
         .into_iter()
@@ -550,6 +577,7 @@ mod tests {
         let all: Vec<&str> = fixture::FEATURES
             .iter()
             .flat_map(|f| fixture::strings_of(f).iter().copied())
+            .chain(["Linux version 6.1.0 (fixture)"])
             .collect();
         let symbols: Vec<&str> = fixture::FEATURES
             .iter()
@@ -559,6 +587,27 @@ mod tests {
         let report = inspect(&fixture::elf(&symbols, &all)).unwrap();
         assert_eq!(report.read_from, ReadFrom::Symbols);
         assert!(!report.has(Feature::VirtioNet));
+    }
+
+    #[test]
+    fn an_x86_64_program_is_no_kernel() {
+        // /bin/ls: an x86_64 ELF, but no kernel (the example).
+        let program = std::fs::read("/bin/ls").unwrap();
+        assert!(matches!(
+            inspect(&program),
+            Err(KernelFormatError::NotKernel)
+        ));
+        // Strings of every driver, but no banner and no symbol table.
+        let strings: Vec<&str> = fixture::FEATURES
+            .iter()
+            .flat_map(|f| fixture::strings_of(f).iter().copied())
+            .collect();
+        assert!(matches!(
+            inspect(&fixture::elf(&[], &strings)),
+            Err(KernelFormatError::NotKernel)
+        ));
+        // The banner alone makes it a kernel (a stripped vmlinux).
+        assert!(inspect(&fixture::stripped_vmlinux_with_everything()).is_ok());
     }
 
     #[test]

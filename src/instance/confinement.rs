@@ -31,6 +31,17 @@ pub const MAX_ACCOUNT_NAME: usize = 32;
 pub const KVM_GROUP: &str = "kvm";
 
 /// Whether `id` is in fireclaw's range of VMM ids.
+/// Where the VM unit's sandboxing leaves nothing of the host's: `ProtectHome=` hides the homes,
+/// `PrivateTmp=` gives the unit empty temporary directories of its own.
+pub const HIDDEN_FROM_VM_UNITS: [&str; 5] = ["/home", "/root", "/run/user", "/tmp", "/var/tmp"];
+
+/// The hidden directory `path` lies below, if any.
+pub fn hidden_from_vm_units(path: &Path) -> Option<&'static str> {
+    HIDDEN_FROM_VM_UNITS
+        .into_iter()
+        .find(|hidden| path.starts_with(hidden))
+}
+
 pub fn in_vmm_range(id: u32) -> bool {
     (VMM_ID_FIRST..VMM_ID_FIRST + VMM_ID_COUNT).contains(&id)
 }

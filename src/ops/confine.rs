@@ -91,6 +91,32 @@ pub fn create_account(settings: &Settings, id: &InstanceId) -> Result<VmmAccount
 /// sets up on Debian and Ubuntu).
 pub const KVM_FIX: &str = "groupadd --system kvm; chown root:kvm /dev/kvm; chmod 0660 /dev/kvm (udev's rule KERNEL==\"kvm\", GROUP=\"kvm\", MODE=\"0660\" keeps it so after a reboot)";
 
+/// A program the VM unit would have to run from a directory its sandboxing hides: systemd
+/// would fail at EXEC and restart the unit in a loop.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the firecracker at {path} cannot run in the VM unit, whose sandboxing hides {hidden}; install it outside /home, /root, /run/user, /tmp and /var/tmp, e.g. as /usr/local/bin/firecracker"
+)]
+pub struct HiddenFromUnits {
+    pub path: std::path::PathBuf,
+    pub hidden: &'static str,
+}
+
+/// Refuses a Firecracker binary the VM unit could not execute: one below a directory the
+/// unit's sandboxing hides, as given or once its symlinks are resolved.
+pub fn runnable_by_units(path: &std::path::Path) -> Result<(), HiddenFromUnits> {
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    match crate::instance::confinement::hidden_from_vm_units(path)
+        .or_else(|| crate::instance::confinement::hidden_from_vm_units(&resolved))
+    {
+        Some(hidden) => Err(HiddenFromUnits {
+            path: path.to_owned(),
+            hidden,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Whether members of the `kvm` group can open `/dev/kvm`, as a confined VMM must.
 pub fn check_kvm_access() -> Result<()> {
     let Some(gid) = accounts::group_id(KVM_GROUP)? else {

@@ -1,4 +1,4 @@
-//! What every doctor check reports: its name, a level (pass, warn or fail) and one line of
+//! What every doctor check reports: its name, a level (pass, warn, fail, or skip when only root could check it) and one line of
 //! detail; serialised as is into `doctor --json`.
 
 use serde::Serialize;
@@ -9,6 +9,8 @@ pub enum Level {
     Pass,
     Warn,
     Fail,
+    /// Not checked: only root can (doctor run as a plain user).
+    Skip,
 }
 
 #[derive(Debug, Clone, Serialize)]

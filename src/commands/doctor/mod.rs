@@ -55,18 +55,29 @@ pub fn parse_firecracker_version(text: &str) -> Option<(u32, u32)> {
 /// (the layout Firecracker's getting-started guide documents).
 pub const FIRECRACKER_INSTALL: &str = "curl -fsSL https://github.com/firecracker-microvm/firecracker/releases/download/v1.16.1/firecracker-v1.16.1-x86_64.tgz | tar -xz && sudo install -o root -g root -m 0755 release-v1.16.1-x86_64/firecracker-v1.16.1-x86_64 /usr/local/bin/firecracker";
 
+/// The host commands the README lists under host requirements, with what each optional one is
+/// needed for.
+const HOST_COMMANDS: [(&str, Option<&str>); 14] = [
+    ("firecracker", None),
+    ("systemctl", None),
+    ("useradd", None),
+    ("userdel", None),
+    ("setpriv", None),
+    ("iptables", None),
+    ("iptables-restore", None),
+    ("socat", None),
+    ("ssh", None),
+    ("debugfs", None),
+    ("journalctl", Some("logs host")),
+    ("gpgv", Some("image fetch")),
+    ("mkfs.ext4", Some("image fetch")),
+    ("e2fsck", Some("image fetch")),
+];
+
 fn tools(checks: &mut Vec<Check>) {
-    for (tool, required) in [
-        ("firecracker", true),
-        ("systemctl", true),
-        ("iptables", true),
-        ("iptables-restore", true),
-        ("socat", true),
-        ("ssh", true),
-        ("debugfs", true),
-        ("journalctl", false),
-    ] {
+    for (tool, needed_by) in HOST_COMMANDS {
         checks.push(match probe::which(tool) {
+            Some(path) if tool == "firecracker" => firecracker_location(&path),
             Some(path) => check(
                 &format!("command {tool}"),
                 Level::Pass,
@@ -77,12 +88,14 @@ fn tools(checks: &mut Vec<Check>) {
                 Level::Fail,
                 format!("not found on PATH; install it: {FIRECRACKER_INSTALL}"),
             ),
-            None if required => check(&format!("command {tool}"), Level::Fail, "not found on PATH"),
-            None => check(
-                &format!("command {tool}"),
-                Level::Warn,
-                "not found on PATH (needed by logs host)",
-            ),
+            None => match needed_by {
+                None => check(&format!("command {tool}"), Level::Fail, "not found on PATH"),
+                Some(what) => check(
+                    &format!("command {tool}"),
+                    Level::Warn,
+                    format!("not found on PATH (needed by {what})"),
+                ),
+            },
         });
     }
     if let Some(firecracker) = probe::which("firecracker") {
@@ -117,7 +130,47 @@ fn tools(checks: &mut Vec<Check>) {
     }
 }
 
-fn kvm(checks: &mut Vec<Check>) {
+/// The Firecracker found on PATH, refused where the VM unit's sandboxing hides it.
+fn firecracker_location(path: &Path) -> Check {
+    match crate::ops::confine::runnable_by_units(path) {
+        Ok(()) => check(
+            "command firecracker",
+            Level::Pass,
+            path.display().to_string(),
+        ),
+        Err(hidden) => check("command firecracker", Level::Fail, hidden.to_string()),
+    }
+}
+
+/// A check only root can make.
+fn needs_root(name: &str) -> Check {
+    check(name, Level::Skip, "not checked (needs root)")
+}
+
+/// Whether `error` is a refusal to read something (this user is not root).
+fn refused(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
+/// `/dev/kvm` for root, who runs setup: a plain user's own access to it does not matter (the
+/// VMM accounts' access is the kvm group check).
+fn kvm(root: bool, checks: &mut Vec<Check>) {
+    if !root {
+        checks.push(if Path::new("/dev/kvm").exists() {
+            check("/dev/kvm", Level::Pass, "present")
+        } else {
+            check(
+                "/dev/kvm",
+                Level::Fail,
+                "missing: enable KVM (or nested virtualisation)",
+            )
+        });
+        return;
+    }
     let path = c"/dev/kvm";
     // SAFETY: access() reads a NUL-terminated path and touches nothing else.
     let ok = unsafe { libc::access(path.as_ptr(), libc::R_OK | libc::W_OK) } == 0;
@@ -711,13 +764,33 @@ pub fn run(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
+    let root = probe::is_root();
+    if !root && !json {
+        output.line(
+            "Not root: checks only root can make are marked skip (sudo fireclaw doctor checks everything).",
+        );
+    }
     let mut checks = Vec::new();
     tools(&mut checks);
-    kvm(&mut checks);
+    kvm(root, &mut checks);
     confinement::host_checks(&mut checks);
     images(settings, &mut checks);
-    let instances = units_and_orphans(settings, &mut checks)?;
-    network(settings, instances, services, &mut checks);
+    let instances = match units_and_orphans(settings, &mut checks) {
+        Ok(instances) => instances,
+        Err(error) if !root && refused(&error) => {
+            checks.push(needs_root("instances"));
+            0
+        }
+        Err(error) => return Err(error),
+    };
+    if root {
+        network(settings, instances, services, &mut checks);
+    } else {
+        // The firewall and the bridge's forwarding rules are readable by root only.
+        bridge_check(settings, &mut checks);
+        checks.push(needs_root("guest egress firewall"));
+        checks.push(needs_root("FORWARD policy"));
+    }
     capacity(settings, &mut checks);
     let failed = checks.iter().filter(|c| c.status == Level::Fail).count();
     if json {
@@ -733,6 +806,7 @@ pub fn run(
                 Level::Pass => ("pass", "32"),
                 Level::Warn => ("warn", "33"),
                 Level::Fail => ("FAIL", "31"),
+                Level::Skip => ("skip", "2"),
             };
             let label = if colour {
                 format!("\x1b[{code}m{label}\x1b[0m")

@@ -68,8 +68,24 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
             "a rootfs built from a tarball keeps its files' owners",
         )?;
     }
+    // Local inputs before any download: a missing file is named now, not after a transfer.
+    let given_kernel = match &spec.kernel {
+        KernelChoice::Given(source) => Some(source),
+        KernelChoice::FirecrackerCi { .. } => None,
+    };
+    for (what, source) in [("kernel", given_kernel), ("rootfs", Some(&spec.rootfs))] {
+        if let Some(ImageSource::File(path)) = source {
+            check_local_input(what, path)?;
+        }
+    }
+    if matches!(spec.kernel, KernelChoice::FirecrackerCi { .. }) {
+        firecracker_ci_version_here()?;
+    }
     let downloader = Downloader::new();
 
+    // Whatever this run creates for the directory (the directory itself and its parents, its
+    // lock file) is removed again unless the fetch completes.
+    let mut made = MadeHere::before(&spec.dir);
     // The lock first: two fetches into one directory would overwrite each other's staging.
     let _lock = store::lock_image_dir(&spec.dir)?;
     let targets = [spec.dir.join(KERNEL_FILE), spec.dir.join(ROOTFS_FILE)];
@@ -158,10 +174,66 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
             record.verification.as_str()
         ));
     }
+    made.keep();
     if json {
         output.line(&serde_json::to_string_pretty(&records)?);
     }
     Ok(())
+}
+
+/// A local kernel or rootfs that is there and a regular file.
+fn check_local_input(what: &str, path: &Path) -> Result<()> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("the {what} {} cannot be read", path.display()))?;
+    if !metadata.is_file() {
+        bail!("the {what} {} is not a regular file", path.display());
+    }
+    Ok(())
+}
+
+/// What a fetch made where the images directory is: the directories it had to create (the
+/// highest one first) and the lock file. Dropped before [`MadeHere::keep`], it removes them,
+/// so a failed fetch leaves the place as it was.
+struct MadeHere {
+    dirs: Vec<PathBuf>,
+    lock: Option<PathBuf>,
+    kept: bool,
+}
+
+impl MadeHere {
+    fn before(dir: &Path) -> Self {
+        let dirs = dir
+            .ancestors()
+            .take_while(|d| std::fs::symlink_metadata(d).is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        let lock = dir.join(store::IMAGES_LOCK_FILE);
+        let lock = std::fs::symlink_metadata(&lock).is_err().then_some(lock);
+        Self {
+            dirs,
+            lock,
+            kept: false,
+        }
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for MadeHere {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        if let Some(lock) = &self.lock {
+            let _ = std::fs::remove_file(lock);
+        }
+        // Deepest first; remove_dir leaves any directory something else has put files in.
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn is_tarball_name(name: &str) -> bool {
@@ -199,20 +271,7 @@ fn resolve_kernel(
         }
         KernelChoice::FirecrackerCi { index } => index,
     };
-    let Some(firecracker) = probe::which("firecracker") else {
-        bail!(
-            "firecracker is not on PATH, so its CI kernel version is unknown: install \
-             Firecracker first, or give a kernel with --kernel"
-        );
-    };
-    let firecracker = firecracker.to_string_lossy().into_owned();
-    let version_text = process::run_checked(&firecracker, &["--version"])?;
-    let Some(ci_version) = firecracker_ci_version(&version_text) else {
-        bail!(
-            "{firecracker} --version did not print a version like 'Firecracker v1.16.1'; give \
-             a kernel with --kernel"
-        );
-    };
+    let ci_version = firecracker_ci_version_here()?;
     let prefix = kernel_prefix(&ci_version);
     let listing_url = kernel_listing_url(index, &prefix);
     output.progress(&format!(
@@ -226,6 +285,25 @@ fn resolve_kernel(
     Ok(KernelInput {
         source: ImageSource::Url(crate::instance::images::join_url(index, &key)),
         version: Some(version),
+    })
+}
+
+/// The Firecracker CI version of the firecracker on PATH, whose kernels the default fetch
+/// looks up.
+fn firecracker_ci_version_here() -> Result<String> {
+    let Some(firecracker) = probe::which("firecracker") else {
+        bail!(
+            "firecracker is not on PATH, so its CI kernel version is unknown: install \
+             Firecracker first, or give a kernel with --kernel"
+        );
+    };
+    let firecracker = firecracker.to_string_lossy().into_owned();
+    let version_text = process::run_checked(&firecracker, &["--version"])?;
+    firecracker_ci_version(&version_text).with_context(|| {
+        format!(
+            "{firecracker} --version did not print a version like 'Firecracker v1.16.1'; give \
+             a kernel with --kernel"
+        )
     })
 }
 

@@ -78,6 +78,7 @@ fn create(
             .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
         socat: probe::which("socat").context("socat is not on PATH; install it")?,
     };
+    crate::ops::confine::runnable_by_units(&tools.firecracker)?;
     let (media, media_warning) = boot_media(spec)?;
     if let Some(warning) = media_warning {
         output.warn(&warning);

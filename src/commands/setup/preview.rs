@@ -1,11 +1,12 @@
 //! `setup --dry-run`: reads what it can (other instances' state, listening ports, base images,
 //! tools on PATH), renders every artifact exactly as setup would, and prints them with secrets
 //! redacted. It writes nothing, so it needs no root; without root it cannot read the instances'
-//! 0700 state and says its allocation is provisional.
+//! 0700 state and says its allocation is provisional. What would make setup fail comes
+//! first, apart from the notes, and makes the dry run exit 1.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::host::probe;
 use crate::host::rootfs_seed::SEED_DIR;
@@ -13,6 +14,7 @@ use crate::instance::layout::public_key_path;
 use crate::instance::plan::{Allocation, allocate};
 use crate::instance::secrets::{generate_host_key, generate_token};
 use crate::instance::spec::SetupSpec;
+use crate::instance::values::InstanceId;
 use crate::ops::install::{boot_media, check_not_existing};
 use crate::output::{Output, error_chain};
 use crate::render::artifacts::{
@@ -66,33 +68,50 @@ fn gather_allocation(settings: &Settings, spec: &SetupSpec) -> Result<(Allocatio
     Ok((allocation, visibility))
 }
 
-fn tool_path(name: &str, fallback: &str, warnings: &mut Vec<String>) -> PathBuf {
+/// What the dry run found: problems (setup would fail on each) and notes (it would go on).
+#[derive(Default)]
+struct Findings {
+    problems: Vec<String>,
+    notes: Vec<String>,
+}
+
+fn tool_path(name: &str, fallback: &str, findings: &mut Findings) -> PathBuf {
     probe::which(name).unwrap_or_else(|| {
-        warnings.push(format!(
-            "{name} is not on PATH; setup would fail until it is installed"
-        ));
+        findings
+            .problems
+            .push(format!("{name} is not on PATH; install it"));
         PathBuf::from(fallback)
     })
 }
 
-fn check_base_image(what: &str, path: &Path, required: bool, warnings: &mut Vec<String>) -> bool {
+fn check_base_image(what: &str, path: &Path, required: bool, findings: &mut Findings) -> bool {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => true,
         Ok(_) => {
-            warnings.push(format!("{what} {} is not a regular file", path.display()));
+            findings
+                .problems
+                .push(format!("{what} {} is not a regular file", path.display()));
             false
         }
         Err(_) if !required => false,
-        Err(e) => {
-            let problem = match e.kind() {
-                std::io::ErrorKind::NotFound => "is missing".to_owned(),
-                std::io::ErrorKind::PermissionDenied => "is not readable without root".to_owned(),
-                _ => format!("cannot be read ({e})"),
-            };
-            warnings.push(format!(
-                "{what} {} {problem}; setup would fail",
+        // Setup runs as root, so what only root may read is no predicted failure.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            findings.notes.push(format!(
+                "{what} {} is not readable without root, so it was not checked",
                 path.display()
             ));
+            false
+        }
+        Err(e) => {
+            let problem = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "is missing (get the base images with: fireclaw image fetch)".to_owned()
+                }
+                _ => format!("cannot be read ({e})"),
+            };
+            findings
+                .problems
+                .push(format!("{what} {} {problem}", path.display()));
             false
         }
     }
@@ -108,19 +127,22 @@ pub fn dry_run(
 ) -> Result<()> {
     check_not_existing(settings, spec)?;
     let (allocation, visibility) = gather_allocation(settings, spec)?;
-    let mut warnings: Vec<String> = kernel_warning.into_iter().collect();
+    let mut findings = Findings {
+        notes: kernel_warning.into_iter().collect(),
+        ..Findings::default()
+    };
 
-    check_base_image("base kernel", &spec.base.kernel, true, &mut warnings);
-    check_base_image("base rootfs", &spec.base.rootfs, true, &mut warnings);
-    let with_initrd = check_base_image("base initrd", &spec.base.initrd, false, &mut warnings);
+    check_base_image("base kernel", &spec.base.kernel, true, &mut findings);
+    check_base_image("base rootfs", &spec.base.rootfs, true, &mut findings);
+    let with_initrd = check_base_image("base initrd", &spec.base.initrd, false, &mut findings);
     // What setup would decide; when it would refuse, the preview still shows the rest.
     let (seed_in_rootfs, base_has_packages) = match boot_media(spec) {
         Ok((media, warning)) => {
-            warnings.extend(warning);
+            findings.notes.extend(warning);
             (media.seed_in_rootfs, media.base_has_packages)
         }
         Err(error) if spec.base.kernel.is_file() && spec.base.rootfs.is_file() => {
-            warnings.push(format!("{}; setup would fail", error_chain(error.as_ref())));
+            findings.problems.push(error_chain(error.as_ref()));
             (false, false)
         }
         // Already warned about above.
@@ -129,21 +151,24 @@ pub fn dry_run(
     if let Some(available) = probe::mem_available_mib()
         && u64::from(spec.memory.get()) > available
     {
-        warnings.push(format!(
+        findings.notes.push(format!(
             "the VM asks for {} MiB but the host has {available} MiB available",
             spec.memory
         ));
     }
     let tools = HostTools {
         fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
-        firecracker: tool_path("firecracker", "/usr/local/bin/firecracker", &mut warnings),
-        socat: tool_path("socat", "/usr/bin/socat", &mut warnings),
+        firecracker: tool_path("firecracker", "/usr/local/bin/firecracker", &mut findings),
+        socat: tool_path("socat", "/usr/bin/socat", &mut findings),
     };
+    if let Err(hidden) = crate::ops::confine::runnable_by_units(&tools.firecracker) {
+        findings.problems.push(hidden.to_string());
+    }
     let public_key_path = public_key_path(&spec.ssh_key_path);
     let authorized_key = match std::fs::read_to_string(&public_key_path) {
         Ok(key) => key.trim().to_owned(),
         Err(_) => {
-            warnings.push(format!(
+            findings.notes.push(format!(
                 "SSH client key {} is missing or unreadable; setup generates it",
                 public_key_path.display()
             ));
@@ -157,7 +182,9 @@ pub fn dry_run(
     let host_key = generate_host_key(spec.id.as_str())?;
     let vmm_account = crate::ops::confine::choose_account(settings, &spec.id)?;
     if let Err(error) = crate::ops::confine::check_kvm_access() {
-        warnings.push(crate::output::error_chain(error.as_ref()));
+        findings
+            .problems
+            .push(crate::output::error_chain(error.as_ref()));
     }
     let rendered = render_instance(&InstancePlan {
         spec,
@@ -175,15 +202,49 @@ pub fn dry_run(
         vmm_account: &vmm_account,
     })?;
     if json {
-        let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &warnings);
+        let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &findings);
         output.line(&serde_json::to_string_pretty(&view)?);
     } else {
+        output.line("Dry run: nothing was created or changed.");
+        print_findings(&findings, output);
         print_preview(settings, spec, &allocation, &visibility, &rendered, output);
+        output.line("");
+        output.line(&next_step(&spec.id, &findings));
     }
-    for warning in &warnings {
-        output.warn(warning);
+    if findings.problems.is_empty() {
+        Ok(())
+    } else {
+        bail!(
+            "setup would fail: the problems are listed at the top{}",
+            if json { " and in \"problems\"" } else { "" }
+        )
     }
-    Ok(())
+}
+
+/// The preview's last line: what to do now.
+fn next_step(id: &InstanceId, findings: &Findings) -> String {
+    if findings.problems.is_empty() {
+        format!("Next: run the same command as root without --dry-run to create '{id}'.")
+    } else {
+        "Next: fix the problems listed at the top, then run this dry run again.".to_owned()
+    }
+}
+
+/// The problems first, then the notes, each under its own heading.
+fn print_findings(findings: &Findings, output: &mut Output<'_>) {
+    for (heading, items) in [
+        ("Setup would fail:", &findings.problems),
+        ("Notes:", &findings.notes),
+    ] {
+        if items.is_empty() {
+            continue;
+        }
+        output.line("");
+        output.line(heading);
+        for item in items {
+            output.line(&format!("  - {item}"));
+        }
+    }
 }
 
 /// `setup --dry-run --json`: the same preview for a script, secrets redacted as on screen.
@@ -201,7 +262,10 @@ struct PreviewView<'a> {
     /// Files written into the rootfs copy (its seed dir), by name.
     rootfs_seed: Vec<String>,
     files: Vec<FileView<'a>>,
-    warnings: &'a [String],
+    /// Why setup would fail (the dry run then exits 1); empty when it would go on.
+    problems: &'a [String],
+    /// What setup would say and go on.
+    notes: &'a [String],
 }
 
 #[derive(serde::Serialize)]
@@ -225,7 +289,7 @@ impl<'a> PreviewView<'a> {
         allocation: &'a Allocation,
         visibility: &'a Visibility,
         rendered: &'a RenderedInstance,
-        warnings: &'a [String],
+        findings: &'a Findings,
     ) -> Self {
         Self {
             dry_run: true,
@@ -263,7 +327,8 @@ impl<'a> PreviewView<'a> {
                     content: &artifact.display,
                 })
                 .collect(),
-            warnings,
+            problems: &findings.problems,
+            notes: &findings.notes,
         }
     }
 }
@@ -280,7 +345,6 @@ fn print_preview(
         Visibility::Complete => "",
         Visibility::Partial(_) => "  (provisional)",
     };
-    output.line("Dry run: nothing was created or changed.");
     output.line("");
     output.line(&format!("Instance {}", spec.id));
     let rows = [
@@ -384,5 +448,30 @@ fn print_artifact(artifact: &Artifact, output: &mut Output<'_>) {
         if !artifact.display.ends_with('\n') {
             output.line("");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_names_the_next_step() {
+        let id: InstanceId = "my-bot".parse().unwrap();
+        let mut findings = Findings {
+            notes: vec!["a note".into()],
+            ..Findings::default()
+        };
+        assert_eq!(
+            next_step(&id, &findings),
+            "Next: run the same command as root without --dry-run to create 'my-bot'."
+        );
+        findings
+            .problems
+            .push("firecracker is not on PATH; install it".into());
+        assert_eq!(
+            next_step(&id, &findings),
+            "Next: fix the problems listed at the top, then run this dry run again."
+        );
     }
 }
