@@ -493,12 +493,12 @@ fn real_guest_seed_img_egress_and_a_crash_after_boot() {
     assert!(!datasource.contains("/var/lib/cloud/seed"), "{datasource}");
     let addresses = fleet.guest("b", "ip -4 -o addr show eth0");
     assert!(addresses.contains(&format!("{b_ip}/24")), "{addresses}");
-    // Another guest: a server in b answers the host, yet a cannot reach it. The server reads
-    // the whole request before it answers: a socket closed with unread bytes is reset, and
-    // the reset may reach curl before the answer does.
+    // Another guest: a server in b answers the host, yet a cannot reach it. An HTTP server
+    // (busybox httpd): it reads the request before it answers, where a server that does not
+    // (nc -e echo) closes with unread bytes and the reset can beat the answer to curl.
     fleet.guest(
         "b",
-        "printf '#!/bin/sh\\nwhile IFS= read -r line; do [ -z \"${line%?}\" ] && break; done\\necho b-answer\\n' | sudo tee /usr/local/bin/b-answer >/dev/null && sudo chmod 0755 /usr/local/bin/b-answer && sudo systemd-run --unit=guest-server busybox nc -ll -p 8082 -e /usr/local/bin/b-answer",
+        "sudo mkdir -p /srv/b && echo b-answer | sudo tee /srv/b/index.html >/dev/null && sudo systemd-run --unit=guest-server busybox httpd -f -p 8082 -h /srv/b",
     );
     fleet.wait_for("b's server", Duration::from_secs(60), || {
         let answer = fleet.host.sh(&uplink::connect_script(&b_ip, 8082));

@@ -74,9 +74,15 @@ const HOST_COMMANDS: [(&str, Option<&str>); 14] = [
     ("e2fsck", Some("image fetch")),
 ];
 
-fn tools(checks: &mut Vec<Check>) {
+fn tools(root: bool, checks: &mut Vec<Check>) {
     for (tool, needed_by) in HOST_COMMANDS {
-        checks.push(match probe::which(tool) {
+        // A plain user's PATH often lacks the sbin directories root's has.
+        let found = probe::which(tool).or_else(|| {
+            (!root)
+                .then(|| probe::find_on_path(tool, Some("/usr/local/sbin:/usr/sbin:/sbin")))
+                .flatten()
+        });
+        checks.push(match found {
             Some(path) if tool == "firecracker" => firecracker_location(&path),
             Some(path) => check(
                 &format!("command {tool}"),
@@ -771,7 +777,7 @@ pub fn run(
         );
     }
     let mut checks = Vec::new();
-    tools(&mut checks);
+    tools(root, &mut checks);
     kvm(root, &mut checks);
     confinement::host_checks(&mut checks);
     images(settings, &mut checks);

@@ -87,7 +87,8 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
     // lock file) is removed again unless the fetch completes.
     let mut made = MadeHere::before(&spec.dir);
     // The lock first: two fetches into one directory would overwrite each other's staging.
-    let _lock = store::lock_image_dir(&spec.dir)?;
+    // `made` holds it, so a lock file this run made is removed while it is still held.
+    made.hold(store::lock_image_dir(&spec.dir)?);
     let targets = [spec.dir.join(KERNEL_FILE), spec.dir.join(ROOTFS_FILE)];
     if !spec.force {
         for target in &targets {
@@ -197,6 +198,7 @@ fn check_local_input(what: &str, path: &Path) -> Result<()> {
 struct MadeHere {
     dirs: Vec<PathBuf>,
     lock: Option<PathBuf>,
+    held: Option<store::HeldLock>,
     kept: bool,
 }
 
@@ -212,8 +214,13 @@ impl MadeHere {
         Self {
             dirs,
             lock,
+            held: None,
             kept: false,
         }
+    }
+
+    fn hold(&mut self, lock: store::HeldLock) {
+        self.held = Some(lock);
     }
 
     fn keep(&mut self) {
@@ -226,9 +233,12 @@ impl Drop for MadeHere {
         if self.kept {
             return;
         }
-        if let Some(lock) = &self.lock {
+        // Only a lock this run holds is its own to remove (a fetch refused as busy leaves the
+        // other fetch's file alone); removed before it is released.
+        if let (Some(lock), Some(_)) = (&self.lock, &self.held) {
             let _ = std::fs::remove_file(lock);
         }
+        self.held = None;
         // Deepest first; remove_dir leaves any directory something else has put files in.
         for dir in &self.dirs {
             let _ = std::fs::remove_dir(dir);
