@@ -80,11 +80,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
 /// A command run without root that was refused a file says so the way `setup` does
 /// (`'fireclaw list' needs root: ...`), whatever step met the refusal.
 fn needs_root_prefix(error: &anyhow::Error, verb: &str) -> String {
-    let refused = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    });
+    let refused = host::probe::refused_access(error);
     let already = error
         .chain()
         .any(|cause| cause.downcast_ref::<host::probe::NeedsRoot>().is_some());

@@ -18,6 +18,16 @@ pub struct NeedsRoot {
     pub why: &'static str,
 }
 
+/// Whether any cause in `error`'s chain is a refusal to read or write something (permission
+/// denied): what a user without root meets.
+pub fn refused_access(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    })
+}
+
 /// Refuses to go on without root, saying which command needs it and why.
 pub fn require_root(command: &'static str, why: &'static str) -> Result<(), NeedsRoot> {
     if is_root() {

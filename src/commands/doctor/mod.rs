@@ -153,15 +153,6 @@ fn needs_root(name: &str) -> Check {
     check(name, Level::Skip, "not checked (needs root)")
 }
 
-/// Whether `error` is a refusal to read something (this user is not root).
-fn refused(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    })
-}
-
 /// `/dev/kvm` for root, who runs setup: a plain user's own access to it does not matter (the
 /// VMM accounts' access is the kvm group check).
 fn kvm(root: bool, checks: &mut Vec<Check>) {
@@ -783,7 +774,7 @@ pub fn run(
     images(settings, &mut checks);
     let instances = match units_and_orphans(settings, &mut checks) {
         Ok(instances) => instances,
-        Err(error) if !root && refused(&error) => {
+        Err(error) if !root && probe::refused_access(&error) => {
             checks.push(needs_root("instances"));
             0
         }
