@@ -149,12 +149,19 @@ impl RealGuestHost {
             .collect()
     }
 
-    /// The last lines of every VM unit's journal (the stand-in's and QEMU's own words).
+    /// Each VM unit's state and the last lines of its own journal (the stand-in's and QEMU's
+    /// words), then every QEMU with its state and CPU time: what a boot that never answered
+    /// leaves to look at.
     pub fn vm_journal(&self) -> String {
         String::from_utf8_lossy(
             &self
                 .host
-                .exec("journalctl --no-pager -n 60 -u 'firecracker-vmdemo-*' 2>&1")
+                .exec(
+                    "for unit in $(systemctl list-units --all --plain --no-legend 'firecracker-vmdemo-*' | cut -d' ' -f1); do \
+                       echo \"== $unit\"; systemctl show -p ActiveState,SubState,Result,MainPID,NRestarts,ExecMainStartTimestamp \"$unit\"; \
+                       journalctl --no-pager -n 40 -o short-monotonic -u \"$unit\"; done 2>&1; \
+                     echo '== QEMU'; ps -eo pid,stat,etime,time,rss,args | grep '[q]emu-system' | cut -c1-200",
+                )
                 .stdout,
         )
         .into_owned()
