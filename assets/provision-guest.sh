@@ -3,6 +3,12 @@
 # the guest and runs it as root over SSH, with the instance's provision.vars (KEY=value lines,
 # secrets included) on stdin, so no secret is ever on a command line. Idempotent: running it
 # again converges on the same state. Nothing is written to /tmp.
+#
+# Two phases. `instance` (the default) is the whole provisioning of one instance. `install`
+# (PHASE=install, what `fireclaw image bake` runs in its builder VM) does only what every
+# instance shares: Docker, the image (pulled, or loaded from OPENCLAW_ARCHIVE) and, if asked,
+# the browser in /opt/fireclaw/playwright; it needs no id, model or token, writes no config,
+# secret or unit, and ends by printing `fireclaw-fact: key=value` lines on stdout.
 set -euo pipefail
 
 # Each step also goes to the guest's journal (journalctl -t fireclaw-provision); no step names
@@ -22,7 +28,7 @@ while IFS= read -r line || [[ -n "$line" ]]; do
     case "$key" in
         FIRECLAW_STATE_FORMAT | INSTANCE_ID | TELEGRAM_TOKEN | TELEGRAM_USERS | MODEL | SKILLS | \
             GATEWAY_TOKEN | OPENCLAW_IMAGE | SKIP_BROWSER_INSTALL | DISK_SIZE | ANTHROPIC_API_KEY | \
-            OPENAI_API_KEY | MINIMAX_API_KEY | OPENCLAW_PULL)
+            OPENAI_API_KEY | MINIMAX_API_KEY | OPENCLAW_PULL | PHASE | OPENCLAW_ARCHIVE)
             input[$key]=$value
             ;;
         *) die "unknown input key '${key}'" ;;
@@ -31,17 +37,30 @@ done
 # Everything below must not read the secrets' channel by accident.
 exec </dev/null
 
-id=${input[INSTANCE_ID]:-}
-[[ "$id" =~ ^[a-z0-9_-]+$ ]] || die "INSTANCE_ID is missing or invalid"
+phase=${input[PHASE]:-instance}
+case "$phase" in
+    install | instance) ;;
+    *) die "PHASE must be install or instance" ;;
+esac
 image=${input[OPENCLAW_IMAGE]:-}
 [[ -n "$image" ]] || die "OPENCLAW_IMAGE is missing"
-model=${input[MODEL]:-}
-[[ -n "$model" ]] || die "MODEL is missing"
+archive=${input[OPENCLAW_ARCHIVE]:-}
+[[ -z "$archive" || -f "$archive" ]] || die "OPENCLAW_ARCHIVE $archive is not a file in the guest"
+if [[ "$phase" == instance ]]; then
+    id=${input[INSTANCE_ID]:-}
+    [[ "$id" =~ ^[a-z0-9_-]+$ ]] || die "INSTANCE_ID is missing or invalid"
+    model=${input[MODEL]:-}
+    [[ -n "$model" ]] || die "MODEL is missing"
+    gateway_token=${input[GATEWAY_TOKEN]:-}
+    [[ -n "$gateway_token" ]] || die "GATEWAY_TOKEN is missing"
+else
+    id=
+    model=
+    gateway_token=
+fi
 skills=${input[SKILLS]:-}
 telegram_token=${input[TELEGRAM_TOKEN]:-}
 telegram_users=${input[TELEGRAM_USERS]:-}
-gateway_token=${input[GATEWAY_TOKEN]:-}
-[[ -n "$gateway_token" ]] || die "GATEWAY_TOKEN is missing"
 # When to pull the image (fireclaw.json's openclaw_pull; never in provision.vars).
 pull_policy=${input[OPENCLAW_PULL]:-always}
 case "$pull_policy" in
@@ -54,6 +73,9 @@ case "${input[SKIP_BROWSER_INSTALL]:-false}" in
 esac
 
 user=ubuntu
+# A browser baked into the image (`fireclaw image bake --browser-install`), shared read-only by
+# every instance made from it.
+shared_browsers=/opt/fireclaw/playwright
 config_root=/home/$user/.openclaw-$id
 config_dir=$config_root/config
 env_file=$config_root/openclaw.env
@@ -130,13 +152,52 @@ if printf '%s\n' '{"iptables": false, "ip6tables": false, "bridge": "none"}' |
 fi
 systemctl enable --now docker.service >/dev/null 2>&1
 
-if [[ "$pull_policy" != always ]] && "$docker_bin" image inspect "$image" >/dev/null 2>&1; then
+if [[ -n "$archive" ]]; then
+    say "loading $image from the archive"
+    loaded=$("$docker_bin" load -i "$archive") || die "docker load of the archive failed"
+    if ! "$docker_bin" image inspect "$image" >/dev/null 2>&1; then
+        # An OCI archive may load untagged ("Loaded image ID: sha256:..."): tag what it loaded.
+        loaded_id=$(sed -n 's/^Loaded image ID: //p; s/^Loaded image: //p' <<<"$loaded" | tail -n 1)
+        [[ -n "$loaded_id" ]] || die "the archive loaded no image"
+        "$docker_bin" tag "$loaded_id" "$image" || die "could not tag the loaded image as $image"
+    fi
+    rm -f "$archive"
+elif [[ "$pull_policy" != always ]] && "$docker_bin" image inspect "$image" >/dev/null 2>&1; then
     say "using $image, already in the guest (pull policy: $pull_policy)"
 elif [[ "$pull_policy" == never ]]; then
     die "image $image is not in the guest and the pull policy is never: load it into the guest's Docker, or provision with --openclaw-pull missing"
 else
     say "pulling $image"
     retry 3 "$docker_bin" pull -q "$image" >/dev/null
+fi
+
+# --- install phase: the browser for every instance, the facts, and nothing else ---------------
+if [[ "$phase" == install ]]; then
+    browser=false
+    if [[ "$skip_browser" == false ]]; then
+        say "installing Playwright Chromium into $shared_browsers"
+        install -d -m 0755 "$shared_browsers"
+        printf '%s\n' \
+            'set -e' \
+            "export PLAYWRIGHT_BROWSERS_PATH=$shared_browsers" \
+            'if [ -f /app/node_modules/playwright-core/cli.js ]; then' \
+            '  node /app/node_modules/playwright-core/cli.js install chromium' \
+            'else' \
+            '  npx -y playwright@1.49.1 install chromium' \
+            'fi' |
+            "$docker_bin" run --rm -i --network host -e HOME=/root -v "$shared_browsers:$shared_browsers" \
+                "$image" bash -se >/dev/null || die "the Playwright install failed"
+        chmod -R a+rX "$shared_browsers"
+    fi
+    if [[ -n "$(find "$shared_browsers" -type f -name chrome-headless-shell 2>/dev/null | head -n 1)" ]]; then
+        browser=true
+    fi
+    printf 'fireclaw-fact: image_id=%s\n' "$("$docker_bin" image inspect -f '{{.Id}}' "$image")"
+    printf 'fireclaw-fact: repo_digest=%s\n' "$("$docker_bin" image inspect -f '{{join .RepoDigests ","}}' "$image" 2>/dev/null || true)"
+    printf 'fireclaw-fact: docker_version=%s\n' "$("$docker_bin" version -f '{{.Server.Version}}')"
+    printf 'fireclaw-fact: browser=%s\n' "$browser"
+    say "done (install phase)"
+    exit 0
 fi
 
 # --- OpenClaw ---------------------------------------------------------------------------------
@@ -156,13 +217,20 @@ install -d -o "$user" -g "$user" -m 0755 "$work_root" "$workspace" "$tools"
     fi
 } | write_file "$env_file" 0600 "$user:$user" || true
 
+# A baked browser is mounted read-only where it was installed, in every container of the image.
+baked_browser=$(find "$shared_browsers" -type f -name chrome-headless-shell 2>/dev/null | head -n 1 || true)
+browser_mount=()
+if [[ -n "$baked_browser" ]]; then
+    browser_mount=(-v "$shared_browsers:$shared_browsers:ro")
+fi
+
 # Runs a bash script (stdin) in a throwaway container of the image with the OpenClaw CLI.
 in_image() {
     "$docker_bin" run --rm -i --network host --env-file "$env_file" -e HOME=/home/node \
         -v "$config_dir:/home/node/.openclaw" \
         -v "$workspace:/home/node/.openclaw/workspace" \
         -v "$tools:/home/node/clawd/tools" \
-        "$image" bash -se
+        "${browser_mount[@]}" "$image" bash -se
 }
 
 # `config set` lines, every word quoted for the container's shell.
@@ -216,7 +284,12 @@ to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s
 say "configuring OpenClaw"
 printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
 
-if [[ "$skip_browser" == false ]]; then
+if [[ -n "$baked_browser" ]]; then
+    say "using the baked browser in $shared_browsers"
+    config_lines=()
+    set_config browser.executablePath "$baked_browser"
+    printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
+elif [[ "$skip_browser" == false ]]; then
     say "installing Playwright Chromium"
     # The image's own playwright when it has one, a pinned fallback otherwise.
     printf '%s\n' \
@@ -267,8 +340,9 @@ printf '%s\n' 'node /app/openclaw.mjs doctor --fix' | in_image >/dev/null 2>&1 |
     printf '%s\n' '[Unit]' "Description=OpenClaw gateway ($id)" 'After=docker.service' \
         'Requires=docker.service' '' '[Service]'
     printf 'ExecStartPre=-%s rm -f %s\n' "$docker_bin" "$container"
-    printf 'ExecStart=%s run --rm --name %s --init --network host --env-file %s -e HOME=/home/node -v %s:/home/node/.openclaw -v %s:/home/node/.openclaw/workspace -v %s:/home/node/clawd/tools %s node dist/index.js gateway --bind lan --port 18789\n' \
-        "$docker_bin" "$container" "$env_file" "$config_dir" "$workspace" "$tools" "$image"
+    printf 'ExecStart=%s run --rm --name %s --init --network host --env-file %s -e HOME=/home/node -v %s:/home/node/.openclaw -v %s:/home/node/.openclaw/workspace -v %s:/home/node/clawd/tools %s%s node dist/index.js gateway --bind lan --port 18789\n' \
+        "$docker_bin" "$container" "$env_file" "$config_dir" "$workspace" "$tools" \
+        "${baked_browser:+-v $shared_browsers:$shared_browsers:ro }" "$image"
     printf 'ExecStop=%s stop %s\n' "$docker_bin" "$container"
     printf '%s\n' 'Restart=always' 'RestartSec=5' '' '[Install]' 'WantedBy=multi-user.target'
 } | write_file "$unit_file" 0644 || true

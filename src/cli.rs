@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::instance::baked::BakeName;
 use crate::instance::images::{ImageSource, Sha256Hex};
 use crate::instance::values::{
     DiskSize, HostPort, ImageRef, InstanceId, MemoryMib, Model, PrivateEgress, PullPolicy, Secret,
@@ -103,7 +104,8 @@ pub enum Command {
     /// Show or re-apply the guest network policy (what guests may reach).
     #[command(subcommand)]
     Egress(EgressCommand),
-    /// Fetch, verify and build the guest kernel and base rootfs, or list the installed ones.
+    /// Fetch, verify and build the guest kernel and base rootfs, bake base images with OpenClaw
+    /// inside, or list the installed ones.
     #[command(subcommand)]
     Image(ImageCommand),
     /// What fireclaw set up on the host for all instances (see: fireclaw host cleanup).
@@ -157,6 +159,63 @@ pub enum ImageCommand {
     Fetch(Box<ImageFetchArgs>),
     /// The images in BASE_IMAGES_DIR and what the manifest records about them.
     List(ImageListArgs),
+    /// Build a base image with Docker, the OpenClaw image and (optionally) the browser already
+    /// in it, in a temporary builder VM, and install it as <NAME>.ext4 in BASE_IMAGES_DIR; new
+    /// instances made from it need no apt, no image pull and no browser download.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw image bake --name openclaw-2026.9 --openclaw-image ghcr.io/openclaw/openclaw:2026.9.6\n  sudo fireclaw image bake --name offline --openclaw-image-archive /media/usb/openclaw.tar --skip-browser-install\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot --base-image openclaw-2026.9"
+    )]
+    Bake(Box<ImageBakeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBakeArgs {
+    /// The baked image's name: installed as <NAME>.ext4, used with setup --base-image NAME.
+    #[arg(long, value_name = "NAME")]
+    pub name: BakeName,
+    /// The base rootfs to bake from [env: BASE_ROOTFS] [default: <BASE_IMAGES_DIR>/rootfs.ext4].
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
+    pub from: Option<PathBuf>,
+    /// The kernel the builder boots (and instances should use) [env: BASE_KERNEL]
+    /// [default: <BASE_IMAGES_DIR>/vmlinux].
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
+    pub kernel: Option<PathBuf>,
+    /// The initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
+    pub initrd: Option<PathBuf>,
+    /// The OpenClaw image to bake in [env: OPENCLAW_IMAGE_DEFAULT]
+    /// [default: ghcr.io/openclaw/openclaw:latest].
+    #[arg(long, value_name = "IMAGE")]
+    pub openclaw_image: Option<ImageRef>,
+    /// Load the image from this docker-archive or OCI tarball instead of pulling it (for hosts
+    /// whose guests cannot reach a registry); tagged as --openclaw-image.
+    #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
+    pub openclaw_image_archive: Option<PathBuf>,
+    /// Install Playwright's Chromium into the image, shared by every instance (the default).
+    #[arg(long, overrides_with = "skip_browser_install")]
+    pub browser_install: bool,
+    /// Leave the browser out.
+    #[arg(long, overrides_with = "browser_install")]
+    pub skip_browser_install: bool,
+    /// The builder VM's vCPUs [default: 2].
+    #[arg(long, value_name = "N", default_value = "2")]
+    pub vm_vcpu: VcpuCount,
+    /// The builder VM's memory in MiB [default: 2048].
+    #[arg(long, value_name = "MIB", default_value = "2048")]
+    pub vm_mem_mib: MemoryMib,
+    /// Images directory [default: $BASE_IMAGES_DIR, else /srv/firecracker/base/images].
+    #[arg(long, value_name = "DIR", value_parser = parse_path)]
+    pub dir: Option<PathBuf>,
+    /// Replace a baked image of the same name.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to wait for the builder's SSH after boot (1 to 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 360, allow_negative_numbers = true,
+          value_parser = parse_wait_seconds)]
+    pub ssh_timeout: u64,
+    /// Print the baked image's record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -516,6 +575,10 @@ pub struct SetupArgs {
     /// Base rootfs [env: BASE_ROOTFS] [default: <BASE_IMAGES_DIR>/rootfs.ext4].
     #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_rootfs: Option<PathBuf>,
+    /// A baked base image (fireclaw image bake --name NAME): <BASE_IMAGES_DIR>/NAME.ext4, with
+    /// its OpenClaw image used as it is (pull policy missing) unless told otherwise.
+    #[arg(long, value_name = "NAME", conflicts_with = "base_rootfs")]
+    pub base_image: Option<BakeName>,
     /// Initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
     #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_initrd: Option<PathBuf>,

@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::cli::{ImageFetchArgs, KeyArgs, SetupArgs};
+use crate::cli::{ImageBakeArgs, ImageFetchArgs, KeyArgs, SetupArgs};
 use crate::env_vars;
+use crate::instance::baked::BakeName;
 pub use crate::instance::host::{HostPaths, NetworkSettings};
 use crate::instance::images::{
     DEFAULT_KERNEL_INDEX, DEFAULT_UBUNTU_MIRROR, FetchSpec, ImageSource, KernelChoice,
@@ -302,12 +303,15 @@ impl Settings {
                 &env.base_kernel,
                 KERNEL_FILE,
             )?,
-            rootfs: image_path(
-                &args.base_rootfs,
-                env_vars::BASE_ROOTFS,
-                &env.base_rootfs,
-                ROOTFS_FILE,
-            )?,
+            rootfs: match &args.base_image {
+                Some(name) => self.base_images_dir.join(name.file_name()),
+                None => image_path(
+                    &args.base_rootfs,
+                    env_vars::BASE_ROOTFS,
+                    &env.base_rootfs,
+                    ROOTFS_FILE,
+                )?,
+            },
             initrd: image_path(
                 &args.base_initrd,
                 env_vars::BASE_INITRD,
@@ -353,6 +357,77 @@ impl Settings {
             ssh_key_path: self.ssh_key_path.clone(),
             fc_root: self.paths.fc_root.clone(),
             state_root: self.paths.state_root.clone(),
+        })
+    }
+}
+
+/// What `image bake` is to do, every input given or defaulted as `setup` defaults it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BakeSpec {
+    pub name: BakeName,
+    pub images_dir: PathBuf,
+    pub base: BaseImages,
+    pub image: ImageRef,
+    pub archive: Option<PathBuf>,
+    pub browser: bool,
+    pub vcpu: VcpuCount,
+    pub memory: MemoryMib,
+    pub force: bool,
+    pub ssh_timeout: std::time::Duration,
+}
+
+impl Settings {
+    pub fn resolve_bake(&self, args: &ImageBakeArgs) -> Result<BakeSpec, SpecError> {
+        let env = &self.flag_defaults;
+        let images_dir = self.images_dir(args.dir.as_deref());
+        let image_path = |flag: &Option<PathBuf>,
+                          name: &'static str,
+                          value: &Option<String>,
+                          file: &str| {
+            match (flag, value) {
+                (Some(path), _) => Ok(path.clone()),
+                (None, Some(value)) => parse_absolute_path(value)
+                    .map_err(|problem| SpecError::Environment { name, problem }),
+                (None, None) => Ok(images_dir.join(file)),
+            }
+        };
+        let base = BaseImages {
+            kernel: image_path(
+                &args.kernel,
+                env_vars::BASE_KERNEL,
+                &env.base_kernel,
+                KERNEL_FILE,
+            )?,
+            rootfs: image_path(
+                &args.from,
+                env_vars::BASE_ROOTFS,
+                &env.base_rootfs,
+                ROOTFS_FILE,
+            )?,
+            initrd: image_path(
+                &args.initrd,
+                env_vars::BASE_INITRD,
+                &env.base_initrd,
+                INITRD_FILE,
+            )?,
+        };
+        let image: ImageRef = flag_env_default(
+            &args.openclaw_image,
+            env_vars::OPENCLAW_IMAGE_DEFAULT,
+            &env.image,
+            DEFAULT_IMAGE,
+        )?;
+        Ok(BakeSpec {
+            name: args.name.clone(),
+            images_dir,
+            base,
+            image,
+            archive: args.openclaw_image_archive.clone(),
+            browser: !args.skip_browser_install,
+            vcpu: args.vm_vcpu,
+            memory: args.vm_mem_mib,
+            force: args.force,
+            ssh_timeout: std::time::Duration::from_secs(args.ssh_timeout),
         })
     }
 }

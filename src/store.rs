@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::instance::alloc::Taken;
+use crate::instance::baked::{BAKED_FILE, BakedManifest};
 use crate::instance::images::{ImageManifest, MANIFEST_FILE};
 use crate::instance::layout::{ENV_FILE, LockPaths, StatePaths, instance_of_state_dir};
 use crate::instance::state::{EnvFile, FireclawState, StateError};
@@ -44,7 +45,12 @@ pub enum StoreError {
         path: PathBuf,
         source: crate::instance::images::ManifestError,
     },
-    #[error("another 'fireclaw image fetch' is writing to {dir} (it holds {path})")]
+    #[error("read {path}")]
+    ParseBaked {
+        path: PathBuf,
+        source: crate::instance::baked::BakedError,
+    },
+    #[error("another 'fireclaw image fetch' or 'image bake' is writing to {dir} (it holds {path})")]
     ImagesBusy { dir: PathBuf, path: PathBuf },
     #[error("{path} already exists (use --force to replace it)")]
     ImageExists { path: PathBuf },
@@ -416,6 +422,23 @@ pub fn write_image_manifest(dir: &Path, manifest: &ImageManifest) -> Result<(), 
     )
 }
 
+/// `<dir>/fireclaw-baked.json`, or `None` when nothing was baked into the images directory.
+pub fn read_baked_manifest(dir: &Path) -> Result<Option<BakedManifest>, StoreError> {
+    let path = dir.join(BAKED_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => BakedManifest::parse(&text)
+            .map(Some)
+            .map_err(|source| StoreError::ParseBaked { path, source }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StoreError::ReadFile { path, source }),
+    }
+}
+
+/// Writes the baked-image record atomically, readable by all (it holds no secret).
+pub fn write_baked_manifest(dir: &Path, manifest: &BakedManifest) -> Result<(), StoreError> {
+    write_atomic(&dir.join(BAKED_FILE), manifest.render().as_bytes(), 0o644)
+}
+
 /// The lock file that keeps two fetches out of one images directory.
 pub const IMAGES_LOCK_FILE: &str = ".fireclaw-images.lock";
 /// Prefix of the private staging directories fetches work in, inside the images directory
@@ -446,6 +469,24 @@ pub fn lock_image_dir(dir: &Path) -> Result<HeldLock, StoreError> {
     }
 }
 
+/// Removes the staging dirs a killed fetch or bake left in `dir` (the caller holds the
+/// directory's lock, so none is in use); returns their names.
+pub fn remove_stale_staging(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = fs::read_dir(dir).map_err(|source| StoreError::ListDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(IMAGE_STAGING_PREFIX) {
+            let _ = fs::remove_dir_all(entry.path());
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
 /// A private directory inside the images directory where a fetch downloads, unpacks and
 /// builds; removed when dropped, on success and on every error.
 #[derive(Debug)]
@@ -457,19 +498,7 @@ impl ImageStaging {
     /// Removes what a killed fetch left (the caller holds the directory's lock, so no other
     /// fetch is using it), then makes a fresh staging dir (0700).
     pub fn create(dir: &Path) -> Result<Self, StoreError> {
-        let entries = fs::read_dir(dir).map_err(|source| StoreError::ListDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(IMAGE_STAGING_PREFIX)
-            {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
+        remove_stale_staging(dir)?;
         let path = dir.join(format!("{IMAGE_STAGING_PREFIX}{}", std::process::id()));
         DirBuilder::new()
             .mode(0o700)

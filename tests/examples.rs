@@ -174,6 +174,26 @@ fn assert_setup_example_validates(example: &Example) {
     if !args.iter().any(|a| a == "--dry-run") {
         args.push("--dry-run".into());
     }
+    // A baked image the example names is there, as `image bake` records it (its file is no
+    // real disk: setup's own prediction may still fail it).
+    if let Some(name) = args
+        .iter()
+        .position(|a| a == "--base-image")
+        .and_then(|i| args.get(i + 1))
+    {
+        let images = scratch.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join(format!("{name}.ext4")), b"disk").unwrap();
+        let source = serde_json::json!({"path": "/b", "sha256": "", "size": 1});
+        let record = serde_json::json!({"format": 1, "images": [{
+            "name": name, "file": format!("{name}.ext4"), "size": 4, "sha256": "",
+            "base": source, "kernel": source,
+            "openclaw": {"reference": "ghcr.io/openclaw/openclaw:2026.9.6", "image_id": "sha256:1"},
+            "docker_version": "26.1.5", "browser": true, "baked_at": "2026-12-01T00:00:00Z",
+            "fireclaw_version": "0.3.0"
+        }]});
+        std::fs::write(images.join("fireclaw-baked.json"), record.to_string()).unwrap();
+    }
     let mut command = Command::new(BIN);
     command
         .env_clear()

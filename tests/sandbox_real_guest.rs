@@ -543,3 +543,197 @@ fn real_guest_seed_img_egress_and_a_crash_after_boot() {
         "a QEMU outlived its VM"
     );
 }
+
+/// The tag the bake gives the archive's image: no disk had it before, so an instance that runs
+/// it runs what the bake loaded.
+const BAKED_TAG: &str = "fireclaw.test/baked:1";
+
+/// Paths of the builder's identity that no clone may share (checked absent on the baked disk).
+const BUILDER_IDENTITY: [&str; 20] = [
+    "/var/lib/dbus/machine-id",
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/credential.secret",
+    "/var/lib/docker/engine-id",
+    "/var/lib/docker/network/files/local-kv.db",
+    "/etc/docker/key.json",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/hostname",
+    "/home/ubuntu/.ssh/authorized_keys",
+    "/home/ubuntu/.openclaw-fireclaw-bake",
+    "/home/ubuntu/openclaw-fireclaw-bake",
+    "/root/.bash_history",
+    "/var/log/wtmp",
+    "/var/log/lastlog",
+    "/var/lib/cloud/instance",
+    "/var/lib/cloud/seed/nocloud",
+    "/etc/systemd/network/10-cloud-init-eth0.network",
+    "/var/lib/fireclaw-bake",
+];
+
+/// `fireclaw image bake` in the real guest, from the test disk and the test image's archive
+/// (tagged anew), then two instances from the baked image: the baked disk is whole, holds none
+/// of the builder's identity, and its record is right; each instance reaches healthy with no
+/// apt and no pull, and each has its own host key, machine id and address.
+#[test]
+#[ignore = "needs root: sandbox"]
+fn real_guest_bake_then_two_instances_from_the_baked_image() {
+    let fleet = RealGuestHost::boot("realbake");
+    let parts = &fleet.parts;
+    let links = || {
+        fleet
+            .host
+            .sh("ip -br link | awk '{print $1}'")
+            .lines()
+            .filter(|line| !support::fleet::is_shared_host_piece(line))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let links_before = links();
+    let baked = timed("bake", || {
+        fleet.fireclaw_ok(&format!(
+            "image bake --name realbake --from {} --kernel {} --initrd {} --openclaw-image {BAKED_TAG} \
+             --openclaw-image-archive {} --skip-browser-install --vm-vcpu 1 --vm-mem-mib 1024 --ssh-timeout 400",
+            parts.rootfs.display(),
+            parts.kernel.display(),
+            parts.initrd.display(),
+            parts.archive.display()
+        ))
+    });
+    let disk = "/srv/firecracker/base/images/realbake.ext4";
+    assert!(baked.contains(&format!("Baked {disk}")), "{baked}");
+    // Nothing of the builder stays: no unit, tap, account, state or VMM.
+    let leftovers = fleet.host.sh(
+        "ls -a /etc/systemd/system /var/lib/fireclaw /srv/firecracker/vm-demo 2>/dev/null; cut -d: -f1 /etc/passwd /etc/group",
+    );
+    assert!(!leftovers.contains("fireclaw-bake"), "{leftovers}");
+    assert_eq!(links(), links_before, "a tap outlived the bake");
+    assert!(
+        !fleet.host.ok("pgrep -f qemu-system"),
+        "the builder's QEMU outlived the bake"
+    );
+
+    // The disk: whole, shrunk, and none of the builder's identity; the image stays.
+    fleet.host.sh(&format!("e2fsck -fn {disk}"));
+    let debugfs = |request: &str| {
+        String::from_utf8_lossy(
+            &fleet
+                .host
+                .exec(&format!("debugfs -R '{request}' {disk} 2>&1"))
+                .stdout,
+        )
+        .into_owned()
+    };
+    for path in BUILDER_IDENTITY {
+        let stat = debugfs(&format!("stat {path}"));
+        assert!(
+            stat.contains("File not found"),
+            "{path} is on the baked disk:\n{stat}"
+        );
+    }
+    assert_eq!(
+        debugfs("cat /etc/machine-id").trim_end().lines().last(),
+        Some("uninitialized")
+    );
+    let journal_dirs = debugfs("ls -l /var/log/journal");
+    assert!(
+        journal_dirs
+            .lines()
+            .filter(|l| l.contains("40755") || l.contains("42755"))
+            .count()
+            <= 2,
+        "journals left: {journal_dirs}"
+    );
+    assert!(
+        debugfs("cat /var/lib/docker/image/overlay2/repositories.json").contains(BAKED_TAG),
+        "the baked image lost its Docker image"
+    );
+
+    // The record.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fleet
+            .host
+            .sh("cat /srv/firecracker/base/images/fireclaw-baked.json"),
+    )
+    .unwrap();
+    let record = &manifest["images"][0];
+    let sha256 = |path: &std::path::Path| {
+        fleet
+            .host
+            .sh(&format!("sha256sum {} | cut -c1-64", path.display()))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(record["name"], "realbake");
+    assert_eq!(record["file"], "realbake.ext4");
+    assert_eq!(record["sha256"], sha256(std::path::Path::new(disk)));
+    assert_eq!(record["base"]["sha256"], sha256(&parts.rootfs));
+    assert_eq!(record["kernel"]["sha256"], sha256(&parts.kernel));
+    assert_eq!(record["openclaw"]["reference"], BAKED_TAG);
+    assert_eq!(
+        record["openclaw"]["archive"]["sha256"],
+        sha256(&parts.archive)
+    );
+    assert!(
+        record["openclaw"]["image_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{record}"
+    );
+    assert_eq!(record["docker_version"], "26.1.5");
+    assert_eq!(record["browser"], false);
+    let base_size = std::fs::metadata(&parts.rootfs).unwrap().len();
+    assert!(
+        record["size"].as_u64().unwrap() < base_size,
+        "not shrunk: {record}"
+    );
+
+    // Two instances from it.
+    let setup = |id: &str| {
+        fleet.fireclaw_ok(&format!(
+            "setup --instance {id} --base-image realbake --base-kernel {} --base-initrd {} \
+             --openai-api-key {OPENAI_KEY} --vm-vcpu 1 --vm-mem-mib 1024 --disk-size 3G \
+             --skip-browser-install --ssh-timeout 400 --health-timeout 300",
+            parts.kernel.display(),
+            parts.initrd.display()
+        ))
+    };
+    let mut identities = Vec::new();
+    for id in ["c", "d"] {
+        let out = timed(&format!("setup of {id} from the baked image"), || setup(id));
+        assert!(out.contains(&format!("Instance {id} is healthy.")), "{out}");
+        let status = fleet.guest(id, "cloud-init status --wait");
+        assert!(status.contains("status: done"), "{status}");
+        let journal = fleet.guest(id, "sudo journalctl -t fireclaw-provision --no-pager");
+        assert!(
+            journal.contains(&format!(
+                "using {BAKED_TAG}, already in the guest (pull policy: missing)"
+            )),
+            "{journal}"
+        );
+        assert!(
+            !journal.contains("pulling") && !journal.contains("installing"),
+            "{journal}"
+        );
+        assert!(
+            !fleet
+                .guest(id, "sudo cat /var/log/cloud-init.log")
+                .contains("apt-get"),
+            "cloud-init ran apt"
+        );
+        identities.push(fleet.guest(
+            id,
+            "cat /etc/ssh/ssh_host_ed25519_key.pub /etc/machine-id; ip -4 -o addr show eth0 | awk '{print $4}'",
+        ));
+    }
+    let (c, d) = (&identities[0], &identities[1]);
+    for (line_c, line_d) in c.lines().zip(d.lines()) {
+        assert_ne!(line_c, line_d, "c and d share an identity:\n{c}\n{d}");
+        assert_ne!(line_c.trim(), "uninitialized");
+    }
+    assert_eq!(c.lines().count(), 3, "{c}");
+    fleet.fireclaw_ok("destroy c -y");
+    fleet.fireclaw_ok("destroy d -y");
+}

@@ -132,7 +132,11 @@ pub fn gather(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<Vec<InstanceView>> {
-    let scanned = scan_instances(&settings.paths.state_root)?;
+    // A bake's builder VM is no instance (doctor and host cleanup see a leftover one).
+    let scanned: Vec<_> = scan_instances(&settings.paths.state_root)?
+        .into_iter()
+        .filter(|s| s.name != crate::instance::baked::BUILDER_ID)
+        .collect();
     let units: Vec<String> = scanned
         .iter()
         .flat_map(|s| {

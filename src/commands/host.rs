@@ -9,13 +9,27 @@ use crate::ops::network::remove_shared;
 use crate::output::Output;
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, command: &HostCommand, output: &mut Output<'_>) -> Result<()> {
+pub fn run(
+    settings: &Settings,
+    command: &HostCommand,
+    services: &dyn crate::host::systemd::ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
     match command {
         HostCommand::Cleanup => {
             require_root(
                 "host cleanup",
                 "it removes the bridge, firewall chains and files under STATE_ROOT",
             )?;
+            if crate::ops::builder::remove_builder(settings, services, output)? {
+                output.line(&format!(
+                    "removed the builder VM ({}) an interrupted image bake left",
+                    crate::instance::baked::BUILDER_ID
+                ));
+            }
+            for removed in crate::ops::builder::remove_image_leftovers(&settings.base_images_dir)? {
+                output.line(&format!("removed {removed}"));
+            }
             let report = remove_shared(settings)?;
             if report.removed.is_empty() {
                 output.line("Nothing of fireclaw's was left on the host network.");

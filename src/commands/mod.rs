@@ -60,7 +60,11 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     };
     let fleet_wide = matches!(&cli.command, Command::Suspend(a) if a.all)
         || matches!(&cli.command, Command::Resume(a) if a.all);
-    if finishable.is_some() || fleet_wide || matches!(cli.command, Command::Setup(_)) {
+    let baking = matches!(
+        &cli.command,
+        Command::Image(crate::cli::ImageCommand::Bake(_))
+    );
+    if finishable.is_some() || fleet_wide || baking || matches!(cli.command, Command::Setup(_)) {
         crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
     }
     let verb = verb_name(&cli.command);
@@ -116,8 +120,8 @@ fn dispatch(
         Command::Shell(args) => shell::run(settings, &args, services),
         Command::Destroy(args) => destroy::run(settings, &args, services, output),
         Command::Egress(command) => egress::run(settings, &command, services, output),
-        Command::Image(command) => image::run(settings, &command, output),
-        Command::Host(command) => host::run(settings, &command, output),
+        Command::Image(command) => image::run(settings, &command, services, output),
+        Command::Host(command) => host::run(settings, &command, services, output),
         Command::Adopt(args) => adopt::run(settings, &args.id, services, output),
         Command::VmNetUp(args) => {
             vm_helpers::net_up_command(settings, &args.id, args.in_unit, services, output)

@@ -102,6 +102,7 @@ fn instances(
 ) -> Result<Vec<InstanceId>> {
     let ids: Vec<InstanceId> = scan_instances(&settings.paths.state_root)?
         .into_iter()
+        .filter(|scanned| scanned.name != crate::instance::baked::BUILDER_ID)
         .filter_map(|scanned| scanned.name.parse().ok())
         .collect();
     let units: Vec<String> = ids.iter().map(|id| UnitNames::new(id).vm).collect();

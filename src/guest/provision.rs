@@ -10,14 +10,27 @@ pub const PROVISION_SCRIPT: &str = include_str!("../../assets/provision-guest.sh
 /// Where the script lives in the guest.
 pub const GUEST_SCRIPT_PATH: &str = "/usr/local/sbin/fireclaw-provision";
 
-/// Installs the script (atomically, mode 0755) and runs it with `vars` on stdin.
-pub fn provision_guest(target: &dyn GuestShell, vars: &str) -> Result<(), SshError> {
+/// The identity cleaning `fireclaw image bake` runs in its builder guest before shutting it down.
+pub const BAKE_CLEAN_SCRIPT: &str = include_str!("../../assets/bake-clean-guest.sh");
+
+/// Installs the script (atomically, mode 0755) and runs it with `vars` on stdin; returns what
+/// it printed on stdout (the install phase's facts).
+pub fn provision_guest(target: &dyn GuestShell, vars: &str) -> Result<String, SshError> {
     let install = format!(
         "sudo sh -c 'umask 022 && cat > {path}.new && chmod 0755 {path}.new && mv -f {path}.new {path}'",
         path = GUEST_SCRIPT_PATH
     );
     target.run(&install, PROVISION_SCRIPT.as_bytes())?;
-    target.run(&format!("sudo {GUEST_SCRIPT_PATH}"), vars.as_bytes())?;
+    target.run(&format!("sudo {GUEST_SCRIPT_PATH}"), vars.as_bytes())
+}
+
+/// Runs the bake's identity cleaning as root, the script on stdin, the builder's id its one
+/// argument.
+pub fn clean_builder_guest(target: &dyn GuestShell, builder_id: &str) -> Result<(), SshError> {
+    target.run(
+        &format!("sudo bash -s -- {builder_id}"),
+        BAKE_CLEAN_SCRIPT.as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -26,7 +39,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_embedded_script_is_shellcheck_clean() {
+    fn the_embedded_scripts_are_shellcheck_clean() {
+        for script in [PROVISION_SCRIPT, BAKE_CLEAN_SCRIPT] {
+            shellcheck_clean(script);
+        }
+    }
+
+    fn shellcheck_clean(script: &str) {
         let output = std::process::Command::new("shellcheck")
             .args(["-s", "bash", "-"])
             .stdin(std::process::Stdio::piped())
@@ -34,11 +53,7 @@ mod tests {
             .spawn()
             .and_then(|mut child| {
                 use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(PROVISION_SCRIPT.as_bytes())?;
+                child.stdin.take().unwrap().write_all(script.as_bytes())?;
                 child.wait_with_output()
             })
             .expect("shellcheck is installed by the README's test command");

@@ -4,6 +4,7 @@
 //! state store that reads and writes these files is `crate::store`.
 
 pub mod alloc;
+pub mod baked;
 pub mod calendar;
 pub mod confinement;
 pub mod host;

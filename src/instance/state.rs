@@ -309,6 +309,10 @@ pub struct FireclawState {
     /// unknown keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openclaw_pull: Option<PullPolicy>,
+    /// The baked base image (`fireclaw image bake`) the instance was made from, by name, so
+    /// `doctor` can check it and its kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baked_image: Option<String>,
 }
 
 /// `created_by` of an instance fireclaw 0.2.0 made.
@@ -326,6 +330,7 @@ impl FireclawState {
             vmm_account: None,
             suspended: None,
             openclaw_pull: None,
+            baked_image: None,
         }
     }
 

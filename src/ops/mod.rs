@@ -7,6 +7,8 @@
 //! `ServiceManager`, the guest only through `GuestShell`, and the network steps of install and
 //! teardown only through `HostSteps`, so unit tests drive them with recording fakes.
 
+pub mod baked_base;
+pub mod builder;
 pub mod confine;
 pub mod egress;
 pub mod evidence;

@@ -23,6 +23,8 @@ pub struct RealParts {
     pub initrd: PathBuf,
     pub rootfs: PathBuf,
     pub image: String,
+    /// The test image as a docker-archive (what the disk's Docker was loaded from).
+    pub archive: PathBuf,
 }
 
 impl RealParts {
@@ -35,6 +37,7 @@ impl RealParts {
             kernel: guest.join("vmlinux"),
             initrd: guest.join("initrd.img"),
             rootfs: guest.join("rootfs.ext4"),
+            archive: guest.join("gateway-image.tar"),
             image: std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/support/guest/image/REFERENCE"
@@ -43,7 +46,13 @@ impl RealParts {
             .trim()
             .to_owned(),
         };
-        for path in [&parts.qemu, &parts.kernel, &parts.initrd, &parts.rootfs] {
+        for path in [
+            &parts.qemu,
+            &parts.kernel,
+            &parts.initrd,
+            &parts.rootfs,
+            &parts.archive,
+        ] {
             assert!(
                 path.exists(),
                 "{} is missing: run scripts/test-deps as root (the README's test command does)",

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::Serialize;
 
+mod baked;
 mod checks;
 mod confinement;
 mod egress;
@@ -547,6 +548,7 @@ fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usi
     instance_checks(settings, &scanned, &unit_ids, checks);
     confinement::instance_checks(settings, &scanned, checks);
     snapshots::instance_checks(settings, &scanned, checks);
+    baked::checks(settings, &scanned, checks);
     orphan_taps(&scanned, checks);
     if uses_020_scripts {
         tools_of_020_units(checks);

@@ -1,11 +1,13 @@
 //! `fireclaw image list`: each base image in the images directory with what the manifest says
 //! about it (source, version, digest, how it was verified, when), files fetched by other means,
-//! and records whose file is gone or has changed size.
+//! and records whose file is gone or has changed size; then each baked image (`image bake`)
+//! with its base, OpenClaw image and digest, Docker version, browser, size and age.
 
 use std::path::Path;
 
 use anyhow::Result;
 
+use crate::instance::baked::BakedRecord;
 use crate::instance::images::{ImageManifest, ImageRecord, MANIFEST_FILE, human_bytes};
 use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE};
 use crate::instance::values::escaped;
@@ -24,15 +26,32 @@ struct ImageView {
     matches_record: bool,
 }
 
+/// One baked image as `image list --json` shows it.
+#[derive(Debug, serde::Serialize)]
+struct BakedView {
+    present: bool,
+    /// Present and of the recorded size (no digest is computed here).
+    matches_record: bool,
+    /// Whole days since the bake; `null` when the record's date does not parse.
+    age_days: Option<u64>,
+    record: BakedRecord,
+}
+
 #[derive(Debug, serde::Serialize)]
 struct ListView {
     schema: u32,
     dir: String,
     manifest: bool,
     images: Vec<ImageView>,
+    /// Baked images, from `fireclaw-baked.json` (added in schema 1 without a bump: a new key).
+    baked: Vec<BakedView>,
 }
 
 fn gather(dir: &Path) -> Result<ListView> {
+    gather_at(dir, crate::host::snapshot::unix_now_secs())
+}
+
+fn gather_at(dir: &Path, now: u64) -> Result<ListView> {
     let manifest = crate::store::read_image_manifest(dir)?;
     let has_manifest = manifest.is_some();
     let manifest = manifest.unwrap_or_else(ImageManifest::default);
@@ -63,17 +82,35 @@ fn gather(dir: &Path) -> Result<ListView> {
             record,
         });
     }
+    let baked = crate::store::read_baked_manifest(dir)?
+        .map(|m| m.images)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|record| {
+            let size = std::fs::metadata(dir.join(&record.file))
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            BakedView {
+                present: size.is_some(),
+                matches_record: size.is_some_and(|s| record.size_matches(s)),
+                age_days: record.age_days(now),
+                record,
+            }
+        })
+        .collect();
     Ok(ListView {
         schema: 1,
         dir: dir.display().to_string(),
         manifest: has_manifest,
         images,
+        baked,
     })
 }
 
 fn render(view: &ListView) -> String {
     let mut out = String::new();
-    if view.images.is_empty() {
+    if view.images.is_empty() && view.baked.is_empty() {
         out.push_str(&format!(
             "no images in {} (fetch them with 'fireclaw image fetch')\n",
             view.dir
@@ -107,6 +144,46 @@ fn render(view: &ListView) -> String {
             out.push_str(&format!("  source  {}\n", record.source));
             out.push_str(&format!("  sha256  {}\n", record.sha256));
         }
+    }
+    if !view.baked.is_empty() {
+        out.push_str("baked images (fireclaw image bake; use with setup --base-image NAME):\n");
+    }
+    for baked in &view.baked {
+        let record = &baked.record;
+        let state = match (baked.present, baked.matches_record) {
+            (false, _) => " MISSING".to_owned(),
+            (true, false) => " CHANGED since (size differs from the record)".to_owned(),
+            (true, true) => String::new(),
+        };
+        let age = baked
+            .age_days
+            .map_or_else(|| "age unknown".to_owned(), |d| format!("{d} days old"));
+        out.push_str(&format!(
+            "{} ({}): {}, {age}, baked {}{state}\n",
+            escaped(&record.name),
+            record.file,
+            human_bytes(record.size),
+            record.baked_at
+        ));
+        out.push_str(&format!(
+            "  openclaw {} {}\n",
+            escaped(&record.openclaw.reference),
+            record
+                .openclaw
+                .repo_digest
+                .as_deref()
+                .unwrap_or(&record.openclaw.image_id)
+        ));
+        out.push_str(&format!(
+            "  docker   {}, browser {}\n",
+            escaped(&record.docker_version),
+            if record.browser { "yes" } else { "no" }
+        ));
+        out.push_str(&format!(
+            "  base     {} ({})\n",
+            record.base.path, record.base.sha256
+        ));
+        out.push_str(&format!("  kernel   {}\n", record.kernel.path));
     }
     out
 }
@@ -148,9 +225,60 @@ mod tests {
         let view = gather(dir.path()).unwrap();
         let text = render(&view).replace(&view.dir, "[DIR]");
         insta::assert_snapshot!(text);
+        assert!(view.baked.is_empty());
         std::fs::write(dir.path().join(KERNEL_FILE), b"elf64").unwrap();
         let view = gather(dir.path()).unwrap();
         assert!(render(&view).contains("CHANGED since"));
         assert!(!view.images[0].matches_record);
+    }
+
+    #[test]
+    fn the_list_shows_each_baked_image_with_its_contents_and_age() {
+        use crate::instance::baked::{BakedManifest, BakedOpenClaw, SourceFile};
+        let dir = tempfile::tempdir().unwrap();
+        let source = |path: &str| SourceFile {
+            path: path.into(),
+            sha256: "b".repeat(64),
+            size: 2,
+        };
+        let record = |name: &str, size: u64| BakedRecord {
+            name: name.into(),
+            file: format!("{name}.ext4"),
+            size,
+            sha256: "c".repeat(64),
+            base: source("/srv/firecracker/base/images/rootfs.ext4"),
+            kernel: source("/srv/firecracker/base/images/vmlinux"),
+            initrd: None,
+            openclaw: BakedOpenClaw {
+                reference: "ghcr.io/openclaw/openclaw:2026.9.6".into(),
+                image_id: "sha256:1234".into(),
+                repo_digest: None,
+                archive: Some(source("/srv/openclaw.tar")),
+            },
+            docker_version: "26.1.5".into(),
+            browser: true,
+            baked_at: "2026-10-01T12:00:00Z".into(),
+            fireclaw_version: "0.3.0".into(),
+        };
+        let mut manifest = BakedManifest::default();
+        manifest.record(record("bots", 4));
+        manifest.record(record("changed", 4));
+        manifest.record(record("gone", 4));
+        crate::store::write_baked_manifest(dir.path(), &manifest).unwrap();
+        std::fs::write(dir.path().join("bots.ext4"), b"disk").unwrap();
+        std::fs::write(dir.path().join("changed.ext4"), b"larger").unwrap();
+        // 2026-12-05T00:00:00Z
+        let view = gather_at(dir.path(), 1_796_428_800).unwrap();
+        let text = render(&view).replace(&view.dir, "[DIR]");
+        insta::assert_snapshot!(text);
+        assert_eq!(view.baked[0].age_days, Some(64));
+        assert!(view.baked[0].matches_record);
+        assert!(!view.baked[1].matches_record);
+        assert!(!view.baked[2].present);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(
+            json["baked"][0]["record"]["openclaw"]["image_id"],
+            "sha256:1234"
+        );
     }
 }

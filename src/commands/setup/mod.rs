@@ -5,14 +5,16 @@
 
 mod preview;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::cli::SetupArgs;
 use crate::faults::crash_point;
 use crate::host::probe;
 use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
+use crate::instance::baked::BUILDER_ID;
 use crate::instance::spec::SetupSpec;
+use crate::instance::values::PullPolicy;
 use crate::ops::install::{
     boot_media, check_disk_size, check_kernel, check_preconditions, first_boot, install_instance,
     roll_back,
@@ -30,10 +32,23 @@ pub fn run(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    let spec = settings.resolve_setup(args)?;
+    if spec_id_is_builder(args) {
+        bail!(
+            "instance id '{BUILDER_ID}' is reserved for the builder VM of fireclaw image bake; choose another"
+        );
+    }
+    let mut spec = settings.resolve_setup(args)?;
+    let baked = use_baked_base(settings, args, &mut spec)?;
     // Before anything is written (the lock file included), and the same as root or as a user:
     // a kernel the guest cannot boot from is refused by setup and by its dry run alike.
     let kernel_warning = check_kernel(&spec)?;
+    let kernel_warning = match (kernel_warning, &baked) {
+        (warning, Some(baked)) => match (warning, &baked.kernel_warning) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or_else(|| b.clone()),
+        },
+        (warning, None) => warning,
+    };
     check_disk_size(&spec)?;
     if args.dry_run {
         return preview::dry_run(settings, &spec, kernel_warning, args.json, output);
@@ -48,6 +63,7 @@ pub fn run(
     create(
         settings,
         &spec,
+        baked.map(|b| b.name),
         Waits::from(&args.waits),
         args.json,
         services,
@@ -55,9 +71,67 @@ pub fn run(
     )
 }
 
+fn spec_id_is_builder(args: &SetupArgs) -> bool {
+    args.instance.as_str() == BUILDER_ID
+}
+
+/// A baked base, as setup uses it.
+struct BakedBase {
+    name: String,
+    kernel_warning: Option<String>,
+}
+
+/// When the base rootfs is a baked image: refuses one whose file no longer matches its record,
+/// makes its OpenClaw image the default and pulls that image only when missing (unless the
+/// flags say otherwise), and warns about a kernel other than the one it was baked with.
+/// `--base-image` names an image that must have been baked.
+fn use_baked_base(
+    settings: &Settings,
+    args: &SetupArgs,
+    spec: &mut SetupSpec,
+) -> Result<Option<BakedBase>> {
+    let record = match crate::ops::baked_base::record_of(&spec.base.rootfs) {
+        Ok(record) => record,
+        // A record that cannot be read matters only when the user asked for a baked image.
+        Err(_) if args.base_image.is_none() => None,
+        Err(error) => return Err(error),
+    };
+    let Some(record) = record else {
+        if let Some(name) = &args.base_image {
+            bail!(
+                "no baked image '{name}' in {} (bake it with: fireclaw image bake --name {name}; see fireclaw image list)",
+                settings.base_images_dir.display()
+            );
+        }
+        return Ok(None);
+    };
+    crate::ops::baked_base::check_file(&spec.base.rootfs, &record, false)?;
+    let image_given = args.openclaw_image.is_some() || settings.flag_defaults.image.is_some();
+    if !image_given {
+        spec.image = record
+            .openclaw
+            .reference
+            .parse()
+            .map_err(|e: crate::instance::values::InvalidValue| anyhow::anyhow!(e.0))
+            .context("the baked image's OpenClaw reference")?;
+    }
+    if args.openclaw_pull.is_none() {
+        spec.openclaw_pull = if spec.image.as_str() == record.openclaw.reference {
+            PullPolicy::Missing
+        } else {
+            PullPolicy::Always
+        };
+    }
+    Ok(Some(BakedBase {
+        kernel_warning: crate::ops::baked_base::kernel_warning(&spec.base.kernel, &record),
+        name: record.name,
+    }))
+}
+
 fn create(
     settings: &Settings,
     spec: &SetupSpec,
+    baked: Option<String>,
     waits: Waits,
     json: bool,
     services: &dyn ServiceManager,
@@ -92,6 +166,12 @@ fn create(
         "{id}: allocating and writing state, assets and units"
     ));
     install_instance(settings, spec, &tools, services, &network, media)?;
+    if let Some(name) = baked {
+        let paths = crate::instance::layout::StatePaths::new(&settings.paths.state_root, id);
+        crate::store::update_fireclaw_state(&paths, |state| state.baked_image = Some(name))
+            .map_err(anyhow::Error::from)
+            .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
+    }
 
     // Until provisioning completes, any failure removes this instance entirely.
     let loaded = load(settings, id)

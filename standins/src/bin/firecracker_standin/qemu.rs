@@ -176,10 +176,16 @@ pub fn arguments(mode: &Mode, spec: &MachineSpec<'_>) -> Vec<String> {
     if let Some(initrd) = spec.initrd {
         args.extend(["-initrd".into(), initrd.display().to_string()]);
     }
-    // Firecracker's command line stays whole at the end, behind the emulation's TSC rate.
+    // Firecracker's command line stays whole at the end, behind the emulation's own words:
+    // the TSC rate, and an early console on the serial port, so a boot that stalls before the
+    // kernel's console is up still shows how far it got.
     args.extend([
         "-append".into(),
-        format!("tsc_early_khz={} {}", spec.tsc_khz, spec.command_line()),
+        format!(
+            "tsc_early_khz={} earlyprintk=serial {}",
+            spec.tsc_khz,
+            spec.command_line()
+        ),
     ]);
     // The serial console on the VMM's stdout, where Firecracker writes it.
     args.extend([
@@ -532,7 +538,7 @@ mod tests {
         let args = arguments(&mode, &spec).join(" ");
         assert!(
             args.contains(
-                "-append tsc_early_khz=2596100 console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw pci=off"
+                "-append tsc_early_khz=2596100 earlyprintk=serial console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw pci=off"
             ),
             "{args}"
         );

@@ -1,0 +1,478 @@
+//! `fireclaw image bake`: validate every input (before root, before anything is written) →
+//! lock the images directory → remove what an earlier, killed bake left → make the builder VM
+//! through `setup`'s own install path (its tap, address and confined account; no secrets, no
+//! proxy) → boot, wait for SSH → copy the archive in (the builder's disk was made large enough)
+//! → run the provisioning script's install phase → clean the guest's identity → shut it down
+//! cleanly → scrub what the shutdown wrote → `e2fsck -fn`, `resize2fs -M` → copy into the images
+//! directory, sparse, with fsyncs → record it in `fireclaw-baked.json` → install it under its
+//! name → remove the builder. Any failure or signal removes the builder, the staging copy and
+//! nothing else; after a SIGKILL, the next bake (or `host cleanup`) removes what was left.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+
+use crate::faults::crash_point;
+use crate::guest::provision::{clean_builder_guest, provision_guest};
+use crate::guest::ssh::GuestShell;
+use crate::host::assets::copy_image;
+use crate::host::download::digest_file;
+use crate::host::interrupt;
+use crate::host::probe::{self, require_root};
+use crate::host::process::run_checked;
+use crate::host::rootfs_build::available_space;
+use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind};
+use crate::host::systemd::ServiceManager;
+use crate::instance::baked::{
+    BUILDER_ID, BakedManifest, BakedOpenClaw, BakedRecord, GUEST_ARCHIVE_PATH, InstallFacts,
+    SourceFile, builder_disk_bytes,
+};
+use crate::instance::images::{human_bytes, rfc3339_utc};
+use crate::instance::layout::{AssetPaths, default_api_sock};
+use crate::instance::spec::{ProviderKeys, SetupSpec};
+use crate::instance::values::{DiskSize, InstanceId, InvalidValue, PullPolicy};
+use crate::ops::install::{boot_media, check_kernel, check_preconditions, install_instance};
+use crate::ops::instance::{load, lock};
+use crate::ops::lifecycle::await_ssh;
+use crate::ops::network::HostSystem;
+use crate::ops::teardown::teardown_instance;
+use crate::output::{Output, error_chain};
+use crate::render::artifacts::HostTools;
+use crate::settings::{BakeSpec, DEFAULT_MODEL, DEFAULT_SKILLS, Settings};
+use crate::store::{
+    ImageStaging, install_image, lock_image_dir, read_baked_manifest, write_baked_manifest,
+};
+
+/// The archive travels into the guest over SSH in pieces of this size, so memory stays bounded
+/// and a signal is noticed between them.
+const ARCHIVE_CHUNK: usize = 32 * 1024 * 1024;
+
+/// Files the guest's shutdown writes after the cleaning: removed from the stopped disk.
+const WRITTEN_AT_SHUTDOWN: [&str; 5] = [
+    "/var/lib/systemd/random-seed",
+    "/var/lib/systemd/credential.secret",
+    "/var/log/wtmp",
+    "/var/log/btmp",
+    "/var/log/lastlog",
+];
+
+pub fn run(
+    settings: &Settings,
+    spec: &BakeSpec,
+    json: bool,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    let builder = builder_spec(settings, spec)?;
+    let target = spec.images_dir.join(spec.name.file_name());
+    check_inputs(spec, &builder, &target)?;
+    check_space(settings, spec, &builder)?;
+    require_root(
+        "image bake",
+        "it runs a builder VM and writes into BASE_IMAGES_DIR",
+    )?;
+    let tools = HostTools {
+        fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
+        firecracker: probe::which("firecracker")
+            .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
+        socat: probe::which("socat").context("socat is not on PATH; install it")?,
+    };
+    crate::ops::confine::runnable_by_units(&tools.firecracker)?;
+    for tool in ["e2fsck", "resize2fs", "debugfs"] {
+        probe::which(tool).with_context(|| format!("{tool} is not on PATH; install e2fsprogs"))?;
+    }
+    let _images_lock = lock_image_dir(&spec.images_dir)?;
+    // One bake at a time on this host: every bake's builder has the same id.
+    let id = &builder.id;
+    let _lock = lock(settings, id, output)?;
+    let network = HostSystem { settings };
+    remove_leftovers(settings, spec, services, output)?;
+    let (media, media_warning) = boot_media(&builder)?;
+    if let Some(warning) = media_warning {
+        output.warn(&warning);
+    }
+    check_preconditions(settings, &builder, &tools)?;
+    output.progress(&format!(
+        "bake {}: making the builder VM ({} disk)",
+        spec.name,
+        human_bytes(builder.disk_size.bytes())
+    ));
+    install_instance(settings, &builder, &tools, services, &network, media)?;
+    crash_point("bake:builder-made");
+    let result = bake_in_builder(settings, spec, &builder, &target, services, output);
+    let teardown = teardown_instance(settings, id, Some(&builder.api_sock), services, &network);
+    let record = match (result, teardown) {
+        (Ok(record), Ok(())) => record,
+        (Ok(_), Err(cleanup)) => {
+            return Err(cleanup.context(format!(
+                "image {} was baked, but removing the builder VM failed; remove it with: fireclaw host cleanup",
+                spec.name
+            )));
+        }
+        (Err(error), Ok(())) if interrupt::caused(&error) => {
+            return Err(error.context(format!(
+                "bake of '{}' was interrupted; the builder VM and partial image were removed (nothing of it is left)",
+                spec.name
+            )));
+        }
+        (Err(error), Ok(())) => {
+            return Err(error.context(format!(
+                "bake of '{}' failed; the builder VM and partial image were removed",
+                spec.name
+            )));
+        }
+        (Err(error), Err(cleanup)) => {
+            return Err(error.context(format!(
+                "bake of '{}' failed and removing the builder VM failed too ({}); remove it with: fireclaw host cleanup",
+                spec.name,
+                error_chain(cleanup.as_ref())
+            )));
+        }
+    };
+    if json {
+        output.line(&serde_json::to_string_pretty(&record)?);
+    } else {
+        output.line(&format!(
+            "Baked {} ({}): OpenClaw {} ({}), Docker {}, browser {}.",
+            target.display(),
+            human_bytes(record.size),
+            record.openclaw.reference,
+            record.openclaw.image_id,
+            record.docker_version,
+            if record.browser { "yes" } else { "no" }
+        ));
+        output.line(&format!(
+            "Next: fireclaw setup --instance <id> --base-image {} --base-kernel {} ...",
+            spec.name, record.kernel.path
+        ));
+    }
+    Ok(())
+}
+
+/// The builder as a setup request: the reserved id, the bake's base, kernel and image, no
+/// provider key, no browser in the instance phase (it never runs), and a disk with room for
+/// the archive.
+fn builder_spec(settings: &Settings, spec: &BakeSpec) -> Result<SetupSpec> {
+    let id: InstanceId = BUILDER_ID.parse().context("the builder's id")?;
+    let base_size = std::fs::metadata(&spec.base.rootfs).map_or(0, |m| m.len());
+    let archive_size = spec
+        .archive
+        .as_ref()
+        .and_then(|a| std::fs::metadata(a).ok())
+        .map_or(0, |m| m.len());
+    let disk_bytes = builder_disk_bytes(base_size, archive_size);
+    let disk_size: DiskSize = parse(&format!("{}M", disk_bytes / (1024 * 1024)), "disk size")?;
+    Ok(SetupSpec {
+        api_sock: default_api_sock(&settings.paths.fc_root, BUILDER_ID),
+        id,
+        telegram: None,
+        model: parse(DEFAULT_MODEL, "model")?,
+        skills: parse(DEFAULT_SKILLS, "skills")?,
+        image: spec.image.clone(),
+        host_port: None,
+        vcpu: spec.vcpu,
+        memory: spec.memory,
+        disk_size,
+        base: spec.base.clone(),
+        keys: ProviderKeys::default(),
+        skip_browser_install: true,
+        openclaw_pull: PullPolicy::Always,
+        allow_private_egress: Default::default(),
+        ssh_key_path: settings.ssh_key_path.clone(),
+        fc_root: settings.paths.fc_root.clone(),
+        state_root: settings.paths.state_root.clone(),
+    })
+}
+
+/// One of the builder's own values, which are fireclaw's constants.
+fn parse<T: std::str::FromStr<Err = InvalidValue>>(value: &str, what: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|e: InvalidValue| anyhow::anyhow!(e.0))
+        .with_context(|| format!("the builder's {what}"))
+}
+
+/// Everything a user typed, checked before root is asked for and before anything is written.
+fn check_inputs(spec: &BakeSpec, builder: &SetupSpec, target: &Path) -> Result<()> {
+    let rootfs = &spec.base.rootfs;
+    if !rootfs.is_file() {
+        bail!(
+            "base rootfs {} is missing (fetch one with: fireclaw image fetch)",
+            rootfs.display()
+        );
+    }
+    match filesystem_kind(rootfs)? {
+        FilesystemKind::Ext4 {
+            needs_recovery: false,
+        } => {}
+        FilesystemKind::Ext4 {
+            needs_recovery: true,
+        } => bail!(
+            "base rootfs {} needs its ext4 journal replayed: run e2fsck -fy on it first",
+            rootfs.display()
+        ),
+        FilesystemKind::Other => bail!(
+            "base rootfs {} is not ext4; a bake needs an ext4 base (e.g. from fireclaw image fetch)",
+            rootfs.display()
+        ),
+    }
+    if !spec.base.kernel.is_file() {
+        bail!("base kernel {} is missing", spec.base.kernel.display());
+    }
+    check_kernel(builder)?;
+    if let Some(archive) = &spec.archive {
+        match std::fs::metadata(archive) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => bail!("image archive {} is not a file", archive.display()),
+            Err(e) => bail!("image archive {}: {e}", archive.display()),
+        }
+    }
+    // A record whose file is missing is what a killed bake leaves: it is dropped, not in the way.
+    if !spec.force && target.symlink_metadata().is_ok() {
+        bail!(
+            "baked image '{}' already exists ({}); replace it with --force",
+            spec.name,
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// The nearest existing directory at or above `path`, whose filesystem a new file would be on.
+fn existing_dir(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"))
+        .to_owned()
+}
+
+/// Room for the builder's disk in `FC_ROOT` and the baked copy in the images directory (both
+/// on one filesystem when they share it).
+fn check_space(settings: &Settings, spec: &BakeSpec, builder: &SetupSpec) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let disk = builder.disk_size.bytes();
+    let fc_root = existing_dir(&settings.paths.fc_root);
+    let images = existing_dir(&spec.images_dir);
+    let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).ok();
+    let shared = device(&fc_root) == device(&images);
+    let checks: Vec<(&Path, u64, &str)> = if shared {
+        vec![(
+            fc_root.as_path(),
+            disk * 2,
+            "the builder's disk and the baked copy",
+        )]
+    } else {
+        vec![
+            (fc_root.as_path(), disk, "the builder's disk (FC_ROOT)"),
+            (images.as_path(), disk, "the baked copy (BASE_IMAGES_DIR)"),
+        ]
+    };
+    for (dir, need, what) in checks {
+        let free = available_space(dir)?;
+        if free < need {
+            bail!(
+                "too little disk: the bake needs {} in {} for {what} and {} is free",
+                human_bytes(need),
+                dir.display(),
+                human_bytes(free)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a killed bake left: its builder VM (the caller holds the builder's lock), and in the
+/// images directory (whose lock the caller holds too) its staging copy and a record whose file
+/// never arrived.
+fn remove_leftovers(
+    settings: &Settings,
+    spec: &BakeSpec,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    if crate::ops::builder::remove_builder_locked(settings, services)? {
+        output.progress("removed the builder VM an interrupted bake left");
+    }
+    for removed in crate::ops::builder::remove_image_leftovers_locked(&spec.images_dir)? {
+        output.progress(&format!(
+            "removed {removed}, left by an interrupted bake or fetch"
+        ));
+    }
+    Ok(())
+}
+
+/// The bake proper, in the builder made for it; returns the record it installed.
+fn bake_in_builder(
+    settings: &Settings,
+    spec: &BakeSpec,
+    builder: &SetupSpec,
+    target: &Path,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<BakedRecord> {
+    let loaded = load(settings, &builder.id)?;
+    let name = &spec.name;
+    output.progress(&format!("bake {name}: booting the builder VM"));
+    services.enable_now(&[loaded.units.vm.as_str()])?;
+    await_ssh(&loaded, services, &loaded.ssh, spec.ssh_timeout, output)?;
+    crash_point("bake:booted");
+    interrupt::check()?;
+    let guest: &dyn GuestShell = &loaded.ssh;
+    if let Some(archive) = &spec.archive {
+        output.progress(&format!(
+            "bake {name}: copying {} into the guest",
+            archive.display()
+        ));
+        copy_into_guest(guest, archive)?;
+        crash_point("bake:archive-copied");
+    }
+    output.progress(&format!(
+        "bake {name}: installing Docker, {}{}",
+        spec.image,
+        if spec.browser { " and the browser" } else { "" }
+    ));
+    let mut input = format!("PHASE=install\nOPENCLAW_IMAGE={}\n", spec.image);
+    if spec.archive.is_some() {
+        input.push_str(&format!("OPENCLAW_ARCHIVE={GUEST_ARCHIVE_PATH}\n"));
+    }
+    input.push_str(&format!(
+        "SKIP_BROWSER_INSTALL={}\nOPENCLAW_PULL=always\n",
+        !spec.browser
+    ));
+    let stdout = provision_guest(guest, &input).context("the install phase in the builder")?;
+    let facts = InstallFacts::parse(&stdout)?;
+    crash_point("bake:installed");
+    interrupt::check()?;
+    output.progress(&format!("bake {name}: cleaning the guest's identity"));
+    clean_builder_guest(guest, BUILDER_ID).context("clean the builder guest's identity")?;
+    crash_point("bake:cleaned");
+    output.progress(&format!("bake {name}: shutting the builder down"));
+    services.stop(&[loaded.units.vm.as_str()])?;
+    let assets = AssetPaths::new(&settings.paths.fc_root, &builder.id);
+    let disk = &assets.rootfs;
+    if filesystem_kind(disk)?
+        != (FilesystemKind::Ext4 {
+            needs_recovery: false,
+        })
+    {
+        bail!(
+            "the builder guest did not shut down cleanly (its disk {} needs journal recovery); nothing was installed",
+            disk.display()
+        );
+    }
+    crash_point("bake:stopped");
+    interrupt::check()?;
+    output.progress(&format!("bake {name}: checking and shrinking the disk"));
+    scrub_shutdown_files(disk)?;
+    run_checked("e2fsck", &["-fn", &disk.display().to_string()])
+        .context("the baked disk fails e2fsck -fn")?;
+    run_checked("resize2fs", &["-f", "-M", &disk.display().to_string()])
+        .context("shrink the baked disk")?;
+    run_checked("e2fsck", &["-fn", &disk.display().to_string()])
+        .context("the shrunk disk fails e2fsck -fn")?;
+    interrupt::check()?;
+    let staging = ImageStaging::create(&spec.images_dir)?;
+    let staged = staging.path().join(name.file_name());
+    copy_image(disk, &staged, None)?;
+    let (sha256, size) = digest_file(&staged)?;
+    crash_point("bake:copied");
+    interrupt::check()?;
+    let record = BakedRecord {
+        name: name.to_string(),
+        file: name.file_name(),
+        size,
+        sha256: sha256.to_string(),
+        base: source_file(&spec.base.rootfs)?,
+        kernel: source_file(&spec.base.kernel)?,
+        initrd: if spec.base.initrd.is_file() {
+            Some(source_file(&spec.base.initrd)?)
+        } else {
+            None
+        },
+        openclaw: BakedOpenClaw {
+            reference: spec.image.to_string(),
+            image_id: facts.image_id,
+            repo_digest: facts.repo_digest,
+            archive: spec.archive.as_deref().map(source_file).transpose()?,
+        },
+        docker_version: facts.docker_version,
+        browser: facts.browser,
+        baked_at: rfc3339_utc(SystemTime::now()),
+        fireclaw_version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    // The record first, then the file: a kill between them leaves a record whose file is
+    // missing, which the next bake drops, never an image that claims nothing.
+    let mut manifest =
+        read_baked_manifest(&spec.images_dir)?.unwrap_or_else(BakedManifest::default);
+    manifest.record(record.clone());
+    write_baked_manifest(&spec.images_dir, &manifest)?;
+    crash_point("bake:recorded");
+    install_image(&staged, target, spec.force)?;
+    Ok(record)
+}
+
+/// A file's path, SHA-256 and size, for the record.
+fn source_file(path: &Path) -> Result<SourceFile> {
+    let (sha256, size) = digest_file(path)?;
+    Ok(SourceFile {
+        path: path.display().to_string(),
+        sha256: sha256.to_string(),
+        size,
+    })
+}
+
+/// Streams `archive` into the guest at [`GUEST_ARCHIVE_PATH`] in pieces, then renames it into
+/// place, so a half-copied archive is never taken for a whole one.
+fn copy_into_guest(guest: &dyn GuestShell, archive: &Path) -> Result<()> {
+    use std::io::Read;
+    let partial = format!("{GUEST_ARCHIVE_PATH}.partial");
+    let dir = Path::new(GUEST_ARCHIVE_PATH)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    guest.run(
+        &format!("sudo sh -c 'umask 077 && mkdir -p {dir} && : > {partial}'"),
+        b"",
+    )?;
+    let mut file = std::fs::File::open(archive)
+        .with_context(|| format!("read image archive {}", archive.display()))?;
+    let mut chunk = vec![0u8; ARCHIVE_CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < chunk.len() {
+            let n = file
+                .read(&mut chunk[filled..])
+                .with_context(|| format!("read image archive {}", archive.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        guest.run(&format!("sudo sh -c 'cat >> {partial}'"), &chunk[..filled])?;
+        interrupt::check()?;
+        if filled < chunk.len() {
+            break;
+        }
+    }
+    guest.run(&format!("sudo mv -f {partial} {GUEST_ARCHIVE_PATH}"), b"")?;
+    Ok(())
+}
+
+/// Removes from the stopped disk what the guest's own shutdown wrote after the cleaning.
+fn scrub_shutdown_files(disk: &Path) -> Result<()> {
+    let commands: String = WRITTEN_AT_SHUTDOWN
+        .iter()
+        .map(|path| format!("rm {path}\n"))
+        .collect();
+    crate::host::process::run_checked_with_input(
+        "debugfs",
+        &["-w", "-f", "-", &disk.display().to_string()],
+        &commands,
+    )
+    .context("remove what the builder's shutdown wrote")?;
+    Ok(())
+}

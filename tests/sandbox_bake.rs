@@ -1,0 +1,306 @@
+//! `fireclaw image bake` on a host sandbox with the container guest (the real guest's bake is in
+//! `sandbox_real_guest.rs`): fireclaw SIGKILLed at every bake step, each leftover named by
+//! `doctor`, hidden from `list` and removed by the next bake or by `host cleanup`; bad input
+//! refused with one line and nothing changed; setup on the baked image, with its image used
+//! as it is, a kernel other than the baked one warned about, and a baked file that no longer
+//! matches its record refused with the command that rebuilds it. Root only: run through
+//! `scripts/test`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use fireclaw::env_vars::FIRECLAW_TEST_CRASH_AT as CRASH_AT;
+use support::fleet::{Fleet, is_shared_host_piece};
+
+const KEY: &str = "sk-bake-secret";
+const IMAGE: &str = "fireclaw.test/gateway:7";
+const ARCHIVE: &str = "/root/openclaw-image.tar";
+const IMAGES: &str = "/srv/firecracker/base/images";
+
+fn bake_args(name: &str) -> String {
+    format!(
+        "image bake --name {name} --openclaw-image {IMAGE} --openclaw-image-archive {ARCHIVE} --skip-browser-install --vm-vcpu 1 --vm-mem-mib 512 --ssh-timeout 60"
+    )
+}
+
+/// Every crash point of `image bake`, in order.
+const BAKE_STEPS: [&str; 8] = [
+    "bake:builder-made",
+    "bake:booted",
+    "bake:archive-copied",
+    "bake:installed",
+    "bake:cleaned",
+    "bake:stopped",
+    "bake:copied",
+    "bake:recorded",
+];
+
+/// The host as `Fleet::host_snapshot` sees it, without the pieces every first setup makes and
+/// `host cleanup` removes, plus the images directory.
+fn host_state(fleet: &Fleet) -> String {
+    // The images dir's lock file stays, as the instance locks do.
+    format!(
+        "{}\n{}",
+        host_pieces(fleet),
+        fleet.host.sh(&format!(
+            "ls -a {IMAGES} | grep -v '^.fireclaw-images.lock$'; cat {IMAGES}/fireclaw-baked.json 2>/dev/null || true"
+        ))
+    )
+}
+
+/// Units, links, rules, fireclaw's directories and accounts, without the shared pieces.
+fn host_pieces(fleet: &Fleet) -> String {
+    let snapshot: Vec<String> = fleet
+        .host_snapshot()
+        .lines()
+        .filter(|line| !is_shared_host_piece(line))
+        .map(str::to_owned)
+        .collect();
+    snapshot.join("\n")
+}
+
+fn doctor_details(fleet: &Fleet, name: &str) -> Vec<String> {
+    let doctor: serde_json::Value =
+        serde_json::from_slice(&fleet.fireclaw("doctor --json").stdout).unwrap();
+    doctor["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["status"],
+                c["detail"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn listed(fleet: &Fleet) -> Vec<String> {
+    let list: serde_json::Value = serde_json::from_str(&fleet.fireclaw_ok("list --json")).unwrap();
+    list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_kill_at_any_bake_step_is_named_and_the_next_bake_or_host_cleanup_removes_it() {
+    let fleet = Fleet::new("bakecrash");
+    // The docker stub "loads" any file: the image is named by the archive's digest.
+    fleet
+        .host
+        .sh(&format!("head -c 3000000 /dev/urandom > {ARCHIVE}"));
+    let before = host_state(&fleet);
+    let pieces_before = host_pieces(&fleet);
+    for (index, step) in BAKE_STEPS.iter().enumerate() {
+        let out = fleet.fireclaw_env(&format!("{CRASH_AT}={step}"), &bake_args("bots"));
+        assert!(out.trim_end().ends_with("rc=137"), "{step}: {out}");
+        // The builder is never an instance to list, but doctor names it.
+        assert_eq!(listed(&fleet), Vec::<String>::new(), "{step}");
+        let builder = doctor_details(&fleet, "image bake builder");
+        assert!(
+            builder.len() == 1
+                && builder[0].contains("fireclaw-bake")
+                && builder[0].contains("fireclaw host cleanup"),
+            "{step}: {builder:?}"
+        );
+        // Alternately host cleanup and the next (killed) bake remove what was left.
+        if index % 2 == 0 {
+            let out = fleet.fireclaw_ok("host cleanup");
+            assert!(
+                out.contains("removed the builder VM (fireclaw-bake)"),
+                "{step}: {out}"
+            );
+            assert_eq!(
+                host_state(&fleet),
+                before,
+                "after a kill at {step} and host cleanup"
+            );
+        }
+    }
+    // The last kill (after the record, before the file) leaves a record of a missing file: the
+    // next bake drops it, then succeeds, and nothing of the builder stays.
+    let out = fleet.fireclaw_ok(&bake_args("bots"));
+    assert!(out.contains(&format!("Baked {IMAGES}/bots.ext4")), "{out}");
+    assert_eq!(listed(&fleet), Vec::<String>::new());
+    assert_eq!(
+        doctor_details(&fleet, "image bake builder"),
+        Vec::<String>::new()
+    );
+    assert_eq!(host_pieces(&fleet), pieces_before);
+    assert_eq!(
+        fleet.host.sh(&format!("ls -A {IMAGES}")),
+        ".fireclaw-images.lock\nbots.ext4\nfireclaw-baked.json\nrootfs.ext4\nvmlinux\n"
+    );
+    fleet.host.sh(&format!("e2fsck -fn {IMAGES}/bots.ext4"));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh(&format!("cat {IMAGES}/fireclaw-baked.json"))).unwrap();
+    let record = &manifest["images"][0];
+    assert_eq!(
+        manifest["images"].as_array().unwrap().len(),
+        1,
+        "{manifest}"
+    );
+    assert_eq!(record["name"], "bots");
+    assert_eq!(record["openclaw"]["reference"], IMAGE);
+    let archive_sha256 = fleet.host.sh(&format!("sha256sum {ARCHIVE} | cut -c1-64"));
+    assert_eq!(
+        record["openclaw"]["image_id"],
+        format!("sha256:{}", archive_sha256.trim()),
+        "{record}"
+    );
+    assert_eq!(
+        record["openclaw"]["archive"]["sha256"],
+        archive_sha256.trim()
+    );
+    assert_eq!(record["docker_version"], "0.0.0-stub");
+    assert_eq!(record["browser"], false);
+    let size: u64 = fleet
+        .host
+        .sh(&format!("stat -c %s {IMAGES}/bots.ext4"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(record["size"], size);
+    // Shrunk to its content (the builder's disk was over 2 GiB).
+    assert!(size < 512 * 1024 * 1024, "{size}");
+    let list = fleet.fireclaw_ok("image list");
+    assert!(
+        list.contains("bots (bots.ext4)") && list.contains(&format!("openclaw {IMAGE} sha256:")),
+        "{list}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: sandbox"]
+fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
+    let fleet = Fleet::new("bakeinput");
+    fleet
+        .host
+        .sh(&format!("head -c 100000 /dev/urandom > {ARCHIVE}"));
+    fleet.fireclaw_ok(&bake_args("bots"));
+    let before = host_state(&fleet);
+
+    // Bad input: one line on stderr, a non-zero exit, nothing changed.
+    fleet
+        .host
+        .sh("mkdir -p /mnt/small && mount -t tmpfs -o size=16M tmpfs /mnt/small");
+    for (args, expected) in [
+        (
+            bake_args("other").replace(ARCHIVE, "/root/absent.tar"),
+            "image archive /root/absent.tar",
+        ),
+        (
+            bake_args("other").replace(IMAGE, "not*an*image"),
+            "image 'not*an*image' is not a container image reference",
+        ),
+        (bake_args("bots"), "baked image 'bots' already exists"),
+        (bake_args("../x"), "must not contain '/' or '..'"),
+        (bake_args("rootfs"), "taken by the base files"),
+        (
+            format!(
+                "{} --dir /mnt/small --from {IMAGES}/rootfs.ext4 --kernel {IMAGES}/vmlinux",
+                bake_args("other")
+            ),
+            "too little disk: the bake needs",
+        ),
+    ] {
+        let output = fleet.fireclaw(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args}");
+        assert!(stderr.contains(expected), "{args}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args}: {stderr}");
+        assert_eq!(host_state(&fleet), before, "{args}");
+    }
+    assert_eq!(fleet.host.sh("ls -A /mnt/small"), "");
+
+    // setup on the baked image: its OpenClaw image, pulled only when missing, and recorded.
+    let out = fleet.fireclaw_ok(&format!(
+        "setup --instance c --base-image bots --disk-size 3G --skip-browser-install --ssh-timeout 60 --health-timeout 30 --openai-api-key {KEY}"
+    ));
+    assert!(out.contains("Instance c is healthy."), "{out}");
+    let state: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh("cat /var/lib/fireclaw/.vm-c/fireclaw.json")).unwrap();
+    assert_eq!(state["baked_image"], "bots", "{state}");
+    assert_eq!(state["openclaw_pull"], "missing", "{state}");
+    assert_eq!(fleet.env_value("c", "OPENCLAW_IMAGE"), IMAGE);
+    let journal = fleet.guest("c", "sudo journalctl -t fireclaw-provision --no-pager");
+    assert!(
+        journal.contains(&format!(
+            "using {IMAGE}, already in the guest (pull policy: missing)"
+        )),
+        "{journal}"
+    );
+    assert!(!journal.contains("pulling"), "{journal}");
+    let doctor = doctor_details(&fleet, "baked image bots");
+    assert!(
+        doctor.len() == 1
+            && doctor[0].starts_with("\"pass\"")
+            && doctor[0].contains("matches its record"),
+        "{doctor:?}"
+    );
+
+    // Another kernel than the baked one: a warning, not a refusal.
+    fleet.host.sh(&format!(
+        "cp {IMAGES}/vmlinux /root/vmlinux-other && printf x >> /root/vmlinux-other"
+    ));
+    let preview = fleet.fireclaw(&format!(
+        "setup --instance d --base-image bots --base-kernel /root/vmlinux-other --disk-size 3G --openai-api-key {KEY} --dry-run"
+    ));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&preview.stdout),
+        String::from_utf8_lossy(&preview.stderr)
+    );
+    assert!(preview.status.success(), "{text}");
+    assert!(
+        text.contains("is not the one baked image 'bots' was made with"),
+        "{text}"
+    );
+
+    // A baked file that no longer matches its record: refused with the command that rebuilds
+    // it, and named by doctor.
+    fleet
+        .host
+        .sh(&format!("truncate -s +1M {IMAGES}/bots.ext4"));
+    let refused = fleet.fireclaw(&format!(
+        "setup --instance d --base-image bots --disk-size 3G --openai-api-key {KEY}"
+    ));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("no longer matches its record")
+            && stderr.contains("rebuild it with: fireclaw image bake --name bots --force"),
+        "{stderr}"
+    );
+    assert!(!fleet.host.ok("test -e /var/lib/fireclaw/.vm-d"));
+    let doctor = doctor_details(&fleet, "baked image bots");
+    assert!(
+        doctor.len() == 1 && doctor[0].starts_with("\"fail\""),
+        "{doctor:?}"
+    );
+    // A name nobody baked.
+    let unknown = fleet.fireclaw(&format!(
+        "setup --instance d --base-image nothing --openai-api-key {KEY}"
+    ));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no baked image 'nothing'"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    // The builder's id is never an instance's.
+    let reserved = fleet.fireclaw(&format!(
+        "setup --instance fireclaw-bake --openai-api-key {KEY}"
+    ));
+    assert!(
+        String::from_utf8_lossy(&reserved.stderr).contains("is reserved for the builder VM"),
+        "{}",
+        String::from_utf8_lossy(&reserved.stderr)
+    );
+}
