@@ -682,7 +682,7 @@ fn real_guest_bake_then_two_instances_from_the_baked_image() {
             .starts_with("sha256:"),
         "{record}"
     );
-    assert_eq!(record["docker_version"], "26.1.5");
+    assert_eq!(record["docker_version"], "26.1.5+dfsg1");
     assert_eq!(record["browser"], false);
     let base_size = std::fs::metadata(&parts.rootfs).unwrap().len();
     assert!(
@@ -725,7 +725,7 @@ fn real_guest_bake_then_two_instances_from_the_baked_image() {
         );
         identities.push(fleet.guest(
             id,
-            "cat /etc/ssh/ssh_host_ed25519_key.pub /etc/machine-id; ip -4 -o addr show eth0 | awk '{print $4}'",
+            "printf '%s\\n' \"$(cat /etc/ssh/ssh_host_ed25519_key.pub)\" \"$(cat /etc/machine-id)\" \"$(ip -4 -o addr show eth0 | awk '{print $4}')\"",
         ));
     }
     let (c, d) = (&identities[0], &identities[1]);

@@ -62,8 +62,9 @@ pub fn remove_builder_locked(settings: &Settings, services: &dyn ServiceManager)
     Ok(true)
 }
 
-/// `host cleanup`'s part in the images directory: what [`remove_leftovers`] removes there,
-/// unless a fetch or bake is using the directory right now (then nothing, and it says so).
+/// `host cleanup`'s part in the images directory: the staging copies and the records whose file
+/// never arrived that killed bakes (or fetches) left. A fetch or bake using the directory right
+/// now makes this an error that says so.
 pub fn remove_image_leftovers(dir: &Path) -> Result<Vec<String>> {
     if !dir.is_dir() {
         return Ok(Vec::new());

@@ -66,7 +66,7 @@ pub fn run(
 ) -> Result<()> {
     let builder = builder_spec(settings, spec)?;
     let target = spec.images_dir.join(spec.name.file_name());
-    check_inputs(spec, &builder, &target)?;
+    let kernel_warning = check_inputs(spec, &builder, &target)?;
     check_space(settings, spec, &builder)?;
     require_root(
         "image bake",
@@ -78,6 +78,9 @@ pub fn run(
             .context("firecracker is not on PATH; install it (see fireclaw doctor)")?,
         socat: probe::which("socat").context("socat is not on PATH; install it")?,
     };
+    if let Some(warning) = kernel_warning {
+        output.warn(&warning);
+    }
     crate::ops::confine::runnable_by_units(&tools.firecracker)?;
     for tool in ["e2fsck", "resize2fs", "debugfs"] {
         probe::which(tool).with_context(|| format!("{tool} is not on PATH; install e2fsprogs"))?;
@@ -193,8 +196,9 @@ fn parse<T: std::str::FromStr<Err = InvalidValue>>(value: &str, what: &str) -> R
         .with_context(|| format!("the builder's {what}"))
 }
 
-/// Everything a user typed, checked before root is asked for and before anything is written.
-fn check_inputs(spec: &BakeSpec, builder: &SetupSpec, target: &Path) -> Result<()> {
+/// Everything a user typed, checked before root is asked for and before anything is written;
+/// returns the kernel's warning (drivers an initrd must load), if any.
+fn check_inputs(spec: &BakeSpec, builder: &SetupSpec, target: &Path) -> Result<Option<String>> {
     let rootfs = &spec.base.rootfs;
     if !rootfs.is_file() {
         bail!(
@@ -220,7 +224,7 @@ fn check_inputs(spec: &BakeSpec, builder: &SetupSpec, target: &Path) -> Result<(
     if !spec.base.kernel.is_file() {
         bail!("base kernel {} is missing", spec.base.kernel.display());
     }
-    check_kernel(builder)?;
+    let kernel_warning = check_kernel(builder)?;
     if let Some(archive) = &spec.archive {
         match std::fs::metadata(archive) {
             Ok(m) if m.is_file() => {}
@@ -236,7 +240,7 @@ fn check_inputs(spec: &BakeSpec, builder: &SetupSpec, target: &Path) -> Result<(
             target.display()
         );
     }
-    Ok(())
+    Ok(kernel_warning)
 }
 
 /// The nearest existing directory at or above `path`, whose filesystem a new file would be on.
