@@ -54,9 +54,7 @@ fn setup_to_healthy_on_a_plain_base_against_a_baked_one() {
         parts.image,
         parts.archive.display()
     ));
-    let out = fleet.fireclaw_ok(&format!(
-        "provision plain --openclaw-pull missing {WAITS}"
-    ));
+    let out = fleet.fireclaw_ok(&format!("provision plain --openclaw-pull missing {WAITS}"));
     assert!(out.contains("Instance plain is healthy."), "{out}");
     let plain = started.elapsed().as_secs_f64();
     fleet.fireclaw_ok("destroy plain -y");
@@ -72,7 +70,9 @@ fn setup_to_healthy_on_a_plain_base_against_a_baked_one() {
     ));
     let bake = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let out = fleet.fireclaw_ok(&format!("setup --instance baked --base-image bench {common}"));
+    let out = fleet.fireclaw_ok(&format!(
+        "setup --instance baked --base-image bench {common}"
+    ));
     assert!(out.contains("Instance baked is healthy."), "{out}");
     let baked = started.elapsed().as_secs_f64();
     fleet.fireclaw_ok("destroy baked -y");
