@@ -285,17 +285,10 @@ impl Settings {
             &env.disk_size,
             DEFAULT_DISK_SIZE,
         )?;
-        let image_path = |flag: &Option<PathBuf>,
-                          name: &'static str,
-                          value: &Option<String>,
-                          file: &str| {
-            match (flag, value) {
-                (Some(path), _) => Ok(path.clone()),
-                (None, Some(value)) => parse_absolute_path(value)
-                    .map_err(|problem| SpecError::Environment { name, problem }),
-                (None, None) => Ok(self.base_images_dir.join(file)),
-            }
-        };
+        let image_path =
+            |flag: &Option<PathBuf>, name: &'static str, value: &Option<String>, file: &str| {
+                base_image_path(&self.base_images_dir, flag, name, value, file)
+            };
         let base = BaseImages {
             kernel: image_path(
                 &args.base_kernel,
@@ -380,17 +373,10 @@ impl Settings {
     pub fn resolve_bake(&self, args: &ImageBakeArgs) -> Result<BakeSpec, SpecError> {
         let env = &self.flag_defaults;
         let images_dir = self.images_dir(args.dir.as_deref());
-        let image_path = |flag: &Option<PathBuf>,
-                          name: &'static str,
-                          value: &Option<String>,
-                          file: &str| {
-            match (flag, value) {
-                (Some(path), _) => Ok(path.clone()),
-                (None, Some(value)) => parse_absolute_path(value)
-                    .map_err(|problem| SpecError::Environment { name, problem }),
-                (None, None) => Ok(images_dir.join(file)),
-            }
-        };
+        let image_path =
+            |flag: &Option<PathBuf>, name: &'static str, value: &Option<String>, file: &str| {
+                base_image_path(&images_dir, flag, name, value, file)
+            };
         let base = BaseImages {
             kernel: image_path(
                 &args.kernel,
@@ -429,6 +415,24 @@ impl Settings {
             force: args.force,
             ssh_timeout: std::time::Duration::from_secs(args.ssh_timeout),
         })
+    }
+}
+
+/// A base image's path: the flag, else the environment variable `name` (absolute), else `file`
+/// in `images_dir`.
+fn base_image_path(
+    images_dir: &Path,
+    flag: &Option<PathBuf>,
+    name: &'static str,
+    value: &Option<String>,
+    file: &str,
+) -> Result<PathBuf, SpecError> {
+    match (flag, value) {
+        (Some(path), _) => Ok(path.clone()),
+        (None, Some(value)) => {
+            parse_absolute_path(value).map_err(|problem| SpecError::Environment { name, problem })
+        }
+        (None, None) => Ok(images_dir.join(file)),
     }
 }
 
