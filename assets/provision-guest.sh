@@ -76,6 +76,13 @@ user=ubuntu
 # A browser baked into the image (`fireclaw image bake --browser-install`), shared read-only by
 # every instance made from it.
 shared_browsers=/opt/fireclaw/playwright
+# The Chromium headless shell Playwright installed under $1: `chrome-headless-shell` in newer
+# Playwright releases, `headless_shell` in older ones (1.49, the pinned fallback). Prints
+# nothing when there is none.
+find_headless_shell() {
+    find "$1" -type f \( -name chrome-headless-shell -o -name headless_shell \) 2>/dev/null |
+        sort | head -n 1 || true
+}
 config_root=/home/$user/.openclaw-$id
 config_dir=$config_root/config
 env_file=$config_root/openclaw.env
@@ -185,11 +192,15 @@ if [[ "$phase" == install ]]; then
             'else' \
             '  npx -y playwright@1.49.1 install chromium' \
             'fi' |
-            "$docker_bin" run --rm -i --network host -e HOME=/root -v "$shared_browsers:$shared_browsers" \
-                "$image" bash -se >/dev/null || die "the Playwright install failed"
+            "$docker_bin" run --rm -i --network host -u 0:0 -e HOME=/root \
+                -v "$shared_browsers:$shared_browsers" "$image" bash -se >/dev/null ||
+            die "the Playwright install failed"
         chmod -R a+rX "$shared_browsers"
+        [[ -n "$(find_headless_shell "$shared_browsers")" ]] ||
+            die "the Playwright install left no Chromium headless shell in $shared_browsers"
     fi
-    if [[ -n "$(find "$shared_browsers" -type f -name chrome-headless-shell 2>/dev/null | head -n 1)" ]]; then
+    # A base baked before may hold a browser already: report what is there.
+    if [[ -n "$(find_headless_shell "$shared_browsers")" ]]; then
         browser=true
     fi
     printf 'fireclaw-fact: image_id=%s\n' "$("$docker_bin" image inspect -f '{{.Id}}' "$image")"
@@ -218,7 +229,7 @@ install -d -o "$user" -g "$user" -m 0755 "$work_root" "$workspace" "$tools"
 } | write_file "$env_file" 0600 "$user:$user" || true
 
 # A baked browser is mounted read-only where it was installed, in every container of the image.
-baked_browser=$(find "$shared_browsers" -type f -name chrome-headless-shell 2>/dev/null | head -n 1 || true)
+baked_browser=$(find_headless_shell "$shared_browsers")
 browser_mount=()
 if [[ -n "$baked_browser" ]]; then
     browser_mount=(-v "$shared_browsers:$shared_browsers:ro")
@@ -300,7 +311,7 @@ elif [[ "$skip_browser" == false ]]; then
         'else' \
         '  npx -y playwright@1.49.1 install chromium' \
         'fi' \
-        'find /home/node/clawd/tools/.playwright -type f -name chrome-headless-shell 2>/dev/null | head -n 1' |
+        'find /home/node/clawd/tools/.playwright -type f \( -name chrome-headless-shell -o -name headless_shell \) 2>/dev/null | sort | head -n 1' |
         in_image >"$config_root/.browser-path" 2>/dev/null || say "Playwright install failed (continuing)"
     browser_path=$(head -n 1 "$config_root/.browser-path" 2>/dev/null || true)
     rm -f "$config_root/.browser-path"

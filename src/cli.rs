@@ -579,6 +579,10 @@ pub struct SetupArgs {
     /// its OpenClaw image used as it is (pull policy missing) unless told otherwise.
     #[arg(long, value_name = "NAME", conflicts_with = "base_rootfs")]
     pub base_image: Option<BakeName>,
+    /// With a baked base: check its file's SHA-256 against its record too, not only its size
+    /// (reads the whole file).
+    #[arg(long)]
+    pub verify_base_sha256: bool,
     /// Initrd, used when it exists [env: BASE_INITRD] [default: <BASE_IMAGES_DIR>/initrd.img].
     #[arg(long, value_name = "PATH", value_parser = parse_base_image_path)]
     pub base_initrd: Option<PathBuf>,

@@ -261,6 +261,41 @@ pub fn lock_instance(
     }
 }
 
+/// Whether another process holds the lifecycle lock of `id` right now (for `doctor`, which
+/// only looks: a missing lock file is a free lock, and none is created).
+pub fn instance_lock_held(state_root: &Path, id: &InstanceId) -> bool {
+    lock_held(&LockPaths::new(state_root).instance(id))
+}
+
+/// Whether a fetch or bake holds the images directory `dir` right now (looking only).
+pub fn image_dir_lock_held(dir: &Path) -> bool {
+    lock_held(&dir.join(IMAGES_LOCK_FILE))
+}
+
+fn lock_held(path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
+/// The staging dirs a fetch or bake left in `dir` (for `doctor`; empty when `dir` is missing).
+pub fn staging_dirs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(IMAGE_STAGING_PREFIX))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Writes who holds a lifecycle lock into its file (`pid <pid>: fireclaw <verb> <id>`), for a
 /// command that has to wait for it. Only the verb is taken from the command line (the rest may
 /// hold a key). Best effort: the lock holds either way.
@@ -716,6 +751,20 @@ mod tests {
         assert!(err.to_string().starts_with("instance 'a' is busy"), "{err}");
         // A different instance is not affected.
         lock_instance(root.path(), &id("b"), Duration::ZERO, &mut |_| {}).unwrap();
+    }
+
+    #[test]
+    fn a_held_instance_lock_is_seen_without_taking_it() {
+        let root = temp_dir();
+        assert!(!instance_lock_held(root.path(), &id("a")), "no lock file");
+        assert!(!root.path().join(".locks").exists(), "none was created");
+        let held = lock_instance(root.path(), &id("a"), Duration::ZERO, &mut |_| {}).unwrap();
+        assert!(instance_lock_held(root.path(), &id("a")));
+        assert!(!instance_lock_held(root.path(), &id("b")));
+        drop(held);
+        assert!(!instance_lock_held(root.path(), &id("a")));
+        // Looking did not take it.
+        lock_instance(root.path(), &id("a"), Duration::ZERO, &mut |_| {}).unwrap();
     }
 
     #[test]

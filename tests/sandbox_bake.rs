@@ -12,11 +12,14 @@ mod support;
 
 use fireclaw::env_vars::FIRECLAW_TEST_CRASH_AT as CRASH_AT;
 use support::fleet::{Fleet, is_shared_host_piece};
+use support::sandbox::BIN_IN_SANDBOX;
 
 const KEY: &str = "sk-bake-secret";
 const IMAGE: &str = "fireclaw.test/gateway:7";
 const ARCHIVE: &str = "/root/openclaw-image.tar";
 const IMAGES: &str = "/srv/firecracker/base/images";
+/// An images dir other than BASE_IMAGES_DIR (`image bake --dir`).
+const ELSEWHERE: &str = "/srv/elsewhere";
 
 fn bake_args(name: &str) -> String {
     format!(
@@ -110,6 +113,16 @@ fn a_kill_at_any_bake_step_is_named_and_the_next_bake_or_host_cleanup_removes_it
                 && builder[0].contains("fireclaw host cleanup"),
             "{step}: {builder:?}"
         );
+        // From the copy on, the staging copy is named too.
+        let staging = doctor_details(&fleet, "image staging");
+        if index >= 6 {
+            assert!(
+                staging.len() == 1 && staging[0].contains(".fireclaw-image-"),
+                "{step}: {staging:?}"
+            );
+        } else {
+            assert_eq!(staging, Vec::<String>::new(), "{step}");
+        }
         // Alternately host cleanup and the next (killed) bake remove what was left.
         if index % 2 == 0 {
             let out = fleet.fireclaw_ok("host cleanup");
@@ -124,9 +137,33 @@ fn a_kill_at_any_bake_step_is_named_and_the_next_bake_or_host_cleanup_removes_it
             );
         }
     }
-    // The last kill (after the record, before the file) leaves a record of a missing file: the
-    // next bake drops it, then succeeds, and nothing of the builder stays.
-    let out = fleet.fireclaw_ok(&bake_args("bots"));
+    // The last kill (after the record, the commit point, before the rename) leaves the whole
+    // file staged: the next bake finishes installing it and, the name being taken now, stops
+    // there; with --force it bakes again, and nothing of the builder stays.
+    let finished = fleet.fireclaw(&bake_args("bots"));
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(!finished.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("finished installing baked image 'bots'")
+            && stderr
+                .contains("an interrupted bake of it was just finished); replace it with --force"),
+        "{stderr}"
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh(&format!("cat {IMAGES}/fireclaw-baked.json"))).unwrap();
+    assert_eq!(
+        fleet
+            .host
+            .sh(&format!("sha256sum {IMAGES}/bots.ext4 | cut -c1-64"))
+            .trim(),
+        recorded["images"][0]["sha256"],
+        "the finished file is the recorded one"
+    );
+    assert_eq!(
+        doctor_details(&fleet, "image bake builder"),
+        Vec::<String>::new()
+    );
+    let out = fleet.fireclaw_ok(&format!("{} --force", bake_args("bots")));
     assert!(out.contains(&format!("Baked {IMAGES}/bots.ext4")), "{out}");
     assert_eq!(listed(&fleet), Vec::<String>::new());
     assert_eq!(
@@ -220,6 +257,64 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
     }
     assert_eq!(fleet.host.sh("ls -A /mnt/small"), "");
 
+    // SIGTERM while the builder boots: the bake stops after its current step, removes the
+    // builder, exits 130 (fireclaw's status for any interrupt), and nothing is changed.
+    let interrupted = fleet.host.sh(&format!(
+        "set -m; export PATH={BIN_IN_SANDBOX}:$PATH; fireclaw {} > /run/bake.out 2> /run/bake.err & pid=$!; \
+         for i in $(seq 300); do grep -q 'booting the builder VM' /run/bake.err && break; sleep 0.2; done; \
+         kill -TERM $pid; wait $pid; echo rc=$?; cat /run/bake.err",
+        bake_args("other")
+    ));
+    assert!(
+        interrupted.contains("rc=130")
+            && interrupted.contains(
+                "bake of 'other' was interrupted; the builder VM and partial image were removed"
+            ),
+        "{interrupted}"
+    );
+    assert_eq!(host_state(&fleet), before, "after SIGTERM");
+
+    // The browser, baked into the shared dir (the docker stub's npx acts out Playwright 1.49's
+    // install, which names its binary headless_shell), in an images dir of its own (--dir):
+    // setup names the file, reads the record beside it, and doctor finds it there.
+    let out = fleet.fireclaw_ok(&format!(
+        "{} --dir {ELSEWHERE} --from {IMAGES}/rootfs.ext4 --kernel {IMAGES}/vmlinux",
+        bake_args("web").replace("--skip-browser-install", "--browser-install")
+    ));
+    assert!(
+        out.contains("browser yes")
+            && out.contains(&format!(
+                "--base-rootfs {ELSEWHERE}/web.ext4 --base-kernel {IMAGES}/vmlinux"
+            )),
+        "{out}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(
+        &fleet
+            .host
+            .sh(&format!("cat {ELSEWHERE}/fireclaw-baked.json")),
+    )
+    .unwrap();
+    assert_eq!(manifest["images"][0]["name"], "web", "{manifest}");
+    assert_eq!(manifest["images"][0]["browser"], true, "{manifest}");
+    let out = fleet.fireclaw_ok(&format!(
+        "setup --instance e --base-rootfs {ELSEWHERE}/web.ext4 --disk-size 3G --ssh-timeout 60 --health-timeout 30 --openai-api-key {KEY}"
+    ));
+    assert!(out.contains("Instance e is healthy."), "{out}");
+    let state: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh("cat /var/lib/fireclaw/.vm-e/fireclaw.json")).unwrap();
+    assert_eq!(state["baked_image"], "web", "{state}");
+    assert_eq!(
+        state["baked_file"],
+        format!("{ELSEWHERE}/web.ext4"),
+        "{state}"
+    );
+    let doctor = doctor_details(&fleet, "baked image web");
+    assert!(
+        doctor.len() == 1 && doctor[0].starts_with("\"pass\"") && doctor[0].contains(ELSEWHERE),
+        "{doctor:?}"
+    );
+    fleet.fireclaw_ok("destroy e -y");
+
     // setup on the baked image: its OpenClaw image, pulled only when missing, and recorded.
     let out = fleet.fireclaw_ok(&format!(
         "setup --instance c --base-image bots --disk-size 3G --skip-browser-install --ssh-timeout 60 --health-timeout 30 --openai-api-key {KEY}"
@@ -276,7 +371,9 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
     assert!(!refused.status.success());
     assert!(
         stderr.contains("no longer matches its record")
-            && stderr.contains("rebuild it with: fireclaw image bake --name bots --force"),
+            && stderr.contains(&format!(
+                "rebuild it with: fireclaw image bake --name bots --force --dir {IMAGES} --from {IMAGES}/rootfs.ext4"
+            )),
         "{stderr}"
     );
     assert!(!fleet.host.ok("test -e /var/lib/fireclaw/.vm-d"));
@@ -294,6 +391,19 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+    // An install that fails inside the builder (every docker call fails): the bake fails,
+    // and the builder and partial image are removed.
+    let before = host_state(&fleet);
+    fleet.guests.preset("/etc/docker-stub/fail", "");
+    let failed = fleet.fireclaw(&bake_args("broken"));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("bake of 'broken' failed; the builder VM and partial image were removed")
+            && stderr.contains("the install phase in the builder"),
+        "{stderr}"
+    );
+    assert_eq!(host_state(&fleet), before, "after a failed install");
     // The builder's id is never an instance's.
     let reserved = fleet.fireclaw(&format!(
         "setup --instance fireclaw-bake --openai-api-key {KEY}"

@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::cli::HostCommand;
 use crate::host::probe::require_root;
 use crate::ops::network::remove_shared;
-use crate::output::Output;
+use crate::output::{Output, error_chain};
 use crate::settings::Settings;
 
 pub fn run(
@@ -21,14 +21,31 @@ pub fn run(
                 "host cleanup",
                 "it removes the bridge, firewall chains and files under STATE_ROOT",
             )?;
-            if crate::ops::builder::remove_builder(settings, services, output)? {
+            // A bake or fetch at work keeps what it uses; the rest of the cleanup goes on.
+            if crate::ops::builder::bake_running(settings) {
+                output.warn(&format!(
+                    "an image bake is running: its builder VM ({}) stays",
+                    crate::instance::baked::BUILDER_ID
+                ));
+            } else if crate::ops::builder::remove_builder(settings, services, output)? {
                 output.line(&format!(
                     "removed the builder VM ({}) an interrupted image bake left",
                     crate::instance::baked::BUILDER_ID
                 ));
             }
-            for removed in crate::ops::builder::remove_image_leftovers(&settings.base_images_dir)? {
-                output.line(&format!("removed {removed}"));
+            match crate::ops::builder::remove_image_leftovers(&settings.base_images_dir) {
+                Ok(removed) => {
+                    for done in removed {
+                        output.line(&done);
+                    }
+                }
+                Err(error) if crate::ops::builder::images_busy(&error) => {
+                    output.warn(&format!(
+                        "{}: its leftovers stay",
+                        error_chain(error.as_ref())
+                    ));
+                }
+                Err(error) => return Err(error),
             }
             let report = remove_shared(settings)?;
             if report.removed.is_empty() {

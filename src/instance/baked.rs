@@ -289,6 +289,37 @@ fn parse_rfc3339_utc(text: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
+impl BakedRecord {
+    /// A record of `name` (file `<name>.ext4`) with this size and SHA-256, the rest filler.
+    pub fn sample(name: &str, size: u64, sha256: &str) -> Self {
+        let source = |path: &str| SourceFile {
+            path: path.into(),
+            sha256: String::new(),
+            size: 1,
+        };
+        Self {
+            name: name.into(),
+            file: format!("{name}.ext4"),
+            size,
+            sha256: sha256.into(),
+            base: source("/b"),
+            kernel: source("/k"),
+            initrd: None,
+            openclaw: BakedOpenClaw {
+                reference: "r".into(),
+                image_id: "sha256:1".into(),
+                repo_digest: None,
+                archive: None,
+            },
+            docker_version: "26".into(),
+            browser: false,
+            baked_at: "2026-12-01T00:00:00Z".into(),
+            fireclaw_version: "0".into(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::instance::images::rfc3339_utc;

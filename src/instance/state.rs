@@ -313,6 +313,10 @@ pub struct FireclawState {
     /// `doctor` can check it and its kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baked_image: Option<String>,
+    /// That baked image's file; absent in the first records, which named only an image in
+    /// `BASE_IMAGES_DIR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baked_file: Option<std::path::PathBuf>,
 }
 
 /// `created_by` of an instance fireclaw 0.2.0 made.
@@ -331,6 +335,7 @@ impl FireclawState {
             suspended: None,
             openclaw_pull: None,
             baked_image: None,
+            baked_file: None,
         }
     }
 

@@ -9,6 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::host::download::digest_file;
 use crate::instance::baked::BakedRecord;
+use crate::render::units::shell_word;
 use crate::store::read_baked_manifest;
 
 /// The baked-image record of `rootfs`, when the images directory it is in recorded one for it.
@@ -22,18 +23,26 @@ pub fn record_of(rootfs: &Path) -> Result<Option<BakedRecord>> {
     Ok(manifest.by_file(&file.to_string_lossy()).cloned())
 }
 
-/// The command that bakes `record` again.
-pub fn rebuild_command(record: &BakedRecord) -> String {
+/// The command that bakes `record` (whose file is `rootfs`) again, into the same directory;
+/// every path quoted for the shell.
+pub fn rebuild_command(record: &BakedRecord, rootfs: &Path) -> String {
+    let dir = rootfs.parent().unwrap_or(Path::new("."));
     let mut command = format!(
-        "fireclaw image bake --name {} --force --from {} --kernel {}",
-        record.name, record.base.path, record.kernel.path
+        "fireclaw image bake --name {} --force --dir {} --from {} --kernel {}",
+        record.name,
+        shell_word(&dir.display().to_string()),
+        shell_word(&record.base.path),
+        shell_word(&record.kernel.path)
     );
     if let Some(initrd) = &record.initrd {
-        command.push_str(&format!(" --initrd {}", initrd.path));
+        command.push_str(&format!(" --initrd {}", shell_word(&initrd.path)));
     }
     command.push_str(&format!(" --openclaw-image {}", record.openclaw.reference));
     if let Some(archive) = &record.openclaw.archive {
-        command.push_str(&format!(" --openclaw-image-archive {}", archive.path));
+        command.push_str(&format!(
+            " --openclaw-image-archive {}",
+            shell_word(&archive.path)
+        ));
     }
     if !record.browser {
         command.push_str(" --skip-browser-install");
@@ -50,7 +59,7 @@ pub fn check_file(rootfs: &Path, record: &BakedRecord, hash: bool) -> Result<()>
             "baked image '{}' ({}): {e}; rebuild it with: {}",
             record.name,
             rootfs.display(),
-            rebuild_command(record)
+            rebuild_command(record, rootfs)
         ),
     };
     if !record.size_matches(size) {
@@ -59,7 +68,7 @@ pub fn check_file(rootfs: &Path, record: &BakedRecord, hash: bool) -> Result<()>
             record.name,
             rootfs.display(),
             record.size,
-            rebuild_command(record)
+            rebuild_command(record, rootfs)
         );
     }
     if hash {
@@ -69,7 +78,7 @@ pub fn check_file(rootfs: &Path, record: &BakedRecord, hash: bool) -> Result<()>
                 "baked image '{}' ({}) no longer matches its record (sha256 differs); rebuild it with: {}",
                 record.name,
                 rootfs.display(),
-                rebuild_command(record)
+                rebuild_command(record, rootfs)
             );
         }
     }
@@ -163,7 +172,7 @@ mod tests {
         assert!(error.contains("size 6, recorded 4"), "{error}");
         assert!(
             error.ends_with(&format!(
-                "rebuild it with: fireclaw image bake --name bots --force --from {0}/rootfs.ext4 --kernel {0}/vmlinux --openclaw-image ghcr.io/openclaw/openclaw:2026.9.6 --openclaw-image-archive /srv/openclaw.tar --skip-browser-install",
+                "rebuild it with: fireclaw image bake --name bots --force --dir {0} --from {0}/rootfs.ext4 --kernel {0}/vmlinux --openclaw-image ghcr.io/openclaw/openclaw:2026.9.6 --openclaw-image-archive /srv/openclaw.tar --skip-browser-install",
                 dir.path().display()
             )),
             "{error}"

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::host::download::digest_file;
 use crate::host::systemd::ServiceManager;
 use crate::instance::baked::BUILDER_ID;
 use crate::instance::layout::{AssetPaths, StatePaths, UnitNames, default_api_sock};
@@ -16,7 +17,10 @@ use crate::ops::network::HostSystem;
 use crate::ops::teardown::teardown_instance;
 use crate::output::Output;
 use crate::settings::Settings;
-use crate::store::{lock_image_dir, read_baked_manifest, write_baked_manifest};
+use crate::store::{
+    IMAGE_STAGING_PREFIX, StoreError, install_image, lock_image_dir, read_baked_manifest,
+    write_baked_manifest,
+};
 
 /// Whether anything of a builder VM is on the host: its state, assets or units.
 pub fn builder_left(settings: &Settings) -> bool {
@@ -32,6 +36,13 @@ pub fn builder_left(settings: &Settings) -> bool {
     ]
     .iter()
     .any(|p| p.symlink_metadata().is_ok())
+}
+
+/// Whether a bake is running now: it holds the builder's lifecycle lock.
+pub fn bake_running(settings: &Settings) -> bool {
+    BUILDER_ID
+        .parse::<InstanceId>()
+        .is_ok_and(|id| crate::store::instance_lock_held(&settings.paths.state_root, &id))
 }
 
 /// Removes a builder VM that a killed bake left (`host cleanup`); waits for a bake that is
@@ -62,9 +73,11 @@ pub fn remove_builder_locked(settings: &Settings, services: &dyn ServiceManager)
     Ok(true)
 }
 
-/// `host cleanup`'s part in the images directory: the staging copies and the records whose file
-/// never arrived that killed bakes (or fetches) left. A fetch or bake using the directory right
-/// now makes this an error that says so.
+/// `host cleanup`'s part in the images directory: what killed bakes (or fetches) left. A bake
+/// killed after its record (the commit point) and before its rename is finished; other staging
+/// copies and records whose file never arrived are removed. A fetch or bake using the
+/// directory right now makes this an error that says so (see [`images_busy`]). Returns one
+/// sentence per thing done.
 pub fn remove_image_leftovers(dir: &Path) -> Result<Vec<String>> {
     if !dir.is_dir() {
         return Ok(Vec::new());
@@ -73,11 +86,22 @@ pub fn remove_image_leftovers(dir: &Path) -> Result<Vec<String>> {
     remove_image_leftovers_locked(dir)
 }
 
+/// Whether `error` says a fetch or bake holds the images directory.
+pub fn images_busy(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<StoreError>(),
+        Some(StoreError::ImagesBusy { .. })
+    )
+}
+
+/// [`remove_image_leftovers`] for a caller that holds the directory's lock.
 pub fn remove_image_leftovers_locked(dir: &Path) -> Result<Vec<String>> {
-    let mut removed: Vec<String> = crate::store::remove_stale_staging(dir)?
-        .into_iter()
-        .map(|name| dir.join(name).display().to_string())
-        .collect();
+    let mut removed = finish_recorded_installs(dir)?;
+    removed.extend(
+        crate::store::remove_stale_staging(dir)?
+            .into_iter()
+            .map(|name| format!("removed {}", dir.join(name).display())),
+    );
     if let Some(mut manifest) = read_baked_manifest(dir)? {
         let (kept, gone): (Vec<_>, Vec<_>) = manifest
             .images
@@ -86,11 +110,96 @@ pub fn remove_image_leftovers_locked(dir: &Path) -> Result<Vec<String>> {
         manifest.images = kept;
         if !gone.is_empty() {
             write_baked_manifest(dir, &manifest)?;
-            removed.extend(
-                gone.iter()
-                    .map(|r| format!("the record of baked image '{}' (its file is gone)", r.name)),
-            );
+            removed.extend(gone.iter().map(|r| {
+                format!(
+                    "removed the record of baked image '{}' (its file is gone)",
+                    r.name
+                )
+            }));
         }
     }
     Ok(removed)
+}
+
+/// A bake killed between writing its record and renaming its file into place leaves the whole
+/// file in a staging dir: it is installed now when its SHA-256 is the record's (the record is
+/// the commit point), so a `--force` rebake never leaves the old file under the new record.
+/// Says what was installed; the staging dirs themselves are removed by the caller.
+fn finish_recorded_installs(dir: &Path) -> Result<Vec<String>> {
+    let Some(manifest) = read_baked_manifest(dir)? else {
+        return Ok(Vec::new());
+    };
+    let entries = std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))?;
+    let mut finished = Vec::new();
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(IMAGE_STAGING_PREFIX)
+        {
+            continue;
+        }
+        for record in &manifest.images {
+            let staged = entry.path().join(&record.file);
+            let size = std::fs::metadata(&staged).map_or(None, |m| m.is_file().then_some(m.len()));
+            if size != Some(record.size) {
+                continue;
+            }
+            let (sha256, _) = digest_file(&staged)?;
+            if sha256.to_string() == record.sha256 {
+                install_image(&staged, &dir.join(&record.file), true)?;
+                finished.push(format!(
+                    "finished installing baked image '{}' (its bake was interrupted after recording it)",
+                    record.name
+                ));
+            }
+        }
+    }
+    Ok(finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::baked::{BakedManifest, BakedRecord};
+
+    /// SHA-256 of b"test".
+    const TEST_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn a_staged_file_matching_its_record_is_installed_and_every_other_leftover_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        let mut manifest = BakedManifest::default();
+        manifest.record(BakedRecord::sample("bots", 4, TEST_SHA256));
+        manifest.record(BakedRecord::sample("web", 4, TEST_SHA256));
+        manifest.record(BakedRecord::sample("gone", 4, TEST_SHA256));
+        write_baked_manifest(dir, &manifest).unwrap();
+        // bots: killed after its record; web: an older file, and a staged copy whose bytes are
+        // not the record's (killed before the record, say); gone: no file anywhere.
+        let staging = dir.join(format!("{IMAGE_STAGING_PREFIX}42"));
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("bots.ext4"), b"test").unwrap();
+        std::fs::write(staging.join("web.ext4"), b"TEST").unwrap();
+        std::fs::write(dir.join("web.ext4"), b"test").unwrap();
+
+        let done = remove_image_leftovers_locked(dir).unwrap();
+        assert_eq!(
+            done,
+            [
+                "finished installing baked image 'bots' (its bake was interrupted after recording it)"
+                    .to_owned(),
+                format!("removed {}", staging.display()),
+                "removed the record of baked image 'gone' (its file is gone)".to_owned(),
+            ]
+        );
+        assert_eq!(std::fs::read(dir.join("bots.ext4")).unwrap(), b"test");
+        assert_eq!(std::fs::read(dir.join("web.ext4")).unwrap(), b"test");
+        assert!(!staging.exists());
+        let kept = read_baked_manifest(dir).unwrap().unwrap();
+        let names: Vec<&str> = kept.images.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["bots", "web"]);
+        // Nothing left: a second pass does nothing.
+        assert!(remove_image_leftovers_locked(dir).unwrap().is_empty());
+    }
 }

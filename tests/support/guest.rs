@@ -45,6 +45,7 @@ use super::sandbox::{Network, Sandbox};
 
 const DOCKER_STUB: &str = include_str!("guest/docker-stub.sh");
 const FAKE_NODE: &str = include_str!("guest/fake-node.sh");
+const FAKE_NPX: &str = include_str!("guest/fake-npx.sh");
 const GATEWAY: &str = include_str!("guest/gateway.py");
 
 fn write(upper: &Path, path: &str, text: &str, mode: u32) {
@@ -282,6 +283,7 @@ fn prepare_guest(upper: &Path, seed: &SeedSource, presets: &[(String, String)]) 
         FAKE_NODE,
         0o755,
     );
+    write(upper, "/usr/local/lib/docker-stub/bin/npx", FAKE_NPX, 0o755);
     write(
         upper,
         "/usr/local/lib/docker-stub/gateway.py",

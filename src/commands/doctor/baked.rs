@@ -1,20 +1,31 @@
 //! doctor's checks of baked base images (`fireclaw image bake`): every baked image an instance
 //! was made from, or the default base names, still matches its record; its OpenClaw image is
 //! not older than 30 days; each such instance runs the kernel the image was baked with; and a
-//! builder VM that an interrupted bake left behind is named.
+//! builder VM or staging copy that an interrupted bake (or fetch) left behind is named, while
+//! one that is running is not taken for a leftover.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use super::checks::{Check, Level, check};
 use crate::host::snapshot::unix_now_secs;
-use crate::instance::baked::{BUILDER_ID, BakedRecord, STALE_AFTER_DAYS};
+use crate::instance::baked::{BUILDER_ID, BakeName, BakedRecord, STALE_AFTER_DAYS};
 use crate::instance::layout::{AssetPaths, StatePaths};
 use crate::instance::values::InstanceId;
-use crate::ops::baked_base::{check_file, kernel_warning, rebuild_command};
+use crate::ops::baked_base::{check_file, kernel_warning, rebuild_command, record_of};
 use crate::output::error_chain;
 use crate::settings::Settings;
-use crate::store::{ScannedInstance, read_baked_manifest, read_fireclaw_state};
+use crate::store::{ScannedInstance, read_fireclaw_state};
 
 pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
-    if crate::ops::builder::builder_left(settings) {
+    if crate::ops::builder::bake_running(settings) {
+        checks.push(check(
+            "image bake builder",
+            Level::Pass,
+            format!("an image bake is running (its builder VM is '{BUILDER_ID}')"),
+        ));
+    } else if crate::ops::builder::builder_left(settings) {
         checks.push(check(
             "image bake builder",
             Level::Warn,
@@ -23,45 +34,68 @@ pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec
             ),
         ));
     }
-    let dir = &settings.base_images_dir;
-    let manifest = match read_baked_manifest(dir) {
-        Ok(Some(manifest)) => manifest,
-        Ok(None) => return,
-        Err(error) => {
-            checks.push(check("baked images", Level::Warn, error_chain(&error)));
-            return;
-        }
-    };
-    // Which baked images are in use: by each instance (fireclaw.json names it), and as the
-    // default base when BASE_ROOTFS names a baked file.
-    let mut users: Vec<(&BakedRecord, Vec<InstanceId>)> = Vec::new();
-    for record in &manifest.images {
-        let mut ids = Vec::new();
-        for instance in scanned {
-            let Ok(id) = instance.name.parse::<InstanceId>() else {
-                continue;
-            };
-            let state = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id));
-            if let Ok(Some(state)) = state
-                && state.baked_image.as_deref() == Some(record.name.as_str())
-            {
-                ids.push(id);
-            }
-        }
-        let default_base = settings
-            .flag_defaults
-            .base_rootfs
-            .as_deref()
-            .is_some_and(|path| std::path::Path::new(path) == dir.join(&record.file));
-        if !ids.is_empty() || default_base {
-            users.push((record, ids));
+    let staging = crate::store::staging_dirs(&settings.base_images_dir);
+    if !staging.is_empty() && !crate::store::image_dir_lock_held(&settings.base_images_dir) {
+        checks.push(check(
+            "image staging",
+            Level::Warn,
+            format!(
+                "an interrupted image fetch or bake left {} in {}; remove it with: fireclaw host cleanup",
+                staging.join(", "),
+                settings.base_images_dir.display()
+            ),
+        ));
+    }
+    // Which baked files are in use: by each instance (fireclaw.json names the file, or, in the
+    // first records, only the image's name in BASE_IMAGES_DIR), and as the default base.
+    let mut users: BTreeMap<PathBuf, Vec<InstanceId>> = BTreeMap::new();
+    for instance in scanned {
+        let Ok(id) = instance.name.parse::<InstanceId>() else {
+            continue;
+        };
+        let state = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, &id));
+        let Ok(Some(state)) = state else {
+            continue;
+        };
+        let file = match (state.baked_file, state.baked_image) {
+            (Some(file), _) => file,
+            (None, Some(name)) => match BakeName::from_str(&name) {
+                Ok(name) => settings.base_images_dir.join(name.file_name()),
+                Err(_) => continue,
+            },
+            (None, None) => continue,
+        };
+        users.entry(file).or_default().push(id);
+    }
+    if let Some(default_base) = &settings.flag_defaults.base_rootfs {
+        users.entry(PathBuf::from(default_base)).or_default();
+    }
+    let mut used: Vec<(BakedRecord, PathBuf, Vec<InstanceId>)> = Vec::new();
+    for (file, ids) in users {
+        match record_of(&file) {
+            Ok(Some(record)) => used.push((record, file, ids)),
+            // The default base need not be baked.
+            Ok(None) if ids.is_empty() => {}
+            Ok(None) => checks.push(check(
+                &format!("baked image {}", file.display()),
+                Level::Warn,
+                format!(
+                    "instances {} were made from baked image {}, whose record (fireclaw-baked.json beside it) is gone",
+                    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    file.display()
+                ),
+            )),
+            Err(error) => checks.push(check(
+                &format!("baked image {}", file.display()),
+                Level::Warn,
+                error_chain(error.as_ref()),
+            )),
         }
     }
     let now = unix_now_secs();
-    for (record, ids) in users {
+    for (record, file, ids) in &used {
         let name = format!("baked image {}", record.name);
-        let file = dir.join(&record.file);
-        if let Err(error) = check_file(&file, record, false) {
+        if let Err(error) = check_file(file, record, false) {
             checks.push(check(&name, Level::Fail, error_chain(error.as_ref())));
             continue;
         }
@@ -72,7 +106,7 @@ pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec
                 format!(
                     "its OpenClaw image {} was baked {days} days ago; refresh it with: {}",
                     record.openclaw.reference,
-                    rebuild_command(record)
+                    rebuild_command(record, file)
                 ),
             )),
             _ => checks.push(check(
@@ -87,7 +121,7 @@ pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec
             )),
         }
         for id in ids {
-            let kernel = AssetPaths::new(&settings.paths.fc_root, &id).kernel;
+            let kernel = AssetPaths::new(&settings.paths.fc_root, id).kernel;
             if let Some(warning) = kernel_warning(&kernel, record) {
                 checks.push(check(
                     &format!("instance {id} kernel"),

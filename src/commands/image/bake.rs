@@ -39,6 +39,7 @@ use crate::ops::network::HostSystem;
 use crate::ops::teardown::teardown_instance;
 use crate::output::{Output, error_chain};
 use crate::render::artifacts::HostTools;
+use crate::render::units::shell_word;
 use crate::settings::{BakeSpec, DEFAULT_MODEL, DEFAULT_SKILLS, Settings};
 use crate::store::{
     ImageStaging, install_image, lock_image_dir, read_baked_manifest, write_baked_manifest,
@@ -91,6 +92,9 @@ pub fn run(
     let _lock = lock(settings, id, output)?;
     let network = HostSystem { settings };
     remove_leftovers(settings, spec, services, output)?;
+    // Hashed now, as the bake uses them, not after it: what the record names is what was used.
+    output.progress(&format!("bake {}: hashing the base files", spec.name));
+    let sources = Sources::of(spec)?;
     let (media, media_warning) = boot_media(&builder)?;
     if let Some(warning) = media_warning {
         output.warn(&warning);
@@ -103,7 +107,9 @@ pub fn run(
     ));
     install_instance(settings, &builder, &tools, services, &network, media)?;
     crash_point("bake:builder-made");
-    let result = bake_in_builder(settings, spec, &builder, &target, services, output);
+    let result = bake_in_builder(
+        settings, spec, &builder, &sources, &target, services, output,
+    );
     let teardown = teardown_instance(settings, id, Some(&builder.api_sock), services, &network);
     let record = match (result, teardown) {
         (Ok(record), Ok(())) => record,
@@ -145,9 +151,19 @@ pub fn run(
             record.docker_version,
             if record.browser { "yes" } else { "no" }
         ));
+        // setup --base-image looks in BASE_IMAGES_DIR; a file baked elsewhere (--dir) is named
+        // by its path, and its record is read from beside it.
+        let base = if spec.images_dir == settings.base_images_dir {
+            format!("--base-image {}", spec.name)
+        } else {
+            format!(
+                "--base-rootfs {}",
+                shell_word(&target.display().to_string())
+            )
+        };
         output.line(&format!(
-            "Next: fireclaw setup --instance <id> --base-image {} --base-kernel {} ...",
-            spec.name, record.kernel.path
+            "Next: fireclaw setup --instance <id> {base} --base-kernel {} ...",
+            shell_word(&record.kernel.path)
         ));
     }
     Ok(())
@@ -251,8 +267,22 @@ fn existing_dir(path: &Path) -> PathBuf {
         .to_owned()
 }
 
+/// Blocks allocated by the files directly in `dirs` (what a killed bake's builder assets and
+/// staging copies hold; their files are sparse, so their length would overstate it).
+fn allocated_bytes(dirs: &[PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    dirs.iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
 /// Room for the builder's disk in `FC_ROOT` and the baked copy in the images directory (both
-/// on one filesystem when they share it).
+/// on one filesystem when they share it), counting what removing a killed bake's leftovers
+/// (which the bake does first) frees.
 fn check_space(settings: &Settings, spec: &BakeSpec, builder: &SetupSpec) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let disk = builder.disk_size.bytes();
@@ -260,20 +290,39 @@ fn check_space(settings: &Settings, spec: &BakeSpec, builder: &SetupSpec) -> Res
     let images = existing_dir(&spec.images_dir);
     let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).ok();
     let shared = device(&fc_root) == device(&images);
-    let checks: Vec<(&Path, u64, &str)> = if shared {
+    let builder_left =
+        allocated_bytes(&[AssetPaths::new(&settings.paths.fc_root, &builder.id).dir]);
+    let staging_left = allocated_bytes(
+        &crate::store::staging_dirs(&spec.images_dir)
+            .into_iter()
+            .map(|name| spec.images_dir.join(name))
+            .collect::<Vec<_>>(),
+    );
+    let checks: Vec<(&Path, u64, u64, &str)> = if shared {
         vec![(
             fc_root.as_path(),
             disk * 2,
+            builder_left + staging_left,
             "the builder's disk and the baked copy",
         )]
     } else {
         vec![
-            (fc_root.as_path(), disk, "the builder's disk (FC_ROOT)"),
-            (images.as_path(), disk, "the baked copy (BASE_IMAGES_DIR)"),
+            (
+                fc_root.as_path(),
+                disk,
+                builder_left,
+                "the builder's disk (FC_ROOT)",
+            ),
+            (
+                images.as_path(),
+                disk,
+                staging_left,
+                "the baked copy (BASE_IMAGES_DIR)",
+            ),
         ]
     };
-    for (dir, need, what) in checks {
-        let free = available_space(dir)?;
+    for (dir, need, freed, what) in checks {
+        let free = available_space(dir)?.saturating_add(freed);
         if free < need {
             bail!(
                 "too little disk: the bake needs {} in {} for {what} and {} is free",
@@ -298,12 +347,42 @@ fn remove_leftovers(
     if crate::ops::builder::remove_builder_locked(settings, services)? {
         output.progress("removed the builder VM an interrupted bake left");
     }
-    for removed in crate::ops::builder::remove_image_leftovers_locked(&spec.images_dir)? {
-        output.progress(&format!(
-            "removed {removed}, left by an interrupted bake or fetch"
-        ));
+    for done in crate::ops::builder::remove_image_leftovers_locked(&spec.images_dir)? {
+        output.progress(&format!("{done}, left by an interrupted bake or fetch"));
+    }
+    // An interrupted bake of this very name that had passed its commit point is done now.
+    let target = spec.images_dir.join(spec.name.file_name());
+    if !spec.force && target.symlink_metadata().is_ok() {
+        bail!(
+            "baked image '{}' already exists ({}; an interrupted bake of it was just finished); replace it with --force",
+            spec.name,
+            target.display()
+        );
     }
     Ok(())
+}
+
+/// The files a bake starts from, as its record names them.
+struct Sources {
+    base: SourceFile,
+    kernel: SourceFile,
+    initrd: Option<SourceFile>,
+    archive: Option<SourceFile>,
+}
+
+impl Sources {
+    fn of(spec: &BakeSpec) -> Result<Self> {
+        Ok(Self {
+            base: source_file(&spec.base.rootfs)?,
+            kernel: source_file(&spec.base.kernel)?,
+            initrd: if spec.base.initrd.is_file() {
+                Some(source_file(&spec.base.initrd)?)
+            } else {
+                None
+            },
+            archive: spec.archive.as_deref().map(source_file).transpose()?,
+        })
+    }
 }
 
 /// The bake proper, in the builder made for it; returns the record it installed.
@@ -311,6 +390,7 @@ fn bake_in_builder(
     settings: &Settings,
     spec: &BakeSpec,
     builder: &SetupSpec,
+    sources: &Sources,
     target: &Path,
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
@@ -387,26 +467,24 @@ fn bake_in_builder(
         file: name.file_name(),
         size,
         sha256: sha256.to_string(),
-        base: source_file(&spec.base.rootfs)?,
-        kernel: source_file(&spec.base.kernel)?,
-        initrd: if spec.base.initrd.is_file() {
-            Some(source_file(&spec.base.initrd)?)
-        } else {
-            None
-        },
+        base: sources.base.clone(),
+        kernel: sources.kernel.clone(),
+        initrd: sources.initrd.clone(),
         openclaw: BakedOpenClaw {
             reference: spec.image.to_string(),
             image_id: facts.image_id,
             repo_digest: facts.repo_digest,
-            archive: spec.archive.as_deref().map(source_file).transpose()?,
+            archive: sources.archive.clone(),
         },
         docker_version: facts.docker_version,
         browser: facts.browser,
         baked_at: rfc3339_utc(SystemTime::now()),
         fireclaw_version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    // The record first, then the file: a kill between them leaves a record whose file is
-    // missing, which the next bake drops, never an image that claims nothing.
+    // The record first, then the file: the record is the commit point. A kill between them
+    // leaves the whole file in the staging dir, which the next bake or `host cleanup`
+    // installs when its SHA-256 is the record's; a kill before the record leaves the old
+    // record and file (or none) as they were.
     let mut manifest =
         read_baked_manifest(&spec.images_dir)?.unwrap_or_else(BakedManifest::default);
     manifest.record(record.clone());

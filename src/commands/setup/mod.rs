@@ -63,7 +63,7 @@ pub fn run(
     create(
         settings,
         &spec,
-        baked.map(|b| b.name),
+        baked.map(|b| (b.name, b.file)),
         Waits::from(&args.waits),
         args.json,
         services,
@@ -78,13 +78,16 @@ fn spec_id_is_builder(args: &SetupArgs) -> bool {
 /// A baked base, as setup uses it.
 struct BakedBase {
     name: String,
+    /// The baked file, so `doctor` finds its record wherever it was baked (`--dir`).
+    file: std::path::PathBuf,
     kernel_warning: Option<String>,
 }
 
 /// When the base rootfs is a baked image: refuses one whose file no longer matches its record,
 /// makes its OpenClaw image the default and pulls that image only when missing (unless the
 /// flags say otherwise), and warns about a kernel other than the one it was baked with.
-/// `--base-image` names an image that must have been baked.
+/// `--base-image` names an image that must have been baked; `--verify-base-sha256` checks the
+/// file's SHA-256 too.
 fn use_baked_base(
     settings: &Settings,
     args: &SetupArgs,
@@ -105,7 +108,7 @@ fn use_baked_base(
         }
         return Ok(None);
     };
-    crate::ops::baked_base::check_file(&spec.base.rootfs, &record, false)?;
+    crate::ops::baked_base::check_file(&spec.base.rootfs, &record, args.verify_base_sha256)?;
     let image_given = args.openclaw_image.is_some() || settings.flag_defaults.image.is_some();
     if !image_given {
         spec.image = record
@@ -123,6 +126,7 @@ fn use_baked_base(
         };
     }
     Ok(Some(BakedBase {
+        file: spec.base.rootfs.clone(),
         kernel_warning: crate::ops::baked_base::kernel_warning(&spec.base.kernel, &record),
         name: record.name,
     }))
@@ -131,7 +135,7 @@ fn use_baked_base(
 fn create(
     settings: &Settings,
     spec: &SetupSpec,
-    baked: Option<String>,
+    baked: Option<(String, std::path::PathBuf)>,
     waits: Waits,
     json: bool,
     services: &dyn ServiceManager,
@@ -166,11 +170,14 @@ fn create(
         "{id}: allocating and writing state, assets and units"
     ));
     install_instance(settings, spec, &tools, services, &network, media)?;
-    if let Some(name) = baked {
+    if let Some((name, file)) = baked {
         let paths = crate::instance::layout::StatePaths::new(&settings.paths.state_root, id);
-        crate::store::update_fireclaw_state(&paths, |state| state.baked_image = Some(name))
-            .map_err(anyhow::Error::from)
-            .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
+        crate::store::update_fireclaw_state(&paths, |state| {
+            state.baked_image = Some(name);
+            state.baked_file = Some(file);
+        })
+        .map_err(anyhow::Error::from)
+        .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
     }
 
     // Until provisioning completes, any failure removes this instance entirely.

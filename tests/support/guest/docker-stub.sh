@@ -100,13 +100,26 @@ case "$command" in
         printf '%s %s\n' "$1" "$2" >>"$state/tags"
         exit 0 ;;
     image)
-        # `image inspect [-f FORMAT] REF`: every image is there; its Id is what was loaded.
-        if [[ "${1:-}" == inspect && "${2:-}" == -f ]]; then
-            case "$3" in
-                *.Id*) cat "$state/loaded-image" 2>/dev/null || echo "sha256:stub-image" ;;
-                *) echo ;;
-            esac
+        # `image inspect [-f FORMAT] REF`. Until an archive is loaded, every image is there.
+        # After a load, as after an untagged OCI load, only the loaded ID and the references
+        # it was tagged with name an image; its Id is the loaded one.
+        [[ "${1:-}" == inspect ]] || exit 0
+        shift
+        format=""
+        if [[ "${1:-}" == -f ]]; then format=$2; shift 2; fi
+        ref=${1:-}
+        if [[ -f "$state/loaded-image" ]]; then
+            loaded=$(cat "$state/loaded-image")
+            if [[ "$ref" != "$loaded" ]] && ! grep -qxF "$loaded $ref" "$state/tags" 2>/dev/null; then
+                echo "Error: No such image: $ref" >&2
+                exit 1
+            fi
         fi
+        case "$format" in
+            *.Id*) cat "$state/loaded-image" 2>/dev/null || echo "sha256:stub-image" ;;
+            "") echo "[{}]" ;;
+            *) echo ;;
+        esac
         exit 0 ;;
     rm | stop) stop_container "${!#}"; exit 0 ;;
     inspect)
