@@ -272,6 +272,8 @@ pub fn image_dir_lock_held(dir: &Path) -> bool {
     lock_held(&dir.join(IMAGES_LOCK_FILE))
 }
 
+/// Takes the lock for an instant when it is free (flock has no way to only ask); the lockers
+/// that do not wait long, the images directory's, allow for that.
 fn lock_held(path: &Path) -> bool {
     let Ok(file) = OpenOptions::new()
         .read(true)
@@ -494,15 +496,27 @@ pub fn lock_image_dir(dir: &Path) -> Result<HeldLock, StoreError> {
         })?;
     let path = dir.join(IMAGES_LOCK_FILE);
     let file = open_lock_file(&path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(HeldLock { _file: file }),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::ImagesBusy {
-            dir: dir.to_owned(),
-            path,
-        }),
-        Err(fs::TryLockError::Error(source)) => Err(StoreError::Lock { path, source }),
+    // A second is waited out: `doctor` takes the lock for an instant to see whether it is held.
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(HeldLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) if started.elapsed() < IMAGES_LOCK_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::ImagesBusy {
+                    dir: dir.to_owned(),
+                    path,
+                });
+            }
+            Err(fs::TryLockError::Error(source)) => return Err(StoreError::Lock { path, source }),
+        }
     }
 }
+
+/// How long taking the images directory's lock waits before calling it busy.
+const IMAGES_LOCK_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Removes the staging dirs a killed fetch or bake left in `dir` (the caller holds the
 /// directory's lock, so none is in use); returns their names.

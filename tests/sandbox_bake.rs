@@ -212,6 +212,37 @@ fn a_kill_at_any_bake_step_is_named_and_the_next_bake_or_host_cleanup_removes_it
         list.contains("bots (bots.ext4)") && list.contains(&format!("openclaw {IMAGE} sha256:")),
         "{list}"
     );
+
+    // A --force rebake killed past its record, over an existing image: host cleanup installs
+    // the new file, so the old file never stays under the new record.
+    let sha256_of_file = || {
+        fleet
+            .host
+            .sh(&format!("sha256sum {IMAGES}/bots.ext4 | cut -c1-64"))
+            .trim()
+            .to_owned()
+    };
+    let old_sha256 = sha256_of_file();
+    assert_eq!(record["sha256"], old_sha256);
+    let out = fleet.fireclaw_env(
+        &format!("{CRASH_AT}=bake:recorded"),
+        &format!("{} --force", bake_args("bots")),
+    );
+    assert!(out.trim_end().ends_with("rc=137"), "{out}");
+    let cleanup = fleet.fireclaw_ok("host cleanup");
+    assert!(
+        cleanup.contains("finished installing baked image 'bots'"),
+        "{cleanup}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fleet.host.sh(&format!("cat {IMAGES}/fireclaw-baked.json"))).unwrap();
+    let new_sha256 = sha256_of_file();
+    assert_ne!(new_sha256, old_sha256, "the rebake made another disk");
+    assert_eq!(manifest["images"][0]["sha256"], new_sha256, "{manifest}");
+    assert_eq!(
+        fleet.host.sh(&format!("ls -A {IMAGES}")),
+        ".fireclaw-images.lock\nbots.ext4\nfireclaw-baked.json\nrootfs.ext4\nvmlinux\n"
+    );
 }
 
 #[test]
@@ -296,6 +327,10 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
     .unwrap();
     assert_eq!(manifest["images"][0]["name"], "web", "{manifest}");
     assert_eq!(manifest["images"][0]["browser"], true, "{manifest}");
+    // The container guest does not boot from the baked disk: the browser the bake left there is
+    // put into the guest as the disk would carry it, and provisioning must find and mount it.
+    let shell = "/opt/fireclaw/playwright/chromium_headless_shell-1148/chrome-linux/headless_shell";
+    fleet.guests.preset(shell, "#!/bin/sh\n");
     let out = fleet.fireclaw_ok(&format!(
         "setup --instance e --base-rootfs {ELSEWHERE}/web.ext4 --disk-size 3G --ssh-timeout 60 --health-timeout 30 --openai-api-key {KEY}"
     ));
@@ -307,6 +342,20 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
         state["baked_file"],
         format!("{ELSEWHERE}/web.ext4"),
         "{state}"
+    );
+    let unit = fleet.guest("e", "cat /etc/systemd/system/openclaw-e.service");
+    assert!(
+        unit.contains("-v /opt/fireclaw/playwright:/opt/fireclaw/playwright:ro"),
+        "{unit}"
+    );
+    let executable_path: Vec<Vec<String>> = fleet
+        .node_calls("e")
+        .into_iter()
+        .filter(|argv| argv.iter().any(|a| a == "browser.executablePath"))
+        .collect();
+    assert!(
+        executable_path.len() == 1 && executable_path[0].last().map(String::as_str) == Some(shell),
+        "{executable_path:?}"
     );
     let doctor = doctor_details(&fleet, "baked image web");
     assert!(

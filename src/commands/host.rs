@@ -21,10 +21,12 @@ pub fn run(
                 "host cleanup",
                 "it removes the bridge, firewall chains and files under STATE_ROOT",
             )?;
-            // A bake or fetch at work keeps what it uses; the rest of the cleanup goes on.
-            if crate::ops::builder::bake_running(settings) {
+            // A bake or fetch at work keeps what it uses (a running bake's builder is an
+            // instance on the shared network, so that stays too); the rest of the cleanup goes on.
+            let baking = crate::ops::builder::bake_running(settings);
+            if baking {
                 output.warn(&format!(
-                    "an image bake is running: its builder VM ({}) stays",
+                    "an image bake is running: its builder VM ({}) and the shared network it uses stay",
                     crate::instance::baked::BUILDER_ID
                 ));
             } else if crate::ops::builder::remove_builder(settings, services, output)? {
@@ -46,6 +48,9 @@ pub fn run(
                     ));
                 }
                 Err(error) => return Err(error),
+            }
+            if baking {
+                return Ok(());
             }
             let report = remove_shared(settings)?;
             if report.removed.is_empty() {

@@ -40,7 +40,7 @@ pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec
             "image staging",
             Level::Warn,
             format!(
-                "an interrupted image fetch or bake left {} in {}; remove it with: fireclaw host cleanup",
+                "an interrupted image fetch or bake left {} in {}; fireclaw host cleanup removes it (or finishes installing a baked image it already recorded)",
                 staging.join(", "),
                 settings.base_images_dir.display()
             ),

@@ -68,7 +68,7 @@ pub fn run(
     let builder = builder_spec(settings, spec)?;
     let target = spec.images_dir.join(spec.name.file_name());
     let kernel_warning = check_inputs(spec, &builder, &target)?;
-    check_space(settings, spec, &builder)?;
+    check_space(settings, spec, &builder, Credit::LeftBuilder)?;
     require_root(
         "image bake",
         "it runs a builder VM and writes into BASE_IMAGES_DIR",
@@ -92,6 +92,7 @@ pub fn run(
     let _lock = lock(settings, id, output)?;
     let network = HostSystem { settings };
     remove_leftovers(settings, spec, services, output)?;
+    check_space(settings, spec, &builder, Credit::Nothing)?;
     // Hashed now, as the bake uses them, not after it: what the record names is what was used.
     output.progress(&format!("bake {}: hashing the base files", spec.name));
     let sources = Sources::of(spec)?;
@@ -267,12 +268,12 @@ fn existing_dir(path: &Path) -> PathBuf {
         .to_owned()
 }
 
-/// Blocks allocated by the files directly in `dirs` (what a killed bake's builder assets and
-/// staging copies hold; their files are sparse, so their length would overstate it).
-fn allocated_bytes(dirs: &[PathBuf]) -> u64 {
+/// Blocks allocated by the files directly in `dir` (a killed bake's builder assets; its disk is
+/// sparse, so its length would overstate it).
+fn allocated_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    dirs.iter()
-        .filter_map(|dir| std::fs::read_dir(dir).ok())
+    std::fs::read_dir(dir)
+        .into_iter()
         .flatten()
         .flatten()
         .filter_map(|entry| entry.metadata().ok())
@@ -280,29 +281,41 @@ fn allocated_bytes(dirs: &[PathBuf]) -> u64 {
         .sum()
 }
 
+/// What freeing is counted on when the space is checked.
+#[derive(Clone, Copy)]
+enum Credit {
+    /// Before the locks: a builder a killed bake left is removed first, so its disk counts as
+    /// free (unless a bake is running, whose builder stays).
+    LeftBuilder,
+    /// After the leftovers are gone: only what is free.
+    Nothing,
+}
+
 /// Room for the builder's disk in `FC_ROOT` and the baked copy in the images directory (both
-/// on one filesystem when they share it), counting what removing a killed bake's leftovers
-/// (which the bake does first) frees.
-fn check_space(settings: &Settings, spec: &BakeSpec, builder: &SetupSpec) -> Result<()> {
+/// on one filesystem when they share it).
+fn check_space(
+    settings: &Settings,
+    spec: &BakeSpec,
+    builder: &SetupSpec,
+    credit: Credit,
+) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let disk = builder.disk_size.bytes();
     let fc_root = existing_dir(&settings.paths.fc_root);
     let images = existing_dir(&spec.images_dir);
     let device = |dir: &Path| std::fs::metadata(dir).map(|m| m.dev()).ok();
     let shared = device(&fc_root) == device(&images);
-    let builder_left =
-        allocated_bytes(&[AssetPaths::new(&settings.paths.fc_root, &builder.id).dir]);
-    let staging_left = allocated_bytes(
-        &crate::store::staging_dirs(&spec.images_dir)
-            .into_iter()
-            .map(|name| spec.images_dir.join(name))
-            .collect::<Vec<_>>(),
-    );
+    let builder_left = match credit {
+        Credit::LeftBuilder if !crate::ops::builder::bake_running(settings) => {
+            allocated_bytes(&AssetPaths::new(&settings.paths.fc_root, &builder.id).dir)
+        }
+        _ => 0,
+    };
     let checks: Vec<(&Path, u64, u64, &str)> = if shared {
         vec![(
             fc_root.as_path(),
             disk * 2,
-            builder_left + staging_left,
+            builder_left,
             "the builder's disk and the baked copy",
         )]
     } else {
@@ -316,7 +329,7 @@ fn check_space(settings: &Settings, spec: &BakeSpec, builder: &SetupSpec) -> Res
             (
                 images.as_path(),
                 disk,
-                staging_left,
+                0,
                 "the baked copy (BASE_IMAGES_DIR)",
             ),
         ]
@@ -485,12 +498,24 @@ fn bake_in_builder(
     // leaves the whole file in the staging dir, which the next bake or `host cleanup`
     // installs when its SHA-256 is the record's; a kill before the record leaves the old
     // record and file (or none) as they were.
-    let mut manifest =
-        read_baked_manifest(&spec.images_dir)?.unwrap_or_else(BakedManifest::default);
+    // On disk before the record names it: the roll-forward checks these very bytes.
+    std::fs::File::open(&staged)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("fsync {}", staged.display()))?;
+    let previous = read_baked_manifest(&spec.images_dir)?.unwrap_or_else(BakedManifest::default);
+    let mut manifest = previous.clone();
     manifest.record(record.clone());
     write_baked_manifest(&spec.images_dir, &manifest)?;
     crash_point("bake:recorded");
-    install_image(&staged, target, spec.force)?;
+    if let Err(error) = install_image(&staged, target, spec.force) {
+        // A failed rename leaves the old file (or none): the old record goes back with it.
+        return Err(match write_baked_manifest(&spec.images_dir, &previous) {
+            Ok(()) => anyhow::Error::from(error),
+            Err(restore) => anyhow::Error::from(error).context(format!(
+                "and restoring the previous fireclaw-baked.json failed ({restore}), so its record names a file that was not installed; bake it again with --force"
+            )),
+        });
+    }
     Ok(record)
 }
 

@@ -100,6 +100,11 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
             }
         }
     }
+    // What a killed bake left here, a committed one among them, is finished or removed first:
+    // the staging dir below would otherwise drop a staged file its record already names.
+    for done in crate::ops::builder::remove_image_leftovers_locked(&spec.dir)? {
+        output.progress(&format!("{done}, left by an interrupted bake or fetch"));
+    }
     let staging = ImageStaging::create(&spec.dir)?;
 
     let kernel = resolve_kernel(spec, &downloader, output)?;
