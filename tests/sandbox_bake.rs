@@ -114,7 +114,7 @@ fn a_kill_at_any_bake_step_is_named_and_the_next_bake_or_host_cleanup_removes_it
             "{step}: {builder:?}"
         );
         // From the copy on, the staging copy is named too.
-        let staging = doctor_details(&fleet, "image staging");
+        let staging = doctor_details(&fleet, "base images leftovers");
         if index >= 6 {
             assert!(
                 staging.len() == 1 && staging[0].contains(".fireclaw-image-"),

@@ -1,8 +1,8 @@
 //! doctor's checks of baked base images (`fireclaw image bake`): every baked image an instance
 //! was made from, or the default base names, still matches its record; its OpenClaw image is
 //! not older than 30 days; each such instance runs the kernel the image was baked with; and a
-//! builder VM or staging copy that an interrupted bake (or fetch) left behind is named, while
-//! one that is running is not taken for a leftover.
+//! builder VM that an interrupted bake left behind is named, while one that is running is not
+//! taken for a leftover (staging copies are named with the base images' checks).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,18 +31,6 @@ pub fn checks(settings: &Settings, scanned: &[ScannedInstance], checks: &mut Vec
             Level::Warn,
             format!(
                 "the builder VM '{BUILDER_ID}' of an interrupted image bake is still on the host; remove it with: fireclaw host cleanup (or the next fireclaw image bake)"
-            ),
-        ));
-    }
-    let staging = crate::store::staging_dirs(&settings.base_images_dir);
-    if !staging.is_empty() && !crate::store::image_dir_lock_held(&settings.base_images_dir) {
-        checks.push(check(
-            "image staging",
-            Level::Warn,
-            format!(
-                "an interrupted image fetch or bake left {} in {}; fireclaw host cleanup removes it (or finishes installing a baked image it already recorded)",
-                staging.join(", "),
-                settings.base_images_dir.display()
             ),
         ));
     }

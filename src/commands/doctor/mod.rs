@@ -38,9 +38,7 @@ use crate::output::Output;
 use crate::output::{error_chain, use_colour};
 use crate::render::egress::forward_chain_name;
 use crate::settings::Settings;
-use crate::store::{
-    IMAGE_STAGING_PREFIX, ScannedInstance, read_fireclaw_state, read_image_manifest, scan_instances,
-};
+use crate::store::{ScannedInstance, read_fireclaw_state, read_image_manifest, scan_instances};
 
 /// The oldest Firecracker fireclaw was tested with.
 pub const MIN_FIRECRACKER: (u32, u32) = (1, 10);
@@ -224,19 +222,14 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
         checks.push(rootfs_check(&rootfs, kernel_reads_iso));
     }
     checks.push(manifest_check(dir));
-    let leftovers: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(IMAGE_STAGING_PREFIX))
-        .collect();
-    if !leftovers.is_empty() {
+    // A fetch or bake at work holds the directory's lock: its staging dir is no leftover.
+    let leftovers = crate::store::staging_dirs(dir);
+    if !leftovers.is_empty() && !crate::store::image_dir_lock_held(dir) {
         checks.push(check(
             "base images leftovers",
             Level::Warn,
             format!(
-                "{} in {} from a killed image fetch; the next fetch removes them",
+                "{} in {} from a killed image fetch or bake; fireclaw host cleanup (or the next fetch or bake) removes them, or finishes installing a baked image already recorded",
                 leftovers
                     .iter()
                     .map(|name| escaped(name))
