@@ -151,30 +151,49 @@ impl SeedSource {
         }
     }
 
-    /// One seed file's bytes, or `None` when this source has no such file.
-    fn read(&self, name: &str) -> Option<Vec<u8>> {
+    /// One seed file's bytes (`None` when this source has no such file), or why it could not
+    /// be read.
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
         let output = match self {
             Self::Image(image) => std::process::Command::new("isoinfo")
                 .args(["-R", "-i"])
                 .arg(image)
                 .args(["-x", &format!("/{name}")])
-                .output()
-                .unwrap(),
+                .output(),
             Self::Rootfs(rootfs) => std::process::Command::new("debugfs")
                 .args(["-R", &format!("cat /var/lib/cloud/seed/nocloud/{name}")])
                 .arg(rootfs)
-                .output()
-                .unwrap(),
-        };
-        assert!(output.status.success(), "reading {name} from {self:?}");
+                .output(),
+        }
+        .map_err(|e| format!("reading {name} from {self:?}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "reading {name} from {self:?}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
         // Both tools print nothing (and exit 0) for a file that is not there.
-        (!output.stdout.is_empty()).then_some(output.stdout)
+        Ok((!output.stdout.is_empty()).then_some(output.stdout))
+    }
+
+    /// The seed files this source has, read before the guest boots.
+    fn read_all(&self) -> Result<SeedFiles, String> {
+        let mut files = Vec::new();
+        for name in ["user-data", "meta-data", "network-config"] {
+            if let Some(contents) = self.read(name)? {
+                files.push((name, contents));
+            }
+        }
+        Ok(files)
     }
 }
 
+/// A seed's files, by name, as the guest's cloud-init finds them.
+type SeedFiles = Vec<(&'static str, Vec<u8>)>;
+
 /// Installs the pinned cloud-init into a guest disk (never on the machine) and puts the seed
 /// the guest can see where cloud-init's NoCloud datasource reads it inside a guest.
-fn install_cloud_init(upper: &Path, seed: &SeedSource) {
+fn install_cloud_init(upper: &Path, seed: &SeedFiles) {
     let package = cache_dir().join("cloud-init");
     assert!(
         package.join("usr/bin/cloud-init").exists(),
@@ -202,11 +221,9 @@ fn install_cloud_init(upper: &Path, seed: &SeedSource) {
     let seed_dir = upper.join("var/lib/cloud/seed/nocloud");
     std::fs::create_dir_all(&seed_dir).unwrap();
     std::fs::set_permissions(&seed_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    for name in ["user-data", "meta-data", "network-config"] {
-        let Some(mut contents) = seed.read(name) else {
-            continue;
-        };
-        if name == "network-config" {
+    for (name, contents) in seed {
+        let mut contents = contents.clone();
+        if *name == "network-config" {
             contents = netplan_default_route(&contents);
         }
         let path = seed_dir.join(name);
@@ -259,7 +276,7 @@ mount --bind /run/guest-sysfs/devices/virtual/net /sys/devices/virtual/net'\n\n\
 [Install]\nWantedBy=sysinit.target\n";
 
 /// Lays the guest stand-in's own files, then the test's presets, into a fresh guest disk.
-fn prepare_guest(upper: &Path, seed: &SeedSource, presets: &[(String, String)]) {
+fn prepare_guest(upper: &Path, seed: &SeedFiles, presets: &[(String, String)]) {
     // sshd is masked in host sandboxes; a guest needs it.
     let _ = std::fs::remove_file(upper.join("etc/systemd/system/ssh.service"));
     write(
@@ -781,6 +798,13 @@ fn supervise(
             on_machine("rootfs"),
         );
         let _ = std::fs::write(dir.join("seed-source"), seed_source.name());
+        // A VM stopped while it started (a bake interrupted as its builder boots) takes its
+        // seed with it: its guest is not booted. A seed unreadable under a live VMM is a bug.
+        let seed_files = match seed_source.read_all() {
+            Ok(files) => files,
+            Err(_) if !vmm_alive(&dir) => continue,
+            Err(reason) => panic!("{reason}"),
+        };
         // A VM made anew (the same id set up again after a destroy) gets a fresh disk with its
         // new seed, as a new rootfs copy would; a restart of the same VM keeps its disk.
         if guests.get(&tap).is_some_and(|g| g.seed != seed_bytes) {
@@ -814,7 +838,7 @@ fn supervise(
                         }
                         binds
                     },
-                    |upper| prepare_guest(upper, &seed_source, presets),
+                    |upper| prepare_guest(upper, &seed_files, presets),
                 );
                 guests.insert(
                     tap.clone(),
