@@ -308,7 +308,7 @@ fn real_guest_setup_lifecycle_suspend_and_destroy() {
         fleet
             .host
             .sh(&format!("cat {vmm_dir}/snapshot.vmstate"))
-            .contains("\"qemu_args\":[\"-M\",\"microvm,acpi=on\""),
+            .contains("\"qemu_args\":[\"-M\",\"microvm,acpi=on,pic=off\""),
         "no QEMU arguments in the state file"
     );
     assert_eq!(

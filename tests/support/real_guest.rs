@@ -145,12 +145,19 @@ impl RealGuestHost {
     }
 
     /// The serial console of instance `id` (all instances' when `id` is empty, and those a
-    /// failed setup kept), last lines.
+    /// failed setup kept): where the kernel first complained (an oops cascades, so its last
+    /// lines only show the end), systemd's failures, then the last lines.
     pub fn console_tail(&self, id: &str) -> String {
         let pattern = if id.is_empty() { "*" } else { id };
         self.host
             .exec(&format!(
-                "tail -n 60 /srv/firecracker/vm-demo/{pattern}/logs/console.log /var/lib/fireclaw/.failed/{pattern}*/console.log 2>/dev/null"
+                "for log in /srv/firecracker/vm-demo/{pattern}/logs/console.log /var/lib/fireclaw/.failed/{pattern}*/console.log; do \
+                   [ -f \"$log\" ] || continue; echo \"==> $log <==\"; \
+                   echo '-- first kernel complaint:'; \
+                   awk '!seen && /BUG:|Oops|WARNING:|watchdog:|rcu: INFO|hung_task|Kernel panic/ {{ seen = 1; n = 60 }} n > 0 {{ print; n--; if (n == 0) exit }}' \"$log\"; \
+                   echo '-- failures and timeouts:'; \
+                   grep -a -E -m 20 'FAILED|Failed to|[Tt]imed out|Dependency failed|emergency' \"$log\"; \
+                   echo '-- last lines:'; tail -n 40 \"$log\"; done 2>/dev/null"
             ))
             .stdout
             .iter()
