@@ -156,7 +156,7 @@ impl RealGuestHost {
                    echo '-- first kernel complaint:'; \
                    awk '!seen && /BUG:|Oops|WARNING:|watchdog:|rcu: INFO|hung_task|Kernel panic/ {{ seen = 1; n = 60 }} n > 0 {{ print; n--; if (n == 0) exit }}' \"$log\"; \
                    echo '-- failures and timeouts:'; \
-                   grep -a -E -m 20 'FAILED|Failed to|[Tt]imed out|Dependency failed|emergency' \"$log\"; \
+                   grep -a -E -m 20 'FAILED|Failed to|[Tt]imed out|Dependency failed|emergency mode' \"$log\"; \
                    echo '-- last lines:'; tail -n 40 \"$log\"; done 2>/dev/null"
             ))
             .stdout
