@@ -662,8 +662,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     assert!(!host.ok(&format!("ping -c 1 -W 1 {GUEST_IP}")));
     // Pausing a paused VM changes nothing.
     assert_eq!(
-        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
-        204
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        (204, String::new())
     );
 
     assert_eq!(
@@ -720,9 +720,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
             "PUT",
             "/machine-config",
             r#"{"vcpu_count":1,"mem_size_mib":128}"#
-        )
-        .0,
-        204
+        ),
+        (204, String::new())
     );
     assert_eq!(
         load(&host, &vmstate, &memory, false),
@@ -808,8 +807,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     // Paused and snapshotted again, and killed: a load of the first snapshot finds no frozen
     // guest for it (a guest is attached once) and the VMM exits.
     assert_eq!(
-        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
-        204
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        (204, String::new())
     );
     let (vmstate2, memory2) = (
         format!("{d}/vmm/second.vmstate"),
@@ -822,9 +821,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
             "PUT",
             "/snapshot/create",
             &create_body(&vmstate2, &memory2)
-        )
-        .0,
-        204
+        ),
+        (204, String::new())
     );
     host.sh("systemctl kill -s KILL fc-load");
     wait_until(
@@ -866,8 +864,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
     // A load that resumes at once, and a clean shutdown of the loaded VM: the guest goes down
     // and the VMM exits 0 once it has gone.
     assert_eq!(
-        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#).0,
-        204
+        api(&host, "a", "PATCH", "/vm", r#"{"state":"Paused"}"#),
+        (204, String::new())
     );
     assert_eq!(
         api(
@@ -876,9 +874,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
             "PUT",
             "/snapshot/create",
             &create_body(&vmstate, &memory)
-        )
-        .0,
-        204
+        ),
+        (204, String::new())
     );
     host.sh("systemctl kill -s KILL fc-cold");
     wait_until(
@@ -899,9 +896,8 @@ fn a_paused_standin_snapshots_and_a_new_one_loads_the_snapshot_onto_the_same_fro
             "PUT",
             "/actions",
             r#"{"action_type":"SendCtrlAltDel"}"#
-        )
-        .0,
-        204
+        ),
+        (204, String::new())
     );
     wait_until(
         "the loaded guest shuts down",

@@ -154,6 +154,11 @@ impl SeedSource {
     /// One seed file's bytes (`None` when this source has no such file), or why it could not
     /// be read.
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, String> {
+        let (Self::Image(file) | Self::Rootfs(file)) = self;
+        // debugfs may exit 0 with nothing on stdout for a disk that is gone.
+        if !file.exists() {
+            return Err(format!("reading {name} from {self:?}: no such file"));
+        }
         let output = match self {
             Self::Image(image) => std::process::Command::new("isoinfo")
                 .args(["-R", "-i"])
@@ -798,18 +803,23 @@ fn supervise(
             on_machine("rootfs"),
         );
         let _ = std::fs::write(dir.join("seed-source"), seed_source.name());
-        // A VM stopped while it started (a bake interrupted as its builder boots) takes its
-        // seed with it: its guest is not booted. A seed unreadable under a live VMM is a bug.
-        let seed_files = match seed_source.read_all() {
-            Ok(files) => files,
-            Err(_) if !vmm_alive(&dir) => continue,
-            Err(reason) => panic!("{reason}"),
-        };
         // A VM made anew (the same id set up again after a destroy) gets a fresh disk with its
         // new seed, as a new rootfs copy would; a restart of the same VM keeps its disk.
         if guests.get(&tap).is_some_and(|g| g.seed != seed_bytes) {
             guests.remove(&tap);
         }
+        // A new guest's seed is read before it boots. A VM stopped while it started (a bake
+        // interrupted as its builder boots) takes its seed with it: its guest is not booted.
+        // A seed unreadable under a live VMM is a bug.
+        let seed_files = if guests.contains_key(&tap) {
+            SeedFiles::new()
+        } else {
+            match seed_source.read_all() {
+                Ok(files) => files,
+                Err(_) if !vmm_alive(&dir) => continue,
+                Err(reason) => panic!("{reason}"),
+            }
+        };
         if !guests.contains_key(&tap) {
             let mac = std::fs::read_to_string(dir.join("mac")).unwrap_or_default();
             wire_namespace(host_leader, &tap, mac.trim());

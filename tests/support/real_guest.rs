@@ -154,7 +154,7 @@ impl RealGuestHost {
                 "for log in /srv/firecracker/vm-demo/{pattern}/logs/console.log /var/lib/fireclaw/.failed/{pattern}*/console.log; do \
                    [ -f \"$log\" ] || continue; echo \"==> $log <==\"; \
                    echo '-- first kernel complaint:'; \
-                   awk '!seen && /BUG:|Oops|WARNING:|watchdog:|rcu: INFO|hung_task|Kernel panic/ {{ seen = 1; n = 60 }} n > 0 {{ print; n--; if (n == 0) exit }}' \"$log\"; \
+                   awk '!seen && /^\\[ *[0-9]+\\.[0-9]+\\] .*(BUG:|Oops|WARNING:|watchdog:|rcu: INFO|hung_task|Kernel panic)/ {{ seen = 1; n = 60 }} n > 0 {{ print; n--; if (n == 0) exit }}' \"$log\"; \
                    echo '-- failures and timeouts:'; \
                    grep -a -E -m 20 'FAILED|Failed to|[Tt]imed out|Dependency failed|emergency mode' \"$log\"; \
                    echo '-- last lines:'; tail -n 40 \"$log\"; done 2>/dev/null"
