@@ -811,16 +811,17 @@ fn supervise(
         // A new guest's seed is read before it boots. A VM stopped while it started (a bake
         // interrupted as its builder boots) takes its seed with it: its guest is not booted.
         // A seed unreadable under a live VMM is a bug.
-        let seed_files = if guests.contains_key(&tap) {
-            SeedFiles::new()
-        } else {
+        let new_guest = !guests.contains_key(&tap);
+        let seed_files = if new_guest {
             match seed_source.read_all() {
                 Ok(files) => files,
                 Err(_) if !vmm_alive(&dir) => continue,
                 Err(reason) => panic!("{reason}"),
             }
+        } else {
+            SeedFiles::new()
         };
-        if !guests.contains_key(&tap) {
+        if new_guest {
             let mac = std::fs::read_to_string(dir.join("mac")).unwrap_or_default();
             wire_namespace(host_leader, &tap, mac.trim());
         }
