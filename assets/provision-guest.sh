@@ -19,6 +19,39 @@ say() {
 }
 die() { say "error: $*"; exit 1; }
 
+# Each step's wall time goes to stdout (`fireclaw-step: <name>=<seconds>`, which fireclaw
+# records) and to the journal. `step NAME` ends the step under way and begins NAME.
+step_name=
+step_began=
+now_micros() {
+    local now=$EPOCHREALTIME
+    printf '%s' "${now//[.,]/}"
+}
+report_step() {
+    local secs
+    secs=$(printf '%d.%d' $(($2 / 1000000)) $((($2 % 1000000) / 100000)))
+    printf 'fireclaw-step: %s=%s\n' "$1" "$secs"
+    say "step '$1' took ${secs}s"
+}
+step() {
+    local now
+    now=$(now_micros)
+    if [[ -n "$step_name" ]]; then
+        report_step "$step_name" $((now - step_began))
+    fi
+    step_name=$1
+    step_began=$now
+}
+# The last MICROS microseconds of the step under way were step NAME: step_split NAME MICROS.
+step_split() {
+    local now
+    now=$(now_micros)
+    report_step "$step_name" $((now - step_began - $2))
+    report_step "$1" "$2"
+    step_name=
+    step_began=$now
+}
+
 # --- input ------------------------------------------------------------------------------------
 declare -A input=()
 while IFS= read -r line || [[ -n "$line" ]]; do
@@ -120,11 +153,13 @@ write_file() {
 }
 
 # --- the guest OS -----------------------------------------------------------------------------
+step cloud-init
 say "waiting for cloud-init"
 if command -v cloud-init >/dev/null 2>&1; then
     cloud-init status --wait >/dev/null 2>&1 || say "cloud-init reported a problem (continuing)"
 fi
 
+step "guest packages"
 say "waiting for apt and dpkg"
 for _ in $(seq 150); do
     pgrep -x 'apt|apt-get|dpkg|unattended-upgr' >/dev/null 2>&1 || break
@@ -149,6 +184,7 @@ if ((${#missing[@]})); then
 fi
 docker_bin=$(command -v docker)
 
+step docker
 # Docker's own bridge and nftables setup fail inside Firecracker guests; the gateway uses the
 # host network anyway. Restart only when the file changes.
 mkdir -p /etc/docker
@@ -159,6 +195,7 @@ if printf '%s\n' '{"iptables": false, "ip6tables": false, "bridge": "none"}' |
 fi
 systemctl enable --now docker.service >/dev/null 2>&1
 
+step image
 if [[ -n "$archive" ]]; then
     say "loading $image from the archive"
     loaded=$("$docker_bin" load -i "$archive") || die "docker load of the archive failed"
@@ -182,6 +219,7 @@ fi
 if [[ "$phase" == install ]]; then
     browser=false
     if [[ "$skip_browser" == false ]]; then
+        step browser
         say "installing Playwright Chromium into $shared_browsers"
         install -d -m 0755 "$shared_browsers"
         printf '%s\n' \
@@ -207,6 +245,7 @@ if [[ "$phase" == install ]]; then
     printf 'fireclaw-fact: repo_digest=%s\n' "$("$docker_bin" image inspect -f '{{join .RepoDigests ","}}' "$image" 2>/dev/null || true)"
     printf 'fireclaw-fact: docker_version=%s\n' "$("$docker_bin" version -f '{{.Server.Version}}')"
     printf 'fireclaw-fact: browser=%s\n' "$browser"
+    step ""
     say "done (install phase)"
     exit 0
 fi
@@ -215,10 +254,15 @@ fi
 install -d -o "$user" -g "$user" -m 0700 "$config_root" "$config_dir"
 install -d -o "$user" -g "$user" -m 0755 "$work_root" "$workspace" "$tools"
 
+# Node's compile cache in the tools volume, which outlives each container: every start of the
+# CLI and of the gateway after the first reuses the code V8 compiled for it (OpenClaw's own
+# default is the container's /tmp, gone with each throwaway container).
+compile_cache=/home/node/clawd/tools/.node-compile-cache
+
 # The only place the secret values live in the guest; the config refers to them as ${VAR}.
 {
     printf '%s\n' NODE_ENV=production BROWSER=echo CLAWDBOT_PREFER_PNPM=1 OPENCLAW_PREFER_PNPM=1 \
-        PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright
+        PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright "NODE_COMPILE_CACHE=$compile_cache"
     printf 'OPENCLAW_GATEWAY_TOKEN=%s\n' "$gateway_token"
     printf 'ANTHROPIC_API_KEY=%s\n' "${input[ANTHROPIC_API_KEY]:-}"
     printf 'OPENAI_API_KEY=%s\n' "${input[OPENAI_API_KEY]:-}"
@@ -236,26 +280,109 @@ if [[ -n "$baked_browser" ]]; then
 fi
 
 # Runs a bash script (stdin) in a throwaway container of the image with the OpenClaw CLI.
+# npm gives up on an unreachable registry after one quick retry: OpenClaw's doctor runs npm to
+# install plugins its config names but the image lacks, and with npm's default retries a
+# guest without a registry waits minutes for it (measured: 4 minutes, against 40 s).
 in_image() {
     "$docker_bin" run --rm -i --network host --env-file "$env_file" -e HOME=/home/node \
+        -e npm_config_fetch_retries=1 -e npm_config_fetch_retry_mintimeout=2000 \
+        -e npm_config_fetch_retry_maxtimeout=10000 \
         -v "$config_dir:/home/node/.openclaw" \
         -v "$workspace:/home/node/.openclaw/workspace" \
         -v "$tools:/home/node/clawd/tools" \
         "${browser_mount[@]}" "$image" bash -se
 }
 
-# `config set` lines, every word quoted for the container's shell.
+# The browser first, so its path goes into the one config write below.
+browser_path=
+if [[ -n "$baked_browser" ]]; then
+    say "using the baked browser in $shared_browsers"
+    browser_path=$baked_browser
+elif [[ "$skip_browser" == false ]]; then
+    step browser
+    say "installing Playwright Chromium"
+    # The image's own playwright when it has one, a pinned fallback otherwise.
+    printf '%s\n' \
+        'set -e' \
+        'export PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright' \
+        'if [ -f /app/node_modules/playwright-core/cli.js ]; then' \
+        '  node /app/node_modules/playwright-core/cli.js install chromium' \
+        'else' \
+        '  npx -y playwright@1.49.1 install chromium' \
+        'fi' \
+        'find /home/node/clawd/tools/.playwright -type f \( -name chrome-headless-shell -o -name headless_shell \) 2>/dev/null | sort | head -n 1' |
+        in_image >"$config_root/.browser-path" 2>/dev/null || say "Playwright install failed (continuing)"
+    browser_path=$(head -n 1 "$config_root/.browser-path" 2>/dev/null || true)
+    rm -f "$config_root/.browser-path"
+    if [[ "$browser_path" != /home/node/clawd/tools/* ]]; then
+        say "Chromium headless shell not found; browser tools stay unconfigured"
+        browser_path=
+    fi
+fi
+
+to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s+$"; "")) | map(select(length > 0))'; }
+
+# The MiniMax provider block: OpenClaw knows MiniMax-M2.1 only through it.
+# shellcheck disable=SC2016 # a literal ${VAR} reference, substituted by OpenClaw
+minimax_provider=$(jq -cn '{
+    baseUrl: "https://api.minimax.io/anthropic",
+    api: "anthropic-messages",
+    apiKey: "${MINIMAX_API_KEY}",
+    models: [{id: "MiniMax-M2.1", name: "MiniMax M2.1", reasoning: false,
+              input: ["text"], contextWindow: 200000, maxTokens: 8192}]
+}')
+
+# The instance's whole config as one patch object (`openclaw config patch`: objects merge,
+# arrays and scalars replace, null deletes). Applied to an existing config (`fireclaw
+# provision`), a merge keeps what an earlier run set, so what is now off is deleted on
+# purpose: the MiniMax block and the `models` it made (and the plugin entry OpenClaw's doctor
+# enabled for it) after a switch to another provider, and Telegram's token, policies and
+# allowlists (the group allowlist is one doctor copies) once Telegram is off. The result is
+# the config a fresh instance of the same settings gets. The secrets stay ${VAR} references.
+current_config=$(jq -c 'if type == "object" then . else {} end' "$config_dir/openclaw.json" 2>/dev/null || echo '{}')
+# shellcheck disable=SC2016 # literal ${VAR} references, substituted by OpenClaw
+config_patch=$(jq -cn \
+    --argjson current "$current_config" \
+    --arg model "$model" \
+    --argjson minimax "$minimax_provider" \
+    --argjson skills "$(to_json_array "$skills")" \
+    --arg telegram "${telegram_token:+on}" \
+    --argjson users "$(to_json_array "$telegram_users")" \
+    --arg browser "$browser_path" '
+    ($model | startswith("minimax/")) as $uses_minimax
+    | ($current.models // {}) as $models
+    | {
+        gateway: {mode: "local", bind: "lan", auth: {mode: "token", token: "${OPENCLAW_GATEWAY_TOKEN}"},
+                  tailscale: {mode: "off"}},
+        models: (if $uses_minimax then {mode: "merge", providers: {minimax: $minimax}}
+                 elif ((($models.providers // {}) | del(.minimax) | length) == 0
+                       and ($models | del(.providers, .mode) | length) == 0) then null
+                 else {providers: {minimax: null}} end),
+        agents: {defaults: {model: {primary: $model}, skipBootstrap: false}},
+        skills: {allowBundled: $skills},
+        channels: {telegram: (if $telegram == "on" then
+                      {enabled: true, botToken: "${TELEGRAM_BOT_TOKEN}", dmPolicy: "allowlist",
+                       groupPolicy: "disabled", allowFrom: $users}
+                   else
+                      {enabled: false, botToken: null, dmPolicy: null, groupPolicy: null,
+                       allowFrom: null, groupAllowFrom: null}
+                   end)},
+        plugins: {entries: ({telegram: {enabled: ($telegram == "on")}}
+                  + (if ($uses_minimax | not) and $current.plugins.entries.minimax == {enabled: true}
+                     then {minimax: null} else {} end))}
+      }
+    + (if $browser != "" then {browser: {executablePath: $browser}} else {} end)')
+
+# The same settings as `config set` lines, for images whose OpenClaw has no `config patch`:
+# every word quoted for the container's shell, stdin closed so no run reads the script.
 config_lines=()
 set_config() {
     local words="node /app/openclaw.mjs config set" word
     for word in "$@"; do
         words+=" $(printf '%q' "$word")"
     done
-    config_lines+=("$words")
+    config_lines+=("$words </dev/null >/dev/null")
 }
-
-to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s+$"; "")) | map(select(length > 0))'; }
-
 # Literal ${VAR} references: OpenClaw substitutes them from the container's environment.
 # shellcheck disable=SC2016
 {
@@ -268,13 +395,7 @@ to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s
     # when it is set, and MiniMax-M2.1 is known only through this block.
     if [[ "$model" == minimax/* ]]; then
         set_config models.mode merge
-        set_config models.providers.minimax "$(jq -cn '{
-            baseUrl: "https://api.minimax.io/anthropic",
-            api: "anthropic-messages",
-            apiKey: "${MINIMAX_API_KEY}",
-            models: [{id: "MiniMax-M2.1", name: "MiniMax M2.1", reasoning: false,
-                      input: ["text"], contextWindow: 200000, maxTokens: 8192}]
-        }')" --json
+        set_config models.providers.minimax "$minimax_provider" --json
     fi
     set_config agents.defaults.model.primary "$model"
     set_config agents.defaults.skipBootstrap false --json
@@ -290,47 +411,85 @@ to_json_array() { jq -cn --arg csv "$1" '$csv | split(",") | map(gsub("^\\s+|\\s
         set_config channels.telegram.enabled false --json
         set_config plugins.entries.telegram.enabled false --json
     fi
+    if [[ -n "$browser_path" ]]; then
+        set_config browser.executablePath "$browser_path"
+    fi
 }
 
+# Whether an OpenClaw release has `openclaw config patch`: 2026.4.29 is the first (its
+# prereleases 2026.4.29-beta.* have it too; 2026.4.27 does not). Anything unreadable gets the
+# per-key path, which every release has.
+openclaw_has_config_patch() {
+    local year month day
+    IFS=.- read -r year month day _ <<<"$1"
+    [[ "$year" =~ ^[0-9]+$ && "$month" =~ ^[0-9]+$ && "$day" =~ ^[0-9]+$ ]] || return 1
+    ((10#$year > 2026 || (10#$year == 2026 && (10#$month > 4 || (10#$month == 4 && 10#$day >= 29)))))
+}
+
+# A guest may force one path (`patch` or `set`) in this file: a way around a bad release, and
+# how the tests and bench_provision run the per-key path on a release that has both.
+forced_path=$(head -n 1 /etc/fireclaw/openclaw-config-path 2>/dev/null || true)
+case "$forced_path" in
+    patch | set | "") ;;
+    *) die "/etc/fireclaw/openclaw-config-path must say patch or set" ;;
+esac
+
+# One container run configures OpenClaw: it reads the image's OpenClaw version, writes the
+# whole config (one `config patch`, or a `config set` per key on older releases), then runs
+# `doctor --fix` once. It reports on stdout which path ran and when each part began.
+step "openclaw config"
 say "configuring OpenClaw"
-printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
-
-if [[ -n "$baked_browser" ]]; then
-    say "using the baked browser in $shared_browsers"
-    config_lines=()
-    set_config browser.executablePath "$baked_browser"
-    printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
-elif [[ "$skip_browser" == false ]]; then
-    say "installing Playwright Chromium"
-    # The image's own playwright when it has one, a pinned fallback otherwise.
-    printf '%s\n' \
-        'set -e' \
-        'export PLAYWRIGHT_BROWSERS_PATH=/home/node/clawd/tools/.playwright' \
-        'if [ -f /app/node_modules/playwright-core/cli.js ]; then' \
-        '  node /app/node_modules/playwright-core/cli.js install chromium' \
-        'else' \
-        '  npx -y playwright@1.49.1 install chromium' \
-        'fi' \
-        'find /home/node/clawd/tools/.playwright -type f \( -name chrome-headless-shell -o -name headless_shell \) 2>/dev/null | sort | head -n 1' |
-        in_image >"$config_root/.browser-path" 2>/dev/null || say "Playwright install failed (continuing)"
-    browser_path=$(head -n 1 "$config_root/.browser-path" 2>/dev/null || true)
-    rm -f "$config_root/.browser-path"
-    if [[ "$browser_path" == /home/node/clawd/tools/* ]]; then
-        config_lines=()
-        set_config browser.executablePath "$browser_path"
-        printf 'set -e\n%s\n' "${config_lines[@]}" | in_image >/dev/null
-    else
-        say "Chromium headless shell not found; browser tools stay unconfigured"
-    fi
+config_report=$({
+    printf '%s\n' 'set -e'
+    declare -f openclaw_has_config_patch
+    printf 'forced_path=%q\n' "$forced_path"
+    printf 'config_patch=%q\n' "$config_patch"
+    printf '%s\n' 'set_path() {' "${config_lines[@]}" '}'
+    cat <<'IN_CONTAINER'
+mark() { printf 'fireclaw-mark: %s %s\n' "$1" "${EPOCHREALTIME//[.,]/}"; }
+version=$(sed -n 's/^[[:space:]]*"version"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' /app/package.json 2>/dev/null | head -n 1)
+path=$forced_path
+if [ -z "$path" ]; then
+    if openclaw_has_config_patch "$version"; then path=patch; else path=set; fi
 fi
-
-say "running openclaw doctor --fix"
-printf '%s\n' 'node /app/openclaw.mjs doctor --fix' | in_image >/dev/null 2>&1 ||
-    say "openclaw doctor --fix reported problems (continuing)"
+printf 'fireclaw-config: %s %s\n' "$path" "${version:-unknown}"
+if [ "$path" = patch ]; then
+    printf '%s\n' "$config_patch" | node /app/openclaw.mjs config patch --stdin >/dev/null
+    doctor_flags=(--fix --non-interactive)
+else
+    set_path
+    doctor_flags=(--fix)
+fi
+mark doctor
+if ! doctor_said=$(node /app/openclaw.mjs doctor "${doctor_flags[@]}" </dev/null 2>&1); then
+    echo 'fireclaw-doctor: failed'
+    # Its last words, for the journal (the doctor names config paths, never their values).
+    printf '%s\n' "$doctor_said" | grep -v '^[│|[:space:]]*$' | tail -n 6 | sed 's/^/fireclaw-doctor-said: /'
+fi
+mark end
+IN_CONTAINER
+} | in_image) || die "configuring OpenClaw failed (see the lines above)"
+config_path=$(sed -n 's/^fireclaw-config: //p' <<<"$config_report" | head -n 1)
+say "OpenClaw config written by the ${config_path%% *} path (OpenClaw ${config_path#* })"
+if grep -q '^fireclaw-doctor: failed' <<<"$config_report"; then
+    say "openclaw doctor --fix reported problems (continuing); it ended with:"
+    while IFS= read -r said; do
+        say "  $said"
+    done < <(sed -n 's/^fireclaw-doctor-said: //p' <<<"$config_report")
+fi
+# The doctor's share of the container run, from the run's own marks.
+doctor_began=$(sed -n 's/^fireclaw-mark: doctor //p' <<<"$config_report")
+doctor_ended=$(sed -n 's/^fireclaw-mark: end //p' <<<"$config_report")
+if [[ "$doctor_began" =~ ^[0-9]+$ && "$doctor_ended" =~ ^[0-9]+$ ]]; then
+    step_split "openclaw doctor" $((doctor_ended - doctor_began))
+fi
+printf 'fireclaw-fact: config_path=%s\n' "${config_path%% *}"
 
 # --- health script and service ----------------------------------------------------------------
+step "gateway service"
 # Healthy: the container runs and /healthz (or /health) answers JSON with ok or status ok/live;
-# images without JSON health fall back to the CLI's health check. Prints ok or legacy.
+# images without JSON health fall back to the CLI's health check, once their gateway answers
+# HTTP at all. Prints ok or legacy.
 # shellcheck disable=SC2016 # the script's own variables, written literally
 {
     printf '%s\n' '#!/usr/bin/env bash' 'set -uo pipefail'
@@ -342,6 +501,10 @@ printf '%s\n' 'node /app/openclaw.mjs doctor --fix' | in_image >/dev/null 2>&1 |
         'for path in /healthz /health; do' \
         '  if curl -fsS --max-time 5 "http://127.0.0.1:18789$path" 2>/dev/null | healthy; then echo ok; exit 0; fi' \
         'done' \
+        '# Not while nothing answers on the port (the gateway is starting): a start of the CLI' \
+        '# for every probe would slow that start down.' \
+        'code=$(curl -s -o /dev/null -w "%{http_code}" --max-time 5 http://127.0.0.1:18789/ 2>/dev/null)' \
+        'if [ "${code:-000}" = 000 ]; then echo "nothing answers on :18789 yet" >&2; exit 1; fi' \
         'if "$docker" exec "$container" node /app/openclaw.mjs health --json 2>/dev/null | healthy; then echo legacy; exit 0; fi' \
         'echo "the gateway on :18789 is not healthy" >&2' \
         'exit 1'
@@ -362,4 +525,5 @@ systemctl daemon-reload
 systemctl enable "$unit" >/dev/null 2>&1
 say "restarting $unit"
 systemctl restart "$unit"
+step ""
 say "done"

@@ -32,6 +32,8 @@ pub const BASE_INITRD: &str = "BASE_INITRD";
 pub const ANTHROPIC_API_KEY: &str = "ANTHROPIC_API_KEY";
 pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
 pub const MINIMAX_API_KEY: &str = "MINIMAX_API_KEY";
+/// Set by sudo to the user who ran it: a missing provider key then gets sudo's advice.
+pub const SUDO_USER: &str = "SUDO_USER";
 
 /// Names the step at which fireclaw kills itself (reliability tests; see `faults`).
 pub const FIRECLAW_TEST_CRASH_AT: &str = "FIRECLAW_TEST_CRASH_AT";
@@ -57,3 +59,6 @@ pub const FIRECLAW_TEST_KERNEL: &str = "FIRECLAW_TEST_KERNEL";
 pub const FIRECLAW_TEST_ROOTFS: &str = "FIRECLAW_TEST_ROOTFS";
 /// Where `scripts/test-deps` caches the real parts the tests use (cloud-init, Node, OpenClaw).
 pub const FIRECLAW_TEST_CACHE: &str = "FIRECLAW_TEST_CACHE";
+/// Set to 1 by `scripts/openclaw-goldens`: the real-OpenClaw config test writes its goldens
+/// with the per-key path instead of comparing the one-patch path with them.
+pub const FIRECLAW_WRITE_OPENCLAW_GOLDENS: &str = "FIRECLAW_WRITE_OPENCLAW_GOLDENS";

@@ -737,3 +737,132 @@ fn real_guest_bake_then_two_instances_from_the_baked_image() {
     fleet.fireclaw_ok("destroy c -y");
     fleet.fireclaw_ok("destroy d -y");
 }
+
+/// The real OpenClaw (the pinned release, in the published image's shape, built by
+/// `scripts/test-deps`) on the real guest with the real Docker: setup to healthy through the
+/// proxy, provisioning in one config write (at most three starts of the CLI, counted by the
+/// test image's `node` wrapper), the gateway's token check, the config the guest holds being
+/// the one provisioning wrote (the same as the container guest's golden), and a suspend and
+/// resume back to healthy. Each step's time is printed.
+#[test]
+#[ignore = "needs root: sandbox"]
+fn real_guest_runs_the_real_openclaw_to_healthy_with_its_token_and_through_suspend() {
+    const OC: &str = "oc";
+    let fleet = RealGuestHost::boot("realopenclaw");
+    let openclaw = support::real_guest::RealOpenClaw::cached();
+    let parts = &fleet.parts;
+    let out = timed("setup with the real OpenClaw to healthy", || {
+        fleet.fireclaw_ok(&format!(
+            "setup --instance {OC} --base-kernel {} --base-initrd {} --base-rootfs {} \
+             --openai-api-key {OPENAI_KEY} --openclaw-image {} --openclaw-pull missing \
+             --vm-vcpu {REAL_OPENCLAW_VCPUS} --vm-mem-mib {REAL_OPENCLAW_MEM_MIB} --disk-size 6G \
+             --skip-browser-install --ssh-timeout 600 --health-timeout 1500 --json",
+            parts.kernel.display(),
+            parts.initrd.display(),
+            openclaw.rootfs.display(),
+            openclaw.image,
+        ))
+    });
+    let json_end = out.rfind('}').unwrap();
+    let result: serde_json::Value = serde_json::from_str(&out[..=json_end]).unwrap();
+    for step in result["times"]["steps"].as_array().unwrap() {
+        eprintln!(
+            "real guest: setup step {} took {:.1} s",
+            step["name"].as_str().unwrap(),
+            step["ms"].as_f64().unwrap() / 1000.0
+        );
+    }
+    assert_eq!(result["healthy"], true, "{result}");
+
+    // One config write and one doctor; the journal names the path and the real release.
+    let runs = fleet.guest(
+        OC,
+        &format!("cat /home/ubuntu/openclaw-{OC}/tools/.openclaw-runs.log"),
+    );
+    assert_eq!(
+        runs.lines().count(),
+        2,
+        "starts of the OpenClaw CLI:\n{runs}"
+    );
+    assert!(runs.contains("config patch --stdin"), "{runs}");
+    let journal = fleet.guest(
+        OC,
+        "sudo journalctl -t fireclaw-provision -o cat --no-pager",
+    );
+    assert!(
+        journal.contains("OpenClaw config written by the patch path (OpenClaw 2026.9.6)"),
+        "{journal}"
+    );
+    assert!(journal.contains("fireclaw setup took "), "{journal}");
+
+    // The gateway's token check through the localhost proxy: /tools/invoke refused without
+    // the token, answered with it (the token travels in a header file, never on a command line).
+    let port = fleet.env_value(OC, "HOST_PORT");
+    let token = fleet.fireclaw_ok(&format!("token {OC}"));
+    let invoke = |token: Option<&str>| {
+        let header = fleet.host.root().join("var/lib/fireclaw-test-auth-header");
+        let header_arg = match token {
+            Some(token) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&header)
+                    .unwrap();
+                std::io::Write::write_all(
+                    &mut file,
+                    format!("Authorization: Bearer {}\n", token.trim()).as_bytes(),
+                )
+                .unwrap();
+                "-H @/var/lib/fireclaw-test-auth-header"
+            }
+            None => "",
+        };
+        let status = fleet.host.sh(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 120 {header_arg} \
+             -H 'Content-Type: application/json' --data '{{\"tool\":\"sessions_list\",\"args\":{{}}}}' \
+             http://127.0.0.1:{port}/tools/invoke"
+        ));
+        let _ = std::fs::remove_file(&header);
+        status.trim().to_owned()
+    };
+    assert_eq!(invoke(None), "401");
+    assert_eq!(invoke(Some(&token)), "200");
+
+    // The config in the guest is the one provisioning wrote: what the container guest's real
+    // OpenClaw wrote for the same settings (tests/openclaw-goldens/openai.json), timestamps
+    // aside, and only references to secrets.
+    let config = fleet.guest(
+        OC,
+        &format!("sudo cat /home/ubuntu/.openclaw-{OC}/config/openclaw.json"),
+    );
+    assert!(!config.contains(OPENAI_KEY) && !config.contains(token.trim()));
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["wizard"]
+        .as_object_mut()
+        .map(|wizard| wizard.remove("lastRunAt"));
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openclaw-goldens/openai.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config, golden);
+
+    // Suspend, then resume to healthy: the gateway runs on from memory.
+    timed("suspend", || fleet.fireclaw_ok(&format!("suspend {OC}")));
+    timed("resume to healthy", || {
+        fleet.fireclaw_ok(&format!("resume {OC} --health-timeout 600"))
+    });
+    assert_eq!(invoke(Some(&token)), "200");
+    fleet.fireclaw_ok(&format!("destroy {OC} -y"));
+}
+
+/// The real OpenClaw's guest: two vCPUs (Node compiles and collects garbage on threads of its
+/// own) and room for the gateway, the doctor and Docker.
+const REAL_OPENCLAW_VCPUS: u32 = 2;
+const REAL_OPENCLAW_MEM_MIB: u32 = 2048;

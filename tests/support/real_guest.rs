@@ -63,6 +63,30 @@ impl RealParts {
     }
 }
 
+/// The real guest's disk with the real OpenClaw's image in its Docker (`scripts/test-deps`,
+/// "The real OpenClaw on the real guest"), and that image's reference.
+pub struct RealOpenClaw {
+    pub rootfs: PathBuf,
+    pub image: String,
+}
+
+impl RealOpenClaw {
+    pub fn cached() -> Self {
+        let dir = cache_dir().join("openclaw-guest");
+        let rootfs = dir.join("rootfs.ext4");
+        assert!(
+            rootfs.exists(),
+            "{} is missing: run scripts/test-deps as root (the README's test command does)",
+            rootfs.display()
+        );
+        let image = std::fs::read_to_string(dir.join("REFERENCE"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self { rootfs, image }
+    }
+}
+
 /// A host sandbox that runs real guests.
 pub struct RealGuestHost {
     pub host: Sandbox,

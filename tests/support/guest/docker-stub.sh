@@ -10,7 +10,9 @@
 #   layout) runs under the real Node bound at /opt/node: the same --env-file and -e
 #   variables, the -v mounts bind-mounted at the same paths, the container's working dir /app,
 #   so `node /app/openclaw.mjs ...` is the real CLI and `node dist/index.js gateway ...` the
-#   real gateway. `docker exec` runs in the environment of the container it names.
+#   real gateway. `docker exec` runs in the environment of the container it names. `node` is
+#   a wrapper that logs each start of the CLI (/var/log/openclaw-runs.log) before it becomes
+#   the real Node.
 set -uo pipefail
 state=/run/docker-stub
 mkdir -p "$state"
@@ -41,7 +43,7 @@ stop_container() {
 container_env=()
 load_env() {
     local line
-    container_env=("PATH=/opt/node/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    container_env=("PATH=/usr/local/lib/docker-stub/real-bin:/opt/node/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         "npm_config_offline=true" "npm_config_fetch_retries=0")
     if [[ -n "$env_file" ]]; then
         while IFS= read -r line || [[ -n "$line" ]]; do
