@@ -6,6 +6,41 @@
 
 use std::io::Write;
 
+/// An error with lines a person reads under it: `main` prints the error's one line, then
+/// these, each on its own indented line (the evidence of a failed setup, what to do next).
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+pub struct Detailed {
+    pub summary: String,
+    pub lines: Vec<String>,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl Detailed {
+    /// `error` under `summary`, with `lines` to print after it.
+    pub fn wrap(summary: String, lines: Vec<String>, error: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::from(Self {
+            summary,
+            lines,
+            source: error.into(),
+        })
+    }
+}
+
+/// Every detail line an error chain carries, outermost first.
+pub fn detail_lines(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        if let Some(detailed) = cause.downcast_ref::<Detailed>() {
+            lines.extend(detailed.lines.iter().cloned());
+        }
+        next = cause.source();
+    }
+    lines
+}
+
 /// The command already printed its error; `main` only sets the exit code.
 #[derive(Debug, thiserror::Error)]
 #[error("error already reported")]
@@ -24,6 +59,8 @@ pub struct Output<'a> {
     ticking: bool,
     /// Off a terminal: when the current wait was last written (`None`: not yet).
     last_plain_tick: Option<std::time::Instant>,
+    /// Off a terminal: a wait was written and has not ended yet (its end gets a line).
+    plain_wait_open: bool,
     /// `-q`: no progress lines and no waits, only results, warnings and errors.
     quiet: bool,
 }
@@ -37,6 +74,7 @@ impl<'a> Output<'a> {
             frame: 0,
             ticking: false,
             last_plain_tick: None,
+            plain_wait_open: false,
             quiet: false,
         }
     }
@@ -89,6 +127,7 @@ impl<'a> Output<'a> {
     pub fn progress(&mut self, text: &str) {
         self.end_tick();
         self.last_plain_tick = None;
+        self.plain_wait_open = false;
         if self.quiet {
             return;
         }
@@ -109,6 +148,7 @@ impl<'a> Output<'a> {
                 let _ = writeln!(self.stderr, "    {text}");
                 let _ = self.stderr.flush();
                 self.last_plain_tick = Some(std::time::Instant::now());
+                self.plain_wait_open = true;
             }
             return;
         }
@@ -118,11 +158,48 @@ impl<'a> Output<'a> {
         self.ticking = true;
     }
 
+    /// The end of a wait: off a terminal, where the wait was written as lines, a line that says
+    /// it ended (a log shows it ended, not just that it was going on); on a terminal the live
+    /// line just goes.
+    pub fn wait_done(&mut self, text: &str) {
+        self.end_tick();
+        if self.plain_wait_open && !self.quiet {
+            let _ = writeln!(self.stderr, "    {text}");
+            let _ = self.stderr.flush();
+        }
+        self.plain_wait_open = false;
+        self.last_plain_tick = None;
+    }
+
     /// A question on stderr, without a newline.
     pub fn prompt(&mut self, text: &str) {
         self.end_tick();
         let _ = write!(self.stderr, "{text}");
         let _ = self.stderr.flush();
+    }
+
+    /// Runs `work` on a thread of its own and, when it takes more than a second, shows `text`
+    /// as a progress line meanwhile: no command sits silent for long, and a quick one says
+    /// nothing extra.
+    pub fn announce_if_slow<T: Send>(&mut self, text: &str, work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel();
+            let worker = scope.spawn(move || {
+                let value = work();
+                let _ = done.send(());
+                value
+            });
+            if finished
+                .recv_timeout(std::time::Duration::from_secs(1))
+                .is_err()
+            {
+                self.progress(text);
+            }
+            match worker.join() {
+                Ok(value) => value,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     /// A one-line warning on stderr.
@@ -167,6 +244,25 @@ impl Drop for Output<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn off_a_terminal_a_wait_that_was_written_ends_with_a_line_and_no_control_codes() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        {
+            let mut output = Output::new(&mut out, &mut err);
+            output.progress("a: waiting for SSH");
+            output.tick("a: waiting for SSH (0s of 360s)");
+            output.wait_done("a: SSH answered after 52s");
+            // A wait that never showed needs no end line.
+            output.wait_done("a: nothing");
+        }
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(
+            err,
+            "==> a: waiting for SSH\n    a: waiting for SSH (0s of 360s)\n    a: SSH answered after 52s\n"
+        );
+        assert!(!err.contains('\r') && !err.contains('\x1b'));
+    }
 
     #[test]
     fn off_a_terminal_only_whole_lines_are_written_and_a_wait_is_not_repeated_at_once() {

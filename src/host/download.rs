@@ -31,6 +31,14 @@ pub enum DownloadError {
         #[source]
         source: ureq::Error,
     },
+    #[error(
+        "cannot reach {host} ({why}) for {url}; without a network, give the images as files instead: fireclaw image fetch --kernel FILE --rootfs FILE"
+    )]
+    Unreachable {
+        host: String,
+        why: &'static str,
+        url: String,
+    },
     #[error("download {url}: the server answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("download {url}: the connection dropped {attempts} times")]
@@ -60,6 +68,54 @@ pub enum DownloadError {
         #[source]
         source: io::Error,
     },
+}
+
+/// A request's failure: one that never reached the server (no DNS, no route, refused, timed
+/// out) says so in a person's words and names the offline way; anything else keeps ureq's.
+fn request_error(url: &str, source: ureq::Error) -> DownloadError {
+    let why = match &source {
+        ureq::Error::HostNotFound => Some("DNS failed"),
+        ureq::Error::ConnectionFailed => Some("the connection failed"),
+        ureq::Error::Timeout(_) => Some("it timed out"),
+        ureq::Error::Io(error) => {
+            let text = error.to_string();
+            if text.contains("failed to lookup address")
+                || text.contains("Name or service not known")
+            {
+                Some("DNS failed")
+            } else {
+                match error.kind() {
+                    io::ErrorKind::ConnectionRefused => Some("the connection was refused"),
+                    io::ErrorKind::NetworkUnreachable | io::ErrorKind::HostUnreachable => {
+                        Some("no route to it")
+                    }
+                    io::ErrorKind::TimedOut => Some("it timed out"),
+                    _ => None,
+                }
+            }
+        }
+        _ => None,
+    };
+    match why {
+        Some(why) => DownloadError::Unreachable {
+            host: url_host(url).to_owned(),
+            why,
+            url: url.to_owned(),
+        },
+        None => DownloadError::Request {
+            url: url.to_owned(),
+            source,
+        },
+    }
+}
+
+/// The host of an `http(s)://` URL (for messages).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
 }
 
 /// What a download or copy produced.
@@ -118,14 +174,11 @@ impl Downloader {
                     })
             }
             ImageSource::Url(url) => {
-                let response =
-                    self.agent
-                        .head(url)
-                        .call()
-                        .map_err(|source| DownloadError::Request {
-                            url: url.clone(),
-                            source,
-                        })?;
+                let response = self
+                    .agent
+                    .head(url)
+                    .call()
+                    .map_err(|source| request_error(url, source))?;
                 let status = response.status().as_u16();
                 match status {
                     200..=299 => Ok(content_length(&response)),
@@ -158,10 +211,7 @@ impl Downloader {
                     .with_config()
                     .limit(SMALL_LIMIT)
                     .read_to_vec()
-                    .map_err(|source| DownloadError::Request {
-                        url: url.clone(),
-                        source,
-                    })
+                    .map_err(|source| request_error(url, source))
             }
         }
     }
@@ -267,10 +317,7 @@ impl Downloader {
                 request = request.header("If-Range", validator);
             }
         }
-        request.call().map_err(|source| DownloadError::Request {
-            url: url.to_owned(),
-            source,
-        })
+        request.call().map_err(|source| request_error(url, source))
     }
 
     fn download(
@@ -302,6 +349,7 @@ impl Downloader {
                 // That is reported at once rather than retried.
                 Err(e) if have == 0 => return Err(e),
                 Err(DownloadError::Request { source, .. }) => io::Error::other(source),
+                Err(DownloadError::Unreachable { why, .. }) => io::Error::other(why),
                 Err(e) => return Err(e),
                 Ok(mut response) => {
                     let status = response.status().as_u16();
@@ -516,6 +564,33 @@ pub fn digest_file(path: &Path) -> Result<(Sha256Hex, u64), DownloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_never_reached_the_server_says_why_and_names_the_offline_way() {
+        let dns = io::Error::other(
+            "failed to lookup address information: Temporary failure in name resolution",
+        );
+        let error = request_error(
+            "https://s3.amazonaws.com/spec.ccfc.min/?list-type=2",
+            ureq::Error::Io(dns),
+        );
+        assert_eq!(
+            error.to_string(),
+            "cannot reach s3.amazonaws.com (DNS failed) for https://s3.amazonaws.com/spec.ccfc.min/?list-type=2; without a network, give the images as files instead: fireclaw image fetch --kernel FILE --rootfs FILE"
+        );
+        let refused = request_error(
+            "http://user@127.0.0.1:9/x",
+            ureq::Error::Io(io::ErrorKind::ConnectionRefused.into()),
+        );
+        assert!(
+            refused
+                .to_string()
+                .starts_with("cannot reach 127.0.0.1:9 (the connection was refused)")
+        );
+        // Anything else stays ureq's own error, under the URL.
+        let other = request_error("https://x/y", ureq::Error::BadUri("no".into()));
+        assert!(matches!(other, DownloadError::Request { .. }));
+    }
 
     #[test]
     fn digests_are_sha256() {

@@ -5,30 +5,53 @@
 //! command, says how to finish). A second signal ends the process at once. Read calls are not
 //! restarted after the signal, so a transfer waiting for data stops too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The first signal that arrived, for the message.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// stderr is a terminal: the notes may clear the live progress line first.
+static TERMINAL: AtomicBool = AtomicBool::new(false);
 
 /// The command was asked to stop by a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("interrupted (Ctrl-C or SIGTERM)")]
+#[error("interrupted ({})", signal_name(SIGNAL.load(Ordering::SeqCst)))]
 pub struct Interrupted;
+
+/// How a person knows the signal: Ctrl-C is SIGINT.
+fn signal_name(signal: libc::c_int) -> &'static str {
+    match signal {
+        libc::SIGINT => "Ctrl-C",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP: the terminal or session went away",
+        _ => "a signal",
+    }
+}
 
 /// Exit status of a command stopped by a signal, as shells report Ctrl-C.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Clears the live progress line, on a terminal only (off one, no control codes are written).
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
 /// Said on stderr at the first signal, so nobody presses Ctrl-C again out of doubt.
 const FIRST: &[u8] =
-    b"\r\x1b[2Kfireclaw: stopping after the current step (Ctrl-C again to stop at once)\n";
+    b"fireclaw: stopping after the current step (a second Ctrl-C or signal stops at once)\n";
 /// Said at the second: the process ends where it stands, as a crash would.
-const SECOND: &[u8] = b"\r\x1b[2Kfireclaw: stopped at once; see what is left with: fireclaw list, and finish with the same command again (or fireclaw destroy <id> --force)\n";
+const SECOND: &[u8] = b"fireclaw: stopped at once; see what is left with: fireclaw list, and finish with the same command again (or fireclaw destroy <id> --force)\n";
 
-extern "C" fn note(_signal: libc::c_int) {
-    // Only async-signal-safe work here: an atomic swap, write(2) of a constant, and for a
-    // second signal `_exit`, which leaves what a crash at this point would (every step is safe
-    // to crash in; docs/RELIABILITY.md).
+extern "C" fn note(signal: libc::c_int) {
+    // Only async-signal-safe work here: atomic loads and swaps, write(2) of constants, and for
+    // a second signal `_exit`, which leaves what a crash at this point would (every step is
+    // safe to crash in; docs/RELIABILITY.md).
     let again = REQUESTED.swap(true, Ordering::SeqCst);
+    if !again {
+        SIGNAL.store(signal, Ordering::SeqCst);
+    }
     let text = if again { SECOND } else { FIRST };
+    if TERMINAL.load(Ordering::SeqCst) {
+        // SAFETY: write(2) on fd 2 with a pointer and length of a static byte string.
+        let _ = unsafe { libc::write(2, CLEAR_LINE.as_ptr().cast(), CLEAR_LINE.len()) };
+    }
     // SAFETY: write(2) on fd 2 with a pointer and length of a static byte string.
     let _ = unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
     if again {
@@ -41,6 +64,8 @@ extern "C" fn note(_signal: libc::c_int) {
 /// process. A signal the process was started with ignored (`nohup`, a background job of a
 /// script) stays ignored. Children started afterwards get the default actions back at exec.
 pub fn catch() -> std::io::Result<()> {
+    use std::io::IsTerminal;
+    TERMINAL.store(std::io::stderr().is_terminal(), Ordering::SeqCst);
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: sigaction with a null new action only reads the current one into `old`, a
         // zeroed sigaction being a valid value to fill.
@@ -95,9 +120,15 @@ mod tests {
         assert_eq!(check(), Ok(()));
         // SAFETY: raise sends a signal to this thread; the handler above only sets a flag
         // (the first time, which this is).
-        unsafe { libc::raise(libc::SIGTERM) };
+        unsafe { libc::raise(libc::SIGHUP) };
         assert_eq!(check(), Err(Interrupted));
         assert!(caused(&anyhow::Error::from(Interrupted).context("start a")));
+        // The signal is named as it was: a hangup is no Ctrl-C.
+        assert_eq!(
+            Interrupted.to_string(),
+            "interrupted (SIGHUP: the terminal or session went away)"
+        );
         REQUESTED.store(false, Ordering::SeqCst);
+        SIGNAL.store(0, Ordering::SeqCst);
     }
 }

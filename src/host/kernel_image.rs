@@ -133,13 +133,17 @@ pub struct MissingDrivers {
 }
 
 impl MissingDrivers {
-    /// One line: what is missing and why it matters.
-    pub fn describe(&self) -> String {
+    /// One line: what is missing, why it matters and, when nothing can load them, where an
+    /// initrd that does would go (`initrd`: the one setup would use).
+    pub fn describe(&self, initrd: &std::path::Path) -> String {
         let names: Vec<&str> = self.features.iter().map(|f| f.name()).collect();
         let consequence = if self.fatal {
-            "a driver built as a module (=m) is missing unless an initrd loads it; give one with --base-initrd or use a kernel with these built in"
+            format!(
+                "a driver built as a module (=m) is missing unless an initrd loads it: put one that does at {} (fireclaw image fetch --initrd FILE installs it there; setup --base-initrd FILE names another), or use a kernel with these built in (fireclaw image fetch)",
+                initrd.display()
+            )
         } else {
-            "the initrd must load them as modules"
+            "the initrd must load them as modules".to_owned()
         };
         format!(
             "no built-in {} ({}); {consequence}",
@@ -559,14 +563,16 @@ mod tests {
             ["virtio-mmio", "virtio-blk", "virtio-net"]
         );
         assert_eq!(
-            missing.describe(),
-            "no built-in virtio-mmio, virtio-blk, virtio-net (read from its strings: it has no symbol table); a driver built as a module (=m) is missing unless an initrd loads it; give one with --base-initrd or use a kernel with these built in"
+            missing.describe(std::path::Path::new(
+                "/srv/firecracker/base/images/initrd.img"
+            )),
+            "no built-in virtio-mmio, virtio-blk, virtio-net (read from its strings: it has no symbol table); a driver built as a module (=m) is missing unless an initrd loads it: put one that does at /srv/firecracker/base/images/initrd.img (fireclaw image fetch --initrd FILE installs it there; setup --base-initrd FILE names another), or use a kernel with these built in (fireclaw image fetch)"
         );
         let with_initrd = report.missing_required(true).unwrap();
         assert!(!with_initrd.fatal);
         assert!(
             with_initrd
-                .describe()
+                .describe(std::path::Path::new("/x"))
                 .ends_with("the initrd must load them as modules")
         );
     }

@@ -346,6 +346,27 @@ pub struct FetchSpec {
     /// Replaces the built-in Ubuntu keyring.
     pub keyring: Option<PathBuf>,
     pub force: bool,
+    /// An initrd file to install as `initrd.img` (`--initrd`).
+    pub initrd: Option<PathBuf>,
+    /// A kernel or rootfs source was named: without one, `--initrd` keeps the images that are
+    /// there and adds only the initrd.
+    pub images_named: bool,
+}
+
+/// Whether `head` (a file's first bytes) starts an initramfs: a newc cpio archive, or one
+/// compressed with gzip, zstd, xz, lz4, bzip2 or lzma, as kernels unpack them.
+pub fn looks_like_initrd(head: &[u8]) -> bool {
+    const MAGICS: [&[u8]; 8] = [
+        b"070701",
+        b"070702",
+        &[0x1f, 0x8b],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        &[0xfd, b'7', b'z', b'X', b'Z', 0x00],
+        &[0x02, 0x21, 0x4c, 0x18],
+        b"BZh",
+        &[0x5d, 0x00, 0x00],
+    ];
+    MAGICS.iter().any(|magic| head.starts_with(magic))
 }
 
 /// `base` (a directory URL, with or without its final `/`) joined with `name`.

@@ -105,7 +105,10 @@ fn collect(command: &Command, pages: &mut Vec<Page>) -> std::io::Result<()> {
 }
 
 fn render(command: &Command) -> std::io::Result<Page> {
-    let man = clap_mangen::Man::new(command.clone());
+    // The header's source is fireclaw and its version on every page, not the verb's own name.
+    let man = clap_mangen::Man::new(command.clone())
+        .source(format!("fireclaw {}", env!("CARGO_PKG_VERSION")))
+        .manual("fireclaw manual");
     let mut roff = Vec::new();
     man.render(&mut roff)?;
     let mut roff = String::from_utf8_lossy(&roff).into_owned();
@@ -181,6 +184,15 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(fetch.file_name, "fireclaw-image-fetch.1");
+        // The header names the page, then fireclaw and its version, never the bare verb's.
+        let header = fetch.roff.lines().find(|l| l.starts_with(".TH ")).unwrap();
+        assert_eq!(
+            header,
+            format!(
+                ".TH fireclaw-image-fetch 1  \"fireclaw {}\" \"fireclaw manual\"",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
         assert_eq!(
             page(command(), &[]).unwrap().unwrap().file_name,
             "fireclaw.1"

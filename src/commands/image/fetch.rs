@@ -19,10 +19,10 @@ use crate::instance::images::{
     FetchSpec, ImageFormat, ImageRecord, ImageSource, KernelChoice, ROOTFS_LABEL, SUMS_FILE,
     SUMS_SIGNATURE_FILE, Sha256Hex, Verification, digest_in_sums, ext4_label,
     firecracker_ci_version, human_bytes, kernel_listing_url, kernel_prefix, kernel_version_of,
-    newest_kernel_key, rfc3339_utc, rootfs_image_size, sniff_format, space_before_download,
-    space_to_build_image,
+    looks_like_initrd, newest_kernel_key, rfc3339_utc, rootfs_image_size, sniff_format,
+    space_before_download, space_to_build_image,
 };
-use crate::instance::layout::{KERNEL_FILE, ROOTFS_FILE};
+use crate::instance::layout::{INITRD_FILE, KERNEL_FILE, ROOTFS_FILE};
 use crate::output::Output;
 use crate::store::{self, ImageStaging};
 
@@ -78,7 +78,16 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
             check_local_input(what, path)?;
         }
     }
-    if matches!(spec.kernel, KernelChoice::FirecrackerCi { .. }) {
+    if let Some(initrd) = &spec.initrd {
+        check_initrd(initrd)?;
+    }
+    // `--initrd` alone adds an initrd to the images there: nothing is downloaded.
+    let targets = [spec.dir.join(KERNEL_FILE), spec.dir.join(ROOTFS_FILE)];
+    let initrd_only = spec.initrd.is_some()
+        && !spec.images_named
+        && !spec.force
+        && targets.iter().all(|t| t.is_file());
+    if matches!(spec.kernel, KernelChoice::FirecrackerCi { .. }) && !initrd_only {
         firecracker_ci_version_here()?;
     }
     let downloader = Downloader::new();
@@ -89,9 +98,18 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
     // The lock first: two fetches into one directory would overwrite each other's staging.
     // `made` holds it, so a lock file this run made is removed while it is still held.
     made.hold(store::lock_image_dir(&spec.dir)?);
-    let targets = [spec.dir.join(KERNEL_FILE), spec.dir.join(ROOTFS_FILE)];
+    let initrd_target = spec.dir.join(INITRD_FILE);
+    if initrd_only {
+        let record = install_initrd(spec, &initrd_target, output)?;
+        made.keep();
+        if json {
+            output.line(&serde_json::to_string_pretty(&[record])?);
+        }
+        return Ok(());
+    }
     if !spec.force {
-        for target in &targets {
+        let initrd = spec.initrd.as_ref().map(|_| &initrd_target);
+        for target in targets.iter().chain(initrd) {
             if std::fs::symlink_metadata(target).is_ok() {
                 bail!(
                     "{} already exists (use --force to replace it)",
@@ -170,6 +188,10 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
         store::write_image_manifest(&spec.dir, &manifest)?;
     }
     drop(staging);
+    let mut records = records.to_vec();
+    if spec.initrd.is_some() {
+        records.push(install_initrd(spec, &initrd_target, output)?);
+    }
 
     for record in &records {
         output.progress(&format!(
@@ -185,6 +207,63 @@ pub fn run(spec: &FetchSpec, json: bool, output: &mut Output<'_>) -> Result<()> 
         output.line(&serde_json::to_string_pretty(&records)?);
     }
     Ok(())
+}
+
+/// A local initrd that is there, a regular file and an initramfs (cpio, or compressed).
+fn check_initrd(path: &Path) -> Result<()> {
+    check_local_input("initrd", path)?;
+    let mut head = [0u8; 8];
+    let read = std::io::Read::read(
+        &mut std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?,
+        &mut head,
+    )
+    .with_context(|| format!("read {}", path.display()))?;
+    if !looks_like_initrd(&head[..read]) {
+        bail!(
+            "the initrd {} is not an initramfs (no cpio archive, nor gzip, zstd, xz, lz4, bzip2 or lzma data at its start)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies the `--initrd` file into the images dir as `initrd.img` (staged, then moved into
+/// place) and records it: a local file has no published digest, so its digest is recorded.
+fn install_initrd(spec: &FetchSpec, target: &Path, output: &mut Output<'_>) -> Result<ImageRecord> {
+    let Some(source) = &spec.initrd else {
+        bail!("internal: no initrd to install");
+    };
+    let staging = ImageStaging::create(&spec.dir)?;
+    let staged = staging.path().join(INITRD_FILE);
+    std::fs::copy(source, &staged)
+        .with_context(|| format!("copy {} to {}", source.display(), staged.display()))?;
+    let (sha256, size) = digest_file(&staged)?;
+    let record = ImageRecord {
+        file: INITRD_FILE.to_owned(),
+        source: source.display().to_string(),
+        source_sha256: sha256.to_string(),
+        sha256: sha256.to_string(),
+        size,
+        version: None,
+        fetched_at: rfc3339_utc(SystemTime::now()),
+        verification: Verification::Recorded,
+    };
+    store::install_image(&staged, target, spec.force)?;
+    let mut manifest = store::read_image_manifest(&spec.dir)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    manifest.record(record.clone());
+    store::write_image_manifest(&spec.dir, &manifest)?;
+    drop(staging);
+    output.progress(&format!(
+        "installed {} ({}, sha256 {}, {}); setup uses it for every new instance",
+        target.display(),
+        human_bytes(size),
+        record.sha256,
+        record.verification.as_str()
+    ));
+    Ok(record)
 }
 
 /// A local kernel or rootfs that is there and a regular file.
@@ -448,7 +527,7 @@ fn fetch_kernel(
         output.warn(&format!(
             "the kernel from {}: {}",
             kernel.source,
-            missing.describe()
+            missing.describe(&spec.dir.join(INITRD_FILE))
         ));
     }
     Ok(PendingRecord(ImageRecord {

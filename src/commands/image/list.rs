@@ -121,8 +121,11 @@ fn render(view: &ListView) -> String {
     for image in &view.images {
         let size = image.size.map(human_bytes);
         let head = match (&image.record, &size) {
+            (None, Some(size)) if image.file == INITRD_FILE => format!(
+                "{size}, placed by hand (setup uses it; record it with: fireclaw image fetch --initrd <file>)"
+            ),
             (None, Some(size)) => {
-                format!("{size}, not in {MANIFEST_FILE} (not fetched by fireclaw)")
+                format!("{size}, placed by hand (not recorded in {MANIFEST_FILE})")
             }
             (Some(record), None) => format!("missing (recorded {})", record.fetched_at),
             (Some(record), Some(size)) => {

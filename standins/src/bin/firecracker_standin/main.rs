@@ -701,7 +701,35 @@ fn main() -> ExitCode {
         );
         let _ = io::stdout().flush();
     }
+    if vmm.state == State::Running {
+        internal_error_after(&log, &ends);
+    }
     vmm.run(log, &end)
+}
+
+/// The test's `/run/fireclaw-standin/kvm-internal-error`, holding a number of seconds: a VMM
+/// started from its config ends that long after its start as Firecracker ends when KVM cannot
+/// run the guest (a nested, restricted KVM): it logs the vCPU's exit and its own, and exits
+/// with an error. Each start of the unit reads the file anew.
+fn internal_error_after(log: &Log, ends: &mpsc::Sender<End>) {
+    let Ok(text) = std::fs::read_to_string("/run/fireclaw-standin/kvm-internal-error") else {
+        return;
+    };
+    let Ok(secs) = text.trim().parse::<u64>() else {
+        return;
+    };
+    let mut log = Log {
+        id: log.id.clone(),
+        file: log.file.as_ref().and_then(|f| f.try_clone().ok()),
+    };
+    let ends = ends.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        log.line("Received KVM_EXIT_INTERNAL_ERROR signal");
+        log.line("Vmm is stopping.");
+        log.line("Firecracker exiting with error. exit_code=1");
+        let _ = ends.send(End::Failed(ExitCode::from(1)));
+    });
 }
 
 /// main.rs `print_snapshot_data_format`: the format version of a snapshot file.
