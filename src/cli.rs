@@ -43,7 +43,7 @@ pub enum Command {
     Doctor(JsonFlag),
     /// Create and provision a new instance.
     #[command(
-        after_help = "Examples:\n  fireclaw setup --instance my-bot --openai-api-key sk-... --dry-run\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot\n  sudo ANTHROPIC_API_KEY=sk-ant-... fireclaw setup --instance tg-bot \\\n       --model anthropic/claude-opus-4-6 --telegram-token 123:ABC --telegram-users 111,222"
+        after_help = "Examples:\n  fireclaw setup --instance my-bot --openai-api-key sk-example --dry-run\n  read -rsp 'OpenAI API key: ' OPENAI_API_KEY && export OPENAI_API_KEY\n  sudo --preserve-env=OPENAI_API_KEY fireclaw setup --instance my-bot\n  sudo --preserve-env=ANTHROPIC_API_KEY fireclaw setup --instance tg-bot \\\n       --model anthropic/claude-opus-4-6 --telegram-token 123:ABC --telegram-users 111,222"
     )]
     Setup(Box<SetupArgs>),
     /// Update an instance's saved config and rerun guest provisioning (same IP, port and disk).
@@ -101,6 +101,20 @@ pub enum Command {
     /// Rewrite the units and scripts of an instance made by fireclaw 0.2.0 in fireclaw's shape,
     /// keeping the old ones in <FC_ROOT>/<id>/backup-0.2.0/.
     Adopt(InstanceArg),
+    /// Write an instance (its disk, boot files, settings, secrets, token, host key and UUID)
+    /// into a verified archive that `import` rebuilds on any fireclaw host.
+    #[command(after_help = "Examples:
+  sudo fireclaw stop my-bot && sudo fireclaw export my-bot --output /var/backups/my-bot.fireclaw
+  sudo fireclaw export my-bot --pause --recipient age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p --output my-bot.fireclaw
+  sudo fireclaw export --all --pause --output-dir /var/backups/fireclaw --keep 7 --recipients-file /etc/fireclaw/backup.recipients")]
+    Export(Box<ExportArgs>),
+    /// Rebuild an instance from an archive of `export`, as this host's instance (its own
+    /// address, port and VMM account; the agent's token, host key, UUID and data unchanged).
+    #[command(after_help = "Examples:
+  sudo fireclaw import --check /var/backups/my-bot.fireclaw
+  sudo fireclaw import my-bot.fireclaw --start
+  ssh old-host sudo fireclaw export my-bot --output - | sudo fireclaw import - --start")]
+    Import(Box<ImportArgs>),
     /// Show or re-apply the guest network policy (what guests may reach).
     #[command(subcommand)]
     Egress(EgressCommand),
@@ -135,6 +149,70 @@ pub enum Command {
     VmNetDown(InstanceArg),
 }
 
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all"])))]
+pub struct ExportArgs {
+    /// The instance (see fireclaw list).
+    #[arg(value_name = "ID", conflicts_with = "all")]
+    pub id: Option<InstanceId>,
+    /// Where the archive goes: a new file (never overwritten), or - for stdout
+    /// [default: ./<ID>-<UTC time>.fireclaw].
+    #[arg(long, short = 'o', value_name = "FILE|-", conflicts_with = "all", value_parser = parse_file_or_dash)]
+    pub output: Option<PathBuf>,
+    /// Every instance, each into its own file in --output-dir (for a backup job).
+    #[arg(long, requires = "output_dir")]
+    pub all: bool,
+    /// With --all: the directory the archives go into, as <ID>-<UTC time>.fireclaw.
+    #[arg(long, value_name = "DIR", requires = "all", value_parser = parse_file_or_dash)]
+    pub output_dir: Option<PathBuf>,
+    /// With --all: keep only the newest N archives of each instance in --output-dir.
+    #[arg(long, value_name = "N", requires = "all", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// Export a running instance: its guest syncs, its VM pauses while its disk is cloned
+    /// (a reflink where the filesystem has them), then runs on; a crash-consistent copy.
+    #[arg(long)]
+    pub pause: bool,
+    /// Add the console and VMM logs.
+    #[arg(long)]
+    pub with_logs: bool,
+    /// Encrypt the archive for this age recipient (an age1... key or an SSH public key);
+    /// repeatable.
+    #[arg(long, value_name = "KEY")]
+    pub recipient: Vec<String>,
+    /// Encrypt for every recipient in this file (age's recipients file); repeatable.
+    #[arg(long, value_name = "FILE", value_parser = parse_file_or_dash)]
+    pub recipients_file: Vec<PathBuf>,
+    /// Print what was written as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive, or - for stdin.
+    #[arg(value_name = "FILE|-", value_parser = parse_file_or_dash)]
+    pub archive: PathBuf,
+    /// Read and verify the whole archive and print its manifest; change nothing (the restore
+    /// drill of a backup).
+    #[arg(long)]
+    pub check: bool,
+    /// The age identity file that decrypts an encrypted archive.
+    #[arg(long, value_name = "FILE", value_parser = parse_file_or_dash)]
+    pub identity: Option<PathBuf>,
+    /// Start the instance once it is made, and wait until healthy.
+    #[arg(long, conflicts_with = "check")]
+    pub start: bool,
+    /// Keep the archive's private-egress allowlist (by default the imported guest gets this
+    /// host's default policy: private networks differ between hosts).
+    #[arg(long, conflicts_with = "check")]
+    pub keep_private_egress: bool,
+    /// Print the manifest and what was made as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub waits: WaitArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum EgressCommand {
     /// The host-wide and per-instance private-egress allowlists, and whether the firewall
@@ -163,7 +241,7 @@ pub enum ImageCommand {
     /// in it, in a temporary builder VM, and install it as <NAME>.ext4 in BASE_IMAGES_DIR; new
     /// instances made from it need no apt, no image pull and no browser download.
     #[command(
-        after_help = "Examples:\n  sudo fireclaw image bake --name openclaw-2026.9 --openclaw-image ghcr.io/openclaw/openclaw:2026.9.6\n  sudo fireclaw image bake --name offline --openclaw-image-archive /media/usb/openclaw.tar --skip-browser-install\n  sudo OPENAI_API_KEY=sk-... fireclaw setup --instance my-bot --base-image openclaw-2026.9"
+        after_help = "Examples:\n  sudo fireclaw image bake --name openclaw-2026.9 --openclaw-image ghcr.io/openclaw/openclaw:2026.9.6\n  sudo fireclaw image bake --name offline --openclaw-image-archive /media/usb/openclaw.tar --skip-browser-install\n  sudo --preserve-env=OPENAI_API_KEY fireclaw setup --instance my-bot --base-image openclaw-2026.9"
     )]
     Bake(Box<ImageBakeArgs>),
 }
@@ -197,10 +275,10 @@ pub struct ImageBakeArgs {
     /// Leave the browser out.
     #[arg(long, overrides_with = "browser_install")]
     pub skip_browser_install: bool,
-    /// The builder VM's vCPUs [default: 2].
+    /// The builder VM's vCPUs.
     #[arg(long, value_name = "N", default_value = "2")]
     pub vm_vcpu: VcpuCount,
-    /// The builder VM's memory in MiB [default: 2048].
+    /// The builder VM's memory in MiB.
     #[arg(long, value_name = "MIB", default_value = "2048")]
     pub vm_mem_mib: MemoryMib,
     /// Images directory [default: $BASE_IMAGES_DIR, else /srv/firecracker/base/images].
@@ -253,6 +331,11 @@ pub struct ImageFetchArgs {
     /// [default: https://s3.amazonaws.com/spec.ccfc.min].
     #[arg(long, value_name = "URL", conflicts_with = "kernel", value_parser = parse_http_url)]
     pub kernel_index: Option<String>,
+    /// An initrd (initramfs) file to install as initrd.img, which setup then uses: one that
+    /// loads the virtio drivers a kernel has as modules. Alone, it keeps the kernel and rootfs
+    /// already there and adds only the initrd.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    pub initrd: Option<PathBuf>,
     /// Replace images that are already there.
     #[arg(long)]
     pub force: bool,
@@ -361,6 +444,9 @@ pub struct StartArgs {
     pub id: InstanceId,
     #[command(flatten)]
     pub waits: WaitArgs,
+    /// Print the result as JSON on stdout, with each step's time.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -530,6 +616,15 @@ fn parse_base_image_path(value: &str) -> Result<PathBuf, String> {
     parse_path(&absolute.to_string_lossy())
 }
 
+/// A file argument of `export` and `import`: `-` (stdout or stdin) as it is, any other path
+/// made absolute as a shell user means it.
+fn parse_file_or_dash(value: &str) -> Result<PathBuf, String> {
+    if value == "-" {
+        return Ok(PathBuf::from("-"));
+    }
+    parse_base_image_path(value)
+}
+
 #[derive(Debug, Args)]
 pub struct SetupArgs {
     /// Instance id ([a-z0-9_-]+).
@@ -647,6 +742,9 @@ pub struct ProvisionArgs {
     pub allow_private_egress: Option<PrivateEgress>,
     #[command(flatten)]
     pub waits: WaitArgs,
+    /// Print the result as JSON on stdout, with each step's time.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

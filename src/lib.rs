@@ -63,11 +63,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             // The live line goes first, so the error starts a line of its own.
             output.clear_live_line();
             // stderr's lock is reentrant, so printing while `output` holds it is fine.
-            eprintln!(
-                "fireclaw: {}{}",
-                needs_root_prefix(&error, &verb),
-                error_line(&error)
-            );
+            eprintln!("fireclaw: {}", report_line(&error, &verb));
+            for line in output::detail_lines(error.as_ref()) {
+                eprintln!("  {line}");
+            }
             if host::interrupt::caused(&error) {
                 ExitCode::from(host::interrupt::EXIT_INTERRUPTED)
             } else {
@@ -77,17 +76,31 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-/// A command run without root that was refused a file says so the way `setup` does
-/// (`'fireclaw list' needs root: ...`), whatever step met the refusal.
-fn needs_root_prefix(error: &anyhow::Error, verb: &str) -> String {
+/// The error's one line. A command run without root that was refused a file says so the way
+/// `setup` does (`'fireclaw list' needs root: run it with sudo (...)`), whatever step met the
+/// refusal, naming what was refused in words rather than with the OS's error number.
+fn report_line(error: &anyhow::Error, verb: &str) -> String {
     let refused = host::probe::refused_access(error);
     let already = error
         .chain()
         .any(|cause| cause.downcast_ref::<host::probe::NeedsRoot>().is_some());
     if refused && !already && !host::probe::is_root() {
-        format!("'fireclaw {verb}' needs root: ")
+        let what: Vec<String> = error
+            .chain()
+            .filter(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_none_or(|io| io.kind() != std::io::ErrorKind::PermissionDenied)
+            })
+            .map(ToString::to_string)
+            .filter(|text| !text.is_empty())
+            .collect();
+        format!(
+            "'fireclaw {verb}' needs root: run it with sudo ({}: permission denied)",
+            what.join(": ")
+        )
     } else {
-        String::new()
+        error_line(error)
     }
 }
 

@@ -224,6 +224,11 @@ impl Settings {
             rootfs_sha256: args.rootfs_sha256.clone(),
             keyring: args.keyring.clone(),
             force: args.force,
+            initrd: args.initrd.clone(),
+            images_named: args.kernel.is_some()
+                || args.rootfs.is_some()
+                || args.ubuntu_mirror.is_some()
+                || args.kernel_index.is_some(),
         }
     }
 
@@ -351,7 +356,14 @@ impl Settings {
             fc_root: self.paths.fc_root.clone(),
             state_root: self.paths.state_root.clone(),
         })
+        .map_err(|error| error.under_sudo(under_sudo()))
     }
+}
+
+/// Whether fireclaw runs through sudo (which sets `SUDO_USER`): its environment is then not the
+/// user's, unless kept by name.
+fn under_sudo() -> bool {
+    std::env::var_os(env_vars::SUDO_USER).is_some_and(|user| !user.is_empty())
 }
 
 /// What `image bake` is to do, every input given or defaulted as `setup` defaults it.
@@ -583,6 +595,7 @@ impl Settings {
                 model: model.to_string(),
                 flag: provider.key_flag(),
                 env: provider.key_env(),
+                sudo: under_sudo(),
             });
         }
         Ok([anthropic, openai, minimax])

@@ -267,6 +267,11 @@ pub fn instance_lock_held(state_root: &Path, id: &InstanceId) -> bool {
     lock_held(&LockPaths::new(state_root).instance(id))
 }
 
+/// Whether a live process holds the lock file at `path` right now (looking only).
+pub fn lock_file_held(path: &Path) -> bool {
+    lock_held(path)
+}
+
 /// Whether a fetch or bake holds the images directory `dir` right now (looking only).
 pub fn image_dir_lock_held(dir: &Path) -> bool {
     lock_held(&dir.join(IMAGES_LOCK_FILE))
@@ -396,6 +401,7 @@ pub fn taken_by(instances: &[ScannedInstance]) -> (Taken, Vec<String>) {
 pub fn reserve<E>(
     state_root: &Path,
     id: &InstanceId,
+    phase: crate::instance::state::Phase,
     allocate: impl FnOnce(&Taken) -> Result<EnvFile, E>,
 ) -> Result<Result<EnvFile, E>, StoreError> {
     let _lock = lock_allocation(state_root)?;
@@ -425,9 +431,7 @@ pub fn reserve<E>(
         write_atomic(&paths.env, env.render().as_bytes(), 0o600)?;
         write_atomic(
             &paths.fireclaw_json,
-            FireclawState::new(crate::instance::state::Phase::Allocated)
-                .render()
-                .as_bytes(),
+            FireclawState::new(phase).render().as_bytes(),
             0o600,
         )?;
         Ok(Ok(env))
@@ -643,13 +647,18 @@ mod tests {
     #[test]
     fn reserve_creates_a_private_dir_with_env_and_phase() {
         let root = temp_dir();
-        let env = reserve(root.path(), &id("a"), |taken| {
-            Ok::<_, String>(env_with_port(
-                "a",
-                first_free_port(18890, taken).unwrap().get(),
-                2,
-            ))
-        })
+        let env = reserve(
+            root.path(),
+            &id("a"),
+            crate::instance::state::Phase::Allocated,
+            |taken| {
+                Ok::<_, String>(env_with_port(
+                    "a",
+                    first_free_port(18890, taken).unwrap().get(),
+                    2,
+                ))
+            },
+        )
         .unwrap()
         .unwrap();
         let paths = StatePaths::new(root.path(), &id("a"));
@@ -665,24 +674,35 @@ mod tests {
     #[test]
     fn reserve_sees_other_instances_and_refuses_an_existing_id() {
         let root = temp_dir();
-        reserve(root.path(), &id("a"), |_| {
-            Ok::<_, String>(env_with_port("a", 18891, 2))
-        })
+        reserve(
+            root.path(),
+            &id("a"),
+            crate::instance::state::Phase::Allocated,
+            |_| Ok::<_, String>(env_with_port("a", 18891, 2)),
+        )
         .unwrap()
         .unwrap();
-        let seen = reserve(root.path(), &id("b"), |taken| {
-            Ok::<_, String>(env_with_port(
-                "b",
-                first_free_port(18890, taken).unwrap().get(),
-                3,
-            ))
-        })
+        let seen = reserve(
+            root.path(),
+            &id("b"),
+            crate::instance::state::Phase::Allocated,
+            |taken| {
+                Ok::<_, String>(env_with_port(
+                    "b",
+                    first_free_port(18890, taken).unwrap().get(),
+                    3,
+                ))
+            },
+        )
         .unwrap()
         .unwrap();
         assert_eq!(seen.host_port().unwrap(), 18892);
-        let err = reserve(root.path(), &id("a"), |_| {
-            Ok::<_, String>(env_with_port("a", 1, 9))
-        })
+        let err = reserve(
+            root.path(),
+            &id("a"),
+            crate::instance::state::Phase::Allocated,
+            |_| Ok::<_, String>(env_with_port("a", 1, 9)),
+        )
         .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
     }
@@ -690,7 +710,12 @@ mod tests {
     #[test]
     fn a_failed_allocation_leaves_nothing_behind() {
         let root = temp_dir();
-        let result = reserve(root.path(), &id("a"), |_| Err::<EnvFile, _>("pool empty"));
+        let result = reserve(
+            root.path(),
+            &id("a"),
+            crate::instance::state::Phase::Allocated,
+            |_| Err::<EnvFile, _>("pool empty"),
+        );
         assert_eq!(result.unwrap().unwrap_err(), "pool empty");
         assert!(!root.path().join(".vm-a").exists());
     }
@@ -704,9 +729,12 @@ mod tests {
                 let (root, barrier) = (root.clone(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    reserve(root.path(), &id("same"), |_| {
-                        Ok::<_, String>(env_with_port("same", 18891, 2))
-                    })
+                    reserve(
+                        root.path(),
+                        &id("same"),
+                        crate::instance::state::Phase::Allocated,
+                        |_| Ok::<_, String>(env_with_port("same", 18891, 2)),
+                    )
                     .is_ok()
                 })
             })
@@ -727,10 +755,15 @@ mod tests {
                 let root = root.clone();
                 std::thread::spawn(move || {
                     let name = format!("bot{n}");
-                    reserve(root.path(), &id(&name), |taken| {
-                        let port = first_free_port(18890, taken).unwrap().get();
-                        Ok::<_, String>(env_with_port(&name, port, n + 2))
-                    })
+                    reserve(
+                        root.path(),
+                        &id(&name),
+                        crate::instance::state::Phase::Allocated,
+                        |taken| {
+                            let port = first_free_port(18890, taken).unwrap().get();
+                            Ok::<_, String>(env_with_port(&name, port, n + 2))
+                        },
+                    )
                     .unwrap()
                     .unwrap()
                     .host_port()

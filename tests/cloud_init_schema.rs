@@ -2,7 +2,8 @@
 //! the pinned cloud-init (scripts/test-deps) checks it: `cloud-init schema --config-file` for
 //! user-data and `--schema-type network-config` for network-config. The variants are the ones
 //! setup renders (local-only, Telegram, MiniMax, with an initrd) and the seed an instance made
-//! by fireclaw 0.2.0 keeps after `adopt` (adopt never rewrites the seed).
+//! by fireclaw 0.2.0 keeps after `adopt` (adopt never rewrites the seed); and the drop-in
+//! `import` writes into an imported guest.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -75,6 +76,8 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
             uid: fireclaw::instance::confinement::VMM_ID_FIRST,
             gid: fireclaw::instance::confinement::VMM_ID_FIRST,
         },
+        uuid: "0b7c4c1e-8a3e-4f9a-9d8e-3c2b1a0f9e8d",
+        phase: fireclaw::instance::state::Phase::Allocated,
     })
     .unwrap();
     let text = |name: &str| {
@@ -89,6 +92,22 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
         }
     };
     (text("config/user-data"), text("config/network-config"))
+}
+
+/// The drop-in `import` writes into an imported guest (the network rendered at every boot) is
+/// cloud-config too.
+#[test]
+fn the_imported_guests_network_drop_in_passes_cloud_inits_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("90-fireclaw-imported.cfg");
+    let text = format!(
+        "#cloud-config\n{}",
+        fireclaw::ops::install::NETWORK_EVERY_BOOT
+    );
+    std::fs::write(&path, &text).unwrap();
+    let (ok, said) = schema("cloud-config", &path);
+    assert!(ok, "{said}\n{text}");
+    assert!(text.contains("updates:\n  network:\n    when: [boot]"));
 }
 
 #[test]

@@ -207,9 +207,11 @@ fn assert_setup_example_validates(example: &Example) {
     for (name, value) in &example.env {
         command.env(name, value);
     }
-    // `sudo --preserve-env=OPENAI_API_KEY ...` takes the key from the user's environment.
-    if example.text.contains("--preserve-env=OPENAI_API_KEY") {
-        command.env("OPENAI_API_KEY", "sk-stand-in-key");
+    // `sudo --preserve-env=<KEY> ...` takes the key from the user's environment.
+    for key in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MINIMAX_API_KEY"] {
+        if example.text.contains(&format!("--preserve-env={key}")) {
+            command.env(key, "sk-stand-in-key");
+        }
     }
     let output = command.output().unwrap();
     let (out, err) = (

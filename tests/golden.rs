@@ -99,7 +99,12 @@ impl Fixture {
             })
             .map(|line| {
                 let trimmed = line.trim_start();
-                if trimmed.starts_with("\"uid\": 195") || trimmed.starts_with("\"gid\": 195") {
+                if trimmed.starts_with("\"uuid\": \"") {
+                    // Each instance's UUID is random by design.
+                    let indent = &line[..line.len() - trimmed.len()];
+                    let comma = if trimmed.ends_with(',') { "," } else { "" };
+                    format!("{indent}\"uuid\": \"[UUID]\"{comma}\n")
+                } else if trimmed.starts_with("\"uid\": 195") || trimmed.starts_with("\"gid\": 195") {
                     let indent = &line[..line.len() - trimmed.len()];
                     let (key, _) = trimmed.split_once(':').unwrap();
                     let comma = if trimmed.ends_with(',') { "," } else { "" };
@@ -112,7 +117,7 @@ impl Fixture {
     }
 }
 
-const SUBCOMMANDS: [&str; 23] = [
+const SUBCOMMANDS: [&str; 25] = [
     "doctor",
     "setup",
     "provision",
@@ -128,6 +133,8 @@ const SUBCOMMANDS: [&str; 23] = [
     "token",
     "destroy",
     "adopt",
+    "export",
+    "import",
     "egress",
     "egress show",
     "egress apply",

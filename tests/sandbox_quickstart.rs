@@ -23,7 +23,8 @@ fn make_mirror(fleet: &Fleet) {
         &kernel_fixture::vmlinux_without_iso9660(),
     );
     fleet.host.sh(&format!(
-        "set -e; mkdir -p /tmp/tree/etc /tmp/tree/boot/efi /tmp/tree/home; \
+        "set -e; mkdir -p /tmp/tree/etc /tmp/tree/boot/efi /tmp/tree/home /tmp/tree/usr/sbin /tmp/tree/usr/bin; \
+         touch /tmp/tree/usr/sbin/init /tmp/tree/usr/bin/cloud-init /tmp/tree/usr/sbin/sshd; \
          printf 'LABEL=cloudimg-rootfs\\t/\\text4\\tdiscard,errors=remount-ro\\t0 1\\nLABEL=BOOT\\t/boot\\text4\\tdefaults\\t0 2\\nLABEL=UEFI\\t/boot/efi\\tvfat\\tumask=0077\\t0 1\\n' > /tmp/tree/etc/fstab; \
          cd /srv/mirror; tar --xattrs --numeric-owner -C /tmp/tree -cJf {TARBALL} .; \
          sha256sum -b {TARBALL} > SHA256SUMS; \

@@ -313,7 +313,8 @@ fn a_full_disk_an_exhausted_pool_or_port_range_fails_setup_cleanly() {
     // A full disk under FC_ROOT while the rootfs is copied.
     fleet.host.sh(
         "mkdir -p /srv/fc-small && mount -t tmpfs -o size=8M tmpfs /srv/fc-small && \
-         mkdir -p /tmp/big-tree && head -c 14M /dev/urandom > /tmp/big-tree/blob && \
+         mkdir -p /tmp/big-tree/usr/sbin /tmp/big-tree/usr/bin && head -c 14M /dev/urandom > /tmp/big-tree/blob && \
+         touch /tmp/big-tree/usr/sbin/init /tmp/big-tree/usr/bin/cloud-init /tmp/big-tree/usr/sbin/sshd && \
          mkfs.ext4 -q -F -d /tmp/big-tree /srv/firecracker/base/images/big.ext4 20M",
     );
     let before = fleet.host_snapshot();

@@ -39,6 +39,9 @@ pub fn run(
     }
     let tap = tap_from_config(settings, id);
     let network = HostSystem { settings };
+    output.progress(&format!(
+        "{id}: stopping its VM and removing its units, tap, account, state and assets"
+    ));
     teardown_instance(settings, id, None, services, &network)?;
     // An instance whose .env was unreadable: its tap is still known from the VM config.
     if !readable && let Some(tap) = tap {

@@ -11,11 +11,14 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::guest::health::{healthy_json, proxy_health};
-use crate::host::systemd::{ServiceManager, UnitState};
+use crate::host::systemd::{
+    CRASH_LOOP_RESTARTS, CRASH_LOOP_WINDOW_SECS, ServiceManager, UnitState,
+};
 use crate::instance::layout::StatePaths;
 use crate::instance::layout::{GUEST_GATEWAY_PORT, UnitNames};
 use crate::instance::state::Phase;
 use crate::instance::suspension::{Suspension, age_text};
+use crate::instance::timing::{RunTimes, seconds};
 use crate::instance::values::InstanceId;
 use crate::instance::values::escaped;
 use crate::ops::instance::{NoInstance, load};
@@ -50,6 +53,14 @@ pub struct InstanceView {
     pub error: Option<String>,
     /// The snapshot of a suspended instance (`fireclaw suspend`); `null` otherwise.
     pub suspended: Option<SuspendedView>,
+    /// How often systemd restarted the VM since the unit was started (`NRestarts`); `null`
+    /// when the unit is missing.
+    pub restarts: Option<u32>,
+    /// The VM restarted more than 3 times in 10 minutes and lately: it dies as it starts.
+    pub crash_looping: bool,
+    /// Made by fireclaw and never provisioned (phase below `provisioned`): a setup was cut
+    /// short; `provision` finishes it (from phase `units` on), `destroy --force` removes it.
+    pub half_made: bool,
 }
 
 /// A suspended instance's snapshot in the fleet views.
@@ -146,8 +157,10 @@ pub fn gather(
         .collect();
     let names: Vec<&str> = units.iter().map(String::as_str).collect();
     let states = services.states(&names).unwrap_or_default();
+    let now = crate::host::systemd::monotonic_now_us();
     let mut views = Vec::new();
     for (index, instance) in scanned.iter().enumerate() {
+        let vm_state = states.get(index * 2).filter(|s| s.exists());
         let vm = unit_active(states.get(index * 2));
         let proxy = unit_active(states.get(index * 2 + 1));
         let state = instance.name.parse::<InstanceId>().ok().and_then(|id| {
@@ -169,6 +182,9 @@ pub fn gather(
         }
         let mut view = view_of(instance, vm, proxy, phase);
         view.suspended = suspended;
+        view.restarts = vm_state.map(|s| s.restarts);
+        view.crash_looping = vm_state.is_some_and(|s| s.crash_looping(now));
+        view.half_made = phase.is_some_and(|p| p < Phase::Provisioned);
         views.push(view);
     }
     Ok(views)
@@ -195,6 +211,9 @@ fn view_of(
         gateway_health: None,
         error: None,
         suspended: None,
+        restarts: None,
+        crash_looping: false,
+        half_made: false,
     };
     match &instance.env {
         Ok(env) => {
@@ -236,13 +255,56 @@ pub fn probe_all(views: &mut [InstanceView]) {
     });
 }
 
+/// The VM column: a suspended VM is not running, the snapshot is what there is to know; a VM
+/// systemd keeps restarting is crash-looping, whatever its state this instant.
+fn vm_word(view: &InstanceView) -> String {
+    match (&view.suspended, view.vm.as_str()) {
+        (Some(_), "inactive" | "failed") => "suspended".into(),
+        _ if view.crash_looping => "crash-looping".into(),
+        _ => view.vm.clone(),
+    }
+}
+
+/// What to do about the rows that need something: one line each, after the table.
+fn footnotes(views: &[InstanceView]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for view in views {
+        let id = &view.id;
+        if view.crash_looping {
+            notes.push(format!(
+                "{id}: the VM keeps dying as it starts ({} restarts); see why with: fireclaw logs {id} console, stop it with: fireclaw stop {id}",
+                view.restarts.unwrap_or_default()
+            ));
+        }
+        if view.half_made {
+            notes.push(format!("{id}: {}", half_made_advice(view)));
+        }
+    }
+    notes
+}
+
+/// What a half-made instance needs: its setup was cut short before the guest was provisioned.
+fn half_made_advice(view: &InstanceView) -> String {
+    let id = &view.id;
+    match view.phase {
+        // Its units exist: the VM can boot and be provisioned.
+        Some(phase) if phase >= Phase::Units => format!(
+            "half-made (setup stopped at phase {phase}); finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force"
+        ),
+        Some(phase) => format!(
+            "half-made (setup stopped at phase {phase}, before its VM could boot); remove it with: fireclaw destroy {id} --force, then run setup again"
+        ),
+        None => String::new(),
+    }
+}
+
 fn paint(text: &str, colour: bool) -> String {
     if !colour {
         return text.to_owned();
     }
     let code = match text {
         "up" | "active" => "32",
-        "down" | "failed" | "error" => "31",
+        "down" | "failed" | "error" | "crash-looping" => "31",
         "suspended" => "33",
         _ => return text.to_owned(),
     };
@@ -250,8 +312,10 @@ fn paint(text: &str, colour: bool) -> String {
 }
 
 fn table(views: &[InstanceView], colour: bool) -> String {
-    let headers = ["INSTANCE", "IP", "PORT", "VM", "PROXY", "HEALTH", "PHASE"];
-    let rows: Vec<[String; 7]> = views
+    let headers = [
+        "INSTANCE", "IP", "PORT", "VM", "RESTARTS", "PROXY", "HEALTH", "PHASE",
+    ];
+    let rows: Vec<[String; 8]> = views
         .iter()
         .map(|v| {
             [
@@ -260,14 +324,14 @@ fn table(views: &[InstanceView], colour: bool) -> String {
                 v.port
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "error".into()),
-                // A suspended VM is not running; the snapshot is what there is to know.
-                match (&v.suspended, v.vm.as_str()) {
-                    (Some(_), "inactive" | "failed") => "suspended".into(),
-                    _ => v.vm.clone(),
-                },
+                vm_word(v),
+                v.restarts
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 v.proxy.clone(),
                 v.health.clone(),
                 match (&v.phase, &v.error) {
+                    (Some(phase), _) if v.half_made => format!("{phase} (half-made)"),
                     (Some(phase), _) => phase.to_string(),
                     (None, Some(_)) => "?".into(),
                     (None, None) => "0.2.0".into(),
@@ -320,6 +384,9 @@ pub fn list(
         output.line("No instances. Create one with: sudo fireclaw setup --instance <id> ...");
     } else {
         output.text(&table(&views, use_colour()));
+        for note in footnotes(&views) {
+            output.line(&note);
+        }
     }
     Ok(())
 }
@@ -337,6 +404,9 @@ struct StatusJson<'a> {
     /// Private networks this guest may reach besides the host-wide allowlist; `null` for an
     /// instance made by 0.2.0 (it has no fireclaw.json to hold one).
     allow_private_egress: Option<Vec<String>>,
+    /// The last `setup` or `provision`: when, whether it worked, its total and each step's
+    /// time; `null` when none was recorded.
+    last_provisioning: Option<RunTimes>,
 }
 
 pub fn status(
@@ -354,10 +424,26 @@ pub fn status(
     let Some(mut view) = views.pop() else {
         return Err(NoInstance::new(settings, id).into());
     };
-    probe_all(std::slice::from_mut(&mut view));
     let units = UnitNames::new(id);
-    let guest_service = guest_service_state(settings, id, &view, &units);
-    let allow_private_egress = saved_allowlist(settings, id);
+    let (view, guest_service) = output.announce_if_slow(
+        &format!("{id}: probing the proxy, the gateway and the guest"),
+        || {
+            probe_all(std::slice::from_mut(&mut view));
+            let guest_service = guest_service_state(settings, id, &view, &units);
+            (view, guest_service)
+        },
+    );
+    let state = read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
+        .ok()
+        .flatten();
+    let allow_private_egress = state.as_ref().map(|state| {
+        state
+            .allow_private_egress
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    });
+    let last_provisioning = state.and_then(|state| state.last_provisioning);
     if json {
         output.line(&serde_json::to_string_pretty(&StatusJson {
             schema: 1,
@@ -366,6 +452,7 @@ pub fn status(
             proxy_unit: units.proxy.clone(),
             guest_service,
             allow_private_egress,
+            last_provisioning,
         })?);
     } else {
         print_status(
@@ -373,6 +460,7 @@ pub fn status(
             &units,
             guest_service.as_deref(),
             allow_private_egress.as_deref(),
+            last_provisioning.as_ref(),
             output,
         );
     }
@@ -402,25 +490,12 @@ fn guest_service_state(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
 }
 
-/// The instance's saved private-egress allowlist; `None` for a 0.2.0 instance.
-fn saved_allowlist(settings: &Settings, id: &InstanceId) -> Option<Vec<String>> {
-    read_fireclaw_state(&StatePaths::new(&settings.paths.state_root, id))
-        .ok()
-        .flatten()
-        .map(|state| {
-            state
-                .allow_private_egress
-                .iter()
-                .map(ToString::to_string)
-                .collect()
-        })
-}
-
 fn print_status(
     view: &InstanceView,
     units: &UnitNames,
     guest_service: Option<&str>,
     allow_private_egress: Option<&[String]>,
+    last_provisioning: Option<&RunTimes>,
     output: &mut Output<'_>,
 ) {
     let colour = use_colour();
@@ -436,6 +511,7 @@ fn print_status(
     output.line(&format!(
         "  phase          {}",
         match (&view.phase, &view.error) {
+            (Some(_), _) if view.half_made => half_made_advice(view),
             (Some(phase), _) => phase.to_string(),
             // No .env to read: nothing says which fireclaw made it.
             (None, Some(_)) => "unknown: the instance's state is missing or unreadable".to_owned(),
@@ -443,9 +519,20 @@ fn print_status(
         }
     ));
     output.line(&format!(
-        "  VM unit        {} {}",
+        "  VM unit        {} {}{}",
         units.vm,
-        paint(&view.vm, colour)
+        paint(&view.vm, colour),
+        match view.restarts {
+            Some(restarts) if view.crash_looping => format!(
+                ", {} ({restarts} restarts, more than {CRASH_LOOP_RESTARTS} in {} minutes); see why with: fireclaw logs {} console",
+                paint("crash-looping", colour),
+                CRASH_LOOP_WINDOW_SECS / 60,
+                view.id
+            ),
+            Some(0) | None => String::new(),
+            Some(1) => ", restarted once".to_owned(),
+            Some(restarts) => format!(", restarted {restarts} times"),
+        }
     ));
     output.line(&format!(
         "  proxy unit     {} {}",
@@ -484,6 +571,16 @@ fn print_status(
             _ => "none beyond the host-wide allowlist (fireclaw egress show)".to_owned(),
         }
     ));
+    if let Some(run) = last_provisioning {
+        output.line(&format!(
+            "  last provision {} {} {} (at {}; each step: fireclaw status {} --json)",
+            run.verb.as_str(),
+            if run.ok { "took" } else { "failed after" },
+            seconds(run.total_ms),
+            run.finished_at,
+            view.id
+        ));
+    }
     if let Some(error) = &view.error {
         output.line(&format!("  error          {error}"));
     }
@@ -507,7 +604,51 @@ mod tests {
             gateway_health: None,
             error: None,
             suspended: None,
+            restarts: Some(0),
+            crash_looping: false,
+            half_made: false,
         }
+    }
+
+    #[test]
+    fn a_crash_looping_or_half_made_instance_says_so_and_what_to_do() {
+        let mut looping = view("loop", "down");
+        looping.restarts = Some(16);
+        looping.crash_looping = true;
+        let mut half = view("half", "down");
+        half.phase = Some(Phase::Booted);
+        half.half_made = true;
+        let mut early = view("early", "down");
+        early.phase = Some(Phase::Assets);
+        early.half_made = true;
+        let views = [looping.clone(), half, early];
+        let text = table(&views, false);
+        assert!(
+            text.lines().nth(1).unwrap().contains("crash-looping  16"),
+            "{text}"
+        );
+        assert!(text.contains("booted (half-made)"), "{text}");
+        assert_eq!(
+            footnotes(&views),
+            [
+                "loop: the VM keeps dying as it starts (16 restarts); see why with: fireclaw logs loop console, stop it with: fireclaw stop loop",
+                "half: half-made (setup stopped at phase booted); finish it with: fireclaw provision half, or remove it with: fireclaw destroy half --force",
+                "early: half-made (setup stopped at phase assets, before its VM could boot); remove it with: fireclaw destroy early --force, then run setup again",
+            ]
+        );
+        let json = serde_json::to_value(&looping).unwrap();
+        assert_eq!(
+            (
+                &json["restarts"],
+                &json["crash_looping"],
+                &json["half_made"]
+            ),
+            (
+                &serde_json::json!(16),
+                &serde_json::json!(true),
+                &serde_json::json!(false)
+            )
+        );
     }
 
     #[test]
@@ -522,7 +663,10 @@ mod tests {
         });
         let text = table(&[asleep.clone()], false);
         let row = text.lines().nth(1).unwrap();
-        assert!(row.contains("  suspended  inactive  down"), "{text}");
+        assert!(
+            row.contains("  suspended  0         inactive  down"),
+            "{text}"
+        );
         assert_eq!(
             asleep.suspended.as_ref().unwrap().text(),
             "1025 MiB snapshot, taken 3h 5m ago"

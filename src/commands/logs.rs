@@ -15,9 +15,15 @@ use crate::host::systemd::{JournalQuery, ServiceManager};
 use crate::instance::layout::{AssetPaths, StatePaths};
 use crate::ops::instance::load;
 use crate::ops::lifecycle::ensure_reachable;
+use crate::output::Output;
 use crate::settings::Settings;
 
-pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) -> Result<()> {
+pub fn run(
+    settings: &Settings,
+    args: &LogsArgs,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
     let loaded = load(settings, &args.id)?;
     let mut query = JournalQuery {
         lines: args.lines,
@@ -46,7 +52,7 @@ pub fn run(settings: &Settings, args: &LogsArgs, services: &dyn ServiceManager) 
             tail.arg("--").arg(console).exec()
         }
         LogSource::Guest => {
-            ensure_reachable(&loaded, services)?;
+            ensure_reachable(&loaded, services, output)?;
             let mut words = vec!["journalctl".to_owned()];
             words.extend(query.args(&[&loaded.units.guest]));
             let words: Vec<&str> = words.iter().map(String::as_str).collect();

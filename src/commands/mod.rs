@@ -5,9 +5,11 @@ mod adopt;
 mod destroy;
 mod doctor;
 mod egress;
+mod export;
 mod fleet;
 mod host;
 mod image;
+mod import;
 mod logs;
 mod provision;
 mod setup;
@@ -60,9 +62,11 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     };
     let fleet_wide = matches!(&cli.command, Command::Suspend(a) if a.all)
         || matches!(&cli.command, Command::Resume(a) if a.all);
+    // A bake, an export and an import clean up after a Ctrl-C: the builder, a paused VM, the
+    // partial files.
     let baking = matches!(
         &cli.command,
-        Command::Image(crate::cli::ImageCommand::Bake(_))
+        Command::Image(crate::cli::ImageCommand::Bake(_)) | Command::Export(_) | Command::Import(_)
     );
     if finishable.is_some() || fleet_wide || baking || matches!(cli.command, Command::Setup(_)) {
         crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
@@ -104,25 +108,20 @@ fn dispatch(
         Command::Status(args) => {
             fleet::status(settings, args.id.as_ref(), args.json, services, output)
         }
-        Command::Start(args) => start::start(
-            settings,
-            &args.start.id,
-            &args.start.waits,
-            args.cold,
-            services,
-            output,
-        ),
+        Command::Start(args) => start::start(settings, &args.start, args.cold, services, output),
         Command::Suspend(args) => suspend::suspend(settings, &args, services, output),
         Command::Resume(args) => suspend::resume(settings, &args, services, output),
         Command::Stop(args) => stop::run(settings, &args.id, services, output),
-        Command::Restart(args) => start::restart(settings, &args.id, &args.waits, services, output),
-        Command::Logs(args) => logs::run(settings, &args, services),
-        Command::Shell(args) => shell::run(settings, &args, services),
+        Command::Restart(args) => start::restart(settings, &args, services, output),
+        Command::Logs(args) => logs::run(settings, &args, services, output),
+        Command::Shell(args) => shell::run(settings, &args, services, output),
         Command::Destroy(args) => destroy::run(settings, &args, services, output),
         Command::Egress(command) => egress::run(settings, &command, services, output),
         Command::Image(command) => image::run(settings, &command, services, output),
         Command::Host(command) => host::run(settings, &command, services, output),
         Command::Adopt(args) => adopt::run(settings, &args.id, services, output),
+        Command::Export(args) => export::run(settings, &args, services, output),
+        Command::Import(args) => import::run(settings, &args, services, output),
         Command::VmNetUp(args) => {
             vm_helpers::net_up_command(settings, &args.id, args.in_unit, services, output)
         }
@@ -131,6 +130,28 @@ fn dispatch(
         Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),
         Command::Completions(_) | Command::Man(_) | Command::Version(_) => Ok(()),
     }
+}
+
+/// A page on a terminal goes through `man -l -`, which renders it for reading, when `man` is
+/// there; anywhere else (a pipe, a file, no `man`) the roff itself is printed.
+fn show_page(roff: &str, output: &mut Output<'_>) {
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal()
+        && let Some(man) = crate::host::probe::which("man")
+        && let Ok(mut child) = std::process::Command::new(man)
+            .args(["-l", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+    {
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(roff.as_bytes()));
+        if child.wait().is_ok_and(|status| status.success()) && written.is_some_and(|w| w.is_ok()) {
+            return;
+        }
+    }
+    output.text(roff);
 }
 
 /// `fireclaw man [VERB...]` prints a page; `--dir` writes them all, each in full or not at all.
@@ -144,7 +165,7 @@ fn man(args: &crate::cli::ManArgs, output: &mut Output<'_>) -> Result<()> {
                 args.verbs.join(" ")
             )
         })?;
-        output.text(&page.roff);
+        show_page(&page.roff, output);
         return Ok(());
     };
     let pages = crate::render::man::pages(command())?;

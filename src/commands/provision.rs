@@ -7,14 +7,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::ProvisionArgs;
 use crate::faults::crash_point;
+use crate::guest::health::Health;
 use crate::host::systemd::ServiceManager;
 use crate::instance::state::{Phase, VarsFile};
+use crate::instance::timing::TimedVerb;
 use crate::ops::egress::cover_if_made_by_020;
 use crate::ops::instance::{Loaded, lock_and_load};
 use crate::ops::lifecycle::{
-    Waits, await_health, await_ssh, ensure_vm_running, print_summary, provision, start_proxy,
+    STEP_BOOT, STEP_HEALTH, Waits, await_health, await_ssh, ensure_vm_running, explain_unreachable,
+    provision, report_healthy, start_proxy, unit_state,
 };
 use crate::ops::network::reapply_if_present;
+use crate::ops::timing::Stopwatch;
 use crate::output::Output;
 use crate::settings::{ProvisionUpdate, Settings};
 use crate::store::{set_phase, update_fireclaw_state, write_atomic};
@@ -32,21 +36,57 @@ pub fn run(
 
     let waits = Waits::from(&args.waits);
     cover_if_made_by_020(settings, &loaded, services)?;
-    ensure_vm_running(&loaded, services, output)?;
-    await_ssh(&loaded, services, &loaded.ssh, waits.ssh, output)?;
+    let mut watch = Stopwatch::new(TimedVerb::Provision);
+    let result = provision_and_gate(&loaded, &update, args, waits, services, &mut watch, output)
+        .map_err(|error| explain_unreachable(settings, &loaded, services, error));
+    // Kept for `status` whether it worked or not; an instance made by 0.2.0 has no
+    // fireclaw.json to keep it in.
+    let run = watch.finish(result.is_ok());
+    if loaded.state.is_some() {
+        update_fireclaw_state(&loaded.paths, |state| {
+            state.last_provisioning = Some(run.clone());
+        })?;
+    }
+    let health = result?;
+    report_healthy(&loaded, services, &health, &run, args.json, output)
+}
+
+/// SSH (booting the VM first when it is not running), the guest's provisioning, the proxy
+/// and both health gates, each timed in `watch`.
+fn provision_and_gate(
+    loaded: &Loaded,
+    update: &ProvisionUpdate,
+    args: &ProvisionArgs,
+    waits: Waits,
+    services: &dyn ServiceManager,
+    watch: &mut Stopwatch,
+    output: &mut Output<'_>,
+) -> Result<(Health, Health)> {
+    let booting = !unit_state(services, &loaded.units.vm)?.is_active();
+    watch.time(if booting { STEP_BOOT } else { "SSH" }, || {
+        ensure_vm_running(loaded, services, output)?;
+        await_ssh(loaded, services, &loaded.ssh, waits.ssh, output)
+    })?;
     let pull = args
         .openclaw_pull
         .or_else(|| loaded.state.as_ref().map(|state| state.pull_policy()))
         .unwrap_or_default();
-    provision(&loaded, &loaded.ssh, &update.vars.render(), pull, output)?;
+    provision(
+        loaded,
+        &loaded.ssh,
+        &update.vars.render(),
+        pull,
+        watch,
+        output,
+    )?;
     crash_point("provision:guest-done");
     if loaded.state.is_some() {
         set_phase(&loaded.paths, Phase::Provisioned)?;
     }
-    start_proxy(&loaded, services, output)?;
-    let health = await_health(&loaded, &loaded.ssh, waits.health, output)?;
-    print_summary(&loaded, services, &health, output);
-    Ok(())
+    watch.time(STEP_HEALTH, || {
+        start_proxy(loaded, services, output)?;
+        await_health(loaded, &loaded.ssh, waits.health, output)
+    })
 }
 
 /// Everything is validated before anything is written: a rejected run changes nothing.

@@ -25,6 +25,14 @@ pub fn run(
         ));
         return Ok(());
     }
+    if let Err(never) = loaded.ensure_provisioned() {
+        // `start` refuses it: say what does work.
+        output.line(&format!(
+            "Instance {id} is stopped; its setup was cut short (phase {}): finish it with: fireclaw provision {id}, or remove it with: fireclaw destroy {id} --force",
+            never.phase
+        ));
+        return Ok(());
+    }
     output.line(&format!(
         "Instance {id} is stopped and stays stopped across reboots; start it with: fireclaw start {id}"
     ));

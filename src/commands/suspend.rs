@@ -7,12 +7,14 @@ use anyhow::{Result, bail};
 use crate::cli::{ResumeArgs, SuspendArgs};
 use crate::host::systemd::ServiceManager;
 use crate::instance::layout::UnitNames;
+use crate::instance::timing::TimedVerb;
 use crate::instance::values::InstanceId;
 use crate::ops::instance::lock_and_load;
-use crate::ops::lifecycle::{Waits, print_summary, stop_shell};
+use crate::ops::lifecycle::{Waits, report_healthy, stop_shell};
 use crate::ops::suspend::{
     Suspended, resume as resume_instance, suspend as suspend_instance, vm_paused,
 };
+use crate::ops::timing::Stopwatch;
 use crate::output::{Output, error_chain};
 use crate::settings::Settings;
 use crate::store::{read_fireclaw_state, scan_instances};
@@ -82,9 +84,24 @@ fn resume_one(
 ) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, id, output)?;
     loaded.ensure_provisioned()?;
-    let health = resume_instance(settings, &loaded, services, &loaded.ssh, waits, output)?;
-    print_summary(&loaded, services, &health, output);
-    Ok(())
+    let mut watch = Stopwatch::new(TimedVerb::Resume);
+    let health = resume_instance(
+        settings,
+        &loaded,
+        services,
+        &loaded.ssh,
+        waits,
+        &mut watch,
+        output,
+    )?;
+    report_healthy(
+        &loaded,
+        services,
+        &health,
+        &watch.finish(true),
+        false,
+        output,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,9 @@ pub enum SshError {
         command: String,
         status: String,
         stderr: String,
+        /// What the command printed on stdout before it failed (provisioning's step lines);
+        /// not part of the message.
+        stdout: String,
     },
 }
 
@@ -147,6 +150,7 @@ impl SshTarget {
             } else {
                 format!(": {tail}")
             },
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! building the guest base images (downloads, signatures, the rootfs).
 
 pub mod accounts;
+pub mod archive_stream;
 pub mod assets;
 pub mod download;
 pub mod firecracker_api;
@@ -17,6 +18,7 @@ pub mod rootfs_build;
 pub mod rootfs_seed;
 pub mod signature;
 pub mod snapshot;
+pub mod sparse;
 pub mod systemd;
 pub mod tap;
 pub mod trust;

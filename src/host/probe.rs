@@ -10,6 +10,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// This host's name (for a person, in an archive's manifest); "unknown" when it has none.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// A command that needs root was run without it.
 #[derive(Debug, thiserror::Error)]
 #[error("'fireclaw {command}' needs root: {why}")]

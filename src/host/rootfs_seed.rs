@@ -194,6 +194,50 @@ fn list(image: &Path, dir: &str) -> Result<Option<Vec<Entry>>, RootfsSeedError> 
 
 const S_IFLNK: u32 = 0o120_000;
 
+/// What a guest needs on its root to boot into a VM fireclaw can reach, each with the paths
+/// any one of which will do (merged `/usr` or not).
+const BOOT_PARTS: [(&str, &[&str]); 3] = [
+    (
+        "init (/sbin/init or systemd)",
+        &[
+            "/usr/sbin/init",
+            "/sbin/init",
+            "/usr/lib/systemd/systemd",
+            "/lib/systemd/systemd",
+        ],
+    ),
+    ("cloud-init", &["/usr/bin/cloud-init", "/bin/cloud-init"]),
+    ("SSH server (sshd)", &["/usr/sbin/sshd", "/sbin/sshd"]),
+];
+
+/// What of an init, cloud-init and sshd the ext4 `image` lacks (read with debugfs, no mount),
+/// by name: a rootfs without them boots to nothing fireclaw can reach, which setup would
+/// otherwise learn only after its whole SSH wait.
+pub fn missing_boot_parts(image: &Path) -> Result<Vec<&'static str>, RootfsSeedError> {
+    let mut listings: std::collections::HashMap<&str, Vec<Entry>> = Default::default();
+    let mut missing = Vec::new();
+    for (part, paths) in BOOT_PARTS {
+        let mut found = false;
+        for path in paths {
+            let (dir, name) = name_in(path);
+            if !listings.contains_key(dir) {
+                let entries = list(image, dir)?.unwrap_or_default();
+                listings.insert(dir, entries);
+            }
+            found = listings[dir].iter().any(|entry| {
+                entry.name == name && matches!(entry.mode & S_IFMT, S_IFREG | S_IFLNK)
+            });
+            if found {
+                break;
+            }
+        }
+        if !found {
+            missing.push(part);
+        }
+    }
+    Ok(missing)
+}
+
 /// Whether the image's `/usr/bin` holds each of `programs` (a file or a link): a base that
 /// already has them needs no `packages:` in its user-data, whose `apt-get update` a guest
 /// without a registry would wait out at first boot.
@@ -300,6 +344,121 @@ pub fn write_seed(
     verify(image, files)
 }
 
+/// A file of the guest's own, not the seed's, written into an ext4 image (`import` writes the
+/// authorized key and a cloud-init drop-in this way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFile {
+    /// The host copy to write, plainly named under the `host_dir` given with it.
+    pub host_path: PathBuf,
+    /// Where it goes in the guest: an absolute path whose directory exists in the image.
+    pub target: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The bytes of the file at `path` in the ext4 `image`, or `None` when it has none there.
+pub fn read_file(image: &Path, path: &str) -> Result<Option<Vec<u8>>, RootfsSeedError> {
+    let (parent, name) = name_in(path);
+    let exists = list(image, parent)?
+        .unwrap_or_default()
+        .into_iter()
+        .any(|entry| entry.name == name && entry.mode & S_IFMT == S_IFREG);
+    if !exists {
+        return Ok(None);
+    }
+    let request = format!("cat {path}");
+    debugfs(image, Path::new("/"), &["-R", &request], None).map(Some)
+}
+
+/// The uid and gid of `user` in the image's `/etc/passwd`, or `None` when it has no such user.
+pub fn user_ids(image: &Path, user: &str) -> Result<Option<(u32, u32)>, RootfsSeedError> {
+    let Some(passwd) = read_file(image, "/etc/passwd")? else {
+        return Ok(None);
+    };
+    Ok(String::from_utf8_lossy(&passwd).lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 4 && fields[0] == user)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    }))
+}
+
+/// Writes `files` into the ext4 `image` (each replacing what was there, with its owner and
+/// mode) and reads each back byte for byte: debugfs exits 0 even when a command failed.
+pub fn write_guest_files(
+    image: &Path,
+    host_dir: &Path,
+    files: &[GuestFile],
+) -> Result<(), RootfsSeedError> {
+    let layout = |what: String| RootfsSeedError::Layout {
+        path: image.to_owned(),
+        what,
+    };
+    let mut script = String::new();
+    for file in files {
+        let local = file
+            .host_path
+            .strip_prefix(host_dir)
+            .ok()
+            .and_then(Path::to_str)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+            .ok_or_else(|| {
+                layout(format!(
+                    "{} is not a plainly named file",
+                    file.host_path.display()
+                ))
+            })?;
+        let target = &file.target;
+        if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+            return Err(layout(format!("{target} is not a plain absolute path")));
+        }
+        let (parent, name) = name_in(target);
+        let entries = list(image, parent)?
+            .ok_or_else(|| layout(format!("{parent} is missing from the image")))?;
+        match entries.iter().find(|e| e.name == name) {
+            Some(entry) if entry.mode & S_IFMT == S_IFDIR => {
+                return Err(layout(format!("{target} in the image is a directory")));
+            }
+            Some(_) => script.push_str(&format!("rm {target}\n")),
+            None => {}
+        }
+        script.push_str(&format!("write {local} {target}\n"));
+        script.push_str(&format!("sif {target} mode 0{:o}\n", S_IFREG | file.mode));
+        script.push_str(&format!(
+            "sif {target} uid {}\nsif {target} gid {}\n",
+            file.uid, file.gid
+        ));
+    }
+    debugfs(image, host_dir, &["-w", "-f", "-"], Some(&script))?;
+    for file in files {
+        let wrong = |what: String| RootfsSeedError::ReadBack {
+            path: image.to_owned(),
+            what,
+        };
+        let (parent, name) = name_in(&file.target);
+        let entry = list(image, parent)?
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| wrong(format!("{} is missing", file.target)))?;
+        if entry.mode != S_IFREG | file.mode || entry.uid != file.uid || entry.gid != file.gid {
+            return Err(wrong(format!(
+                "{} has mode {:o} and owner {}:{}",
+                file.target, entry.mode, entry.uid, entry.gid
+            )));
+        }
+        let written = std::fs::read(&file.host_path).map_err(|e| wrong(e.to_string()))?;
+        if read_file(image, &file.target)?.as_deref() != Some(written.as_slice()) {
+            return Err(wrong(format!(
+                "{} differs from what was written",
+                file.target
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the seed back: exactly these files, root-owned, with their modes and bytes, in
 /// root-only directories.
 fn verify(image: &Path, files: &[SeedFile]) -> Result<(), RootfsSeedError> {
@@ -370,6 +529,35 @@ mod tests {
             .unwrap();
         assert!(status.success());
         image
+    }
+
+    #[test]
+    fn a_rootfs_without_an_init_cloud_init_or_sshd_is_named_for_what_it_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/sbin")).unwrap();
+        std::fs::create_dir_all(tree.join("usr/lib/systemd")).unwrap();
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        let empty = ext4_from(dir.path(), &tree);
+        assert_eq!(
+            missing_boot_parts(&empty).unwrap(),
+            [
+                "init (/sbin/init or systemd)",
+                "cloud-init",
+                "SSH server (sshd)"
+            ]
+        );
+        std::fs::remove_file(&empty).unwrap();
+        // A merged /usr: init a link to systemd, cloud-init there, no sshd.
+        std::fs::write(tree.join("usr/lib/systemd/systemd"), "").unwrap();
+        std::os::unix::fs::symlink("../lib/systemd/systemd", tree.join("usr/sbin/init")).unwrap();
+        std::fs::write(tree.join("usr/bin/cloud-init"), "").unwrap();
+        let partial = ext4_from(dir.path(), &tree);
+        assert_eq!(missing_boot_parts(&partial).unwrap(), ["SSH server (sshd)"]);
+        std::fs::remove_file(&partial).unwrap();
+        std::fs::write(tree.join("usr/sbin/sshd"), "").unwrap();
+        let whole = ext4_from(dir.path(), &tree);
+        assert!(missing_boot_parts(&whole).unwrap().is_empty());
     }
 
     fn seed_files(dir: &Path, user_data: &[u8]) -> Vec<SeedFile> {

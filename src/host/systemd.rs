@@ -21,11 +21,40 @@ pub struct UnitState {
     pub file: String,
     pub main_pid: u32,
     pub restarts: u32,
+    /// `InactiveExitTimestampMonotonic`: when the unit last left `inactive` (µs since boot),
+    /// which `Restart=` cycles do not move; 0 when it never did.
+    pub started_us: u64,
+    /// `ExecMainStartTimestampMonotonic`: when its current (or last) main process started.
+    pub main_started_us: u64,
 }
+
+/// A unit whose service restarted more than this many times ...
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
+/// ... within this many seconds is crash-looping.
+pub const CRASH_LOOP_WINDOW_SECS: u64 = 600;
 
 impl UnitState {
     pub fn is_active(&self) -> bool {
         self.active == "active"
+    }
+
+    /// Whether systemd keeps restarting the unit's service: more than CRASH_LOOP_RESTARTS
+    /// restarts in CRASH_LOOP_WINDOW_SECS (on average over the time since the unit was
+    /// started, since systemd counts restarts from then), the latest of them within that
+    /// window. A VM that restarted a few times over weeks, or crash-looped once and has run
+    /// fine since, is not. `now_us` is the monotonic clock, as systemd's timestamps.
+    pub fn crash_looping(&self, now_us: u64) -> bool {
+        if self.restarts <= CRASH_LOOP_RESTARTS || self.started_us == 0 {
+            return false;
+        }
+        let window_us = CRASH_LOOP_WINDOW_SECS * 1_000_000;
+        let since_start = now_us.saturating_sub(self.started_us);
+        // restarts / since_start > CRASH_LOOP_RESTARTS / window, without division.
+        let fast = u128::from(self.restarts) * u128::from(window_us)
+            > u128::from(CRASH_LOOP_RESTARTS) * u128::from(since_start.max(1));
+        let recent =
+            self.sub == "auto-restart" || now_us.saturating_sub(self.main_started_us) < window_us;
+        fast && recent
     }
     pub fn exists(&self) -> bool {
         self.load != "not-found" && !self.load.is_empty()
@@ -42,7 +71,7 @@ pub trait ServiceManager {
     fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, ProcessError>;
     /// Queues a stop without waiting for it: how a unit's own helper stops that unit.
     fn queue_stop(&self, units: &[&str]) -> Result<(), ProcessError>;
-    /// The unit's last `lines` journal lines, joined with " / "; empty when none can be read.
+    /// The unit's last `lines` journal lines, one per line; empty when none can be read.
     fn journal_tail(&self, unit: &str, lines: u32) -> String;
     /// The command that shows (and follows) the units' journal as `query` asks (`logs host`
     /// execs it, so Ctrl-C ends it cleanly).
@@ -92,7 +121,19 @@ fn systemctl(verb: &[&str], units: &[&str]) -> Result<(), ProcessError> {
     run_checked(SYSTEMCTL, &args).map(|_| ())
 }
 
-const SHOW_PROPERTIES: &str = "Id,LoadState,ActiveState,SubState,UnitFileState,MainPID,NRestarts";
+const SHOW_PROPERTIES: &str = "Id,LoadState,ActiveState,SubState,UnitFileState,MainPID,NRestarts,InactiveExitTimestampMonotonic,ExecMainStartTimestampMonotonic";
+
+/// The monotonic clock in µs, as systemd's `...TimestampMonotonic` properties count.
+pub fn monotonic_now_us() -> u64 {
+    // SAFETY: timespec is plain data, valid for the write clock_gettime does.
+    let now = unsafe {
+        let mut now: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now);
+        now
+    };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(now.tv_nsec).unwrap_or(0) / 1000
+}
 
 /// Parses `systemctl show -p ...` output for several units: blocks separated by blank lines.
 pub fn parse_show(text: &str) -> Vec<UnitState> {
@@ -111,6 +152,12 @@ pub fn parse_show(text: &str) -> Vec<UnitState> {
                 "UnitFileState" => state.file = value.to_owned(),
                 "MainPID" => state.main_pid = value.parse().unwrap_or(0),
                 "NRestarts" => state.restarts = value.parse().unwrap_or(0),
+                "InactiveExitTimestampMonotonic" => {
+                    state.started_us = value.parse().unwrap_or(0);
+                }
+                "ExecMainStartTimestampMonotonic" => {
+                    state.main_started_us = value.parse().unwrap_or(0);
+                }
                 _ => {}
             }
         }
@@ -167,7 +214,7 @@ impl ServiceManager for Systemctl {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
-                .join(" / "),
+                .join("\n"),
             Err(_) => String::new(),
         }
     }
@@ -212,12 +259,44 @@ mod tests {
     }
 
     #[test]
+    fn a_unit_is_crash_looping_only_when_it_restarts_fast_and_lately() {
+        const MIN: u64 = 60_000_000;
+        let unit = |restarts: u32, started_min: u64, main_started_min: u64, sub: &str| UnitState {
+            active: "active".into(),
+            sub: sub.into(),
+            restarts,
+            started_us: started_min * MIN,
+            main_started_us: main_started_min * MIN,
+            ..UnitState::default()
+        };
+        let now = 1000 * MIN;
+        // The newcomer's VM: 16 restarts in 10 minutes, one every ~38 s.
+        assert!(unit(16, 990, 999, "running").crash_looping(now));
+        // Waiting between two of them.
+        assert!(unit(16, 990, 999, "auto-restart").crash_looping(now));
+        // Four restarts in the first two minutes: already more than three.
+        assert!(unit(4, 998, 999, "running").crash_looping(now));
+        // Three is the limit, not a loop.
+        assert!(!unit(3, 999, 999, "running").crash_looping(now));
+        // A few restarts over weeks (reboots in the guest) are not a loop.
+        assert!(!unit(5, 10, 999, "running").crash_looping(now));
+        // It looped, then has run fine for an hour since.
+        assert!(!unit(40, 900, 940, "running").crash_looping(now));
+        // Never started: nothing to judge.
+        assert!(!unit(9, 0, 0, "dead").crash_looping(now));
+    }
+
+    #[test]
     fn batched_show_output_is_split_per_unit() {
-        let text = "Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=42\nNRestarts=1\n\nId=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\nMainPID=0\nNRestarts=0\n";
+        let text = "Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\nMainPID=42\nNRestarts=1\nInactiveExitTimestampMonotonic=7000000\nExecMainStartTimestampMonotonic=9000000\n\nId=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\nMainPID=0\nNRestarts=0\n";
         let states = parse_show(text);
         assert_eq!(states.len(), 2);
         assert!(states[0].is_active() && states[0].exists());
         assert_eq!((states[0].main_pid, states[0].restarts), (42, 1));
+        assert_eq!(
+            (states[0].started_us, states[0].main_started_us),
+            (7_000_000, 9_000_000)
+        );
         assert_eq!(states[1].name, "b.service");
         assert!(!states[1].exists());
     }

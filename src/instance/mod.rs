@@ -4,6 +4,7 @@
 //! state store that reads and writes these files is `crate::store`.
 
 pub mod alloc;
+pub mod archive;
 pub mod baked;
 pub mod calendar;
 pub mod confinement;
@@ -16,4 +17,5 @@ pub mod secrets;
 pub mod spec;
 pub mod state;
 pub mod suspension;
+pub mod timing;
 pub mod values;

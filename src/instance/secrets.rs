@@ -30,6 +30,8 @@ pub enum SecretError {
     /// rand_core's error is no `std::error::Error` in this build, so its text is kept.
     #[error("read the system random source: {0}")]
     Random(String),
+    #[error("the host key's private and public halves do not match")]
+    Mismatch,
 }
 
 pub fn generate_token() -> Result<GatewayToken, SecretError> {
@@ -38,6 +40,63 @@ pub fn generate_token() -> Result<GatewayToken, SecretError> {
         .try_fill_bytes(&mut bytes)
         .map_err(|e| SecretError::Random(e.to_string()))?;
     Ok(GatewayToken::from_random_bytes(bytes))
+}
+
+/// A fresh random (version 4) UUID: the agent's identity across hosts (`fireclaw.json`'s
+/// `uuid`, carried by `export` and `import`).
+pub fn generate_uuid() -> Result<String, SecretError> {
+    let mut bytes = [0u8; 16];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| SecretError::Random(e.to_string()))?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
+/// Whether `text` is a UUID as `generate_uuid` writes them (lower-case, hyphenated).
+pub fn is_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
+            group.len() == len
+                && group
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// An imported host key pair: the private key must parse as an OpenSSH ed25519 key whose
+/// public half is the one given (an archive is untrusted input).
+pub fn host_key_from_openssh(private: &str, public: &str) -> Result<HostKeyPair, SecretError> {
+    let key = PrivateKey::from_openssh(private)?;
+    if key.algorithm() != Algorithm::Ed25519 {
+        return Err(SecretError::HostKey(ssh_key::Error::AlgorithmUnknown));
+    }
+    let derived = key.public_key().to_openssh()?;
+    let given = public.trim();
+    // Compare the key itself (type and blob), not the comment.
+    let key_part = |line: &str| {
+        line.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if key_part(&derived) != key_part(given) {
+        return Err(SecretError::Mismatch);
+    }
+    Ok(HostKeyPair {
+        private_openssh: private.to_owned(),
+        public_openssh: given.to_owned(),
+    })
 }
 
 /// An ed25519 host key for the guest of instance `id`.
@@ -60,6 +119,35 @@ mod tests {
         let b = generate_token().unwrap();
         assert_ne!(a, b);
         assert!(a.expose().len() == 64 && a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn uuids_are_fresh_version_4_and_recognised() {
+        let a = generate_uuid().unwrap();
+        assert!(is_uuid(&a), "{a}");
+        assert_eq!(&a[14..15], "4");
+        assert_ne!(a, generate_uuid().unwrap());
+        for bad in [
+            "",
+            "0b7c4c1e-8a3e-4f9a-9d8e",
+            "0B7C4C1E-8A3E-4F9A-9D8E-3C2B1A0F9E8D",
+            "../etc",
+        ] {
+            assert!(!is_uuid(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_imported_host_key_must_be_whole_and_its_own() {
+        let pair = generate_host_key("a").unwrap();
+        let other = generate_host_key("b").unwrap();
+        let back = host_key_from_openssh(&pair.private_openssh, &pair.public_openssh).unwrap();
+        assert_eq!(back, pair);
+        assert!(matches!(
+            host_key_from_openssh(&pair.private_openssh, &other.public_openssh),
+            Err(SecretError::Mismatch)
+        ));
+        assert!(host_key_from_openssh("not a key", &pair.public_openssh).is_err());
     }
 
     #[test]

@@ -25,11 +25,13 @@ pub enum SpecError {
     TelegramUsersRequired,
     #[error("--telegram-users needs --telegram-token (omit both for a local-only gateway)")]
     TelegramUsersWithoutToken,
-    #[error("model {model} needs an API key: pass {flag} or set {env}")]
+    #[error("model {model} needs an API key: {}", self.key_advice())]
     MissingProviderKey {
         model: String,
         flag: &'static str,
         env: &'static str,
+        /// Run through sudo, which drops the user's environment unless told to keep a name.
+        sudo: bool,
     },
     #[error(
         "API socket path {path} is {length} bytes; the kernel allows {MAX_SOCKET_PATH} (use a shorter instance id, FC_ROOT or --api-sock)"
@@ -47,6 +49,41 @@ pub enum SpecError {
     },
     #[error("{what} path contains a newline, carriage return or NUL")]
     LineBreakInPath { what: &'static str },
+}
+
+impl SpecError {
+    /// How to give the missing key: through sudo, the environment variable must be kept by
+    /// name (a key on the command line shows in `ps` to every user).
+    fn key_advice(&self) -> String {
+        let Self::MissingProviderKey {
+            flag, env, sudo, ..
+        } = self
+        else {
+            return String::new();
+        };
+        if *sudo {
+            format!(
+                "sudo does not pass your environment on; export {env} and run: sudo --preserve-env={env} fireclaw ... (or pass {flag}, which ps shows to every user)"
+            )
+        } else {
+            format!("pass {flag} or set {env}")
+        }
+    }
+
+    /// The same error, saying how to keep the key through sudo when run under it.
+    pub fn under_sudo(self, sudo: bool) -> Self {
+        match self {
+            Self::MissingProviderKey {
+                model, flag, env, ..
+            } => Self::MissingProviderKey {
+                model,
+                flag,
+                env,
+                sudo,
+            },
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +153,7 @@ impl SetupSpec {
                 model: spec.model.to_string(),
                 flag: provider.key_flag(),
                 env: provider.key_env(),
+                sudo: false,
             });
         }
         let socket = spec.api_sock.as_os_str().len();

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use super::confinement::VmmAccount;
 use super::plain::{PlainDoc, PlainError};
 use super::suspension::Suspension;
+use super::timing::RunTimes;
 use super::values::{PrivateCidr, PullPolicy, escaped};
 
 /// `.env` keys, in the order 0.2.0 writes them (after the format line).
@@ -254,6 +255,10 @@ impl std::fmt::Debug for GatewayToken {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// `fireclaw import` reserved the id, address and port and is writing the instance from
+    /// an archive; committed at once to `provisioned`, so a kill leaves this phase, which the
+    /// next import and `host cleanup` remove.
+    Importing,
     /// `.vm-<id>` and `.env` exist: IP, port and tap are reserved.
     Allocated,
     /// VM assets (disk, kernel, seed, config) are in place.
@@ -269,6 +274,7 @@ pub enum Phase {
 impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Importing => "importing",
             Self::Allocated => "allocated",
             Self::Assets => "assets",
             Self::Units => "units",
@@ -317,6 +323,27 @@ pub struct FireclawState {
     /// `BASE_IMAGES_DIR`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baked_file: Option<std::path::PathBuf>,
+    /// The step times of the last `setup` or `provision` (`status` shows its total).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_provisioning: Option<RunTimes>,
+    /// The agent's identity across hosts: made at setup (and at the first export of an older
+    /// instance), carried by `export` and `import`; two instances with one UUID on a host are
+    /// one agent twice, which `import` refuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// An `export --pause` under way: set before it pauses the VM, gone once it has resumed
+    /// it, so `doctor`, `resume` and `stop` tell a VM it left paused from a suspend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporting: Option<Exporting>,
+}
+
+/// An `export --pause` under way.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Exporting {
+    /// Seconds since the Unix epoch when it began.
+    pub since: u64,
+    /// The exporting process.
+    pub pid: u32,
 }
 
 /// `created_by` of an instance fireclaw 0.2.0 made.
@@ -336,6 +363,9 @@ impl FireclawState {
             openclaw_pull: None,
             baked_image: None,
             baked_file: None,
+            last_provisioning: None,
+            uuid: None,
+            exporting: None,
         }
     }
 

@@ -66,6 +66,7 @@ impl<'a> FakeServices<'a> {
                 file: "enabled".into(),
                 main_pid: 0,
                 restarts,
+                ..UnitState::default()
             },
         );
     }

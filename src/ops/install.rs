@@ -10,26 +10,29 @@ use anyhow::{Context, Result, bail};
 
 use super::evidence;
 use super::instance::Loaded;
-use super::lifecycle::{Waits, await_ssh, provision};
+use super::lifecycle::{Provisioned, STEP_BOOT, Waits, await_ssh, provision};
 use super::network::HostSteps;
 use super::teardown::teardown_instance;
+use super::timing::Stopwatch;
 use crate::faults::crash_point;
 use crate::guest::ssh::GuestShell;
 use crate::host::assets::copy_image;
 use crate::host::kernel_image::{Feature, KernelError, inspect_file};
-use crate::host::rootfs_seed::{FilesystemKind, filesystem_kind, has_programs, write_seed};
+use crate::host::rootfs_seed::{
+    FilesystemKind, filesystem_kind, has_programs, missing_boot_parts, write_seed,
+};
 use crate::host::systemd::ServiceManager;
 use crate::host::trust::check_trusted;
 use crate::host::{interrupt, probe};
 use crate::instance::confinement::VmmAccount;
 use crate::instance::layout::{AssetPaths, GUEST_PACKAGES, StatePaths, UnitNames, public_key_path};
 use crate::instance::plan::{Allocation, allocate, instance_env};
-use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token};
+use crate::instance::secrets::{HostKeyPair, generate_host_key, generate_token, generate_uuid};
 use crate::instance::spec::SetupSpec;
 use crate::instance::state::{GatewayToken, Phase};
+use crate::instance::timing::RunTimes;
 use crate::instance::values::{HostPort, InstanceId};
-use crate::output::Output;
-use crate::output::error_chain;
+use crate::output::{Detailed, Output, error_chain};
 use crate::render::artifacts::{
     Artifact, Body, HostTools, InstancePlan, RenderedInstance, render_instance,
 };
@@ -90,6 +93,16 @@ pub fn boot_media(spec: &SetupSpec) -> Result<(BootMedia, Option<String>)> {
             probe::which("debugfs").context(
                 "debugfs is not on PATH; install e2fsprogs (it writes the cloud-init seed into the rootfs)",
             )?;
+            // Before a boot that could only end in the whole SSH wait.
+            let missing = missing_boot_parts(rootfs)
+                .with_context(|| format!("read base rootfs {}", rootfs.display()))?;
+            if !missing.is_empty() {
+                bail!(
+                    "base rootfs {} lacks {}: no guest could boot from it to where fireclaw reaches it; use a cloud image's root (fireclaw image fetch) or a baked image",
+                    rootfs.display(),
+                    missing.join(", ")
+                );
+            }
             let base_has_packages = has_programs(rootfs, &GUEST_PACKAGES)
                 .with_context(|| format!("read base rootfs {}", rootfs.display()))?;
             Ok((
@@ -194,12 +207,16 @@ pub fn check_kernel(spec: &SetupSpec) -> Result<Option<String>> {
     match report.missing_required(spec.base.initrd.is_file()) {
         None => Ok(None),
         Some(missing) if missing.fatal => {
-            bail!("guest kernel {}: {}", kernel.display(), missing.describe())
+            bail!(
+                "guest kernel {}: {}",
+                kernel.display(),
+                missing.describe(&spec.base.initrd)
+            )
         }
         Some(missing) => Ok(Some(format!(
             "guest kernel {}: {}",
             kernel.display(),
-            missing.describe()
+            missing.describe(&spec.base.initrd)
         ))),
     }
 }
@@ -242,6 +259,24 @@ fn write_artifact(artifact: &Artifact) -> Result<()> {
     write_atomic(&artifact.path, bytes, artifact.mode).map_err(Into::into)
 }
 
+/// Where a new instance's identity and disk come from.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// `setup`: fresh secrets and UUID, the base images copied.
+    Setup,
+    /// `import`: the archive's identity; the base images are its staged files, moved into
+    /// place rather than copied (they sit on FC_ROOT's filesystem already).
+    Import(&'a Imported),
+}
+
+/// What an archive brings besides its settings: the agent's identity.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub token: GatewayToken,
+    pub host_key: HostKeyPair,
+    pub uuid: String,
+}
+
 /// Creates the host side of a new instance. On failure everything made for it is removed.
 pub fn install_instance(
     settings: &Settings,
@@ -251,16 +286,53 @@ pub fn install_instance(
     network: &dyn HostSteps,
     media: BootMedia,
 ) -> Result<Installed> {
+    install_from(
+        settings,
+        spec,
+        tools,
+        services,
+        network,
+        media,
+        Origin::Setup,
+    )
+}
+
+/// `install_instance` for either origin.
+pub fn install_from(
+    settings: &Settings,
+    spec: &SetupSpec,
+    tools: &HostTools,
+    services: &dyn ServiceManager,
+    network: &dyn HostSteps,
+    media: BootMedia,
+    origin: Origin<'_>,
+) -> Result<Installed> {
     check_preconditions(settings, spec, tools)?;
     let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
-    let token = generate_token()?;
-    let host_key = generate_host_key(spec.id.as_str())?;
-    let (allocation, vmm_account) = reserve_allocation(settings, spec, &token, network)?;
-    crash_point("setup:reserved");
+    let (token, host_key, uuid, phase) = match origin {
+        Origin::Setup => (
+            generate_token()?,
+            generate_host_key(spec.id.as_str())?,
+            generate_uuid()?,
+            Phase::Allocated,
+        ),
+        Origin::Import(imported) => (
+            imported.token.clone(),
+            imported.host_key.clone(),
+            imported.uuid.clone(),
+            Phase::Importing,
+        ),
+    };
+    let (allocation, vmm_account) = reserve_allocation(settings, spec, &token, network, phase)?;
+    crash_point(match origin {
+        Origin::Setup => "setup:reserved",
+        Origin::Import(_) => "import:reserved",
+    });
     let secrets = NewSecrets {
         token: &token,
         host_key: &host_key,
         authorized_key: &authorized_key,
+        uuid: &uuid,
     };
     let result = install_after_reserve(
         settings,
@@ -272,6 +344,7 @@ pub fn install_instance(
         &secrets,
         media,
         &vmm_account,
+        origin,
     );
     if let Err(error) = result {
         let interrupted = interrupt::caused(&error);
@@ -322,10 +395,11 @@ fn reserve_allocation(
     spec: &SetupSpec,
     token: &GatewayToken,
     network: &dyn HostSteps,
+    phase: Phase,
 ) -> Result<(Allocation, VmmAccount)> {
     let listening = probe::listening_tcp_ports();
     let mut created: Option<VmmAccount> = None;
-    let reserved = reserve(&settings.paths.state_root, &spec.id, |taken| {
+    let reserved = reserve(&settings.paths.state_root, &spec.id, phase, |taken| {
         let mut taken = taken.clone();
         taken.listening = listening.clone();
         let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
@@ -394,6 +468,7 @@ struct NewSecrets<'a> {
     host_key: &'a HostKeyPair,
     /// The client public key line the guest trusts.
     authorized_key: &'a str,
+    uuid: &'a str,
 }
 
 /// Everything after the reservation, in order: render, write the state files, copy and write the assets, write the units. The phase advances after each group, so
@@ -409,7 +484,9 @@ fn install_after_reserve(
     secrets: &NewSecrets<'_>,
     media: BootMedia,
     vmm_account: &VmmAccount,
+    origin: Origin<'_>,
 ) -> Result<()> {
+    let importing = matches!(origin, Origin::Import(_));
     let state_paths = StatePaths::new(&settings.paths.state_root, &spec.id);
     let rendered = render_instance(&InstancePlan {
         spec,
@@ -425,25 +502,130 @@ fn install_after_reserve(
         base_has_packages: media.base_has_packages,
         time: Timestamp::now(),
         vmm_account,
+        uuid: secrets.uuid,
+        phase: if importing {
+            Phase::Importing
+        } else {
+            Phase::Allocated
+        },
     })?;
     write_state_files(&state_paths, &rendered)?;
-    crash_point("setup:state");
+    crash_point(if importing {
+        "import:state"
+    } else {
+        "setup:state"
+    });
     interrupt::check()?;
-    write_assets(settings, &spec.id, &rendered)?;
+    write_assets(settings, &spec.id, &rendered, importing)?;
     let assets = AssetPaths::new(&settings.paths.fc_root, &spec.id);
+    if importing {
+        write_imported_guest_files(&assets, secrets.authorized_key)?;
+        crash_point("import:disk");
+    }
     link_api_socket(&spec.api_sock, &assets.vmm_api_sock)?;
     network.confine_files(&assets, media.with_initrd, vmm_account)?;
-    crash_point("setup:confined");
-    set_phase(&state_paths, Phase::Assets)?;
-    crash_point("setup:assets");
+    if !importing {
+        crash_point("setup:confined");
+        set_phase(&state_paths, Phase::Assets)?;
+        crash_point("setup:assets");
+    }
     interrupt::check()?;
     for artifact in &rendered.units {
         write_artifact(artifact)?;
     }
-    crash_point("setup:unit-files");
+    crash_point(if importing {
+        "import:unit-files"
+    } else {
+        "setup:unit-files"
+    });
     services.daemon_reload()?;
-    set_phase(&state_paths, Phase::Units)?;
-    crash_point("setup:units");
+    if !importing {
+        set_phase(&state_paths, Phase::Units)?;
+        crash_point("setup:units");
+    }
+    Ok(())
+}
+
+/// Cloud-init renders a guest's network once per instance id and keeps the seed's first
+/// `network-config`; an imported guest keeps its instance id but has a new address and MAC,
+/// so it is told to render the network again at every boot.
+pub const NETWORK_EVERY_BOOT: &str = "# fireclaw import: this guest moved to another host and address; render the\n\
+# network from the seed at every boot, not once per instance id.\n\
+updates:\n  network:\n    when: [boot]\n";
+/// Where that drop-in goes in the guest.
+pub const NETWORK_EVERY_BOOT_PATH: &str = "/etc/cloud/cloud.cfg.d/90-fireclaw-imported.cfg";
+
+/// An imported disk's own files, besides its new seed: this host's client key as the guest
+/// user's only authorized key (the source host's is gone), and the network drop-in.
+fn write_imported_guest_files(assets: &AssetPaths, authorized_key: &str) -> Result<()> {
+    let disk = &assets.rootfs;
+    let (uid, gid) = crate::host::rootfs_seed::user_ids(disk, crate::instance::layout::GUEST_USER)
+        .with_context(|| format!("read the guest's users in {}", disk.display()))?
+        .with_context(|| {
+            format!(
+                "the imported disk {} has no user '{}' to authorize this host's key for",
+                disk.display(),
+                crate::instance::layout::GUEST_USER
+            )
+        })?;
+    let home = format!("/home/{}/.ssh", crate::instance::layout::GUEST_USER);
+    let keys = assets.config.join("imported-authorized_keys");
+    let dropin = assets.config.join("imported-network.cfg");
+    write_atomic(
+        &keys,
+        format!("{}\n", authorized_key.trim()).as_bytes(),
+        0o600,
+    )?;
+    write_atomic(&dropin, NETWORK_EVERY_BOOT.as_bytes(), 0o644)?;
+    let files = [
+        crate::host::rootfs_seed::GuestFile {
+            host_path: keys.clone(),
+            target: format!("{home}/authorized_keys"),
+            mode: 0o600,
+            uid,
+            gid,
+        },
+        crate::host::rootfs_seed::GuestFile {
+            host_path: dropin.clone(),
+            target: NETWORK_EVERY_BOOT_PATH.to_owned(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    ];
+    let written = crate::host::rootfs_seed::write_guest_files(disk, &assets.config, &files)
+        .with_context(|| {
+            format!(
+                "write this host's key and the network drop-in into {}",
+                disk.display()
+            )
+        });
+    let _ = std::fs::remove_file(&keys);
+    let _ = std::fs::remove_file(&dropin);
+    written
+}
+
+/// Moves a staged image into place (a rename: both are on FC_ROOT's filesystem), grown to
+/// `grow_to` when given; never shrunk.
+fn move_image(from: &Path, to: &Path, grow_to: Option<u64>) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("move {} to {}", from.display(), to.display()))?;
+    if let Some(size) = grow_to {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(to)
+            .with_context(|| format!("open {}", to.display()))?;
+        let current = file
+            .metadata()
+            .with_context(|| format!("read {}", to.display()))?
+            .len();
+        if current < size {
+            file.set_len(size)
+                .with_context(|| format!("grow {} to {size} bytes", to.display()))?;
+        }
+        file.sync_all()
+            .with_context(|| format!("sync {}", to.display()))?;
+    }
     Ok(())
 }
 
@@ -474,7 +656,12 @@ fn write_state_files(state_paths: &StatePaths, rendered: &RenderedInstance) -> R
     Ok(())
 }
 
-fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstance) -> Result<()> {
+fn write_assets(
+    settings: &Settings,
+    id: &InstanceId,
+    rendered: &RenderedInstance,
+    importing: bool,
+) -> Result<()> {
     let assets = AssetPaths::new(&settings.paths.fc_root, id);
     // Searchable, not listable: each VMM account reaches its own files below.
     std::fs::DirBuilder::new()
@@ -491,8 +678,13 @@ fn write_assets(settings: &Settings, id: &InstanceId, rendered: &RenderedInstanc
         ensure_private_dir(dir)?;
     }
     for copy in &rendered.copies {
-        copy_image(&copy.from, &copy.to, copy.grow_to)?;
-        crash_point("setup:copying");
+        if importing {
+            // The archive's files, staged on this filesystem: moved in, not copied again.
+            move_image(&copy.from, &copy.to, copy.grow_to)?;
+        } else {
+            copy_image(&copy.from, &copy.to, copy.grow_to)?;
+            crash_point("setup:copying");
+        }
     }
     for artifact in &rendered.assets {
         write_artifact(artifact)?;
@@ -518,24 +710,30 @@ pub fn first_boot(
     guest: &dyn GuestShell,
     network: &dyn HostSteps,
     waits: Waits,
+    watch: &mut Stopwatch,
     output: &mut Output<'_>,
-) -> Result<()> {
+) -> Result<Provisioned> {
     let id = &spec.id;
-    let result = (|| -> Result<()> {
-        output.progress(&format!("{id}: booting the VM"));
-        services.enable_now(&[loaded.units.vm.as_str()])?;
-        crash_point("setup:vm-started");
-        await_ssh(loaded, services, guest, waits.ssh, output)?;
+    let result = (|| -> Result<Provisioned> {
+        watch.time(STEP_BOOT, || -> Result<()> {
+            output.progress(&format!("{id}: booting the VM"));
+            services.enable_now(&[loaded.units.vm.as_str()])?;
+            crash_point("setup:vm-started");
+            await_ssh(loaded, services, guest, waits.ssh, output)
+        })?;
         set_phase(&loaded.paths, Phase::Booted)?;
         crash_point("setup:booted");
         let vars = std::fs::read_to_string(&loaded.paths.vars)
             .with_context(|| format!("read {}", loaded.paths.vars.display()))?;
-        provision(loaded, guest, &vars, spec.openclaw_pull, output)?;
+        let provisioned = provision(loaded, guest, &vars, spec.openclaw_pull, watch, output)?;
         set_phase(&loaded.paths, Phase::Provisioned)?;
         crash_point("setup:provisioned");
-        Ok(())
+        Ok(provisioned)
     })();
-    result.map_err(|error| roll_back(settings, spec, services, network, error, output))
+    result.map_err(|error| {
+        let run = watch.finish(false);
+        roll_back(settings, spec, services, network, error, Some(&run), output)
+    })
 }
 
 /// Removes a new instance whose setup failed before provisioning completed; returns the error
@@ -546,6 +744,7 @@ pub fn roll_back(
     services: &dyn ServiceManager,
     network: &dyn HostSteps,
     error: anyhow::Error,
+    times: Option<&RunTimes>,
     output: &mut Output<'_>,
 ) -> anyhow::Error {
     let id = &spec.id;
@@ -554,19 +753,39 @@ pub fn roll_back(
         "{id}: setup {}; removing the instance",
         if interrupted { "interrupted" } else { "failed" }
     ));
-    // Before the assets go: the console log is the one file that says why a guest never came up.
-    let kept = evidence::keep(settings, id, services)
-        .map(|evidence| format!("; {}", evidence.describe()))
-        .unwrap_or_default();
+    // Before the assets go: the console and VMM logs are what say why a guest never came up.
+    let evidence = evidence::keep(settings, id, services, times);
+    let mut lines = if interrupted {
+        Vec::new()
+    } else {
+        evidence.lines()
+    };
+    if interrupted && let Some(dir) = &evidence.dir {
+        lines.push(format!("kept for you: {}", dir.display()));
+    }
     match teardown_instance(settings, id, Some(&spec.api_sock), services, network) {
-        Ok(()) if interrupted => error.context(format!(
-            "setup of '{id}' was interrupted and rolled back (nothing of it is left){kept}"
-        )),
-        Ok(()) => error.context(format!("setup of '{id}' failed and was rolled back{kept}")),
-        Err(cleanup) => error.context(format!(
-            "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force{kept}",
-            error_chain(cleanup.as_ref())
-        )),
+        Ok(()) => {
+            lines.push(if interrupted {
+                format!("instance '{id}' is gone; run the same setup again to start over")
+            } else {
+                format!(
+                    "instance '{id}' is gone; change what the cause names, then run setup again"
+                )
+            });
+            let summary = if interrupted {
+                format!("setup of '{id}' was interrupted and rolled back")
+            } else {
+                format!("setup of '{id}' failed and was rolled back")
+            };
+            Detailed::wrap(summary, lines, error)
+        }
+        Err(cleanup) => {
+            lines.push(format!(
+                "removing the half-made instance failed too ({}); clean up with: fireclaw destroy {id} --force",
+                error_chain(cleanup.as_ref())
+            ));
+            Detailed::wrap(format!("setup of '{id}' failed"), lines, error)
+        }
     }
 }
 
@@ -665,8 +884,13 @@ mod tests {
         );
     }
 
-    /// Replaces the scratch host's base rootfs with a 32 MiB ext4 made from `tree`.
+    /// Replaces the scratch host's base rootfs with a 32 MiB ext4 made from `tree`, with an
+    /// init, cloud-init and sshd (empty files: setup only looks for them).
     fn ext4_base(host: &ScratchHost, tree: &Path) {
+        for part in ["usr/sbin/init", "usr/bin/cloud-init", "usr/sbin/sshd"] {
+            std::fs::create_dir_all(tree.join(part).parent().unwrap()).unwrap();
+            std::fs::write(tree.join(part), "").unwrap();
+        }
         let rootfs = host.path("images/rootfs.ext4");
         std::fs::remove_file(&rootfs).unwrap();
         let status = std::process::Command::new("mkfs.ext4")
@@ -720,6 +944,34 @@ mod tests {
             );
         }
         assert!(std::fs::read(host.path("images/rootfs.ext4")).unwrap() == base);
+    }
+
+    #[test]
+    fn a_base_without_an_init_cloud_init_or_sshd_is_refused_before_anything_is_written() {
+        let host = ScratchHost::new();
+        let tree = tempfile::tempdir().unwrap();
+        ext4_base(&host, tree.path());
+        std::fs::remove_file(tree.path().join("usr/sbin/sshd")).unwrap();
+        std::fs::remove_file(tree.path().join("usr/sbin/init")).unwrap();
+        let rootfs = host.path("images/rootfs.ext4");
+        std::fs::remove_file(&rootfs).unwrap();
+        let status = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(tree.path())
+            .arg(&rootfs)
+            .arg("32M")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let spec = spec(&host, "t");
+        let error = boot_media(&spec).unwrap_err();
+        assert_eq!(
+            error_chain(error.as_ref()),
+            format!(
+                "base rootfs {} lacks init (/sbin/init or systemd), SSH server (sshd): no guest could boot from it to where fireclaw reaches it; use a cloud image's root (fireclaw image fetch) or a baked image",
+                rootfs.display()
+            )
+        );
     }
 
     #[test]
@@ -945,6 +1197,7 @@ mod tests {
             health: std::time::Duration::ZERO,
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut watch = Stopwatch::new(crate::instance::timing::TimedVerb::Setup);
         let error = first_boot(
             &host.settings,
             &spec,
@@ -953,6 +1206,7 @@ mod tests {
             &guest,
             &network,
             waits,
+            &mut watch,
             &mut Output::new(&mut out, &mut err),
         )
         .unwrap_err();
@@ -964,15 +1218,34 @@ mod tests {
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(
             error_chain(error.as_ref()),
-            format!(
-                "setup of 't' failed and was rolled back; its console log and VM journal are kept in {} (the console's last lines: [    0.000000] Linux version 6.1 / [    0.9] VFS: Unable to mount root fs): SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused",
-                kept[0].display()
-            )
+            "setup of 't' failed and was rolled back: SSH to instance 't' did not answer within 0s: ssh to instance 't' (127.0.0.9) failed: Connection refused"
         );
+        // Under that line: what the guest said, the likely cause, the kept files and that the
+        // instance is gone; no advice to start it.
+        let lines = crate::output::detail_lines(error.as_ref());
+        assert_eq!(
+            lines,
+            [
+                "the guest's console ended with:".to_owned(),
+                "  [    0.000000] Linux version 6.1".to_owned(),
+                "  [    0.9] VFS: Unable to mount root fs".to_owned(),
+                "likely cause: the guest kernel found no root disk: its virtio-blk or virtio-mmio driver is missing or a module; give an initrd that loads them (--base-initrd) or a kernel with them built in (fireclaw image fetch)".to_owned(),
+                format!(
+                    "kept for you: {} (console.log, vm-unit.log, steps.txt)",
+                    kept[0].display()
+                ),
+                "instance 't' is gone; change what the cause names, then run setup again".to_owned(),
+            ]
+        );
+        assert!(!lines.iter().any(|l| l.contains("fireclaw start")));
         assert_eq!(
             std::fs::read_to_string(kept[0].join("console.log")).unwrap(),
             "[    0.000000] Linux version 6.1\n[    0.9] VFS: Unable to mount root fs\n"
         );
+        // The step the setup failed in, with its time, is kept beside the logs.
+        let steps = std::fs::read_to_string(kept[0].join("steps.txt")).unwrap();
+        assert!(steps.starts_with("boot to SSH\t0."), "{steps}");
+        assert!(steps.contains("setup failed after "), "{steps}");
         assert_eq!(
             log.calls()[mark..],
             [

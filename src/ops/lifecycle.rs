@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 
 use super::instance::Loaded;
+use super::timing::Stopwatch;
 use crate::cli::WaitArgs;
 use crate::faults::crash_point;
 use crate::guest::health::{Health, guest_health, proxy_health};
@@ -18,6 +19,7 @@ use crate::guest::ssh::{GuestShell, SshError, sudo_command};
 use crate::host::systemd::{ServiceManager, UnitState};
 use crate::host::{interrupt, probe};
 use crate::instance::layout::{UnitNames, guest_answered_text};
+use crate::instance::timing::{guest_fact, guest_steps};
 use crate::instance::values::{InstanceId, PullPolicy};
 use crate::output::Output;
 use crate::store::write_atomic;
@@ -26,6 +28,9 @@ use crate::store::write_atomic;
 const POLL: Duration = Duration::from_secs(2);
 /// How long `stop` tries the guest before leaving its service to the VM shutdown.
 const GUEST_STOP_CONNECT: Duration = Duration::from_secs(3);
+/// The step names every timed verb shares (`ops::timing`).
+pub const STEP_BOOT: &str = "boot to SSH";
+pub const STEP_HEALTH: &str = "health";
 /// Journal lines quoted when the VM unit dies during the SSH wait.
 const JOURNAL_LINES: u32 = 5;
 
@@ -45,18 +50,34 @@ impl From<&WaitArgs> for Waits {
     }
 }
 
-/// The VM unit stopped, failed or restarted while SSH was awaited.
+/// The VM unit stopped, failed or restarted while SSH was awaited. Says only what happened:
+/// what to do depends on who waited (a rolled-back setup's instance is gone).
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the VM of instance '{id}' is not running ({active} {sub}, {restarts} restarts) while waiting for SSH; start it with: fireclaw start {id}{journal}"
-)]
+#[error("the VM of instance '{id}' {} while waiting for SSH", self.what())]
 pub struct VmGone {
     pub id: InstanceId,
     pub active: String,
     pub sub: String,
     pub restarts: u32,
-    /// `; <unit>: <last journal lines>`, or empty.
-    pub journal: String,
+    /// The VM unit's last journal lines.
+    pub journal: Vec<String>,
+}
+
+impl VmGone {
+    fn what(&self) -> String {
+        match self.active.as_str() {
+            "failed" => "failed".to_owned(),
+            "inactive" => "stopped".to_owned(),
+            _ => format!(
+                "is restarting: its VMM exited and systemd starts it again{}",
+                match self.restarts {
+                    0 => String::new(),
+                    1 => " (1 restart so far)".to_owned(),
+                    count => format!(" ({count} restarts so far)"),
+                }
+            ),
+        }
+    }
 }
 
 /// SSH did not answer before the deadline.
@@ -77,6 +98,48 @@ pub struct Unhealthy {
     pub secs: u64,
     pub guest: String,
     pub proxy: String,
+}
+
+/// When SSH never answered a kept instance's VM (`start`, `provision`): what the VMM and the
+/// guest said, the state the VM is left in and what to do next, under the error. Any other
+/// error passes as it is.
+pub fn explain_unreachable(
+    settings: &crate::settings::Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let unreachable = error.chain().any(|cause| {
+        cause.downcast_ref::<SshTimeout>().is_some() || cause.downcast_ref::<VmGone>().is_some()
+    });
+    if !unreachable {
+        return error;
+    }
+    let id = &loaded.id;
+    let mut lines = super::evidence::read(settings, id).lines();
+    if let Some(gone) = error.chain().find_map(|c| c.downcast_ref::<VmGone>())
+        && !gone.journal.is_empty()
+    {
+        lines.push(format!(
+            "its VM unit {}'s journal ended with:",
+            loaded.units.vm
+        ));
+        lines.extend(gone.journal.iter().map(|line| format!("  {line}")));
+    }
+    let state = unit_state(services, &loaded.units.vm).ok();
+    lines.push(match state {
+        Some(state) if state.is_active() || state.sub == "auto-restart" => format!(
+            "its VM stays up: the unit is enabled and systemd starts the VM again whenever it exits ({} restarts so far); stop it with: fireclaw stop {id}",
+            state.restarts
+        ),
+        _ => format!(
+            "its VM is not running; start it again with: fireclaw start {id}"
+        ),
+    });
+    lines.push(format!(
+        "see the whole console with: fireclaw logs {id} console; once the cause is fixed: fireclaw provision {id}"
+    ));
+    crate::output::Detailed::wrap(format!("instance '{id}' is kept"), lines, error)
 }
 
 /// One unit's state, or an error when systemd reports nothing for it.
@@ -116,7 +179,13 @@ pub fn wait_for_ssh(
         // A Ctrl-C ends the wait between probes; the caller decides what that means.
         interrupt::check()?;
         let error = match guest.probe() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                output.wait_done(&format!(
+                    "{id}: SSH answered after {}s",
+                    started.elapsed().as_secs()
+                ));
+                return Ok(());
+            }
             Err(error) => error,
         };
         let state = unit_state(services, unit)?;
@@ -130,23 +199,20 @@ pub fn wait_for_ssh(
                 active: state.active,
                 sub: state.sub,
                 restarts: state.restarts,
-                journal: if journal.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {unit}: {journal}")
-                },
+                journal: journal.lines().map(str::to_owned).collect(),
             }
             .into());
         }
         if started.elapsed() + POLL > timeout {
             break error;
         }
-        output.tick(&format!(
-            "{id}: waiting for SSH ({}s of {}s)",
-            started.elapsed().as_secs(),
-            timeout.as_secs()
-        ));
-        std::thread::sleep(POLL);
+        pause(output, || {
+            format!(
+                "{id}: waiting for SSH ({}s of {}s)",
+                started.elapsed().as_secs(),
+                timeout.as_secs()
+            )
+        });
     };
     match last {
         error @ SshError::HostKeyMismatch { .. } => Err(error.into()),
@@ -178,6 +244,11 @@ pub fn health_gate(
         let guest_result = guest_health(guest, loaded.id.as_str())?;
         let proxy = proxy_health(loaded.port, Duration::from_secs(5));
         if guest_result.is_up() && proxy.is_up() {
+            output.wait_done(&format!(
+                "{}: healthy after {}s",
+                loaded.id,
+                started.elapsed().as_secs()
+            ));
             return Ok((guest_result, proxy));
         }
         if started.elapsed() + POLL > timeout {
@@ -193,18 +264,40 @@ pub fn health_gate(
             }
             .into());
         }
-        output.tick(&format!(
-            "{}: waiting for health ({}s of {}s)",
-            loaded.id,
-            started.elapsed().as_secs(),
-            timeout.as_secs()
-        ));
-        std::thread::sleep(POLL);
+        pause(output, || {
+            format!(
+                "{}: waiting for health ({}s of {}s)",
+                loaded.id,
+                started.elapsed().as_secs(),
+                timeout.as_secs()
+            )
+        });
     }
 }
 
-/// The summary as JSON, for `setup --json`: what a script needs to reach the instance.
-pub fn summary_json(loaded: &Loaded, health: &(Health, Health)) -> serde_json::Value {
+/// The pause between two tries of a wait, in short slices, each giving the progress line its
+/// chance: off a terminal a wait's line then comes every 10 s as said, not whenever a try
+/// happens to end.
+fn pause(output: &mut Output<'_>, text: impl Fn() -> String) {
+    const SLICE: Duration = Duration::from_millis(250);
+    let until = Instant::now() + POLL;
+    loop {
+        output.tick(&text());
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
+}
+
+/// The summary as JSON, for `--json` of setup, provision and start: what a script needs to
+/// reach the instance, and how long each step took.
+pub fn summary_json(
+    loaded: &Loaded,
+    health: &(Health, Health),
+    run: &crate::instance::timing::RunTimes,
+) -> serde_json::Value {
     serde_json::json!({
         "id": loaded.id.as_str(),
         "healthy": true,
@@ -214,7 +307,49 @@ pub fn summary_json(loaded: &Loaded, health: &(Health, Health)) -> serde_json::V
         "health": { "guest": health.0.label(), "proxy": health.1.label() },
         "units": { "vm": loaded.units.vm, "proxy": loaded.units.proxy },
         "token_command": format!("sudo fireclaw token {}", loaded.id),
+        "verb": run.verb.as_str(),
+        "times": super::timing::times_json(run),
     })
+}
+
+/// The end of a healthy setup, provision, start or resume: the run's times into the guest's
+/// journal, then the summary as JSON or as lines (with the total and the slowest steps).
+pub fn report_healthy(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    health: &(Health, Health),
+    run: &crate::instance::timing::RunTimes,
+    json: bool,
+    output: &mut Output<'_>,
+) -> Result<()> {
+    super::timing::note_in_guest(&loaded.ssh, run);
+    if json {
+        output.line(&serde_json::to_string_pretty(&summary_json(
+            loaded, health, run,
+        ))?);
+    } else {
+        print_summary(loaded, services, health, output);
+        output.line(&format!("  took        {}", run_line(run)));
+    }
+    Ok(())
+}
+
+/// `312.4 s (boot to SSH 52.1 s, openclaw doctor 120.3 s, gateway service 3.0 s)`: the total
+/// and the three slowest steps.
+fn run_line(run: &crate::instance::timing::RunTimes) -> String {
+    use crate::instance::timing::seconds;
+    let mut slowest: Vec<&crate::instance::timing::StepTime> = run.steps.iter().collect();
+    slowest.sort_by_key(|step| std::cmp::Reverse(step.ms));
+    let named: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|step| format!("{} {}", step.name, seconds(step.ms)))
+        .collect();
+    if named.is_empty() {
+        seconds(run.total_ms)
+    } else {
+        format!("{} ({})", seconds(run.total_ms), named.join(", "))
+    }
 }
 
 /// The summary printed after a successful setup, provision or start.
@@ -281,8 +416,13 @@ pub fn ensure_vm_running(
 
 /// Before a session with the guest (`shell`, `logs guest`): the VM must be running and its
 /// guest answer SSH, or the error says which of the two is missing and what to run, instead
-/// of ssh's bare "No route to host".
-pub fn ensure_reachable(loaded: &Loaded, services: &dyn ServiceManager) -> Result<()> {
+/// of ssh's bare "No route to host". A guest slow to answer is announced, not waited on in
+/// silence.
+pub fn ensure_reachable(
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
     let id = &loaded.id;
     loaded.ensure_not_suspended()?;
     let state = unit_state(services, &loaded.units.vm)?;
@@ -293,9 +433,12 @@ pub fn ensure_reachable(loaded: &Loaded, services: &dyn ServiceManager) -> Resul
             state.sub
         ));
     }
-    loaded
-        .quick_ssh(Duration::from_secs(3))
-        .probe()
+    let target = loaded.quick_ssh(Duration::from_secs(3));
+    output
+        .announce_if_slow(
+            &format!("{id}: waiting for the guest's SSH (up to 3s)"),
+            || target.probe(),
+        )
         .map_err(|error| {
             anyhow!(
                 "instance '{id}' is running but its guest does not answer SSH ({}); see: fireclaw status {id}, fireclaw logs {id} console",
@@ -328,24 +471,47 @@ pub fn await_ssh(
     Ok(())
 }
 
+/// What one provisioning run reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    /// How the OpenClaw config was written: `patch` (one `openclaw config patch`) or `set` (a
+    /// `config set` per key, for releases without `config patch`); `None` from a script that
+    /// does not say (an older fireclaw's, never here).
+    pub config_path: Option<String>,
+}
+
 /// Runs guest provisioning with the instance's `provision.vars` and its pull policy, which
 /// travels with them on stdin but is never saved in `provision.vars` (0.2.0's script refuses
-/// keys it does not know).
+/// keys it does not know). The guest's step times go into `watch`, also those of a run that
+/// failed part way.
 pub fn provision(
     loaded: &Loaded,
     guest: &dyn GuestShell,
     vars: &str,
     pull: PullPolicy,
+    watch: &mut Stopwatch,
     output: &mut Output<'_>,
-) -> Result<()> {
+) -> Result<Provisioned> {
     progress(output, &loaded.id, "provisioning the guest");
     let mut input = vars.to_owned();
     if !input.is_empty() && !input.ends_with('\n') {
         input.push('\n');
     }
     input.push_str(&format!("OPENCLAW_PULL={pull}\n"));
-    provision_guest(guest, &input)?;
-    Ok(())
+    match provision_guest(guest, &input) {
+        Ok(stdout) => {
+            watch.extend(guest_steps(&stdout));
+            Ok(Provisioned {
+                config_path: guest_fact(&stdout, "config_path").map(str::to_owned),
+            })
+        }
+        Err(error) => {
+            if let SshError::RemoteFailed { stdout, .. } = &error {
+                watch.extend(guest_steps(stdout));
+            }
+            Err(error.into())
+        }
+    }
 }
 
 /// Starts the localhost proxy unit.
@@ -371,17 +537,20 @@ pub fn await_health(
 }
 
 /// Brings a provisioned instance up without reprovisioning: VM, SSH, guest service, proxy,
-/// health.
+/// health, each step timed in `watch`.
 pub fn bring_up(
     loaded: &Loaded,
     services: &dyn ServiceManager,
     guest: &dyn GuestShell,
     waits: Waits,
+    watch: &mut Stopwatch,
     output: &mut Output<'_>,
 ) -> Result<(Health, Health)> {
-    start_vm(loaded, services, output)?;
-    await_ssh(loaded, services, guest, waits.ssh, output)?;
-    serve_and_gate(loaded, services, guest, waits.health, output)
+    watch.time(STEP_BOOT, || {
+        start_vm(loaded, services, output)?;
+        await_ssh(loaded, services, guest, waits.ssh, output)
+    })?;
+    serve_and_gate(loaded, services, guest, waits.health, watch, output)
 }
 
 /// Once the guest answers SSH (after a boot or a resume): the gateway service, the proxy, and
@@ -391,15 +560,20 @@ pub fn serve_and_gate(
     services: &dyn ServiceManager,
     guest: &dyn GuestShell,
     health_timeout: Duration,
+    watch: &mut Stopwatch,
     output: &mut Output<'_>,
 ) -> Result<(Health, Health)> {
-    progress(output, &loaded.id, "starting the gateway service");
-    guest.run(
-        &sudo_command(&["systemctl", "enable", "--now", &loaded.units.guest]),
-        b"",
-    )?;
-    start_proxy(loaded, services, output)?;
-    await_health(loaded, guest, health_timeout, output)
+    watch.time("gateway service", || -> Result<()> {
+        progress(output, &loaded.id, "starting the gateway service");
+        guest.run(
+            &sudo_command(&["systemctl", "enable", "--now", &loaded.units.guest]),
+            b"",
+        )?;
+        start_proxy(loaded, services, output)
+    })?;
+    watch.time(STEP_HEALTH, || {
+        await_health(loaded, guest, health_timeout, output)
+    })
 }
 
 /// The guest shell `stop` uses: a short connection bound, since a guest that does not answer
@@ -479,15 +653,60 @@ mod tests {
     }
 
     #[test]
+    fn a_provisioning_that_fails_part_way_keeps_the_guest_steps_it_finished() {
+        struct FailingGuest;
+        impl GuestShell for FailingGuest {
+            fn probe(&self) -> Result<(), SshError> {
+                Ok(())
+            }
+            fn run(&self, remote: &str, _: &[u8]) -> Result<String, SshError> {
+                if !remote.contains("/usr/local/sbin/fireclaw-provision")
+                    || remote.contains("cat >")
+                {
+                    return Ok(String::new());
+                }
+                Err(SshError::RemoteFailed {
+                    id: "t".into(),
+                    command: remote.into(),
+                    status: "exit status: 1".into(),
+                    stderr: ": fireclaw-provision: error: docker pull failed".into(),
+                    stdout: "fireclaw-step: cloud-init=4.2\nfireclaw-step: guest packages=0.1\n"
+                        .into(),
+                })
+            }
+        }
+        let mut watch = Stopwatch::new(crate::instance::timing::TimedVerb::Setup);
+        let (result, _) = quiet(|output| {
+            provision(
+                &loaded(1),
+                &FailingGuest,
+                "MODEL=openai/gpt-5.5",
+                PullPolicy::Always,
+                &mut watch,
+                output,
+            )
+        });
+        let error = result.unwrap_err();
+        assert!(error_chain(error.as_ref()).ends_with("docker pull failed"));
+        let run = watch.finish(false);
+        assert_eq!(
+            run.describe().split(": ").nth(1).unwrap(),
+            "cloud-init 4.2 s, guest packages 0.1 s"
+        );
+    }
+
+    #[test]
     fn provisioning_sends_the_pull_policy_after_the_vars_on_stdin_only() {
         let log = CallLog::default();
         let guest = FakeGuest::answering(&log);
+        let mut watch = Stopwatch::new(crate::instance::timing::TimedVerb::Provision);
         let (result, _) = quiet(|output| {
             provision(
                 &loaded(1),
                 &guest,
                 "MODEL=openai/gpt-5.5",
                 PullPolicy::Missing,
+                &mut watch,
                 output,
             )
         });
@@ -596,9 +815,11 @@ mod tests {
         let error = result.unwrap_err();
         let gone = error.downcast_ref::<VmGone>().expect("VmGone");
         assert_eq!(gone.active, "failed");
-        assert!(
-            error_chain(error.as_ref())
-                .ends_with("; firecracker-vmdemo-t.service: tap tt2 is busy")
+        assert_eq!(gone.journal, ["tap tt2 is busy"]);
+        // What happened, without advice: who waited says what to do.
+        assert_eq!(
+            error_chain(error.as_ref()),
+            "the VM of instance 't' failed while waiting for SSH"
         );
         // One probe, then the unit's state: no second try of a VM that is gone.
         assert_eq!(
@@ -679,7 +900,17 @@ mod tests {
             ssh: Duration::from_secs(60),
             health: Duration::ZERO,
         };
-        let (result, _) = quiet(|output| bring_up(&instance, &services, &guest, waits, output));
+        let mut watch = Stopwatch::new(crate::instance::timing::TimedVerb::Start);
+        let (result, _) =
+            quiet(|output| bring_up(&instance, &services, &guest, waits, &mut watch, output));
+        // Every step is timed, the failed gate too.
+        let names: Vec<String> = watch
+            .finish(false)
+            .steps
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["boot to SSH", "gateway service", "health"]);
         // Nothing listens on the proxy port, so the gate fails, naming both results.
         let error = result.unwrap_err();
         let unhealthy = error.downcast_ref::<Unhealthy>().expect("Unhealthy");

@@ -7,11 +7,14 @@
 //! `ServiceManager`, the guest only through `GuestShell`, and the network steps of install and
 //! teardown only through `HostSteps`, so unit tests drive them with recording fakes.
 
+pub mod bake;
 pub mod baked_base;
 pub mod builder;
 pub mod confine;
 pub mod egress;
 pub mod evidence;
+pub mod export;
+pub mod import;
 pub mod install;
 pub mod instance;
 pub mod legacy;
@@ -19,6 +22,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod suspend;
 pub mod teardown;
+pub mod timing;
 
 #[cfg(test)]
 mod fakes;

@@ -18,6 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use super::instance::Loaded;
 use super::lifecycle::{Waits, await_ssh, progress, serve_and_gate, unit_state};
 use super::network::{PermanentStartError, vmm_endpoint};
+use super::timing::Stopwatch;
 use crate::faults::crash_point;
 use crate::guest::health::Health;
 use crate::guest::ssh::{GuestShell, sudo_command};
@@ -95,7 +96,7 @@ fn memory_mib(loaded: &Loaded) -> Result<u64> {
 }
 
 /// The VMM's API client for `loaded`, checking that the VMM's own account answers.
-fn api(settings: &Settings, id: &InstanceId, timeout: Duration) -> Result<ApiClient> {
+pub fn api(settings: &Settings, id: &InstanceId, timeout: Duration) -> Result<ApiClient> {
     let endpoint = vmm_endpoint(settings, id)?;
     Ok(ApiClient::new(&endpoint.api_sock, timeout).expect_peer(endpoint.vmm_uid))
 }
@@ -362,8 +363,25 @@ pub fn resume(
     services: &dyn ServiceManager,
     guest: &dyn GuestShell,
     waits: Waits,
+    watch: &mut Stopwatch,
     output: &mut Output<'_>,
 ) -> Result<(Health, Health)> {
+    watch.time("load to SSH", || {
+        load_or_continue(settings, loaded, services, output)?;
+        await_ssh(loaded, services, guest, waits.ssh, output)
+    })?;
+    step_guest_clock(&loaded.id, guest, output);
+    serve_and_gate(loaded, services, guest, waits.health, watch, output)
+}
+
+/// Starts the VM unit to load the recorded snapshot (finishing a suspend whose stop was cut
+/// short first), or continues a VM a suspend left paused before its record.
+fn load_or_continue(
+    settings: &Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<()> {
     let id = &loaded.id;
     let vm_unit = loaded.units.vm.as_str();
     let running = unit_state(services, vm_unit)?.is_active();
@@ -394,7 +412,7 @@ pub fn resume(
                 let journal = if journal.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({vm_unit}: {journal})")
+                    format!(" ({vm_unit}: {})", journal.replace('\n', "; "))
                 };
                 let consumed = read_fireclaw_state(&loaded.paths)
                     .ok()
@@ -441,9 +459,7 @@ pub fn resume(
             .into());
         }
     }
-    await_ssh(loaded, services, guest, waits.ssh, output)?;
-    step_guest_clock(id, guest, output);
-    serve_and_gate(loaded, services, guest, waits.health, output)
+    Ok(())
 }
 
 /// Discards a snapshot (`start --cold`): a VMM still holding the paused guest is stopped

@@ -65,6 +65,10 @@ pub struct InstancePlan<'a> {
     pub time: Timestamp,
     /// The account the VMM runs as.
     pub vmm_account: &'a VmmAccount,
+    /// The agent's identity across hosts (new at setup, the archive's at import).
+    pub uuid: &'a str,
+    /// The phase `fireclaw.json` starts in: `allocated` for setup, `importing` for import.
+    pub phase: Phase,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,7 +329,8 @@ fn state_files(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
         allow_private_egress: spec.allow_private_egress.networks().to_vec(),
         vmm_account: Some(plan.vmm_account.clone()),
         openclaw_pull: Some(spec.openclaw_pull),
-        ..FireclawState::new(Phase::Allocated)
+        uuid: Some(plan.uuid.to_owned()),
+        ..FireclawState::new(plan.phase)
     };
     Ok(vec![
         secret_text(paths.env, 0o600, env.render(), env.render_redacted()),
@@ -498,6 +503,8 @@ mod tests {
                 uid: crate::instance::confinement::VMM_ID_FIRST,
                 gid: crate::instance::confinement::VMM_ID_FIRST,
             },
+            uuid: "0b7c4c1e-8a3e-4f9a-9d8e-3c2b1a0f9e8d",
+            phase: Phase::Allocated,
         })
         .unwrap()
     }

@@ -24,6 +24,27 @@ fn quoted(value: &str) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// The host key pair in user-data as `user_data` writes it (the private key's block under
+/// `ed25519_private: |`, the public key's JSON-quoted line), or `None` when it holds none.
+pub fn host_key_of(user_data: &str) -> Option<(String, String)> {
+    let mut lines = user_data.lines();
+    lines.find(|l| *l == "  ed25519_private: |")?;
+    let mut private = String::new();
+    let mut public = None;
+    for line in lines {
+        if let Some(key) = line.strip_prefix("    ") {
+            private.push_str(key);
+            private.push('\n');
+        } else {
+            public = line
+                .strip_prefix("  ed25519_public: ")
+                .and_then(|quoted| serde_json::from_str::<String>(quoted).ok());
+            break;
+        }
+    }
+    Some((private, public?))
+}
+
 pub fn user_data(config: &UserDataConfig) -> String {
     let mut out = String::from("#cloud-config\n");
     // No top-level `groups:` for `docker`: cloud-init creates a missing group of the user's
@@ -103,6 +124,20 @@ pub fn network_config(config: &NetworkConfig) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_key_reads_back_out_of_user_data() {
+        let host_key = crate::instance::secrets::generate_host_key("a").unwrap();
+        let text = user_data(&UserDataConfig {
+            authorized_key: "ssh-ed25519 AAAA client".into(),
+            host_key: host_key.clone(),
+            install_packages: true,
+        });
+        let (private, public) = host_key_of(&text).unwrap();
+        assert_eq!(private.trim_end(), host_key.private_openssh.trim_end());
+        assert_eq!(public, host_key.public_openssh.trim());
+        assert_eq!(host_key_of("#cloud-config\nusers: []\n"), None);
+    }
 
     pub fn sample_host_key() -> HostKeyPair {
         HostKeyPair {

@@ -134,6 +134,49 @@ impl Fleet {
             .collect()
     }
 
+    /// The runs of the fake OpenClaw CLI (`node .../openclaw.mjs ...`), each as its argv after
+    /// `node`.
+    pub fn openclaw_runs(&self, id: &str) -> Vec<Vec<String>> {
+        self.node_calls(id)
+            .into_iter()
+            .filter(|argv| argv.first().is_some_and(|a| a.ends_with("openclaw.mjs")))
+            .collect()
+    }
+
+    /// The OpenClaw config the fake CLI was given, built as OpenClaw builds it: each
+    /// `config set PATH VALUE [--json]` sets one path, each `config patch` merges its object
+    /// (objects recursively, null deletes, anything else replaces).
+    pub fn fake_openclaw_config(&self, id: &str) -> serde_json::Value {
+        let mut config = serde_json::json!({});
+        for argv in self.openclaw_runs(id) {
+            match argv.get(1..3) {
+                Some([config_word, verb]) if config_word == "config" && verb == "set" => {
+                    let value = if argv.iter().any(|a| a == "--json") {
+                        serde_json::from_str(&argv[4]).unwrap()
+                    } else {
+                        serde_json::Value::String(argv[4].clone())
+                    };
+                    let mut target = &mut config;
+                    let path: Vec<&str> = argv[3].split('.').collect();
+                    for key in &path[..path.len() - 1] {
+                        target = target
+                            .as_object_mut()
+                            .unwrap()
+                            .entry(key.to_string())
+                            .or_insert_with(|| serde_json::json!({}));
+                    }
+                    target[path[path.len() - 1]] = value;
+                }
+                Some([config_word, verb]) if config_word == "config" && verb == "patch" => {
+                    let patch = serde_json::from_str(argv.last().unwrap()).unwrap();
+                    merge_patch(&mut config, &patch);
+                }
+                _ => {}
+            }
+        }
+        config
+    }
+
     /// ActiveState and UnitFileState of an instance's VM and proxy units.
     pub fn unit_states(&self, id: &str) -> String {
         self.host.sh(&format!(
@@ -154,5 +197,30 @@ impl Fleet {
             2,
             "{states}"
         );
+    }
+}
+
+/// `openclaw config patch`'s merge: objects merge recursively, null deletes, anything else
+/// replaces.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let Some(patch) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in patch {
+        if value.is_null() {
+            object.remove(key);
+        } else if value.is_object() {
+            merge_patch(
+                object.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
+        } else {
+            object.insert(key.clone(), value.clone());
+        }
     }
 }

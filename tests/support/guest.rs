@@ -46,6 +46,7 @@ use super::sandbox::{Network, Sandbox};
 const DOCKER_STUB: &str = include_str!("guest/docker-stub.sh");
 const FAKE_NODE: &str = include_str!("guest/fake-node.sh");
 const FAKE_NPX: &str = include_str!("guest/fake-npx.sh");
+const REAL_NODE: &str = include_str!("guest/real-node.sh");
 const GATEWAY: &str = include_str!("guest/gateway.py");
 
 fn write(upper: &Path, path: &str, text: &str, mode: u32) {
@@ -70,13 +71,15 @@ const REAL_OPENCLAW_MARKER: &str = "/etc/docker-stub/real-openclaw";
 const OPENCLAW_PREFIX_IN_GUEST: &str = "/opt/openclaw";
 const NODE_IN_GUEST: &str = "/opt/node";
 
-fn real_openclaw_binds() -> Vec<String> {
+/// The binds of the real OpenClaw the cache names `link` (`openclaw`, the pinned release, or
+/// `openclaw-fallback`, the older one without `config patch`).
+fn real_openclaw_binds(link: &str) -> Vec<String> {
     let cache = cache_dir();
     let mut binds = Vec::new();
-    let package = std::fs::canonicalize(cache.join("openclaw")).unwrap_or_else(|e| {
+    let package = std::fs::canonicalize(cache.join(link)).unwrap_or_else(|e| {
         panic!(
             "{}: {e}: run scripts/test-deps as root (the README's test command does)",
-            cache.join("openclaw").display()
+            cache.join(link).display()
         )
     });
     // .../openclaw-<version>/node_modules/openclaw → the prefix .../openclaw-<version>.
@@ -308,6 +311,12 @@ fn prepare_guest(upper: &Path, seed: &SeedFiles, presets: &[(String, String)]) {
     write(upper, "/usr/local/lib/docker-stub/bin/npx", FAKE_NPX, 0o755);
     write(
         upper,
+        "/usr/local/lib/docker-stub/real-bin/node",
+        REAL_NODE,
+        0o755,
+    );
+    write(
+        upper,
         "/usr/local/lib/docker-stub/gateway.py",
         GATEWAY,
         0o755,
@@ -327,6 +336,14 @@ fn prepare_guest(upper: &Path, seed: &SeedFiles, presets: &[(String, String)]) {
         let _ = std::os::unix::fs::symlink(
             format!("{OPENCLAW_PREFIX_IN_GUEST}/node_modules/openclaw"),
             upper.join("app"),
+        );
+    } else if !presets.iter().any(|(path, _)| path == "/app/package.json") {
+        // The fake image says it holds a release with `config patch`, as the pinned one does.
+        write(
+            upper,
+            "/app/package.json",
+            "{\n  \"name\": \"openclaw\",\n  \"version\": \"2026.9.6\"\n}\n",
+            0o644,
         );
     }
 }
@@ -525,7 +542,13 @@ impl GuestHost {
     /// Every guest created from now on runs the real OpenClaw (the pinned one from the cache)
     /// behind the docker stub, instead of the fake CLI and gateway.
     pub fn use_real_openclaw(&self) {
-        self.preset(REAL_OPENCLAW_MARKER, "");
+        self.preset(REAL_OPENCLAW_MARKER, "openclaw");
+    }
+
+    /// As `use_real_openclaw`, with the older pinned release that has no `config patch`
+    /// (`scripts/test-deps`' OPENCLAW_FALLBACK_VERSION).
+    pub fn use_fallback_openclaw(&self) {
+        self.preset(REAL_OPENCLAW_MARKER, "openclaw-fallback");
     }
 
     /// Where the guest behind `tap` last found its seed: `image` (the seed image, for a kernel
@@ -844,8 +867,11 @@ fn supervise(
                             "--capability=CAP_NET_ADMIN".to_owned(),
                             "--resolv-conf=off".to_owned(),
                         ];
-                        if presets.iter().any(|(path, _)| path == REAL_OPENCLAW_MARKER) {
-                            binds.extend(real_openclaw_binds());
+                        if let Some((_, link)) = presets
+                            .iter()
+                            .find(|(path, _)| path == REAL_OPENCLAW_MARKER)
+                        {
+                            binds.extend(real_openclaw_binds(link.trim()));
                         }
                         binds
                     },

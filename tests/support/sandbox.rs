@@ -327,8 +327,13 @@ impl Sandbox {
                 &super::kernel_fixture::vmlinux_with_everything(),
             );
         }
+        // With an init, cloud-init and sshd (empty files: setup only looks for them; the
+        // container guest boots its own).
         self.sh(
-            "cd /srv/firecracker/base/images && { [ -f rootfs.ext4 ] || mkfs.ext4 -q -F rootfs.ext4 32M; }",
+            "cd /srv/firecracker/base/images && [ -f rootfs.ext4 ] || { \
+               tree=$(mktemp -d) && mkdir -p $tree/usr/sbin $tree/usr/bin && \
+               touch $tree/usr/sbin/init $tree/usr/bin/cloud-init $tree/usr/sbin/sshd && \
+               mkfs.ext4 -q -F -d $tree rootfs.ext4 32M && rm -rf $tree; }",
         );
     }
 

@@ -213,13 +213,16 @@ fn images(settings: &Settings, checks: &mut Vec<Check>) {
         });
     }
     let kernel_reads_iso = if kernel.is_file() {
-        kernel_checks(&kernel, dir.join(INITRD_FILE).is_file(), checks)
+        kernel_checks(&kernel, &dir.join(INITRD_FILE), checks)
     } else {
         None
     };
     let rootfs = dir.join(ROOTFS_FILE);
     if rootfs.is_file() {
         checks.push(rootfs_check(&rootfs, kernel_reads_iso));
+        if let Some(contents) = rootfs_contents_check(&rootfs) {
+            checks.push(contents);
+        }
     }
     checks.push(manifest_check(dir));
     // A fetch or bake at work holds the directory's lock: its staging dir is no leftover.
@@ -291,11 +294,34 @@ fn rootfs_check(rootfs: &Path, kernel_reads_iso: Option<bool>) -> Check {
     }
 }
 
+/// Whether an ext4 base has what a guest needs to come up where fireclaw reaches it: an
+/// init, cloud-init and sshd (setup refuses a base without them). `None` for a base that is
+/// not ext4 (the format check speaks for it) or that cannot be read without root.
+fn rootfs_contents_check(rootfs: &Path) -> Option<Check> {
+    const NAME: &str = "base rootfs contents";
+    if !matches!(filesystem_kind(rootfs), Ok(FilesystemKind::Ext4 { .. })) {
+        return None;
+    }
+    Some(match crate::host::rootfs_seed::missing_boot_parts(rootfs) {
+        Ok(missing) if missing.is_empty() => check(NAME, Level::Pass, "init, cloud-init and sshd"),
+        Ok(missing) => check(
+            NAME,
+            Level::Fail,
+            format!(
+                "lacks {}: no guest could boot from it to where fireclaw reaches it, so setup refuses it; use a cloud image's root (fireclaw image fetch) or a baked image",
+                missing.join(", ")
+            ),
+        ),
+        Err(error) => check(NAME, Level::Fail, error_chain(&error)),
+    })
+}
+
 /// What the guest kernel is and carries: an x86_64 ELF vmlinux or not, the drivers the guest
 /// needs (missing ones fail without an initrd, which could load them as modules), and iso9660,
 /// which only says whether the seed image would work too. Returns whether it has iso9660, when
 /// the kernel could be read.
-fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) -> Option<bool> {
+fn kernel_checks(kernel: &Path, initrd: &Path, checks: &mut Vec<Check>) -> Option<bool> {
+    let with_initrd = initrd.is_file();
     let report = match inspect_file(kernel) {
         Ok(report) => report,
         Err(error) => {
@@ -321,7 +347,7 @@ fn kernel_checks(kernel: &Path, with_initrd: bool, checks: &mut Vec<Check>) -> O
             } else {
                 Level::Warn
             },
-            missing.describe(),
+            missing.describe(initrd),
         ),
     });
     checks.push(if report.has(Feature::Iso9660) {
@@ -534,11 +560,16 @@ fn unit_programs(text: &str) -> Vec<PathBuf> {
 
 /// Units, instances and taps, each checked against the others; returns how many instances
 /// there are.
-fn units_and_orphans(settings: &Settings, checks: &mut Vec<Check>) -> Result<usize> {
+fn units_and_orphans(
+    settings: &Settings,
+    services: &dyn ServiceManager,
+    checks: &mut Vec<Check>,
+) -> Result<usize> {
     let scanned = scan_instances(&settings.paths.state_root)?;
     let unit_ids = vm_unit_ids(&settings.paths.unit_dir);
     let uses_020_scripts = unit_checks(settings, &scanned, &unit_ids, checks);
     instance_checks(settings, &scanned, &unit_ids, checks);
+    crash_loop_checks(&scanned, services, checks);
     confinement::instance_checks(settings, &scanned, checks);
     snapshots::instance_checks(settings, &scanned, checks);
     baked::checks(settings, &scanned, checks);
@@ -666,6 +697,39 @@ fn instance_checks(
     }
 }
 
+/// A VM systemd keeps restarting (more than 3 restarts in 10 minutes): it dies as it starts,
+/// and only its console says why.
+fn crash_loop_checks(
+    scanned: &[ScannedInstance],
+    services: &dyn ServiceManager,
+    checks: &mut Vec<Check>,
+) {
+    let units: Vec<String> = scanned
+        .iter()
+        .map(|s| UnitNames::for_name(&s.name).vm)
+        .collect();
+    let names: Vec<&str> = units.iter().map(String::as_str).collect();
+    let Ok(states) = services.states(&names) else {
+        return;
+    };
+    let now = crate::host::systemd::monotonic_now_us();
+    for (instance, state) in scanned.iter().zip(states) {
+        if state.exists() && state.crash_looping(now) {
+            let name = escaped(&instance.name);
+            checks.push(check(
+                &format!("instance {name} VM"),
+                Level::Warn,
+                format!(
+                    "crash-looping: systemd restarted it {} times, more than {} in {} minutes; see why with: fireclaw logs {name} console, stop it with: fireclaw stop {name}",
+                    state.restarts,
+                    crate::host::systemd::CRASH_LOOP_RESTARTS,
+                    crate::host::systemd::CRASH_LOOP_WINDOW_SECS / 60
+                ),
+            ));
+        }
+    }
+}
+
 /// Taps that look like fireclaw's (bridged) but belong to no instance.
 fn orphan_taps(scanned: &[ScannedInstance], checks: &mut Vec<Check>) {
     let taps: Vec<String> = scanned
@@ -767,7 +831,7 @@ pub fn run(
     kvm(root, &mut checks);
     confinement::host_checks(&mut checks);
     images(settings, &mut checks);
-    let instances = match units_and_orphans(settings, &mut checks) {
+    let instances = match units_and_orphans(settings, services, &mut checks) {
         Ok(instances) => instances,
         Err(error) if !root && probe::refused_access(&error) => {
             checks.push(needs_root("instances"));
@@ -865,7 +929,11 @@ mod tests {
         let kernel = dir.path().join("vmlinux");
         std::fs::write(&kernel, image).unwrap();
         let mut checks = Vec::new();
-        kernel_checks(&kernel, with_initrd, &mut checks);
+        let initrd = dir.path().join("initrd.img");
+        if with_initrd {
+            std::fs::write(&initrd, b"070701").unwrap();
+        }
+        kernel_checks(&kernel, &initrd, &mut checks);
         checks
             .iter()
             .map(|c| {

@@ -14,14 +14,16 @@ use crate::host::probe::require_root;
 use crate::host::systemd::ServiceManager;
 use crate::instance::baked::BUILDER_ID;
 use crate::instance::spec::SetupSpec;
+use crate::instance::timing::TimedVerb;
 use crate::instance::values::PullPolicy;
 use crate::ops::install::{
     boot_media, check_disk_size, check_kernel, check_preconditions, first_boot, install_instance,
     roll_back,
 };
 use crate::ops::instance::{load, lock};
-use crate::ops::lifecycle::{Waits, await_health, print_summary, start_proxy, summary_json};
+use crate::ops::lifecycle::{STEP_HEALTH, Waits, await_health, report_healthy, start_proxy};
 use crate::ops::network::HostSystem;
+use crate::ops::timing::Stopwatch;
 use crate::output::Output;
 use crate::render::artifacts::HostTools;
 use crate::settings::Settings;
@@ -40,35 +42,53 @@ pub fn run(
     let mut spec = settings.resolve_setup(args)?;
     let baked = use_baked_base(settings, args, &mut spec)?;
     // Before anything is written (the lock file included), and the same as root or as a user:
-    // a kernel the guest cannot boot from is refused by setup and by its dry run alike.
-    let kernel_warning = check_kernel(&spec)?;
-    let kernel_warning = match (kernel_warning, &baked) {
-        (warning, Some(baked)) => match (warning, &baked.kernel_warning) {
+    // a kernel the guest cannot boot from is refused by setup and listed by its dry run.
+    let kernel = check_kernel(&spec).map(|warning| {
+        match (
+            warning,
+            baked.as_ref().and_then(|b| b.kernel_warning.clone()),
+        ) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.or_else(|| b.clone()),
-        },
-        (warning, None) => warning,
-    };
-    check_disk_size(&spec)?;
+            (a, b) => a.or(b),
+        }
+    });
     if args.dry_run {
-        return preview::dry_run(settings, &spec, kernel_warning, args.json, output);
+        let checks = preview::Checks {
+            kernel,
+            disk_size: check_disk_size(&spec),
+            key_flag: key_given_as_flag(args, &spec),
+        };
+        return preview::dry_run(settings, &spec, checks, args.json, output);
     }
+    let kernel_warning = kernel?;
+    check_disk_size(&spec)?;
     require_root(
         "setup",
         "it writes under STATE_ROOT, FC_ROOT and /etc/systemd/system (preview with --dry-run)",
     )?;
-    if let Some(warning) = &kernel_warning {
-        output.warn(warning);
-    }
     create(
         settings,
         &spec,
         baked.map(|b| (b.name, b.file)),
+        kernel_warning,
         Waits::from(&args.waits),
         args.json,
         services,
         output,
     )
+}
+
+/// The flag the model's provider key was given with, if it was on the command line (where
+/// `ps` shows it), so the dry run's next step can say to use the environment instead.
+fn key_given_as_flag(args: &SetupArgs, spec: &SetupSpec) -> Option<(&'static str, &'static str)> {
+    use crate::instance::values::Provider;
+    let provider = spec.model.provider();
+    let given = match provider {
+        Provider::OpenAi => args.keys.openai_api_key.is_some(),
+        Provider::Anthropic => args.keys.anthropic_api_key.is_some(),
+        Provider::MiniMax => args.keys.minimax_api_key.is_some(),
+    };
+    given.then(|| (provider.key_flag(), provider.key_env()))
 }
 
 fn spec_id_is_builder(args: &SetupArgs) -> bool {
@@ -132,10 +152,12 @@ fn use_baked_base(
     }))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn create(
     settings: &Settings,
     spec: &SetupSpec,
     baked: Option<(String, std::path::PathBuf)>,
+    kernel_warning: Option<String>,
     waits: Waits,
     json: bool,
     services: &dyn ServiceManager,
@@ -163,13 +185,21 @@ fn create(
     }
     // Before the lock: a refused setup leaves no lock file or STATE_ROOT behind.
     check_preconditions(settings, spec, &tools)?;
+    // Only now: a warning about the kernel is no preface to an unrelated refusal (an id that
+    // exists, an untrusted binary).
+    if let Some(warning) = &kernel_warning {
+        output.warn(warning);
+    }
     let network = HostSystem { settings };
     // The lock serialises this setup with any other lifecycle command on the same id.
     let _lock = lock(settings, id, output)?;
+    let mut watch = Stopwatch::new(TimedVerb::Setup);
     output.progress(&format!(
         "{id}: allocating and writing state, assets and units"
     ));
-    install_instance(settings, spec, &tools, services, &network, media)?;
+    watch.time("state, assets and units", || {
+        install_instance(settings, spec, &tools, services, &network, media)
+    })?;
     if let Some((name, file)) = baked {
         let paths = crate::instance::layout::StatePaths::new(&settings.paths.state_root, id);
         crate::store::update_fireclaw_state(&paths, |state| {
@@ -177,12 +207,12 @@ fn create(
             state.baked_file = Some(file);
         })
         .map_err(anyhow::Error::from)
-        .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
+        .map_err(|error| roll_back(settings, spec, services, &network, error, None, output))?;
     }
 
     // Until provisioning completes, any failure removes this instance entirely.
     let loaded = load(settings, id)
-        .map_err(|error| roll_back(settings, spec, services, &network, error, output))?;
+        .map_err(|error| roll_back(settings, spec, services, &network, error, None, output))?;
     first_boot(
         settings,
         spec,
@@ -191,24 +221,29 @@ fn create(
         &loaded.ssh,
         &network,
         waits,
+        &mut watch,
         output,
     )?;
 
     // From here on the instance is kept: it is provisioned and can be inspected and retried.
-    let health = start_proxy(&loaded, services, output)
-        .and_then(|()| {
+    let health = watch.time(STEP_HEALTH, || {
+        start_proxy(&loaded, services, output).and_then(|()| {
             crash_point("setup:proxy-started");
             await_health(&loaded, &loaded.ssh, waits.health, output)
         })
-        .with_context(|| format!(
-            "instance '{id}' was provisioned and is kept; inspect it with: fireclaw status {id}, retry with: fireclaw provision {id}"
-        ))?;
-    if json {
-        output.line(&serde_json::to_string_pretty(&summary_json(
-            &loaded, &health,
-        ))?);
-    } else {
-        print_summary(&loaded, services, &health, output);
+    });
+    let run = watch.finish(health.is_ok());
+    // For `status`; a record that cannot be written is not worth failing a healthy setup.
+    if let Err(error) = crate::store::update_fireclaw_state(&loaded.paths, |state| {
+        state.last_provisioning = Some(run.clone());
+    }) {
+        output.warn(&format!(
+            "could not record the setup's step times: {}",
+            crate::output::error_chain(&error)
+        ));
     }
-    Ok(())
+    let health = health.with_context(|| format!(
+        "instance '{id}' was provisioned and is kept; inspect it with: fireclaw status {id}, retry with: fireclaw provision {id}"
+    ))?;
+    report_healthy(&loaded, services, &health, &run, json, output)
 }

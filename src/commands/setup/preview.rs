@@ -117,20 +117,43 @@ fn check_base_image(what: &str, path: &Path, required: bool, findings: &mut Find
     }
 }
 
-/// `kernel_warning` is what `check_kernel` found worth saying about a kernel it accepted.
+/// What setup checks before the dry run begins, as it found them: each a problem for the list
+/// when it would refuse, rather than the dry run's end.
+pub struct Checks {
+    /// `check_kernel`: a refusal, or a warning about a kernel it accepts.
+    pub kernel: Result<Option<String>>,
+    /// `check_disk_size`.
+    pub disk_size: Result<()>,
+    /// The provider key's flag and variable, when the key was given on the command line.
+    pub key_flag: Option<(&'static str, &'static str)>,
+}
+
 pub fn dry_run(
     settings: &Settings,
     spec: &SetupSpec,
-    kernel_warning: Option<String>,
+    checks: Checks,
     json: bool,
     output: &mut Output<'_>,
 ) -> Result<()> {
-    check_not_existing(settings, spec)?;
+    let mut findings = Findings::default();
+    for refusal in [
+        check_not_existing(settings, spec).err(),
+        checks
+            .kernel
+            .as_ref()
+            .err()
+            .map(|e| anyhow::anyhow!("{}", error_chain(e.as_ref()))),
+        checks.disk_size.err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        findings.problems.push(error_chain(refusal.as_ref()));
+    }
+    if let Ok(Some(warning)) = checks.kernel {
+        findings.notes.push(warning);
+    }
     let (allocation, visibility) = gather_allocation(settings, spec)?;
-    let mut findings = Findings {
-        notes: kernel_warning.into_iter().collect(),
-        ..Findings::default()
-    };
 
     check_base_image("base kernel", &spec.base.kernel, true, &mut findings);
     check_base_image("base rootfs", &spec.base.rootfs, true, &mut findings);
@@ -180,6 +203,7 @@ pub fn dry_run(
     };
     let token = generate_token()?;
     let host_key = generate_host_key(spec.id.as_str())?;
+    let uuid = crate::instance::secrets::generate_uuid()?;
     let vmm_account = crate::ops::confine::choose_account(settings, &spec.id)?;
     if let Err(error) = crate::ops::confine::check_kvm_access() {
         findings
@@ -200,6 +224,8 @@ pub fn dry_run(
         base_has_packages,
         time: Timestamp::now(),
         vmm_account: &vmm_account,
+        uuid: &uuid,
+        phase: crate::instance::state::Phase::Allocated,
     })?;
     if json {
         let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &findings);
@@ -209,7 +235,7 @@ pub fn dry_run(
         print_findings(&findings, output);
         print_preview(settings, spec, &allocation, &visibility, &rendered, output);
         output.line("");
-        output.line(&next_step(&spec.id, &findings));
+        output.line(&next_step(&spec.id, &findings, checks.key_flag));
     }
     if findings.problems.is_empty() {
         Ok(())
@@ -221,12 +247,22 @@ pub fn dry_run(
     }
 }
 
-/// The preview's last line: what to do now.
-fn next_step(id: &InstanceId, findings: &Findings) -> String {
-    if findings.problems.is_empty() {
-        format!("Next: run the same command as root without --dry-run to create '{id}'.")
-    } else {
-        "Next: fix the problems listed at the top, then run this dry run again.".to_owned()
+/// The preview's last line: the verdict again, and what to do now. A provider key given as a
+/// flag is not to be given that way again: the real run should take it from the environment.
+fn next_step(id: &InstanceId, findings: &Findings, key_flag: Option<(&str, &str)>) -> String {
+    match findings.problems.len() {
+        0 => match key_flag {
+            Some((flag, env)) => format!(
+                "Verdict: setup would go on. Next: export {env} and run: sudo --preserve-env={env} fireclaw setup ... (without --dry-run and without {flag}, which ps shows to every user) to create '{id}'."
+            ),
+            None => format!(
+                "Verdict: setup would go on. Next: run the same command as root without --dry-run to create '{id}'."
+            ),
+        },
+        1 => "Verdict: setup would fail (1 problem, listed at the top). Next: fix it, then run this dry run again.".to_owned(),
+        count => format!(
+            "Verdict: setup would fail ({count} problems, listed at the top). Next: fix them, then run this dry run again."
+        ),
     }
 }
 
@@ -456,22 +492,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_last_line_names_the_next_step() {
+    fn the_last_line_is_the_verdict_and_the_next_step() {
         let id: InstanceId = "my-bot".parse().unwrap();
-        let mut findings = Findings {
-            notes: vec!["a note".into()],
-            ..Findings::default()
-        };
+        let mut findings = Findings::default();
         assert_eq!(
-            next_step(&id, &findings),
-            "Next: run the same command as root without --dry-run to create 'my-bot'."
+            next_step(&id, &findings, None),
+            "Verdict: setup would go on. Next: run the same command as root without --dry-run to create 'my-bot'."
         );
-        findings
-            .problems
-            .push("firecracker is not on PATH; install it".into());
+        // A key typed on the command line is not to be typed there again.
+        let next = next_step(&id, &findings, Some(("--openai-api-key", "OPENAI_API_KEY")));
         assert_eq!(
-            next_step(&id, &findings),
-            "Next: fix the problems listed at the top, then run this dry run again."
+            next,
+            "Verdict: setup would go on. Next: export OPENAI_API_KEY and run: sudo --preserve-env=OPENAI_API_KEY fireclaw setup ... (without --dry-run and without --openai-api-key, which ps shows to every user) to create 'my-bot'."
+        );
+        findings.problems.push("no firecracker".into());
+        assert_eq!(
+            next_step(&id, &findings, None),
+            "Verdict: setup would fail (1 problem, listed at the top). Next: fix it, then run this dry run again."
+        );
+        findings.problems.push("no kernel".into());
+        assert!(
+            next_step(&id, &findings, None).starts_with("Verdict: setup would fail (2 problems")
         );
     }
 }
