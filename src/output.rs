@@ -8,13 +8,26 @@ use std::io::Write;
 
 /// An error with lines a person reads under it: `main` prints the error's one line, then
 /// these, each on its own indented line (the evidence of a failed setup, what to do next).
-#[derive(Debug, thiserror::Error)]
-#[error("{summary}")]
+#[derive(Debug)]
 pub struct Detailed {
     pub summary: String,
     pub lines: Vec<String>,
-    #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    /// Kept as anyhow's own error, so its causes stay what they were: an `Interrupted` at its
+    /// root is still found by a downcast (a boxed conversion would hide it).
+    source: anyhow::Error,
+}
+
+impl std::fmt::Display for Detailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)
+    }
+}
+
+impl std::error::Error for Detailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner: &(dyn std::error::Error + Send + Sync + 'static) = &*self.source;
+        Some(inner)
+    }
 }
 
 impl Detailed {
@@ -23,7 +36,7 @@ impl Detailed {
         anyhow::Error::from(Self {
             summary,
             lines,
-            source: error.into(),
+            source: error,
         })
     }
 }
@@ -244,6 +257,21 @@ impl Drop for Output<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detailed_error_keeps_its_causes_findable_and_its_lines() {
+        let interrupted = anyhow::Error::from(crate::host::interrupt::Interrupted);
+        let wrapped = Detailed::wrap(
+            "setup of 'a' was interrupted".into(),
+            vec!["kept for you: x".into()],
+            interrupted,
+        )
+        .context("outer");
+        assert!(crate::host::interrupt::caused(&wrapped));
+        assert_eq!(detail_lines(wrapped.as_ref()), ["kept for you: x"]);
+        let chain: Vec<String> = wrapped.chain().map(ToString::to_string).collect();
+        assert_eq!(chain[..2], ["outer", "setup of 'a' was interrupted"]);
+    }
 
     #[test]
     fn off_a_terminal_a_wait_that_was_written_ends_with_a_line_and_no_control_codes() {

@@ -1020,6 +1020,8 @@ fn doctor_reports_failures_with_a_nonzero_exit_and_json() {
         "gpgv",
         "mkfs.ext4",
         "e2fsck",
+        "zstd",
+        "age",
     ] {
         find(&format!("command {command}"));
     }

@@ -281,3 +281,59 @@ fn an_example_is_read_as_a_shell_reads_it() {
         ["a  b".to_owned(), "c".to_owned()]
     );
 }
+
+/// The README starts with the user: the install section first (the install command, the Rust
+/// it needs as `Cargo.toml` pins it, the first command to run), then the quick start, whose
+/// code block is the first after the install section, then the one test command.
+#[test]
+fn the_readme_opens_with_install_then_the_quick_start_then_the_test_command() {
+    let headings: Vec<&str> = README.lines().filter(|l| l.starts_with("## ")).collect();
+    assert_eq!(
+        headings[..3],
+        ["## Install", "## Quick start on a bare host", "## Test"],
+        "{headings:?}"
+    );
+    let install = README.split("## Install\n").nth(1).unwrap();
+    let (install, after) = install.split_once("\n## ").unwrap();
+    assert!(
+        install
+            .trim_start()
+            .starts_with("```sh\ncargo build --release --locked")
+    );
+    let cargo = include_str!("../Cargo.toml");
+    let rust = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        install.contains(&format!("Rust {rust} or later")) && install.contains("rustup"),
+        "the install section must name Rust {rust} and rustup"
+    );
+    assert!(
+        install.contains("fireclaw setup --instance my-bot --openai-api-key sk-example --dry-run")
+    );
+    // The first code block after the install section is the quick start's.
+    assert!(after.starts_with("Quick start on a bare host\n"));
+    let first_block = after.split("```").nth(1).unwrap();
+    let quick_start = after.split("\n## ").next().unwrap();
+    assert!(quick_start.contains(first_block));
+    assert!(
+        first_block.contains("sudo fireclaw image fetch"),
+        "{first_block}"
+    );
+    // Then the test command, alone in its block.
+    let test = README.split("## Test\n").nth(1).unwrap();
+    assert!(
+        test.trim_start()
+            .starts_with("```sh\nsudo scripts/test\n```")
+    );
+    // Test internals live in docs/TESTING.md, not in the user's path.
+    let user_part = README.split("## Development").next().unwrap();
+    for internal in ["tsc_early_khz", "TCG", "icount"] {
+        assert!(
+            !user_part.contains(internal),
+            "{internal} belongs in docs/TESTING.md"
+        );
+    }
+}

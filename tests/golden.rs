@@ -104,7 +104,8 @@ impl Fixture {
                     let indent = &line[..line.len() - trimmed.len()];
                     let comma = if trimmed.ends_with(',') { "," } else { "" };
                     format!("{indent}\"uuid\": \"[UUID]\"{comma}\n")
-                } else if trimmed.starts_with("\"uid\": 195") || trimmed.starts_with("\"gid\": 195") {
+                } else if trimmed.starts_with("\"uid\": 195") || trimmed.starts_with("\"gid\": 195")
+                {
                     let indent = &line[..line.len() - trimmed.len()];
                     let (key, _) = trimmed.split_once(':').unwrap();
                     let comma = if trimmed.ends_with(',') { "," } else { "" };
@@ -363,6 +364,103 @@ fn newcomer_messages_are_unchanged() {
     ] {
         all.push_str(&fixture.run(args, &[]));
     }
+    // Through sudo with no key: keep the variable by name, never on the command line.
+    all.push_str(&fixture.run(
+        &["setup", "--instance", "x", "--dry-run"],
+        &[("SUDO_USER", "alice")],
+    ));
+    // Offline: the host that cannot be reached, and the way without a network (loopback
+    // only: nothing leaves the machine).
+    let offline = fixture.path("offline/images");
+    all.push_str(&fixture.run(
+        &[
+            "image",
+            "fetch",
+            "--dir",
+            &offline,
+            "--kernel",
+            "http://127.0.0.1:1/vmlinux-6.1.141",
+            "--rootfs",
+            "http://127.0.0.1:1/root.tar.xz",
+        ],
+        &[],
+    ));
+    // An initrd that is none.
+    all.push_str(&fixture.run(
+        &[
+            "image",
+            "fetch",
+            "--initrd",
+            "/bin/ls",
+            "--dir",
+            &fixture.path("images"),
+        ],
+        &[],
+    ));
+    // A base rootfs no guest boots from (no init, cloud-init or sshd): the dry run's
+    // problems and verdict.
+    let empty_tree = fixture.path("empty-tree");
+    std::fs::create_dir_all(&empty_tree).unwrap();
+    let empty = fixture.path("images/empty.ext4");
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d", &empty_tree, &empty, "8M"])
+        .status()
+        .expect("mkfs.ext4 (e2fsprogs; the test command installs it)");
+    assert!(made.success());
+    let kernel = fixture.path("images/vmlinux-everything");
+    std::fs::write(&kernel, kernel_fixture::vmlinux_with_everything()).unwrap();
+    // debugfs reads the rootfs: the only tool on this run's PATH.
+    let tools = fixture.path("debugfs-only");
+    std::fs::create_dir_all(&tools).unwrap();
+    let debugfs = ["/usr/sbin/debugfs", "/sbin/debugfs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("debugfs (e2fsprogs; the test command installs it)");
+    std::os::unix::fs::symlink(debugfs, Path::new(&tools).join("debugfs")).unwrap();
+    let dry = fixture.run(
+        &[
+            "setup",
+            "--instance",
+            "x",
+            "--openai-api-key",
+            "k",
+            "--base-kernel",
+            &kernel,
+            "--base-rootfs",
+            &empty,
+            "--dry-run",
+        ],
+        &[("PATH", &tools)],
+    );
+    // The problems, the verdict and the error; the rest is the preview shown elsewhere.
+    let mut in_problems = false;
+    for line in dry.lines() {
+        if line == "Setup would fail:" {
+            in_problems = true;
+        } else if line.is_empty() {
+            in_problems = false;
+        }
+        if in_problems
+            || line.starts_with("$ ")
+            || line.starts_with("exit:")
+            || line.starts_with("Verdict")
+            || line.starts_with("fireclaw:")
+        {
+            all.push_str(&format!("{line}\n"));
+        }
+    }
+    // A half-made instance, in the list and in its status.
+    fixture.instance(
+        "half",
+        "FIRECLAW_STATE_FORMAT=plain-v1\nINSTANCE_ID=half\nHOST_PORT=47399\nVM_IP=127.0.0.2\nVM_TAP=th2\nVM_MAC=06:fc:00:10:00:02\nGATEWAY_TOKEN=t\nMODEL=openai/gpt-5.5\nSKILLS=github\nTELEGRAM_USERS=\nOPENCLAW_IMAGE=ghcr.io/openclaw/openclaw:latest\nVM_VCPU=1\nVM_MEM_MIB=512\nDISK_SIZE=4G\nAPI_SOCK=/nonexistent/half.socket\nSKIP_BROWSER_INSTALL=true\nOPENAI_API_KEY=k\n",
+    );
+    std::fs::write(
+        Path::new(&fixture.path("state")).join(".vm-half/fireclaw.json"),
+        r#"{"format":1,"phase":"allocated","created_by":"fireclaw 0.3.0"}"#,
+    )
+    .unwrap();
+    all.push_str(&fixture.run(&["list"], &[]));
+    all.push_str(&fixture.run(&["status", "half"], &[]));
     // `help --help` is the help of fireclaw itself; its first lines say enough.
     let help = fixture.run(&["help", "--help"], &[]);
     all.push_str(&(help.lines().take(6).collect::<Vec<_>>().join("\n") + "\n"));

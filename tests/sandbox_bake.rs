@@ -446,8 +446,10 @@ fn bad_bake_input_changes_nothing_and_setup_uses_a_baked_image_as_recorded() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "{stderr}");
     assert!(
-        stderr.contains("bake of 'broken' failed; the builder VM and partial image were removed")
-            && stderr.contains("the install phase in the builder"),
+        stderr.contains("bake of 'broken' failed: the install phase in the builder")
+            && stderr.contains("docker load of the archive failed")
+            && stderr.contains("the builder VM (fireclaw-bake) and the partial image are gone")
+            && stderr.contains("kept for you: /var/lib/fireclaw/.failed/fireclaw-bake-"),
         "{stderr}"
     );
     assert_eq!(host_state(&fleet), before, "after a failed install");

@@ -444,7 +444,10 @@ fn a_failed_provisioning_rolls_back_only_that_instance() {
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
     assert!(
-        err.contains("setup of 'b' failed and was rolled back; its console log and VM journal are kept in /var/lib/fireclaw/.failed/b-"),
+        err.contains("fireclaw: setup of 'b' failed and was rolled back: on instance 'b': `sudo /usr/local/sbin/fireclaw-provision` failed")
+            && err.contains("docker stub: failing on purpose")
+            && err.contains("\n  kept for you: /var/lib/fireclaw/.failed/b-")
+            && err.contains("\n  instance 'b' is gone; change what the cause names, then run setup again"),
         "{err}"
     );
     assert_eq!(fleet.host_snapshot(), before, "b left something behind");

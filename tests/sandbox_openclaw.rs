@@ -308,7 +308,8 @@ fn the_real_openclaw_gets_the_per_key_paths_config_in_one_write_and_serves_with_
     }
 
     // 5. Telegram off: its token reference, policies and allowlists (the group one doctor
-    //    copied) are gone, where the per-key path set only `enabled: false`.
+    //    copied) are gone, where the per-key path set only `enabled: false`. (The per-key
+    //    path's golden still carries the MiniMax leftovers of step 4.)
     let (runs, journal) = provisioning(&fleet, "provision a --no-telegram");
     assert_path(runs, &journal);
     let actual = comparable(config(&fleet));
@@ -319,6 +320,8 @@ fn the_real_openclaw_gets_the_per_key_paths_config_in_one_write_and_serves_with_
             without(
                 expected,
                 &[
+                    "models",
+                    "plugins.entries.minimax",
                     "channels.telegram.botToken",
                     "channels.telegram.dmPolicy",
                     "channels.telegram.groupPolicy",

@@ -1,5 +1,6 @@
 //! `fireclaw host cleanup`: when the host is done with fireclaw, remove what the last instance
-//! left shared (see `ops::network::remove_shared`), and say what stays and why.
+//! left shared (see `ops::network::remove_shared`) and what an interrupted bake or import left,
+//! and say what stays and why.
 
 use anyhow::Result;
 
@@ -48,6 +49,12 @@ pub fn run(
                     ));
                 }
                 Err(error) => return Err(error),
+            }
+            // What a killed import left: its staging dir and an instance still `importing`
+            // (a live import holds both locks, so its own stay).
+            let network = crate::ops::network::HostSystem { settings };
+            for done in crate::ops::import::remove_leftovers(settings, services, &network)? {
+                output.line(&format!("removed {done}"));
             }
             if baking {
                 return Ok(());

@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::host::systemd::ServiceManager;
 use crate::instance::values::InstanceId;
+use crate::ops::export::recover_cut_short;
 use crate::ops::instance::lock_and_load;
 use crate::ops::lifecycle::{stop, stop_shell};
 use crate::output::Output;
@@ -17,6 +18,8 @@ pub fn run(
     output: &mut Output<'_>,
 ) -> Result<()> {
     let (_lock, loaded) = lock_and_load(settings, id, output)?;
+    // A VM a killed export left paused cannot shut down cleanly: it runs on first.
+    recover_cut_short(settings, &loaded, services, output)?;
     stop(&loaded, services, &stop_shell(&loaded), output)?;
     if loaded.ensure_not_suspended().is_err() {
         // Its snapshot stays: stopping a suspended instance changes nothing it holds.

@@ -173,27 +173,32 @@ fn wait_all(children: Vec<(&'static str, Child)>) -> Result<(), StreamError> {
             .wait_with_output()
             .map_err(|source| StreamError::Spawn { program, source })?;
         if !output.status.success() && first_error.is_none() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail = stderr
-                .lines()
-                .map(str::trim)
-                .rfind(|l| !l.is_empty())
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect::<String>();
-            first_error = Some(StreamError::Failed {
-                program,
-                status: output.status.to_string(),
-                stderr: if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                },
-            });
+            first_error = Some(failure(program, output.status, &output.stderr));
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// A filter's failure, with the last line it wrote on stderr.
+fn failure(program: &'static str, status: std::process::ExitStatus, stderr: &[u8]) -> StreamError {
+    let stderr = String::from_utf8_lossy(stderr);
+    let tail = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect::<String>();
+    StreamError::Failed {
+        program,
+        status: status.to_string(),
+        stderr: if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        },
+    }
 }
 
 /// What a stream holds, from its first bytes.
@@ -350,6 +355,36 @@ impl Opener {
     }
 }
 
+impl Opener {
+    /// After the tar stream ended early or made no sense: the first filter that failed (a
+    /// wrong identity, a cut or damaged stream), which is the cause to name rather than what
+    /// the tar reader saw; `None` when every filter still runs or ended well. Waits up to a
+    /// second for one that is about to fail.
+    pub fn failed_filter(&mut self) -> Option<StreamError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            let mut running = false;
+            for (program, child) in &mut self.children {
+                match child.try_wait() {
+                    Ok(Some(status)) if !status.success() => {
+                        let mut stderr = Vec::new();
+                        if let Some(mut pipe) = child.stderr.take() {
+                            let _ = pipe.read_to_end(&mut stderr);
+                        }
+                        return Some(failure(program, status, &stderr));
+                    }
+                    Ok(Some(_)) => {}
+                    _ => running = true,
+                }
+            }
+            if !running || std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 impl Read for Opener {
     fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         match &mut self.reader {
@@ -421,5 +456,89 @@ mod tests {
             opener.finish(0),
             Err(StreamError::Failed { program: ZSTD, .. })
         ));
+    }
+
+    fn age_identity(dir: &Path, name: &str) -> (PathBuf, String) {
+        let identity = dir.join(name);
+        let made = Command::new("age-keygen")
+            .arg("-o")
+            .arg(&identity)
+            .output()
+            .expect("age-keygen (the Debian package age; the test command installs it)");
+        assert!(made.status.success(), "{made:?}");
+        let public = Command::new("age-keygen")
+            .arg("-y")
+            .arg(&identity)
+            .output()
+            .unwrap();
+        (
+            identity,
+            String::from_utf8(public.stdout).unwrap().trim().to_owned(),
+        )
+    }
+
+    #[test]
+    fn an_encrypted_stream_opens_only_with_its_identity_and_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, recipient) = age_identity(dir.path(), "key.txt");
+        let (wrong, _) = age_identity(dir.path(), "other.txt");
+        let path = dir.path().join("a.fireclaw");
+        let mut sealer = seal(
+            Destination::File(std::fs::File::create(&path).unwrap()),
+            &Recipients {
+                keys: vec![recipient],
+                files: Vec::new(),
+            },
+        )
+        .unwrap();
+        // More than one of age's 64 KiB chunks, so a cut can drop the final one.
+        let payload: Vec<u8> = (0..400_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        sealer.writer().write_all(&payload).unwrap();
+        sealer.finish().unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert!(whole.starts_with(AGE_HEADER));
+        // Not zstd data: nothing but age reads it.
+        let zstd = Command::new(ZSTD)
+            .args(["-d", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!zstd.status.success());
+
+        let file = || Source::File(std::fs::File::open(&path).unwrap());
+        assert!(matches!(
+            open(file(), None),
+            Err(StreamError::NeedsIdentity)
+        ));
+
+        let mut opener = open(file(), Some(&identity)).unwrap();
+        assert_eq!(opener.kind, Kind::Encrypted);
+        let mut back = vec![0u8; payload.len()];
+        opener.reader().read_exact(&mut back).unwrap();
+        assert_eq!(back, payload);
+        opener.finish(0).unwrap();
+
+        let mut opener = open(file(), Some(&wrong)).unwrap();
+        let mut back = Vec::new();
+        let _ = opener.reader().read_to_end(&mut back);
+        assert!(back.is_empty());
+        let refused = opener.finish(0).unwrap_err();
+        assert!(
+            matches!(refused, StreamError::Failed { program: AGE, .. }),
+            "{refused}"
+        );
+
+        // The last chunk gone (a whole number of chunks kept): age refuses the stream.
+        let cut = dir.path().join("cut.fireclaw");
+        std::fs::write(&cut, &whole[..whole.len() - 100]).unwrap();
+        let mut opener = open(
+            Source::File(std::fs::File::open(&cut).unwrap()),
+            Some(&identity),
+        )
+        .unwrap();
+        let mut back = Vec::new();
+        let _ = opener.reader().read_to_end(&mut back);
+        assert!(back.len() < payload.len());
+        assert!(opener.finish(0).is_err());
     }
 }

@@ -217,7 +217,7 @@ fn check_exportable(
         );
     }
     // A VM a suspend or another export left paused is no state to export from.
-    if running && super::suspend::vm_paused(settings, id) {
+    if running && super::network::vm_paused(settings, id) {
         bail!(
             "the VM of instance '{id}' is paused, left so by an interrupted suspend or export; continue it first with: fireclaw resume {id}"
         );
@@ -233,7 +233,10 @@ pub fn export(
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<Exported> {
-    let (_lock, loaded) = lock_and_load(settings, id, output)?;
+    let (_lock, mut loaded) = lock_and_load(settings, id, output)?;
+    if recover_cut_short(settings, &loaded, services, output)?.is_some() {
+        loaded = super::instance::load(settings, id)?;
+    }
     let running = check_exportable(settings, &loaded, services, spec.pause)?;
     if spec.target == Target::Stdout {
         use std::io::IsTerminal;
@@ -263,7 +266,7 @@ pub fn export(
     let mut pause_ms = None;
     let mut reflinked = None;
     // The disk to read: the instance's own, or a clone made while its VM was paused.
-    let clone = assets.images.join(".export-rootfs.ext4");
+    let clone = clone_path(&assets);
     let _ = std::fs::remove_file(&clone);
     let disk = if running {
         let (took, by_reflink) = clone_paused(settings, &loaded, &assets, &clone, output)?;
@@ -341,7 +344,7 @@ fn clone_paused(
     output: &mut Output<'_>,
 ) -> Result<(Duration, bool)> {
     let id = &loaded.id;
-    let api = super::suspend::api(settings, id, Duration::from_secs(10))?;
+    let api = super::network::api(settings, id, Duration::from_secs(10))?;
     api.instance_info()
         .with_context(|| format!("reach the VMM of instance '{id}'"))?;
     output.progress(&format!("{id}: flushing the guest's file systems"));
@@ -385,6 +388,54 @@ fn clone_paused(
     }
     resumed?;
     Ok((took, cloned?))
+}
+
+/// The disk clone an export of a running instance reads, beside the disk.
+fn clone_path(assets: &AssetPaths) -> PathBuf {
+    assets.images.join(".export-rootfs.ext4")
+}
+
+/// How `stop`, `resume` and `doctor` name a VM an `export --pause` left paused when it was
+/// killed, rather than calling it a suspend cut short.
+pub fn cut_short_words(exporting: &Exporting) -> String {
+    format!(
+        "an export (fireclaw export --pause, process {}, begun {}) was cut short while it copied the disk",
+        exporting.pid,
+        rfc3339_utc(SystemTime::UNIX_EPOCH + Duration::from_secs(exporting.since))
+    )
+}
+
+/// After a killed `export --pause`: continues its VM when it is still paused, removes the disk
+/// clone, and clears the record. Returns the record it cleared (nothing when there was none).
+/// The caller holds the instance lock, so no export of this instance is live.
+pub fn recover_cut_short(
+    settings: &Settings,
+    loaded: &Loaded,
+    services: &dyn ServiceManager,
+    output: &mut Output<'_>,
+) -> Result<Option<Exporting>> {
+    let Some(exporting) = loaded.state.as_ref().and_then(|s| s.exporting.clone()) else {
+        return Ok(None);
+    };
+    let id = &loaded.id;
+    let running = unit_state(services, &loaded.units.vm)?.is_active();
+    if running && super::network::vm_paused(settings, id) {
+        output.warn(&format!(
+            "instance '{id}': {}, and left its VM paused; continuing it",
+            cut_short_words(&exporting)
+        ));
+        super::network::api(settings, id, Duration::from_secs(10))?
+            .resume()
+            .with_context(|| format!("resume the VM of instance '{id}'"))?;
+    }
+    let clone = clone_path(&AssetPaths::new(&settings.paths.fc_root, id));
+    match std::fs::remove_file(&clone) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", clone.display())),
+    }
+    update_fireclaw_state(&loaded.paths, |state| state.exporting = None)?;
+    Ok(Some(exporting))
 }
 
 /// The members in the order they travel: the state files, the host key, the disk, the boot
@@ -440,7 +491,9 @@ fn members(
     let placeholder = Checksums {
         sha256: members
             .iter()
-            .map(|m| (m.entry.name.clone(), "0".repeat(64)))
+            .map(|m| m.entry.name.clone())
+            .chain([MANIFEST.to_owned()])
+            .map(|name| (name, "0".repeat(64)))
             .collect(),
     };
     members.push(Member {
@@ -507,8 +560,14 @@ fn write_archive(
 ) -> Result<()> {
     let mut builder = tar::Builder::new(sink);
     builder.mode(tar::HeaderMode::Deterministic);
-    append(&mut builder, MANIFEST, &manifest.render())?;
+    let rendered = manifest.render();
+    append(&mut builder, MANIFEST, &rendered)?;
     let mut checksums = Checksums::default();
+    // The manifest is covered too: what import reads first is checked like the rest.
+    checksums.sha256.insert(
+        MANIFEST.to_owned(),
+        hex(ring::digest::digest(&ring::digest::SHA256, &rendered).as_ref()),
+    );
     let mut progress = Progress::new(id, members.iter().map(|m| m.entry.size).sum());
     for member in members {
         interrupt::check()?;
@@ -761,19 +820,46 @@ pub fn export_all(
     Ok(results)
 }
 
-/// Removes all but the `keep` newest archives of `id` in `dir` (their names sort by time).
+/// Removes all but the `keep` newest archives of `id` in `dir` (their names sort by time),
+/// and first what killed exports of `id` left there: a `.NAME.partial-PID` of a process gone,
+/// and the empty NAME it reserved. Neither counts as an archive.
 fn prune_backups(dir: &Path, id: &str, keep: usize) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
+    let all: Vec<String> = entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    let mut removed = Vec::new();
+    for name in &all {
+        let Some((backup, pid)) = name
+            .strip_prefix('.')
+            .and_then(|rest| rest.rsplit_once(".partial-"))
+        else {
+            continue;
+        };
+        let alive = pid
+            .parse::<i32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if alive || !crate::instance::archive::is_backup_of(backup, id) {
+            continue;
+        }
+        for left in [dir.join(name), dir.join(backup)] {
+            let empty =
+                left == dir.join(name) || std::fs::metadata(&left).is_ok_and(|m| m.len() == 0);
+            if empty && std::fs::remove_file(&left).is_ok() {
+                removed.push(left);
+            }
+        }
+    }
+    let mut names: Vec<String> = all
+        .into_iter()
         .filter(|name| crate::instance::archive::is_backup_of(name, id))
+        .filter(|name| dir.join(name).exists())
         .collect();
     names.sort();
     let excess = names.len().saturating_sub(keep);
-    let mut removed = Vec::new();
     for name in names.into_iter().take(excess) {
         let path = dir.join(&name);
         if std::fs::remove_file(&path).is_ok() {
@@ -781,4 +867,62 @@ fn prune_backups(dir: &Path, id: &str, keep: usize) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_keeps_the_newest_of_one_id_and_clears_what_killed_exports_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            "a-2026-12-01T010000Z.fireclaw",
+            "a-2026-12-02T010000Z.fireclaw",
+            "a-2026-12-03T010000Z.fireclaw",
+            "ab-2026-12-01T010000Z.fireclaw",
+            "a-notes.txt",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        // A killed export: its empty reserved name and its partial stream, its process gone.
+        let killed = "a-2026-12-04T010000Z.fireclaw";
+        std::fs::write(dir.path().join(killed), b"").unwrap();
+        let partial = format!(".{killed}.partial-999999999");
+        std::fs::write(dir.path().join(&partial), b"half").unwrap();
+        // A live export's partial (this process) stays, and so does its reserved name.
+        let live = "a-2026-12-05T010000Z.fireclaw";
+        std::fs::write(dir.path().join(live), b"").unwrap();
+        let live_partial = format!(".{live}.partial-{}", std::process::id());
+        std::fs::write(dir.path().join(&live_partial), b"going").unwrap();
+
+        let mut removed: Vec<String> = prune_backups(dir.path(), "a", 2)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        removed.sort();
+        let mut expected = vec![
+            partial.clone(),
+            killed.to_owned(),
+            "a-2026-12-01T010000Z.fireclaw".to_owned(),
+            "a-2026-12-02T010000Z.fireclaw".to_owned(),
+        ];
+        expected.sort();
+        assert_eq!(removed, expected);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut wanted = vec![
+            "a-2026-12-03T010000Z.fireclaw".to_owned(),
+            live.to_owned(),
+            live_partial,
+            "ab-2026-12-01T010000Z.fireclaw".to_owned(),
+            "a-notes.txt".to_owned(),
+        ];
+        wanted.sort();
+        assert_eq!(left, wanted);
+    }
 }

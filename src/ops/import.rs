@@ -110,13 +110,12 @@ fn open_input(spec: &ImportSpec) -> Result<Opener> {
     Ok(open(source, spec.identity.as_deref())?)
 }
 
-/// Reads and verifies the whole archive. `stage` is where its large members go (`None`:
-/// `--check`, which keeps nothing); `before_unpack` runs once the manifest is known and
-/// before any member is written, to refuse an archive this host cannot take.
+/// Reads and verifies the whole archive. `before_unpack` runs once the manifest is known and
+/// before any member is written: it refuses an archive this host cannot take, and gives the
+/// dir its large members go to (`None`: `--check`, which keeps nothing).
 fn read_archive(
     opener: &mut Opener,
-    stage: Option<&Path>,
-    before_unpack: &mut dyn FnMut(&Manifest) -> Result<()>,
+    before_unpack: &mut dyn FnMut(&Manifest) -> Result<Option<PathBuf>>,
     output: &mut Output<'_>,
 ) -> Result<(Manifest, Unpacked)> {
     let mut archive = tar::Archive::new(&mut *opener);
@@ -135,9 +134,13 @@ fn read_archive(
         .map_err(|e| refuse(format!("its manifest cannot be read ({e})")))?;
     drop(first);
     let manifest = Manifest::parse(&bytes).map_err(|e| refuse(e.to_string()))?;
-    before_unpack(&manifest)?;
+    let stage = before_unpack(&manifest)?;
+    let stage = stage.as_deref();
     let mut unpacked = Unpacked::default();
-    let mut digests = std::collections::BTreeMap::new();
+    let mut digests = std::collections::BTreeMap::from([(
+        MANIFEST.to_owned(),
+        crate::ops::export::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()),
+    )]);
     let mut seen = BTreeSet::from([MANIFEST.to_owned()]);
     let mut checksums = None;
     for expected in &manifest.members {
@@ -153,16 +156,23 @@ fn read_archive(
             }
         };
         let name = entry_name(&entry).map_err(refuse)?;
+        if cap_of(&name).is_none() {
+            return Err(refuse(format!(
+                "it holds '{}', which no archive of fireclaw holds",
+                escaped(&name)
+            )));
+        }
         if !seen.insert(name.clone()) {
             return Err(refuse(format!("it holds the member '{name}' twice")));
         }
         if name != expected.name {
-            return Err(refuse(match cap_of(&name) {
-                Some(_) if manifest.member(&name).is_some() => format!(
+            return Err(refuse(if manifest.member(&name).is_some() {
+                format!(
                     "it holds '{name}' where its manifest lists '{}'",
                     expected.name
-                ),
-                _ => format!("it holds '{name}', which its manifest does not list"),
+                )
+            } else {
+                format!("it holds '{name}', which its manifest does not list")
             }));
         }
         let cap = cap_of(&name).unwrap_or(0);
@@ -258,6 +268,20 @@ fn read_archive(
     Ok((manifest, unpacked))
 }
 
+/// A refusal while reading names the filter that failed under it, when one did: a wrong
+/// identity or a cut stream shows to the tar reader only as a short or empty stream.
+fn filter_first(opener: &mut Opener, error: anyhow::Error) -> anyhow::Error {
+    if crate::host::interrupt::caused(&error) {
+        return error;
+    }
+    match opener.failed_filter() {
+        Some(failed) => anyhow::Error::from(failed).context(
+            "the archive is refused: its stream is damaged, cut short or not for this identity",
+        ),
+        None => error,
+    }
+}
+
 /// The member's name as its tar entry gives it, PAX and GNU long names applied.
 fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String, String> {
     let path = entry
@@ -343,10 +367,11 @@ fn copy_counted(
 pub fn check(spec: &ImportSpec, output: &mut Output<'_>) -> Result<Report> {
     let mut opener = open_input(spec)?;
     let encrypted = opener.kind == crate::host::archive_stream::Kind::Encrypted;
-    let (manifest, unpacked) = read_archive(&mut opener, None, &mut |_| Ok(()), output)?;
+    let (manifest, unpacked) = read_archive(&mut opener, &mut |_| Ok(None), output)
+        .map_err(|error| filter_first(&mut opener, error))?;
     opener.finish(TAIL_CAP)?;
-    // The settings are checked as an import would check them, on this host's paths.
-    let _ = unpacked;
+    // The bytes only: the settings are validated against this host when it imports them.
+    drop(unpacked);
     Ok(report(&manifest, encrypted, None, false))
 }
 
@@ -387,6 +412,20 @@ fn check_acceptable(settings: &Settings, manifest: &Manifest) -> Result<Instance
     }
     if !is_uuid(&manifest.uuid) {
         bail!("the archive's UUID is not valid");
+    }
+    // The sockets its id makes under this host's FC_ROOT must fit the kernel's limit.
+    for socket in [
+        default_api_sock(&settings.paths.fc_root, id.as_str()),
+        AssetPaths::new(&settings.paths.fc_root, &id).vmm_api_sock,
+    ] {
+        let length = socket.as_os_str().len();
+        if length > crate::instance::spec::MAX_SOCKET_PATH {
+            bail!(
+                "the archive's instance id '{id}' is too long for this host: its API socket {} would be {length} bytes, and the kernel allows {} (a shorter FC_ROOT here would take it)",
+                socket.display(),
+                crate::instance::spec::MAX_SOCKET_PATH
+            );
+        }
     }
     let state = StatePaths::new(&settings.paths.state_root, &id);
     if state.dir.symlink_metadata().is_ok() {
@@ -579,6 +618,26 @@ impl Drop for Staging {
     }
 }
 
+/// Staging dirs under `FC_ROOT` that no live import holds: what killed ones left.
+pub fn staging_leftovers(settings: &Settings) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(&settings.paths.fc_root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STAGING_PREFIX)
+        })
+        .map(|entry| entry.path())
+        .filter(|path| !crate::store::lock_file_held(&path.join(".lock")))
+        .collect();
+    found.sort();
+    found
+}
+
 /// Removes what a killed import left: staging dirs no import holds, and instances in phase
 /// `importing` whose lock is free. Returns what was removed, for a person.
 pub fn remove_leftovers(
@@ -587,23 +646,12 @@ pub fn remove_leftovers(
     network: &dyn HostSteps,
 ) -> Result<Vec<String>> {
     let mut removed = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(&settings.paths.fc_root) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with(STAGING_PREFIX) {
-                continue;
-            }
-            let path = entry.path();
-            // Held by a live import: its own.
-            if crate::store::lock_file_held(&path.join(".lock")) {
-                continue;
-            }
-            std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
-            removed.push(format!(
-                "the staging dir {} of an interrupted import",
-                path.display()
-            ));
-        }
+    for path in staging_leftovers(settings) {
+        std::fs::remove_dir_all(&path).with_context(|| format!("remove {}", path.display()))?;
+        removed.push(format!(
+            "the staging dir {} of an interrupted import",
+            path.display()
+        ));
     }
     for scanned in scan_instances(&settings.paths.state_root)? {
         let Ok(id) = scanned.name.parse::<InstanceId>() else {
@@ -638,17 +686,21 @@ pub fn import(
     }
     let mut opener = open_input(spec)?;
     let encrypted = opener.kind == crate::host::archive_stream::Kind::Encrypted;
-    let staging = Staging::create(&settings.paths.fc_root)?;
+    // Nothing is made before the manifest says the archive suits this host.
+    let mut staging = None;
     let mut accepted = None;
     let (manifest, unpacked) = read_archive(
         &mut opener,
-        Some(&staging.dir),
         &mut |manifest| {
             accepted = Some(check_acceptable(settings, manifest)?);
-            Ok(())
+            let made = Staging::create(&settings.paths.fc_root)?;
+            let dir = made.dir.clone();
+            staging = Some(made);
+            Ok(Some(dir))
         },
         output,
-    )?;
+    )
+    .map_err(|error| filter_first(&mut opener, error))?;
     // Every filter ended well: the stream was whole (a truncated or forged one fails here).
     opener.finish(TAIL_CAP)?;
     let id = accepted.context("internal: the archive was not checked")?;

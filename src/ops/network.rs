@@ -203,6 +203,23 @@ pub fn vmm_endpoint(settings: &Settings, id: &InstanceId) -> Result<VmmEndpoint>
     })
 }
 
+/// How long a quick question to a VMM's API may take.
+const VMM_API_QUICK: Duration = Duration::from_secs(10);
+
+/// The API client of instance `id`'s VMM, checking that the VMM's own account answers.
+pub fn api(settings: &Settings, id: &InstanceId, timeout: Duration) -> Result<ApiClient> {
+    let endpoint = vmm_endpoint(settings, id)?;
+    Ok(ApiClient::new(&endpoint.api_sock, timeout).expect_peer(endpoint.vmm_uid))
+}
+
+/// Whether the running VMM has its guest paused (a suspend or an export cut short).
+pub fn vm_paused(settings: &Settings, id: &InstanceId) -> bool {
+    api(settings, id, VMM_API_QUICK)
+        .ok()
+        .and_then(|api| api.instance_info().ok())
+        .is_some_and(|info| info.state == "Paused")
+}
+
 /// `API_SOCK` is a link to the socket in the confined VMM's dir; a missing link is made again,
 /// and a socket left there by the VMM's unconfined days is replaced. Anything else is refused.
 fn ensure_socket_link(link: &Path, socket: &Path) -> Result<()> {

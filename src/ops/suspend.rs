@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::instance::Loaded;
 use super::lifecycle::{Waits, await_ssh, progress, serve_and_gate, unit_state};
+use super::network::api;
+pub use super::network::vm_paused;
 use super::network::{PermanentStartError, vmm_endpoint};
 use super::timing::Stopwatch;
 use crate::faults::crash_point;
@@ -93,20 +95,6 @@ fn memory_mib(loaded: &Loaded) -> Result<u64> {
             crate::instance::values::escaped(value)
         )
     })
-}
-
-/// The VMM's API client for `loaded`, checking that the VMM's own account answers.
-pub fn api(settings: &Settings, id: &InstanceId, timeout: Duration) -> Result<ApiClient> {
-    let endpoint = vmm_endpoint(settings, id)?;
-    Ok(ApiClient::new(&endpoint.api_sock, timeout).expect_peer(endpoint.vmm_uid))
-}
-
-/// Whether the running VMM has its guest paused (a suspend cut short before it stopped it).
-pub fn vm_paused(settings: &Settings, id: &InstanceId) -> bool {
-    api(settings, id, API_QUICK)
-        .ok()
-        .and_then(|api| api.instance_info().ok())
-        .is_some_and(|info| info.state == "Paused")
 }
 
 /// Suspend needs the confined VMM (whose own dir takes the snapshot) and a VM unit that can
@@ -432,6 +420,19 @@ fn load_or_continue(
                 return Err(anyhow::Error::from(error).context(what));
             }
             crash_point("resume:started");
+        }
+        None if loaded.state.as_ref().is_some_and(|s| s.exporting.is_some()) => {
+            // An export --pause killed while the VM was paused: continued, and its record
+            // and disk clone gone.
+            super::export::recover_cut_short(settings, loaded, services, output)?;
+            if !running {
+                return Err(NotSuspended {
+                    id: id.clone(),
+                    how: "it is stopped",
+                    hint: format!("start it with: fireclaw start {id}"),
+                }
+                .into());
+            }
         }
         None if running && vm_paused(settings, id) => {
             // A suspend cut short before its record: the paused guest is in this VMM.

@@ -38,6 +38,15 @@ impl Fleet {
         fleet
     }
 
+    /// `new` with extra nspawn binds (`--bind=FROM:TO`), such as another filesystem for FC_ROOT.
+    pub fn with_binds(tag: &str, binds: Vec<String>) -> Self {
+        let host = Sandbox::boot_for_guests_with(tag, binds);
+        let guests = GuestHost::start(&host);
+        let fleet = Self { guests, host };
+        fleet.host.base_images();
+        fleet
+    }
+
     /// A host as a new user has it: no base images yet.
     pub fn bare(tag: &str) -> Self {
         let host = Sandbox::boot_for_guests(tag);

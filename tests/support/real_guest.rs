@@ -55,7 +55,7 @@ impl RealParts {
         ] {
             assert!(
                 path.exists(),
-                "{} is missing: run scripts/test-deps as root (the README's test command does)",
+                "{} is missing: build it with: sudo scripts/test-deps --real-openclaw",
                 path.display()
             );
         }
@@ -76,7 +76,7 @@ impl RealOpenClaw {
         let rootfs = dir.join("rootfs.ext4");
         assert!(
             rootfs.exists(),
-            "{} is missing: run scripts/test-deps as root (the README's test command does)",
+            "{} is missing: build it with: sudo scripts/test-deps --real-openclaw",
             rootfs.display()
         );
         let image = std::fs::read_to_string(dir.join("REFERENCE"))

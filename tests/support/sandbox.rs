@@ -80,15 +80,21 @@ impl Sandbox {
     /// A host sandbox whose VMs get guest stand-ins: `/run/fireclaw-guests` is shared with the
     /// machine, where the guest supervisor reads it.
     pub fn boot_for_guests(tag: &str) -> Self {
+        Self::boot_for_guests_with(tag, Vec::new())
+    }
+
+    /// `boot_for_guests` with extra nspawn binds (`--bind=FROM:TO`).
+    pub fn boot_for_guests_with(tag: &str, extra: Vec<String>) -> Self {
         sweep_dead_sandboxes();
         let name = format!("fc-{tag}-{}", std::process::id());
         let base = Path::new(ROOT_DIR).join(&name);
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(base.join("guests")).unwrap();
-        let binds = vec![format!(
+        let mut binds = vec![format!(
             "--bind={}:/run/fireclaw-guests",
             base.join("guests").display()
         )];
+        binds.extend(extra);
         Self::boot_with(&name, Network::Private, binds, |_| {})
     }
 
@@ -328,11 +334,14 @@ impl Sandbox {
             );
         }
         // With an init, cloud-init and sshd (empty files: setup only looks for them; the
-        // container guest boots its own).
+        // container guest boots its own), and the guest user as a first boot leaves it, with
+        // another host's key authorized (an import replaces it).
         self.sh(
             "cd /srv/firecracker/base/images && [ -f rootfs.ext4 ] || { \
-               tree=$(mktemp -d) && mkdir -p $tree/usr/sbin $tree/usr/bin && \
+               tree=$(mktemp -d) && mkdir -p $tree/usr/sbin $tree/usr/bin $tree/etc/cloud/cloud.cfg.d $tree/home/ubuntu/.ssh && \
                touch $tree/usr/sbin/init $tree/usr/bin/cloud-init $tree/usr/sbin/sshd && \
+               printf 'root:x:0:0:root:/root:/bin/bash\\nubuntu:x:1000:1000::/home/ubuntu:/bin/bash\\n' > $tree/etc/passwd && \
+               echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherHostKeyOtherHostKeyOtherHostKeyOth other-host' > $tree/home/ubuntu/.ssh/authorized_keys && \
                mkfs.ext4 -q -F -d $tree rootfs.ext4 32M && rm -rf $tree; }",
         );
     }

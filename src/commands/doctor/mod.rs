@@ -56,7 +56,7 @@ pub const FIRECRACKER_INSTALL: &str = "curl -fsSL https://github.com/firecracker
 
 /// The host commands the README lists under host requirements, with what each optional one is
 /// needed for.
-const HOST_COMMANDS: [(&str, Option<&str>); 14] = [
+const HOST_COMMANDS: [(&str, Option<&str>); 16] = [
     ("firecracker", None),
     ("systemctl", None),
     ("useradd", None),
@@ -71,6 +71,8 @@ const HOST_COMMANDS: [(&str, Option<&str>); 14] = [
     ("gpgv", Some("image fetch")),
     ("mkfs.ext4", Some("image fetch")),
     ("e2fsck", Some("image fetch")),
+    ("zstd", Some("export and import")),
+    ("age", Some("encrypted export and import")),
 ];
 
 fn tools(root: bool, checks: &mut Vec<Check>) {
@@ -569,6 +571,7 @@ fn units_and_orphans(
     let unit_ids = vm_unit_ids(&settings.paths.unit_dir);
     let uses_020_scripts = unit_checks(settings, &scanned, &unit_ids, checks);
     instance_checks(settings, &scanned, &unit_ids, checks);
+    import_staging_checks(settings, checks);
     crash_loop_checks(&scanned, services, checks);
     confinement::instance_checks(settings, &scanned, checks);
     snapshots::instance_checks(settings, &scanned, checks);
@@ -666,7 +669,21 @@ fn instance_checks(
             .ok()
             .flatten()
             .map(|s| s.phase);
-        if let Some(phase) = phase
+        if phase == Some(Phase::Importing) {
+            let live = crate::store::instance_lock_held(&settings.paths.state_root, &id);
+            checks.push(check(
+                &format!("instance {name}"),
+                if live { Level::Pass } else { Level::Warn },
+                if live {
+                    "being imported now".to_owned()
+                } else {
+                    format!(
+                        "an import of it was interrupted, and left on the host: {}; the next fireclaw import or fireclaw host cleanup removes it (or: fireclaw destroy {name} --force)",
+                        leftovers(settings, &id, instance.env.as_ref().ok()).join(", ")
+                    )
+                },
+            ));
+        } else if let Some(phase) = phase
             && phase < Phase::Provisioned
         {
             let next = if phase >= Phase::Units {
@@ -694,6 +711,20 @@ fn instance_checks(
                 format!("state without units; remove it with: fireclaw destroy {name} --force"),
             ));
         }
+    }
+}
+
+/// Staging dirs under `FC_ROOT` an interrupted import left (a live import's own are locked).
+fn import_staging_checks(settings: &Settings, checks: &mut Vec<Check>) {
+    for dir in crate::ops::import::staging_leftovers(settings) {
+        checks.push(check(
+            "import staging",
+            Level::Warn,
+            format!(
+                "{} was left by an interrupted import; the next fireclaw import or fireclaw host cleanup removes it",
+                dir.display()
+            ),
+        ));
     }
 }
 

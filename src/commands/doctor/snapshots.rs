@@ -45,7 +45,7 @@ pub fn instance_checks(settings: &Settings, scanned: &[ScannedInstance], checks:
             .flatten();
         // A VM paused with no record: a suspend cut short before it wrote one.
         let paused = state.as_ref().is_none_or(|s| s.suspended.is_none())
-            && crate::ops::suspend::vm_paused(settings, &id);
+            && crate::ops::network::vm_paused(settings, &id);
         if let Some(found) = snapshot_check(&id, state.as_ref(), sizes, paused, facts.as_ref(), now)
         {
             checks.push(found);
@@ -65,13 +65,27 @@ pub fn snapshot_check(
     now: u64,
 ) -> Option<Check> {
     let name = format!("snapshot {id}");
+    let exporting = state.and_then(|s| s.exporting.as_ref());
     let Some(record) = state.and_then(|s| s.suspended.as_ref()) else {
         if paused {
+            let detail = match exporting {
+                Some(exporting) => format!(
+                    "its VM is paused: {}; continue it with: fireclaw resume {id}",
+                    crate::ops::export::cut_short_words(exporting)
+                ),
+                None => format!(
+                    "its VM is paused, left so by a suspend cut short; continue it with: fireclaw resume {id}"
+                ),
+            };
+            return Some(check(&name, Level::Warn, detail));
+        }
+        if let Some(exporting) = exporting {
             return Some(check(
                 &name,
                 Level::Warn,
                 format!(
-                    "its VM is paused, left so by a suspend cut short; continue it with: fireclaw resume {id}"
+                    "{}; its VM is not paused, and the record (with any disk clone it left) goes at the next: fireclaw stop {id}, resume {id} or export {id}",
+                    crate::ops::export::cut_short_words(exporting)
                 ),
             ));
         }
@@ -247,6 +261,33 @@ mod tests {
             paused.detail.ends_with("fireclaw resume a"),
             "{}",
             paused.detail
+        );
+    }
+
+    #[test]
+    fn a_vm_an_export_left_paused_is_named_as_an_export_cut_short() {
+        let mut state = FireclawState::new(Phase::Provisioned);
+        state.exporting = Some(crate::instance::state::Exporting {
+            since: 86_400,
+            pid: 4242,
+        });
+        let id = "a".parse().unwrap();
+        let paused = snapshot_check(&id, Some(&state), [None, None], true, None, 0).unwrap();
+        assert_eq!(paused.status, Level::Warn);
+        assert!(
+            paused.detail.contains("its VM is paused: an export (fireclaw export --pause, process 4242, begun 1970-01-02T00:00:00Z) was cut short")
+                && paused.detail.ends_with("fireclaw resume a")
+                && !paused.detail.contains("suspend"),
+            "{}",
+            paused.detail
+        );
+        let running = snapshot_check(&id, Some(&state), [None, None], false, None, 0).unwrap();
+        assert_eq!(running.status, Level::Warn);
+        assert!(
+            running.detail.contains("its VM is not paused")
+                && running.detail.contains("fireclaw stop a"),
+            "{}",
+            running.detail
         );
     }
 }
