@@ -115,6 +115,18 @@ pub enum Command {
   sudo fireclaw import my-bot.fireclaw --start
   ssh old-host sudo fireclaw export my-bot --output - | sudo fireclaw import - --start")]
     Import(Box<ImportArgs>),
+    /// Change an instance's vCPUs or memory, or grow its disk; a running VM restarts to apply it.
+    #[command(
+        after_help = "Examples:\n  sudo fireclaw resize my-bot --vm-mem-mib 4096 --vm-vcpu 2\n  sudo fireclaw resize my-bot --disk-size 80G"
+    )]
+    Resize(Box<ResizeArgs>),
+    /// Make this host's instances match a declared file: create, start, stop, suspend,
+    /// resume, reprovision, resize or remove each as needed (see README: Many hosts).
+    #[command(after_help = "Examples:
+  sudo fireclaw apply -f /etc/fireclaw/instances.toml --dry-run
+  sudo --preserve-env=BOT_OPENAI_KEY fireclaw apply -f /etc/fireclaw/instances.toml
+  sudo fireclaw apply -f /etc/fireclaw/instances.toml --prune --backup-dir /var/backups/fireclaw")]
+    Apply(Box<ApplyArgs>),
     /// Show or re-apply the guest network policy (what guests may reach).
     #[command(subcommand)]
     Egress(EgressCommand),
@@ -228,6 +240,9 @@ pub enum HostCommand {
     /// Once no instance is left: remove the firewall chains and their jumps, the bridge (if
     /// fireclaw made it) and IPv4 forwarding (if fireclaw turned it on); say what stays and why.
     Cleanup,
+    /// What placement and inventory need: memory and memory committed to instances, disk free,
+    /// free addresses and ports, the instances and their states, versions, KVM, baked images.
+    Facts(JsonFlag),
 }
 
 #[derive(Debug, Subcommand)]
@@ -625,7 +640,7 @@ fn parse_file_or_dash(value: &str) -> Result<PathBuf, String> {
     parse_base_image_path(value)
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SetupArgs {
     /// Instance id ([a-z0-9_-]+).
     #[arg(long, value_name = "ID")]
@@ -699,9 +714,17 @@ pub struct SetupArgs {
     pub json: bool,
     #[command(flatten)]
     pub waits: WaitArgs,
+    /// `apply`'s own: the API keys and the bot token as NAME=value lines on stdin, as if given
+    /// as flags (never on the command line).
+    #[arg(long, hide = true)]
+    pub secrets_stdin: bool,
+    /// `apply`'s own: record that apply made this instance (so it may finish, re-create or
+    /// prune it).
+    #[arg(long, hide = true)]
+    pub managed_by_apply: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ProvisionArgs {
     /// The instance (see fireclaw list).
     #[arg(value_name = "ID")]
@@ -745,6 +768,55 @@ pub struct ProvisionArgs {
     /// Print the result as JSON on stdout, with each step's time.
     #[arg(long)]
     pub json: bool,
+    /// `apply`'s own: the API keys and the bot token as NAME=value lines on stdin, as if given
+    /// as flags (never on the command line).
+    #[arg(long, hide = true)]
+    pub secrets_stdin: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ResizeArgs {
+    /// The instance (see fireclaw list).
+    #[arg(value_name = "ID")]
+    pub id: InstanceId,
+    /// vCPUs the VM gets.
+    #[arg(long, value_name = "N")]
+    pub vm_vcpu: Option<VcpuCount>,
+    /// Memory the VM gets, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub vm_mem_mib: Option<MemoryMib>,
+    /// Grow the disk to this size (never smaller than it is); the guest grows its filesystem
+    /// at its next boot.
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<DiskSize>,
+    #[command(flatten)]
+    pub waits: WaitArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// The file declaring this host's instances (TOML: one [instances.<id>] table each).
+    #[arg(long, short = 'f', value_name = "FILE", value_parser = parse_base_image_path)]
+    pub file: PathBuf,
+    /// Print the plan and change nothing; exit 1 when a planned action would fail.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove instances the file does not name, when apply made them (never 0.2.0 or
+    /// hand-made ones); each is exported to --backup-dir first.
+    #[arg(long)]
+    pub prune: bool,
+    /// How many instances are worked on at once.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub jobs: u32,
+    /// Print the plan, or what was done, as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Where an instance is exported before apply removes it [default: STATE_ROOT/backups].
+    #[arg(long, value_name = "DIR", value_parser = parse_base_image_path)]
+    pub backup_dir: Option<PathBuf>,
+    /// Remove instances without exporting them first.
+    #[arg(long, conflicts_with = "backup_dir")]
+    pub no_backup: bool,
 }
 
 #[cfg(test)]

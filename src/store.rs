@@ -401,7 +401,7 @@ pub fn taken_by(instances: &[ScannedInstance]) -> (Taken, Vec<String>) {
 pub fn reserve<E>(
     state_root: &Path,
     id: &InstanceId,
-    phase: crate::instance::state::Phase,
+    initial: &FireclawState,
     allocate: impl FnOnce(&Taken) -> Result<EnvFile, E>,
 ) -> Result<Result<EnvFile, E>, StoreError> {
     let _lock = lock_allocation(state_root)?;
@@ -429,11 +429,7 @@ pub fn reserve<E>(
             Err(e) => return Ok(Err(e)),
         };
         write_atomic(&paths.env, env.render().as_bytes(), 0o600)?;
-        write_atomic(
-            &paths.fireclaw_json,
-            FireclawState::new(phase).render().as_bytes(),
-            0o600,
-        )?;
+        write_atomic(&paths.fireclaw_json, initial.render().as_bytes(), 0o600)?;
         Ok(Ok(env))
     })();
     if !matches!(written, Ok(Ok(_))) {
@@ -650,7 +646,7 @@ mod tests {
         let env = reserve(
             root.path(),
             &id("a"),
-            crate::instance::state::Phase::Allocated,
+            &FireclawState::new(crate::instance::state::Phase::Allocated),
             |taken| {
                 Ok::<_, String>(env_with_port(
                     "a",
@@ -677,7 +673,7 @@ mod tests {
         reserve(
             root.path(),
             &id("a"),
-            crate::instance::state::Phase::Allocated,
+            &FireclawState::new(crate::instance::state::Phase::Allocated),
             |_| Ok::<_, String>(env_with_port("a", 18891, 2)),
         )
         .unwrap()
@@ -685,7 +681,7 @@ mod tests {
         let seen = reserve(
             root.path(),
             &id("b"),
-            crate::instance::state::Phase::Allocated,
+            &FireclawState::new(crate::instance::state::Phase::Allocated),
             |taken| {
                 Ok::<_, String>(env_with_port(
                     "b",
@@ -700,7 +696,7 @@ mod tests {
         let err = reserve(
             root.path(),
             &id("a"),
-            crate::instance::state::Phase::Allocated,
+            &FireclawState::new(crate::instance::state::Phase::Allocated),
             |_| Ok::<_, String>(env_with_port("a", 1, 9)),
         )
         .unwrap_err();
@@ -713,7 +709,7 @@ mod tests {
         let result = reserve(
             root.path(),
             &id("a"),
-            crate::instance::state::Phase::Allocated,
+            &FireclawState::new(crate::instance::state::Phase::Allocated),
             |_| Err::<EnvFile, _>("pool empty"),
         );
         assert_eq!(result.unwrap().unwrap_err(), "pool empty");
@@ -732,7 +728,7 @@ mod tests {
                     reserve(
                         root.path(),
                         &id("same"),
-                        crate::instance::state::Phase::Allocated,
+                        &FireclawState::new(crate::instance::state::Phase::Allocated),
                         |_| Ok::<_, String>(env_with_port("same", 18891, 2)),
                     )
                     .is_ok()
@@ -758,7 +754,7 @@ mod tests {
                     reserve(
                         root.path(),
                         &id(&name),
-                        crate::instance::state::Phase::Allocated,
+                        &FireclawState::new(crate::instance::state::Phase::Allocated),
                         |taken| {
                             let port = first_free_port(18890, taken).unwrap().get();
                             Ok::<_, String>(env_with_port(&name, port, n + 2))

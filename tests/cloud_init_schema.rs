@@ -78,6 +78,7 @@ fn rendered(flags: &[&str], with_initrd: bool) -> (String, String) {
         },
         uuid: "0b7c4c1e-8a3e-4f9a-9d8e-3c2b1a0f9e8d",
         phase: fireclaw::instance::state::Phase::Allocated,
+        managed_by: None,
     })
     .unwrap();
     let text = |name: &str| {

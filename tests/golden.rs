@@ -118,7 +118,7 @@ impl Fixture {
     }
 }
 
-const SUBCOMMANDS: [&str; 25] = [
+const SUBCOMMANDS: [&str; 29] = [
     "doctor",
     "setup",
     "provision",
@@ -136,12 +136,16 @@ const SUBCOMMANDS: [&str; 25] = [
     "adopt",
     "export",
     "import",
+    "resize",
+    "apply",
     "egress",
     "egress show",
     "egress apply",
     "image",
     "image fetch",
     "image list",
+    "host cleanup",
+    "host facts",
     "completions",
     "man",
 ];

@@ -70,7 +70,13 @@ fn real_guest_setup_lifecycle_suspend_export_import_and_destroy() {
         )),
         "{steps}"
     );
-    assert!(steps.ends_with("done"), "{steps}");
+    // The script's own end, then the host's record of each step's time.
+    assert!(steps.contains("\ndone\n"), "{steps}");
+    let last = steps.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("fireclaw setup took ") && last.contains("boot to SSH"),
+        "{steps}"
+    );
     assert!(!steps.contains("pulling"), "{steps}");
     assert!(!steps.contains("installing"), "{steps}");
     // The rootfs drive is vda, and the root mount is on it.

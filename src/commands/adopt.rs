@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::host::probe;
 use crate::host::systemd::ServiceManager;
-use crate::host::trust::check_trusted;
 use crate::instance::confinement::VmmAccount;
 use crate::instance::layout::{AssetPaths, default_api_sock};
 use crate::instance::state::FireclawState;
@@ -22,7 +20,7 @@ use crate::ops::legacy::is_020_unit;
 use crate::ops::lifecycle::unit_state;
 use crate::ops::network::{HostSteps, HostSystem};
 use crate::output::Output;
-use crate::render::artifacts::{Body, HostTools, UnitsPlan, VmmSize, unit_files};
+use crate::render::artifacts::{Body, UnitsPlan, VmmSize, unit_files};
 use crate::settings::Settings;
 use crate::store::{ensure_private_dir, lock_allocation, read_fireclaw_state, write_atomic};
 
@@ -63,7 +61,7 @@ pub fn run(
             crate::instance::values::escaped(loaded.env.get("VM_MEM_MIB"))
         );
     };
-    let tools = trusted_tools()?;
+    let tools = crate::ops::confine::trusted_tools()?;
     crate::ops::confine::check_kvm_access()?;
     crate::ops::confine::check_reachable(
         &settings.paths.fc_root,
@@ -226,23 +224,6 @@ fn move_vmm_log(assets: &AssetPaths) -> Result<bool> {
 }
 
 /// The programs the new units run, each checked by the trusted-path rule (root runs them).
-fn trusted_tools() -> Result<HostTools> {
-    let tools = HostTools {
-        fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
-        firecracker: probe::which("firecracker").context("firecracker is not on PATH")?,
-        socat: probe::which("socat").context("socat is not on PATH")?,
-    };
-    crate::ops::confine::runnable_by_units(&tools.firecracker)?;
-    for (what, path) in [
-        ("fireclaw binary", &tools.fireclaw),
-        ("firecracker binary", &tools.firecracker),
-        ("socat binary", &tools.socat),
-    ] {
-        check_trusted(what, path)?;
-    }
-    Ok(tools)
-}
-
 /// Copies 0.2.0's units and scripts to `<FC_ROOT>/<id>/backup-0.2.0/`; returns that dir.
 fn back_up_020_files(settings: &Settings, loaded: &Loaded) -> Result<PathBuf> {
     let unit_dir = &settings.paths.unit_dir;

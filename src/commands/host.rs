@@ -71,5 +71,53 @@ pub fn run(
             }
             Ok(())
         }
+        HostCommand::Facts(args) => {
+            let facts = crate::ops::facts::facts(settings, services)?;
+            if args.json {
+                output.line(&serde_json::to_string_pretty(&facts)?);
+                return Ok(());
+            }
+            let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+            output.line(&format!(
+                "fireclaw {}, firecracker {}, KVM {}",
+                facts.fireclaw_version,
+                facts.firecracker_version.as_deref().unwrap_or("missing"),
+                if facts.kvm { "present" } else { "missing" }
+            ));
+            output.line(&format!(
+                "memory: {} MiB total, {} MiB committed to running and suspended instances ({} MiB suspended), {} MiB uncommitted; stopped instances {} MiB",
+                facts.memory.total_mib,
+                facts.memory.committed_mib,
+                facts.memory.suspended_mib,
+                facts.memory.uncommitted_mib,
+                facts.memory.stopped_mib
+            ));
+            output.line(&format!(
+                "disk: {:.1} GiB free under {}",
+                gib(facts.disk.free_bytes),
+                facts.disk.fc_root
+            ));
+            output.line(&format!(
+                "addresses: {} free in {}; ports: {} free above {}",
+                facts.addresses.free, facts.addresses.subnet, facts.ports.free, facts.ports.base
+            ));
+            for instance in &facts.instances {
+                output.line(&format!(
+                    "instance {}: {}, {} MiB{}",
+                    instance.id,
+                    instance.state,
+                    instance.memory_mib,
+                    if instance.managed_by_apply {
+                        ", made by apply"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            if !facts.baked_images.is_empty() {
+                output.line(&format!("baked images: {}", facts.baked_images.join(", ")));
+            }
+            Ok(())
+        }
     }
 }

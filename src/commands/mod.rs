@@ -2,6 +2,7 @@
 //! prints through `Output`. No command imports another; what two verbs share lives in `ops`.
 
 mod adopt;
+mod apply;
 mod destroy;
 mod doctor;
 mod egress;
@@ -12,6 +13,7 @@ mod image;
 mod import;
 mod logs;
 mod provision;
+mod resize;
 mod setup;
 mod shell;
 mod start;
@@ -56,6 +58,7 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
         Command::Resume(args) => args.id.clone(),
         Command::Stop(args) => Some(args.id.clone()),
         Command::Provision(args) => Some(args.id.clone()),
+        Command::Resize(args) => Some(args.id.clone()),
         // Asked on a terminal, a destroy must stay stoppable at its question.
         Command::Destroy(args) if args.yes || args.force => Some(args.id.clone()),
         _ => None,
@@ -63,10 +66,13 @@ pub fn run(cli: Cli, output: &mut Output<'_>) -> Result<()> {
     let fleet_wide = matches!(&cli.command, Command::Suspend(a) if a.all)
         || matches!(&cli.command, Command::Resume(a) if a.all);
     // A bake, an export and an import clean up after a Ctrl-C: the builder, a paused VM, the
-    // partial files.
+    // partial files. An apply starts no new step, and the verbs it runs finish theirs.
     let baking = matches!(
         &cli.command,
-        Command::Image(crate::cli::ImageCommand::Bake(_)) | Command::Export(_) | Command::Import(_)
+        Command::Image(crate::cli::ImageCommand::Bake(_))
+            | Command::Export(_)
+            | Command::Import(_)
+            | Command::Apply(_)
     );
     if finishable.is_some() || fleet_wide || baking || matches!(cli.command, Command::Setup(_)) {
         crate::host::interrupt::catch().context("catch Ctrl-C and SIGTERM")?;
@@ -88,6 +94,7 @@ fn verb_name(command: &Command) -> &'static str {
         Command::Suspend(_) => "suspend",
         Command::Resume(_) => "resume",
         Command::Provision(_) => "provision",
+        Command::Resize(_) => "resize",
         Command::Destroy(_) => "destroy",
         _ => "",
     }
@@ -100,10 +107,22 @@ fn dispatch(
     output: &mut Output<'_>,
 ) -> Result<()> {
     match cli.command {
-        Command::Setup(args) => setup::run(settings, &args, services, output),
+        Command::Setup(mut args) => {
+            if args.secrets_stdin {
+                take_handed_secrets(&mut args.keys, &mut args.telegram_token)?;
+            }
+            setup::run(settings, &args, services, output)
+        }
         Command::Token(args) => token::run(settings, &args.id, output),
         Command::Doctor(args) => doctor::run(settings, args.json, services, output),
-        Command::Provision(args) => provision::run(settings, &args, services, output),
+        Command::Provision(mut args) => {
+            if args.secrets_stdin {
+                take_handed_secrets(&mut args.keys, &mut args.telegram_token)?;
+            }
+            provision::run(settings, &args, services, output)
+        }
+        Command::Resize(args) => resize::run(settings, &args, services, output),
+        Command::Apply(args) => apply::run(settings, &args, services, output),
         Command::List(args) => fleet::list(settings, args.json, services, output),
         Command::Status(args) => {
             fleet::status(settings, args.id.as_ref(), args.json, services, output)
@@ -130,6 +149,37 @@ fn dispatch(
         Command::VmNetDown(args) => vm_helpers::net_down_command(settings, &args.id),
         Command::Completions(_) | Command::Man(_) | Command::Version(_) => Ok(()),
     }
+}
+
+/// The secrets `apply` hands to the setup or provision it runs (`--secrets-stdin`), in place
+/// of their flags.
+fn take_handed_secrets(
+    keys: &mut crate::cli::KeyArgs,
+    telegram_token: &mut Option<crate::instance::values::Secret>,
+) -> Result<()> {
+    let handed = handed_secrets()?;
+    for (slot, value) in [
+        (&mut keys.anthropic_api_key, handed.anthropic_api_key),
+        (&mut keys.openai_api_key, handed.openai_api_key),
+        (&mut keys.minimax_api_key, handed.minimax_api_key),
+        (telegram_token, handed.telegram_token),
+    ] {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+    Ok(())
+}
+
+fn handed_secrets() -> Result<crate::instance::secrets::HandedSecrets> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .context("read the handed secrets on stdin")?;
+    crate::instance::secrets::parse_handed_secrets(&text)
+        .map_err(|e| anyhow::anyhow!("--secrets-stdin: {}", e.0))
 }
 
 /// A page on a terminal goes through `man -l -`, which renders it for reading, when `man` is

@@ -4,6 +4,7 @@
 //! state store that reads and writes these files is `crate::store`.
 
 pub mod alloc;
+pub mod apply_file;
 pub mod archive;
 pub mod baked;
 pub mod calendar;

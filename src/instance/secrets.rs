@@ -109,6 +109,57 @@ pub fn generate_host_key(id: &str) -> Result<HostKeyPair, SecretError> {
     })
 }
 
+/// The secrets `apply` hands to the `setup` or `provision` it runs, on stdin (never on a
+/// command line): `NAME=value` lines, each as if given as its flag.
+#[derive(Debug, Default)]
+pub struct HandedSecrets {
+    pub anthropic_api_key: Option<crate::instance::values::Secret>,
+    pub openai_api_key: Option<crate::instance::values::Secret>,
+    pub minimax_api_key: Option<crate::instance::values::Secret>,
+    pub telegram_token: Option<crate::instance::values::Secret>,
+}
+
+/// The names `HandedSecrets` reads.
+pub const HANDED_SECRETS: [&str; 4] = [
+    "ANTHROPIC_API_KEY",
+    "OPENAI_API_KEY",
+    "MINIMAX_API_KEY",
+    "TELEGRAM_TOKEN",
+];
+
+/// Parses handed secrets; an error names the line's key, never its value.
+pub fn parse_handed_secrets(
+    text: &str,
+) -> Result<HandedSecrets, crate::instance::values::InvalidValue> {
+    use crate::instance::values::{InvalidValue, Secret, parse_telegram_token};
+    let mut handed = HandedSecrets::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(InvalidValue(
+                "a handed secret is a NAME=value line".to_owned(),
+            ));
+        };
+        let slot = match name {
+            "ANTHROPIC_API_KEY" => &mut handed.anthropic_api_key,
+            "OPENAI_API_KEY" => &mut handed.openai_api_key,
+            "MINIMAX_API_KEY" => &mut handed.minimax_api_key,
+            "TELEGRAM_TOKEN" => &mut handed.telegram_token,
+            other => {
+                return Err(InvalidValue(format!(
+                    "'{}' is not a secret apply hands over",
+                    crate::instance::values::escaped(other)
+                )));
+            }
+        };
+        *slot = Some(if name == "TELEGRAM_TOKEN" {
+            parse_telegram_token(value)?
+        } else {
+            Secret::parse(name, value)?
+        });
+    }
+    Ok(handed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +211,21 @@ mod tests {
             parsed.public_key().to_openssh().unwrap(),
             pair.public_openssh
         );
+    }
+
+    #[test]
+    fn handed_secrets_fill_their_flags_and_refuse_anything_else_without_echoing_it() {
+        let handed =
+            parse_handed_secrets("OPENAI_API_KEY=sk-a\nTELEGRAM_TOKEN=123:abc\n\n").unwrap();
+        assert_eq!(handed.openai_api_key.unwrap().expose(), "sk-a");
+        assert_eq!(handed.telegram_token.unwrap().expose(), "123:abc");
+        assert!(handed.anthropic_api_key.is_none());
+        let bad = parse_handed_secrets("HOME=/root").unwrap_err().0;
+        assert!(bad.contains("'HOME'"), "{bad}");
+        let bad = parse_handed_secrets("TELEGRAM_TOKEN=nocolon")
+            .unwrap_err()
+            .0;
+        assert!(!bad.contains("nocolon"), "{bad}");
+        assert!(parse_handed_secrets("OPENAI_API_KEY=has space").is_err());
     }
 }

@@ -335,7 +335,14 @@ pub struct FireclawState {
     /// it, so `doctor`, `resume` and `stop` tell a VM it left paused from a suspend's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporting: Option<Exporting>,
+    /// `apply` made this instance (`"apply"`): apply may finish or re-create it after a kill,
+    /// and `apply --prune` may remove it. Instances made by hand never carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_by: Option<String>,
 }
+
+/// The `managed_by` of instances `apply` made.
+pub const MANAGED_BY_APPLY: &str = "apply";
 
 /// An `export --pause` under way.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -366,6 +373,7 @@ impl FireclawState {
             last_provisioning: None,
             uuid: None,
             exporting: None,
+            managed_by: None,
         }
     }
 

@@ -236,6 +236,26 @@ fn only_leads_to(dir: &Path, roots: &[&Path]) -> bool {
     })
 }
 
+/// The fireclaw, firecracker and socat binaries units will name: found, runnable by the
+/// units, and on trusted paths (root's, not writable by others).
+pub fn trusted_tools() -> anyhow::Result<crate::render::artifacts::HostTools> {
+    let tools = crate::render::artifacts::HostTools {
+        fireclaw: std::env::current_exe().context("locate the fireclaw binary")?,
+        firecracker: crate::host::probe::which("firecracker")
+            .context("firecracker is not on PATH")?,
+        socat: crate::host::probe::which("socat").context("socat is not on PATH")?,
+    };
+    runnable_by_units(&tools.firecracker)?;
+    for (what, path) in [
+        ("fireclaw binary", &tools.fireclaw),
+        ("firecracker binary", &tools.firecracker),
+        ("socat binary", &tools.socat),
+    ] {
+        crate::host::trust::check_trusted(what, path)?;
+    }
+    Ok(tools)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

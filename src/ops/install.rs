@@ -262,8 +262,9 @@ fn write_artifact(artifact: &Artifact) -> Result<()> {
 /// Where a new instance's identity and disk come from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
-    /// `setup`: fresh secrets and UUID, the base images copied.
-    Setup,
+    /// `setup`: fresh secrets and UUID, the base images copied; `managed_by_apply` when
+    /// `apply` runs it (recorded from the first write on).
+    Setup { managed_by_apply: bool },
     /// `import`: the archive's identity; the base images are its staged files, moved into
     /// place rather than copied (they sit on FC_ROOT's filesystem already).
     Import(&'a Imported),
@@ -293,7 +294,9 @@ pub fn install_instance(
         services,
         network,
         media,
-        Origin::Setup,
+        Origin::Setup {
+            managed_by_apply: false,
+        },
     )
 }
 
@@ -310,7 +313,7 @@ pub fn install_from(
     check_preconditions(settings, spec, tools)?;
     let authorized_key = client_public_key(&settings.paths.state_root, &spec.ssh_key_path)?;
     let (token, host_key, uuid, phase) = match origin {
-        Origin::Setup => (
+        Origin::Setup { .. } => (
             generate_token()?,
             generate_host_key(spec.id.as_str())?,
             generate_uuid()?,
@@ -323,9 +326,20 @@ pub fn install_from(
             Phase::Importing,
         ),
     };
-    let (allocation, vmm_account) = reserve_allocation(settings, spec, &token, network, phase)?;
+    let managed_by = matches!(
+        origin,
+        Origin::Setup {
+            managed_by_apply: true
+        }
+    )
+    .then(|| crate::instance::state::MANAGED_BY_APPLY.to_owned());
+    let initial = crate::instance::state::FireclawState {
+        managed_by: managed_by.clone(),
+        ..crate::instance::state::FireclawState::new(phase)
+    };
+    let (allocation, vmm_account) = reserve_allocation(settings, spec, &token, network, &initial)?;
     crash_point(match origin {
-        Origin::Setup => "setup:reserved",
+        Origin::Setup { .. } => "setup:reserved",
         Origin::Import(_) => "import:reserved",
     });
     let secrets = NewSecrets {
@@ -333,6 +347,7 @@ pub fn install_from(
         host_key: &host_key,
         authorized_key: &authorized_key,
         uuid: &uuid,
+        managed_by: managed_by.as_deref(),
     };
     let result = install_after_reserve(
         settings,
@@ -395,11 +410,11 @@ fn reserve_allocation(
     spec: &SetupSpec,
     token: &GatewayToken,
     network: &dyn HostSteps,
-    phase: Phase,
+    initial: &crate::instance::state::FireclawState,
 ) -> Result<(Allocation, VmmAccount)> {
     let listening = probe::listening_tcp_ports();
     let mut created: Option<VmmAccount> = None;
-    let reserved = reserve(&settings.paths.state_root, &spec.id, phase, |taken| {
+    let reserved = reserve(&settings.paths.state_root, &spec.id, initial, |taken| {
         let mut taken = taken.clone();
         taken.listening = listening.clone();
         let allocation = allocate(spec, &settings.network, settings.base_port, &taken)?;
@@ -469,6 +484,7 @@ struct NewSecrets<'a> {
     /// The client public key line the guest trusts.
     authorized_key: &'a str,
     uuid: &'a str,
+    managed_by: Option<&'a str>,
 }
 
 /// Everything after the reservation, in order: render, write the state files, copy and write the assets, write the units. The phase advances after each group, so
@@ -508,6 +524,7 @@ fn install_after_reserve(
         } else {
             Phase::Allocated
         },
+        managed_by: secrets.managed_by,
     })?;
     write_state_files(&state_paths, &rendered)?;
     crash_point(if importing {

@@ -7,6 +7,7 @@
 //! `ServiceManager`, the guest only through `GuestShell`, and the network steps of install and
 //! teardown only through `HostSteps`, so unit tests drive them with recording fakes.
 
+pub mod apply;
 pub mod bake;
 pub mod baked_base;
 pub mod builder;
@@ -14,12 +15,15 @@ pub mod confine;
 pub mod egress;
 pub mod evidence;
 pub mod export;
+pub mod facts;
 pub mod import;
 pub mod install;
 pub mod instance;
 pub mod legacy;
 pub mod lifecycle;
 pub mod network;
+pub mod observed;
+pub mod resize;
 pub mod suspend;
 pub mod teardown;
 pub mod timing;

@@ -69,6 +69,8 @@ pub struct InstancePlan<'a> {
     pub uuid: &'a str,
     /// The phase `fireclaw.json` starts in: `allocated` for setup, `importing` for import.
     pub phase: Phase,
+    /// `fireclaw.json`'s `managed_by` (`apply` made the instance).
+    pub managed_by: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +332,7 @@ fn state_files(plan: &InstancePlan<'_>) -> Result<Vec<Artifact>, RenderError> {
         vmm_account: Some(plan.vmm_account.clone()),
         openclaw_pull: Some(spec.openclaw_pull),
         uuid: Some(plan.uuid.to_owned()),
+        managed_by: plan.managed_by.map(str::to_owned),
         ..FireclawState::new(plan.phase)
     };
     Ok(vec![
@@ -505,6 +508,7 @@ mod tests {
             },
             uuid: "0b7c4c1e-8a3e-4f9a-9d8e-3c2b1a0f9e8d",
             phase: Phase::Allocated,
+            managed_by: None,
         })
         .unwrap()
     }

@@ -796,6 +796,12 @@ fn supervise(
                     let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
                 }
                 continue;
+            } else if generation > guest.generation {
+                // A new VMM while the old one's guest still runs: the old VMM died and a new
+                // one started between two looks (a VM destroyed and made again at once). The
+                // old guest goes as it would have; the new generation boots below.
+                guest.kill();
+                let _ = std::fs::write(dir.join(format!("gone-{}", guest.generation)), "");
             } else {
                 if read_u64(&dir.join("shutdown")) == guest.generation {
                     let _ = std::fs::remove_file(dir.join("shutdown"));

@@ -17,8 +17,8 @@ use crate::instance::spec::SetupSpec;
 use crate::instance::timing::TimedVerb;
 use crate::instance::values::PullPolicy;
 use crate::ops::install::{
-    boot_media, check_disk_size, check_kernel, check_preconditions, first_boot, install_instance,
-    roll_back,
+    Origin, boot_media, check_disk_size, check_kernel, check_preconditions, first_boot,
+    install_from, roll_back,
 };
 use crate::ops::instance::{load, lock};
 use crate::ops::lifecycle::{STEP_HEALTH, Waits, await_health, report_healthy, start_proxy};
@@ -73,6 +73,7 @@ pub fn run(
         kernel_warning,
         Waits::from(&args.waits),
         args.json,
+        args.managed_by_apply,
         services,
         output,
     )
@@ -160,6 +161,7 @@ fn create(
     kernel_warning: Option<String>,
     waits: Waits,
     json: bool,
+    managed_by_apply: bool,
     services: &dyn ServiceManager,
     output: &mut Output<'_>,
 ) -> Result<()> {
@@ -198,7 +200,15 @@ fn create(
         "{id}: allocating and writing state, assets and units"
     ));
     watch.time("state, assets and units", || {
-        install_instance(settings, spec, &tools, services, &network, media)
+        install_from(
+            settings,
+            spec,
+            &tools,
+            services,
+            &network,
+            media,
+            Origin::Setup { managed_by_apply },
+        )
     })?;
     if let Some((name, file)) = baked {
         let paths = crate::instance::layout::StatePaths::new(&settings.paths.state_root, id);

@@ -226,6 +226,7 @@ pub fn dry_run(
         vmm_account: &vmm_account,
         uuid: &uuid,
         phase: crate::instance::state::Phase::Allocated,
+        managed_by: None,
     })?;
     if json {
         let view = PreviewView::new(spec, &allocation, &visibility, &rendered, &findings);
