@@ -224,13 +224,15 @@ fn healthy(fleet: &Fleet, id: &str) -> bool {
     up
 }
 
-/// `fireclaw_instances` for these ids (each on its host, or placed), the key from the vault.
+/// `fireclaw_instances` for these ids (each on its host, or placed; running unless a state
+/// follows the id as `id:state`), the key from the vault.
 fn declared(instances: &[(&str, Option<&str>)]) -> String {
     instances
         .iter()
         .map(|(id, host)| {
+            let (id, state) = id.split_once(':').unwrap_or((id, "running"));
             format!(
-                "  - id: {id}\n{}    settings: {{skip_browser_install: true, disk_size: \"1G\", vm_mem_mib: 512, ssh_timeout: 60, health_timeout: 30}}\n    secrets: {{openai_api_key: \"{{{{ vault_openai_key }}}}\"}}\n",
+                "  - id: {id}\n    state: {state}\n{}    settings: {{skip_browser_install: true, disk_size: \"1G\", vm_mem_mib: 512, ssh_timeout: 60, health_timeout: 30}}\n    secrets: {{openai_api_key: \"{{{{ vault_openai_key }}}}\"}}\n",
                 host.map(|h| format!("    host: {h}\n")).unwrap_or_default()
             )
         })
@@ -268,7 +270,8 @@ fn the_collection_places_converges_moves_and_keeps_keys_out_of_sight() {
     assert!(healthy(&b, "beta"));
     assert!(healthy(&a, "gamma"));
     let placed =
-        std::fs::read_to_string(controller.path("inventory/fireclaw-placement.yml")).unwrap();
+        std::fs::read_to_string(controller.path("inventory/host_vars/fireclaw-placement.yml"))
+            .unwrap();
     assert!(placed.contains("beta: hostb"), "{placed}");
 
     // Again: nothing changes anywhere.
@@ -353,14 +356,16 @@ fn the_collection_places_converges_moves_and_keeps_keys_out_of_sight() {
         !controller.path("collections/ansible_collections/fireclaw/fleet/playbooks/fireclaw-moves/alpha.fireclaw").exists()
     );
     let placed =
-        std::fs::read_to_string(controller.path("inventory/fireclaw-placement.yml")).unwrap();
+        std::fs::read_to_string(controller.path("inventory/host_vars/fireclaw-placement.yml"))
+            .unwrap();
     assert!(placed.contains("alpha: hostb"), "{placed}");
 
-    // hostb unreachable: reported, and hosta converges (delta, declared there, is made).
+    // hostb unreachable: reported, and hosta converges (gamma is stopped as now declared),
+    // but delta, new, is not made: hostb cannot say whether it holds a delta already.
     controller.declare(&declared(&[
         ("alpha", Some("hostb")),
         ("beta", None),
-        ("gamma", None),
+        ("gamma:stopped", None),
         ("delta", Some("hosta")),
     ]));
     b.host
@@ -383,14 +388,31 @@ fn the_collection_places_converges_moves_and_keeps_keys_out_of_sight() {
         "{}",
         recap(&out, "hosta")
     );
-    assert!(healthy(&a, "delta"), "{out}");
+    assert!(
+        out.contains("delta waits: it is on no reachable host, and hostb cannot be asked"),
+        "{out}"
+    );
+    assert!(instance(&a, "delta").is_none(), "{out}");
+    let gamma = instance(&a, "gamma").unwrap();
+    assert_eq!(gamma["vm"], "inactive", "{gamma}");
+    let placed =
+        std::fs::read_to_string(controller.path("inventory/host_vars/fireclaw-placement.yml"))
+            .unwrap();
+    assert!(placed.contains("alpha: hostb"), "{placed}");
     start_sshd(&b);
 
     // The key, nowhere: not in what Ansible printed at -vvv, not in either journal, and in no
     // file of either host or the controller but the instances' own 0600 files.
     if let Some(at) = said.find(KEY) {
-        let from = said[..at].char_indices().rev().nth(600).map_or(0, |(i, _)| i);
-        panic!("the key is in the play's output: …{}…", &said[from..at + KEY.len()]);
+        let from = said[..at]
+            .char_indices()
+            .rev()
+            .nth(600)
+            .map_or(0, |(i, _)| i);
+        panic!(
+            "the key is in the play's output: …{}…",
+            &said[from..at + KEY.len()]
+        );
     }
     for fleet in [&a, &b] {
         assert!(

@@ -228,10 +228,29 @@ fn a_kill_at_every_setup_step_under_apply_converges_at_the_next_apply() {
             out.contains("instance 'k' (create) failed: fireclaw setup failed: killed by a signal"),
             "{point}: {out}"
         );
+        // The plan says how it converges, and a dry run does not call that a failure.
+        let (rc, out) = apply(&fleet, "", "--dry-run --json");
+        assert_eq!(rc, 0, "{point}: {out}");
+        let planned = json(&out)["instances"][0]["action"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let short_of_booted = !matches!(
+            point,
+            "setup:booted" | "setup:provisioned" | "setup:proxy-started"
+        );
+        if short_of_booted {
+            assert_eq!(planned, "create", "{point}: {out}");
+        } else if point == "setup:booted" {
+            assert_eq!(planned, "reprovision", "{point}: {out}");
+        } else {
+            assert_ne!(planned, "create", "{point}: {out}");
+        }
         let (rc, out) = apply(&fleet, "", "--json");
         assert_eq!(rc, 0, "{point}: {out}");
         let done = json(&out);
         let action = done["instances"][0]["action"].as_str().unwrap().to_owned();
+        assert_eq!(action, planned, "{point}: {out}");
         assert!(
             state_of(&fleet, "k").contains("health=\"up\""),
             "{point} ({action}): {}",

@@ -154,6 +154,20 @@ fn provisioning(fleet: &Fleet, args: &str) -> (usize, String) {
 
 /// POST /tools/invoke through the localhost proxy; the token travels in a header file the
 /// test writes itself, never on a command line. Returns the HTTP status.
+/// `invoke`, asked again while the gateway answers 5xx, up to 30 s: OpenClaw 2026.9.6 has
+/// answered `sessions_list` with "tool execution failed" for some seconds after a restart that
+/// its `/healthz` already calls healthy (seen in CI after `provision --no-telegram`).
+fn invoke_settled(fleet: &Fleet, port: &str, token: Option<&str>) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = invoke(fleet, port, token);
+        if !status.starts_with('5') || std::time::Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+}
+
 fn invoke(fleet: &Fleet, port: &str, token: Option<&str>) -> String {
     // Not under /run, which is the sandbox's own tmpfs and hides the disk's /run.
     let header = fleet.host.root().join("var/lib/fireclaw-test-auth-header");
@@ -176,14 +190,27 @@ fn invoke(fleet: &Fleet, port: &str, token: Option<&str>) -> String {
         }
         None => "",
     };
+    let body = fleet.host.root().join("var/lib/fireclaw-test-invoke-body");
     let status = fleet.host.sh(&format!(
-        "curl -s -o /dev/null -w '%{{http_code}}' --max-time 30 {header_arg} \
+        "curl -s -o /var/lib/fireclaw-test-invoke-body -w '%{{http_code}}' --max-time 30 {header_arg} \
          -H 'Content-Type: application/json' \
          --data '{{\"tool\":\"sessions_list\",\"args\":{{}}}}' \
          http://127.0.0.1:{port}/tools/invoke"
     ));
     let _ = std::fs::remove_file(&header);
-    status.trim().to_owned()
+    let status = status.trim().to_owned();
+    // A failure's body and the gateway's last words say why, where a bare status would not.
+    if status.starts_with('5') {
+        let said = std::fs::read_to_string(&body).unwrap_or_default();
+        let log = fleet.guest(
+            "a",
+            "sudo journalctl --no-pager -o cat -n 60 -u 'openclaw*' 2>&1; \
+             sudo sh -c 'tail -n 30 /tmp/openclaw/*.log /home/*/.openclaw-a/logs/* 2>/dev/null' | cut -c1-600; true",
+        );
+        eprintln!("/tools/invoke answered {status}: {said}\ngateway log:\n{log}");
+    }
+    let _ = std::fs::remove_file(&body);
+    status
 }
 
 fn assert_only_references(fleet: &Fleet) {
@@ -255,7 +282,7 @@ fn the_real_openclaw_gets_the_per_key_paths_config_in_one_write_and_serves_with_
     // The token reference took effect: refused without the token, answered with it.
     let token = fleet.fireclaw_ok("token a");
     assert_eq!(invoke(&fleet, &port, None), "401");
-    assert_eq!(invoke(&fleet, &port, Some(token.trim())), "200");
+    assert_eq!(invoke_settled(&fleet, &port, Some(token.trim())), "200");
     let validated = validate(&fleet);
     assert!(validated.ends_with("rc=0\n"), "{validated}");
     assert_only_references(&fleet);
@@ -331,7 +358,7 @@ fn the_real_openclaw_gets_the_per_key_paths_config_in_one_write_and_serves_with_
             )
         );
     }
-    assert_eq!(invoke(&fleet, &port, Some(token.trim())), "200");
+    assert_eq!(invoke_settled(&fleet, &port, Some(token.trim())), "200");
     let validated = validate(&fleet);
     assert!(validated.ends_with("rc=0\n"), "{validated}");
 
@@ -354,7 +381,7 @@ fn the_real_openclaw_gets_the_per_key_paths_config_in_one_write_and_serves_with_
         ),
         before
     );
-    assert_eq!(invoke(&fleet, &port, Some(token.trim())), "200");
+    assert_eq!(invoke_settled(&fleet, &port, Some(token.trim())), "200");
 }
 
 #[test]

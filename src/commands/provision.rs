@@ -37,6 +37,13 @@ pub fn run(
     let waits = Waits::from(&args.waits);
     cover_if_made_by_020(settings, &loaded, services)?;
     let mut watch = Stopwatch::new(TimedVerb::Provision);
+    // Until it finishes, the record says it did not: the settings above are saved already,
+    // and `apply` must not take a provisioning killed here for one that went through.
+    if loaded.state.is_some() {
+        update_fireclaw_state(&loaded.paths, |state| {
+            state.last_provisioning = Some(watch.finish(false));
+        })?;
+    }
     let result = provision_and_gate(&loaded, &update, args, waits, services, &mut watch, output)
         .map_err(|error| explain_unreachable(settings, &loaded, services, error));
     // Kept for `status` whether it worked or not; an instance made by 0.2.0 has no

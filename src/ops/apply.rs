@@ -674,6 +674,16 @@ fn plan_one(
     }
     let mut reasons = d.reasons;
     reasons.extend(handed.changed.iter().map(|k| format!("{k} changed")));
+    // The saved settings are written before the guest is provisioned, so after a failed (or
+    // killed) provisioning they match the file while the guest may not: provision again.
+    let failed_before = current
+        .fireclaw
+        .as_ref()
+        .and_then(|state| state.last_provisioning.as_ref())
+        .is_some_and(|run| !run.ok);
+    if failed_before {
+        reasons.push("its last provisioning did not finish".into());
+    }
     let mut now = current.state;
     let mut steps = Vec::new();
     let mut action = None;
@@ -687,7 +697,7 @@ fn plan_one(
         steps.push(step);
         action = Some("restart-to-apply");
     }
-    if !d.provision.is_empty() || !handed.secrets.is_empty() {
+    if !d.provision.is_empty() || !handed.secrets.is_empty() || failed_before {
         if now == ObservedState::Suspended {
             steps.push(lifecycle("resume", id, &wanted.settings));
         }
@@ -932,6 +942,17 @@ fn run_step(step: &Step, fireclaw: &Path) -> Result<()> {
 /// What `setup --dry-run` says would fail for each create step: the problems it lists.
 pub fn predict_creates(plans: &mut [Planned], fireclaw: &Path) {
     for planned in plans.iter_mut() {
+        // A half-made instance made again: setup's dry run would find the instance it is
+        // about to replace (and its port and address) and call that a failure.
+        if planned
+            .steps
+            .first()
+            .and_then(|s| s.args.first())
+            .map(String::as_str)
+            == Some("destroy")
+        {
+            continue;
+        }
         let Some(create) = planned
             .steps
             .iter()
@@ -1000,6 +1021,7 @@ mod tests {
     use super::*;
     use crate::instance::apply_file::parse;
     use crate::instance::state::{EnvFile, FireclawState, MANAGED_BY_APPLY, VarsFile};
+    use crate::instance::timing::TimedVerb;
 
     const KEY: &str = "sk-saved-key";
 
@@ -1241,6 +1263,38 @@ mod tests {
         );
         assert_eq!(plans[0].action, "unchanged");
         assert_eq!(plans[0].reason, "running, as declared");
+    }
+
+    #[test]
+    fn an_instance_whose_last_provisioning_failed_is_provisioned_again_though_nothing_changed() {
+        let mut failed = on_host("a", ObservedState::Stopped, false);
+        if let Some(state) = failed.fireclaw.as_mut() {
+            state.last_provisioning =
+                Some(crate::ops::timing::Stopwatch::new(TimedVerb::Provision).finish(false));
+        }
+        let plans = plan_of(
+            "[instances.a]\nstate = \"stopped\"\nmodel = \"openai/gpt-5.5\"\n",
+            &[failed],
+            false,
+            true,
+        );
+        assert_eq!(plans[0].action, "reprovision");
+        assert_eq!(
+            plans[0].reason,
+            "its last provisioning did not finish, then stopped"
+        );
+        assert_eq!(
+            steps(&plans[0]),
+            ["provision a".to_owned(), "stop a".to_owned()]
+        );
+        // Once it went well, the same file changes nothing.
+        let mut good = on_host("a", ObservedState::Stopped, false);
+        if let Some(state) = good.fireclaw.as_mut() {
+            state.last_provisioning =
+                Some(crate::ops::timing::Stopwatch::new(TimedVerb::Provision).finish(true));
+        }
+        let plans = plan_of("[instances.a]\nstate = \"stopped\"\n", &[good], false, true);
+        assert_eq!(plans[0].action, "unchanged");
     }
 
     #[test]

@@ -15,8 +15,10 @@ description:
   - An instance an earlier run placed (I(previous)) stays where it was placed.
   - Any other instance goes to the host with the most uncommitted memory that fits it; ties go
     by inventory order, and each placement is counted before the next.
-  - Nothing is placed while a host of the group is unreachable (it has no facts).
-  - A declared id that exists on another host than its C(host) is an error.
+  - While a host of the group is unreachable (it has no facts), an instance found on no
+    reachable host waits, declared C(host) or not, since the unreachable host may hold it.
+  - A declared id that exists on another host than its C(host), or on two hosts, is an error.
+  - An instance declared C(absent) with no C(host) that exists nowhere is not placed.
 options:
   _input:
     description: The declared instances (dicts with C(id), optional C(host), C(state), C(settings), C(secrets)).
@@ -73,27 +75,48 @@ def placement(instances, facts, hosts, previous=None):
     existing = {}
     for host in hosts:
         for found in (facts.get(host) or {}).get('instances', []):
-            existing[found['id']] = host
+            existing.setdefault(found['id'], []).append(host)
     free = dict((h, int((facts.get(h) or {}).get('memory', {}).get('uncommitted_mib', 0))) for h in hosts)
     by_host = dict((h, []) for h in hosts)
     decisions = {}
     errors = []
+    waiting = []
     pending = []
+    for ident, where in sorted(existing.items()):
+        if len(where) > 1:
+            errors.append('%s exists on %s: one copy is stale (a move cut short?); destroy it where it '
+                          'should not be, then run again' % (ident, ' and '.join(where)))
+
+    def wait(ident):
+        # It is on no host that answered; an unreachable one may hold it, and making it
+        # elsewhere would run one agent twice.
+        waiting.append('%s waits: it is on no reachable host, and %s cannot be asked whether it holds it'
+                       % (ident, ', '.join(unreachable)))
+
     for instance in instances:
         ident = instance['id']
         wanted = instance.get('host')
-        there = existing.get(ident)
+        where = existing.get(ident, [])
+        if len(where) > 1:
+            continue
+        there = where[0] if where else None
         if wanted is not None:
             if wanted not in by_host:
                 errors.append('%s: its host %s is not in the group' % (ident, wanted))
             elif there is not None and there != wanted:
                 errors.append('%s: declared on %s but it exists on %s; move it (move.yml) or declare it there'
                               % (ident, wanted, there))
+            elif there is None and unreachable:
+                wait(ident)
             else:
                 decisions[ident] = dict(host=wanted, why='declared on this host')
             continue
         if there is not None:
             decisions[ident] = dict(host=there, why='it exists there')
+        elif unreachable:
+            wait(ident)
+        elif instance.get('state', 'running') == 'absent':
+            continue
         elif previous.get(ident) in by_host:
             decisions[ident] = dict(host=previous[ident], why='placed there by an earlier run')
         else:
@@ -103,13 +126,8 @@ def placement(instances, facts, hosts, previous=None):
         if decision['why'] != 'it exists there':
             # Not on the host yet: it takes memory there.
             declared = [i for i in instances if i['id'] == ident][0]
-            if existing.get(ident) is None and declared.get('state', 'running') != 'absent':
+            if not existing.get(ident) and declared.get('state', 'running') != 'absent':
                 free[host] -= memory_of(declared)
-    waiting = []
-    if pending and unreachable:
-        waiting = ['%s waits: nothing is placed while a host of the group is unreachable (%s)'
-                   % (i['id'], ', '.join(unreachable)) for i in pending]
-        pending = []
     for instance in pending:
         need = memory_of(instance)
         candidates = [h for h in hosts if h not in unreachable and free[h] >= need]

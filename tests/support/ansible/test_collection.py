@@ -47,12 +47,28 @@ class Placement(unittest.TestCase):
         self.assertEqual(len(placed['errors']), 1)
         self.assertIn('exists on h2', placed['errors'][0])
 
-    def test_nothing_is_placed_while_a_host_is_unreachable(self):
-        placed = placement([bot('new'), bot('kept', host='h1')], {'h1': facts(9000), 'h2': {}, 'h3': facts(9000)},
-                           self.hosts)
+    def test_nothing_is_placed_or_made_while_a_host_is_unreachable(self):
+        placed = placement([bot('new'), bot('kept', host='h1'), bot('declared', host='h1'), bot('before')],
+                           {'h1': facts(9000, ids=['kept']), 'h2': {}, 'h3': facts(9000)},
+                           self.hosts, previous={'before': 'h3'})
+        # Only what a reachable host holds goes on; the rest may be on h2.
         self.assertEqual(list(placed['decisions']), ['kept'])
-        self.assertEqual(len(placed['waiting']), 1)
-        self.assertIn('h2', placed['waiting'][0])
+        self.assertEqual([w.split()[0] for w in placed['waiting']], ['new', 'declared', 'before'])
+        self.assertIn('h2 cannot be asked', placed['waiting'][0])
+
+    def test_an_id_on_two_hosts_is_an_error_and_is_not_placed(self):
+        placed = placement([bot('twice'), bot('once')],
+                           {'h1': facts(9, ids=['twice']), 'h2': facts(9), 'h3': facts(9, ids=['twice', 'once'])},
+                           self.hosts)
+        self.assertEqual(len(placed['errors']), 1)
+        self.assertIn('twice exists on h1 and h3', placed['errors'][0])
+        self.assertEqual(list(placed['decisions']), ['once'])
+
+    def test_an_absent_instance_that_exists_nowhere_is_not_placed(self):
+        placed = placement([bot('gone', 50000, state='absent')], {'h1': facts(1), 'h2': facts(1), 'h3': facts(1)},
+                           self.hosts)
+        self.assertEqual(placed['errors'], [])
+        self.assertEqual(placed['decisions'], {})
 
     def test_no_host_that_fits_is_an_error(self):
         placed = placement([bot('big', 50000)], {'h1': facts(1000), 'h2': facts(1000), 'h3': facts(1000)},
