@@ -37,8 +37,12 @@ fn filled(fleet: &Fleet, id: &str) {
     ));
     fleet.fireclaw_ok(&format!("stop {id}"));
     let half = data_mib() / 2;
+    // The filesystem grows to the 8G file first (a real guest's cloud-init does that at boot;
+    // a container guest does not), or the data would not fit.
     fleet.host.sh(&format!(
-        "{{ head -c {half}M /dev/urandom; while :; do tar -c /usr/lib /usr/share 2>/dev/null; done; }} \
+        "e2fsck -fy /srv/firecracker/vm-demo/{id}/images/rootfs.ext4 >/dev/null 2>&1; \
+         resize2fs /srv/firecracker/vm-demo/{id}/images/rootfs.ext4 >/dev/null 2>&1 && \
+         {{ head -c {half}M /dev/urandom; for _ in 1 2 3 4 5 6 7 8; do tar -c /usr/lib /usr/share 2>/dev/null; done; }} \
            | head -c {}M > /root/data && \
          debugfs -w -R 'write /root/data /agent-data' /srv/firecracker/vm-demo/{id}/images/rootfs.ext4 >/dev/null 2>&1 && \
          rm /root/data",

@@ -991,3 +991,54 @@ fn not_enough_space_is_refused_before_the_download() {
         "downloaded before checking the space"
     );
 }
+
+/// A plain user fetching from files it can read into a directory it owns: it works, and no
+/// "needs root" is said (only an unreadable file would be an error, and not a root one).
+#[test]
+#[ignore = "needs root: sandbox"]
+fn a_plain_user_fetches_from_readable_files_into_its_own_directory() {
+    let dir = tempfile::Builder::new()
+        .prefix("fireclaw-plain-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kernel = dir.path().join("vmlinux-6.1.150");
+    std::fs::write(&kernel, kernel_fixture()).unwrap();
+    let rootfs = ext4_image(dir.path(), "cloudimg-rootfs");
+    for file in [&kernel, &rootfs] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::os::unix::fs::chown(&images, Some(65534), Some(65534)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN])
+        .env_clear()
+        .env("PATH", SYSTEM_PATH)
+        .args(["image", "fetch", "--dir"])
+        .arg(&images)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--rootfs")
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert_ok(&output);
+    for said in ["needs root", "sudo", "os error"] {
+        assert!(!stderr(&output).contains(said), "{}", stderr(&output));
+    }
+    assert_eq!(
+        std::fs::read(images.join("rootfs.ext4")).unwrap(),
+        std::fs::read(&rootfs).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(images.join("vmlinux")).unwrap(),
+        kernel_fixture()
+    );
+    // Its files are the user's own.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(images.join("rootfs.ext4")).unwrap().uid(),
+        65534
+    );
+}

@@ -83,6 +83,36 @@ pub fn filesystem_kind(image: &Path) -> Result<FilesystemKind, RootfsSeedError> 
     }
 }
 
+/// Free blocks the superblock counts (`s_free_blocks_count_lo`: an image of up to 16 TiB of
+/// 4 KiB blocks needs no more).
+fn free_blocks(superblock: &[u8; 128]) -> u32 {
+    u32::from_le_bytes([
+        superblock[12],
+        superblock[13],
+        superblock[14],
+        superblock[15],
+    ])
+}
+
+/// " (its filesystem is full ...)" when the image has (almost) no free blocks: debugfs then
+/// writes nothing and says so only on its own stderr, and a read-back mismatch alone would
+/// leave the user guessing.
+fn full_hint(image: &Path) -> &'static str {
+    let mut superblock = [0u8; 128];
+    let read = File::open(image).and_then(|mut file| {
+        file.seek(SeekFrom::Start(SUPERBLOCK_OFFSET))?;
+        file.read_exact(&mut superblock)
+    });
+    if read.is_ok()
+        && kind_of_superblock(&superblock) != FilesystemKind::Other
+        && free_blocks(&superblock) < 64
+    {
+        " (its filesystem is full: free some space in it, or grow it with resize2fs, first)"
+    } else {
+        ""
+    }
+}
+
 fn kind_of_superblock(superblock: &[u8; 128]) -> FilesystemKind {
     let magic = u16::from_le_bytes([superblock[56], superblock[57]]);
     if magic != EXT_MAGIC {
@@ -441,7 +471,7 @@ pub fn write_guest_files(
             .unwrap_or_default()
             .into_iter()
             .find(|e| e.name == name)
-            .ok_or_else(|| wrong(format!("{} is missing", file.target)))?;
+            .ok_or_else(|| wrong(format!("{} is missing{}", file.target, full_hint(image))))?;
         if entry.mode != S_IFREG | file.mode || entry.uid != file.uid || entry.gid != file.gid {
             return Err(wrong(format!(
                 "{} has mode {:o} and owner {}:{}",
@@ -451,8 +481,9 @@ pub fn write_guest_files(
         let written = std::fs::read(&file.host_path).map_err(|e| wrong(e.to_string()))?;
         if read_file(image, &file.target)?.as_deref() != Some(written.as_slice()) {
             return Err(wrong(format!(
-                "{} differs from what was written",
-                file.target
+                "{} differs from what was written{}",
+                file.target,
+                full_hint(image)
             )));
         }
     }
@@ -506,7 +537,10 @@ fn verify(image: &Path, files: &[SeedFile]) -> Result<(), RootfsSeedError> {
         }
         let request = format!("cat {target}");
         if debugfs(image, Path::new("/"), &["-R", &request], None)? != file.contents {
-            return Err(wrong(format!("{target} differs from what was written")));
+            return Err(wrong(format!(
+                "{target} differs from what was written{}",
+                full_hint(image)
+            )));
         }
     }
     Ok(())
@@ -715,6 +749,20 @@ mod tests {
         std::fs::remove_file(&files[2].host_path).unwrap();
         let error = write_seed(&image, dir.path(), &files).unwrap_err();
         assert!(matches!(error, RootfsSeedError::ReadBack { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_full_filesystem_is_named_beside_a_read_back_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        let image = ext4_from(dir.path(), &tree);
+        assert_eq!(full_hint(&image), "");
+        let mut bytes = std::fs::read(&image).unwrap();
+        bytes[1024 + 12..1024 + 16].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&image, &bytes).unwrap();
+        assert!(full_hint(&image).contains("its filesystem is full"));
+        assert_eq!(full_hint(&dir.path().join("tree")), "");
     }
 
     #[test]

@@ -121,11 +121,19 @@ def placement(instances, facts, hosts, previous=None):
             decisions[ident] = dict(host=previous[ident], why='placed there by an earlier run')
         else:
             pending.append(instance)
+    stopped = {}
+    for host in hosts:
+        for found in (facts.get(host) or {}).get('instances', []):
+            if found.get('state') == 'stopped':
+                stopped[found['id']] = int(found.get('memory_mib', 0))
     for ident, decision in decisions.items():
         host = decision['host']
+        declared = [i for i in instances if i['id'] == ident][0]
+        if ident in stopped and declared.get('state', 'running') in ('running', 'suspended'):
+            # Stopped now, so not committed in the facts; started by this run, it will be.
+            free[host] -= stopped[ident]
         if decision['why'] != 'it exists there':
             # Not on the host yet: it takes memory there.
-            declared = [i for i in instances if i['id'] == ident][0]
             if not existing.get(ident) and declared.get('state', 'running') != 'absent':
                 free[host] -= memory_of(declared)
     for instance in pending:

@@ -64,6 +64,17 @@ class Placement(unittest.TestCase):
         self.assertIn('twice exists on h1 and h3', placed['errors'][0])
         self.assertEqual(list(placed['decisions']), ['once'])
 
+    def test_a_stopped_instance_declared_running_counts_against_its_host(self):
+        stopped = {'memory': {'uncommitted_mib': 6000},
+                   'instances': [{'id': 'sleeper', 'state': 'stopped', 'memory_mib': 4000}]}
+        placed = placement([bot('sleeper'), bot('new', 3000)], {'h1': stopped, 'h2': facts(5000), 'h3': facts(1000)},
+                           self.hosts)
+        # h1 looks freer (6000), but starting sleeper leaves it 2000: new goes to h2.
+        self.assertEqual(placed['decisions']['new']['host'], 'h2')
+        placed = placement([bot('sleeper', state='stopped'), bot('new', 3000)],
+                           {'h1': stopped, 'h2': facts(5000), 'h3': facts(1000)}, self.hosts)
+        self.assertEqual(placed['decisions']['new']['host'], 'h1')
+
     def test_an_absent_instance_that_exists_nowhere_is_not_placed(self):
         placed = placement([bot('gone', 50000, state='absent')], {'h1': facts(1), 'h2': facts(1), 'h3': facts(1)},
                            self.hosts)
