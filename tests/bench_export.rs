@@ -109,7 +109,9 @@ fn export_and_import_of_an_8_gib_disk_against_tar_and_zstd_and_the_pause_window(
         (archive as f64 / baseline_size as f64 - 1.0) * 100.0,
         export / baseline
     );
-    fleet.fireclaw_ok(&format!("start a {WAITS}"));
+    // An imported container guest has none of what provisioning put in the source's guest
+    // (it is not on the disk), so it is provisioned rather than started.
+    fleet.fireclaw_ok(&format!("provision a {WAITS}"));
     let (copied, reflinked) = pause_ms(&fleet, "a", "/root/p.fireclaw");
     assert!(!reflinked);
     drop(fleet);

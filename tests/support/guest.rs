@@ -498,10 +498,9 @@ pub struct GuestHost {
 }
 
 impl GuestHost {
-    /// `host` is the host sandbox: its shared dir, root and PID 1 locate seeds and namespaces.
+    /// `host` is the host sandbox: its shared dir and PID 1 locate seeds, disks and namespaces.
     pub fn start(host: &Sandbox) -> Self {
         let shared = host.base().join("guests");
-        let host_root = host.root();
         let host_leader = host.leader();
         let name_prefix = host
             .base()
@@ -518,14 +517,7 @@ impl GuestHost {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let presets = presets.lock().unwrap().clone();
-                    supervise(
-                        &shared,
-                        &host_root,
-                        host_leader,
-                        &name_prefix,
-                        &guests,
-                        &presets,
-                    );
+                    supervise(&shared, host_leader, &name_prefix, &guests, &presets);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             })
@@ -735,7 +727,6 @@ fn answer_request(dir: &Path, guest: Option<&mut Guest>) {
 
 fn supervise(
     shared: &Path,
-    host_root: &Path,
     host_leader: u32,
     prefix: &str,
     guests: &Mutex<HashMap<String, Guest>>,
@@ -820,9 +811,12 @@ fn supervise(
             refuse_attach(&dir, generation, &token, None);
             continue;
         }
+        // Through the host sandbox's own mounts, so a bind (an XFS dir in bench_export) is
+        // seen as its VMM sees it.
+        let sandbox_root = PathBuf::from(format!("/proc/{host_leader}/root"));
         let on_machine = |file: &str| {
             let path = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-            host_root.join(path.trim().trim_start_matches('/'))
+            sandbox_root.join(path.trim().trim_start_matches('/'))
         };
         let seed_on_machine = on_machine("seed");
         let seed_bytes = std::fs::read(&seed_on_machine).unwrap_or_default();
