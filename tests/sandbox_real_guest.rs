@@ -819,7 +819,7 @@ fn real_guest_bake_then_two_instances_from_the_baked_image() {
 /// resume back to healthy. Each step's time is printed.
 ///
 /// Not in the test command: under emulation the gateway alone takes well over 15 minutes to
-/// come up (README: The real OpenClaw on the real guest). Run it alone with
+/// come up (docs/TESTING.md: The real OpenClaw on the real guest). Run it alone with
 /// `sudo scripts/test-deps --real-openclaw && sudo cargo nextest run --run-ignored all -E
 /// 'test(real_guest_runs_the_real_openclaw)'`.
 #[test]

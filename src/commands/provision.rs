@@ -32,18 +32,18 @@ pub fn run(
     let (_lock, loaded) = lock_and_load(settings, &args.id, output)?;
     loaded.ensure_not_suspended()?;
     let update = validated_update(settings, args, &loaded)?;
-    save(settings, args, &loaded, &update, output)?;
-
-    let waits = Waits::from(&args.waits);
-    cover_if_made_by_020(settings, &loaded, services)?;
     let mut watch = Stopwatch::new(TimedVerb::Provision);
-    // Until it finishes, the record says it did not: the settings above are saved already,
-    // and `apply` must not take a provisioning killed here for one that went through.
+    // Until it finishes, the record says it did not: the settings are saved next, and
+    // `apply` must not take a provisioning killed from here on for one that went through.
     if loaded.state.is_some() {
         update_fireclaw_state(&loaded.paths, |state| {
             state.last_provisioning = Some(watch.finish(false));
         })?;
     }
+    save(settings, args, &loaded, &update, output)?;
+
+    let waits = Waits::from(&args.waits);
+    cover_if_made_by_020(settings, &loaded, services)?;
     let result = provision_and_gate(&loaded, &update, args, waits, services, &mut watch, output)
         .map_err(|error| explain_unreachable(settings, &loaded, services, error));
     // Kept for `status` whether it worked or not; an instance made by 0.2.0 has no

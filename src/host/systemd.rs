@@ -52,8 +52,12 @@ impl UnitState {
         // restarts / since_start > CRASH_LOOP_RESTARTS / window, without division.
         let fast = u128::from(self.restarts) * u128::from(window_us)
             > u128::from(CRASH_LOOP_RESTARTS) * u128::from(since_start.max(1));
-        let recent =
-            self.sub == "auto-restart" || now_us.saturating_sub(self.main_started_us) < window_us;
+        // Between two runs (auto-restart) or starting again (activating: its start-pre steps
+        // run, and its main process has no start time yet) the loop is going on now.
+        let restarting = self.sub == "auto-restart" || self.active == "activating";
+        let recent = restarting
+            || (self.main_started_us != 0
+                && now_us.saturating_sub(self.main_started_us) < window_us);
         fast && recent
     }
     pub fn exists(&self) -> bool {
@@ -284,6 +288,12 @@ mod tests {
         assert!(!unit(40, 900, 940, "running").crash_looping(now));
         // Never started: nothing to judge.
         assert!(!unit(9, 0, 0, "dead").crash_looping(now));
+        // Caught starting again, its start-pre steps running and no main process yet.
+        let starting = UnitState {
+            active: "activating".into(),
+            ..unit(4, 998, 0, "start-pre")
+        };
+        assert!(starting.crash_looping(now));
     }
 
     #[test]

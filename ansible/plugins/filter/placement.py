@@ -82,8 +82,10 @@ def placement(instances, facts, hosts, previous=None):
     errors = []
     waiting = []
     pending = []
+    declared_ids = set(i['id'] for i in instances)
     for ident, where in sorted(existing.items()):
-        if len(where) > 1:
+        # Ids are per host: only a declared one on two hosts is a fleet's problem.
+        if len(where) > 1 and ident in declared_ids:
             errors.append('%s exists on %s: one copy is stale (a move cut short?); destroy it where it '
                           'should not be, then run again' % (ident, ' and '.join(where)))
 
@@ -113,10 +115,10 @@ def placement(instances, facts, hosts, previous=None):
             continue
         if there is not None:
             decisions[ident] = dict(host=there, why='it exists there')
-        elif unreachable:
-            wait(ident)
         elif instance.get('state', 'running') == 'absent':
             continue
+        elif unreachable:
+            wait(ident)
         elif previous.get(ident) in by_host:
             decisions[ident] = dict(host=previous[ident], why='placed there by an earlier run')
         else:

@@ -63,6 +63,11 @@ class Placement(unittest.TestCase):
         self.assertEqual(len(placed['errors']), 1)
         self.assertIn('twice exists on h1 and h3', placed['errors'][0])
         self.assertEqual(list(placed['decisions']), ['once'])
+        # An id no one declared may be on two hosts: ids are per host.
+        placed = placement([bot('once')],
+                           {'h1': facts(9, ids=['twice']), 'h2': facts(9), 'h3': facts(9, ids=['twice', 'once'])},
+                           self.hosts)
+        self.assertEqual(placed['errors'], [])
 
     def test_a_stopped_instance_declared_running_counts_against_its_host(self):
         stopped = {'memory': {'uncommitted_mib': 6000},
@@ -80,6 +85,8 @@ class Placement(unittest.TestCase):
                            self.hosts)
         self.assertEqual(placed['errors'], [])
         self.assertEqual(placed['decisions'], {})
+        placed = placement([bot('gone', state='absent')], {'h1': facts(1), 'h2': {}, 'h3': facts(1)}, self.hosts)
+        self.assertEqual(placed['waiting'], [])
 
     def test_no_host_that_fits_is_an_error(self):
         placed = placement([bot('big', 50000)], {'h1': facts(1000), 'h2': facts(1000), 'h3': facts(1000)},
