@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use crate::host::systemd::ServiceManager;
 use crate::instance::confinement::VmmAccount;
-use crate::instance::layout::{AssetPaths, default_api_sock};
+use crate::instance::layout::AssetPaths;
 use crate::instance::state::FireclawState;
 use crate::instance::values::InstanceId;
 use crate::ops::instance::{Loaded, lock_and_load};
@@ -20,7 +20,7 @@ use crate::ops::legacy::is_020_unit;
 use crate::ops::lifecycle::unit_state;
 use crate::ops::network::{HostSteps, HostSystem};
 use crate::output::Output;
-use crate::render::artifacts::{Body, UnitsPlan, VmmSize, unit_files};
+use crate::render::artifacts::VmmSize;
 use crate::settings::Settings;
 use crate::store::{ensure_private_dir, lock_allocation, read_fireclaw_state, write_atomic};
 
@@ -138,28 +138,16 @@ pub fn run(
             assets.vmm_log.display()
         ));
     }
-    let files = unit_files(&UnitsPlan {
-        id,
-        tools: &tools,
-        api_sock: loaded
-            .env
-            .api_sock()
-            .unwrap_or_else(|| default_api_sock(&settings.paths.fc_root, id.as_str())),
-        vmm: Some(VmmSize {
+    crate::ops::confine::write_confined_units(
+        settings,
+        &loaded,
+        &tools,
+        VmmSize {
             account: &account,
             vcpus,
             memory_mib,
-        }),
-        host_port: loaded.port,
-        vm_ip: loaded.ssh.ip,
-        network: &settings.network,
-        paths: &settings.paths,
-    });
-    for artifact in files.scripts.iter().chain(&files.units) {
-        if let Body::Text(text) = &artifact.body {
-            write_atomic(&artifact.path, text.as_bytes(), artifact.mode)?;
-        }
-    }
+        },
+    )?;
     // fireclaw's VM unit applies the guest network policy itself (`vm-net-up`); the drop-in
     // that did it for 0.2.0's unit would now run as the VMM's account and fail the start.
     if crate::ops::legacy::dropin_path(settings, &loaded.units.vm).exists() {

@@ -491,6 +491,25 @@ fn converge(
 
 /// Export (unless `--no-backup`) and destroy; a running or suspended one is stopped first
 /// (an archive is of a stopped or suspended instance; suspended ones export as they are).
+/// Setup with its secrets on stdin, then whatever takes the new (running) instance to its
+/// wanted state.
+fn creation(id: &str, wanted: &Wanted, secrets: Vec<(String, String)>) -> Vec<Step> {
+    let mut steps = vec![with_secrets(
+        Step {
+            args: setup_args(wanted),
+            secrets: Vec::new(),
+        },
+        secrets,
+    )];
+    steps.extend(converge(
+        id,
+        ObservedState::Running,
+        wanted.state,
+        &wanted.settings,
+    ));
+    steps
+}
+
 fn removal_steps(instance: &Observed, removal: &Removal, backup_time: &str) -> Vec<Step> {
     let id = instance.id.as_str();
     let mut steps = Vec::new();
@@ -570,19 +589,7 @@ fn plan_one(
     let Some(current) = current else {
         // Created with every secret the file gives; each must resolve.
         let handed = handed(id, &wanted.settings, None, resolve);
-        let mut steps = vec![with_secrets(
-            Step {
-                args: setup_args(wanted),
-                secrets: Vec::new(),
-            },
-            handed.secrets,
-        )];
-        steps.extend(converge(
-            id,
-            ObservedState::Running,
-            wanted.state,
-            &wanted.settings,
-        ));
+        let steps = creation(id, wanted, handed.secrets);
         return planned(
             "create",
             format!("not on this host; made {}", wanted.state.as_str()),
@@ -613,22 +620,8 @@ fn plan_one(
         }
         let handed = handed(id, &wanted.settings, None, resolve);
         if phase < Phase::Booted {
-            let mut steps = vec![
-                Step::verb(&["destroy", id, "--force", "-y"]),
-                with_secrets(
-                    Step {
-                        args: setup_args(wanted),
-                        secrets: Vec::new(),
-                    },
-                    handed.secrets,
-                ),
-            ];
-            steps.extend(converge(
-                id,
-                ObservedState::Running,
-                wanted.state,
-                &wanted.settings,
-            ));
+            let mut steps = vec![Step::verb(&["destroy", id, "--force", "-y"])];
+            steps.extend(creation(id, wanted, handed.secrets));
             return planned(
                 "create",
                 format!(

@@ -256,6 +256,36 @@ pub fn trusted_tools() -> anyhow::Result<crate::render::artifacts::HostTools> {
     Ok(tools)
 }
 
+/// Writes an instance's confined VM unit and its scripts again at this size: adopt (which
+/// confines it) and resize (whose limits follow the size) share it. The caller reloads systemd.
+pub fn write_confined_units(
+    settings: &Settings,
+    loaded: &super::instance::Loaded,
+    tools: &crate::render::artifacts::HostTools,
+    vmm: crate::render::artifacts::VmmSize<'_>,
+) -> Result<()> {
+    use crate::render::artifacts::{Body, UnitsPlan, unit_files};
+    let id = &loaded.id;
+    let files = unit_files(&UnitsPlan {
+        id,
+        tools,
+        api_sock: loaded.env.api_sock().unwrap_or_else(|| {
+            crate::instance::layout::default_api_sock(&settings.paths.fc_root, id.as_str())
+        }),
+        vmm: Some(vmm),
+        host_port: loaded.port,
+        vm_ip: loaded.ssh.ip,
+        network: &settings.network,
+        paths: &settings.paths,
+    });
+    for artifact in files.scripts.iter().chain(&files.units) {
+        if let Body::Text(text) = &artifact.body {
+            write_atomic(&artifact.path, text.as_bytes(), artifact.mode)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

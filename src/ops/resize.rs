@@ -15,11 +15,11 @@ use super::timing::Stopwatch;
 use crate::faults::crash_point;
 use crate::guest::health::Health;
 use crate::host::systemd::ServiceManager;
-use crate::instance::layout::{AssetPaths, default_api_sock};
+use crate::instance::layout::AssetPaths;
 use crate::instance::timing::TimedVerb;
 use crate::instance::values::{DiskSize, MemoryMib, VcpuCount};
 use crate::output::Output;
-use crate::render::artifacts::{Body, HostTools, UnitsPlan, VmmSize, unit_files};
+use crate::render::artifacts::{HostTools, VmmSize};
 use crate::settings::Settings;
 use crate::store::write_atomic;
 
@@ -137,28 +137,16 @@ pub fn resize(
     crash_point("resize:config");
     // A confined unit's limits follow the size; an unconfined (0.2.0) unit has none.
     if let Some(account) = loaded.state.as_ref().and_then(|s| s.vmm_account.as_ref()) {
-        let files = unit_files(&UnitsPlan {
-            id,
+        super::confine::write_confined_units(
+            settings,
+            loaded,
             tools,
-            api_sock: loaded
-                .env
-                .api_sock()
-                .unwrap_or_else(|| default_api_sock(&settings.paths.fc_root, id.as_str())),
-            vmm: Some(VmmSize {
+            VmmSize {
                 account,
                 vcpus: vcpu,
                 memory_mib: memory,
-            }),
-            host_port: loaded.port,
-            vm_ip: loaded.ssh.ip,
-            network: &settings.network,
-            paths: &settings.paths,
-        });
-        for artifact in files.scripts.iter().chain(&files.units) {
-            if let Body::Text(text) = &artifact.body {
-                write_atomic(&artifact.path, text.as_bytes(), artifact.mode)?;
-            }
-        }
+            },
+        )?;
         services.daemon_reload()?;
     }
     if let Some(bytes) = grow_to {
